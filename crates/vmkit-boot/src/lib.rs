@@ -1,0 +1,1 @@
+//! vmkit-boot (in progress).

@@ -1,0 +1,1 @@
+//! vmkit-devices (in progress).

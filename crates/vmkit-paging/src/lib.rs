@@ -1,0 +1,1 @@
+//! vmkit-paging (in progress).

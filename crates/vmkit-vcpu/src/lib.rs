@@ -1,0 +1,1 @@
+//! vmkit-vcpu (in progress).

@@ -1,0 +1,6 @@
+//! placeholder
+
+/// Target body.
+pub fn run(data: &[u8]) {
+    let _ = data;
+}

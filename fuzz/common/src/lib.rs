@@ -1,0 +1,8 @@
+//! Input types, target bodies and seed-corpus generators shared by vmkit's fuzz targets.
+//!
+//! Each module owns one fuzz surface: `run(data: &[u8])` is the target body (the fuzz target in
+//! `fuzz_targets/` only calls it), and the module's tests replay the committed seeds in
+//! `fuzz/seeds/<target>/` on stable Rust in every `cargo test`.
+
+pub mod dispatch;
+pub mod layout;
