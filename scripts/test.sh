@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# vmkit's full test suite: formatting, lints, docs, the no_std build, every test (under coverage),
+# the coverage floors, the fuzz-seed replays and every fuzz target for a fixed time.
+#
+#   FUZZ_SECONDS=N   seconds per fuzz target (default 20)
+#   VMKIT_SKIP_KVM_TESTS=1   explicitly skip tests that need /dev/kvm (they fail loudly otherwise)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+LOG_DIR="$ROOT/target/test-logs"
+mkdir -p "$LOG_DIR"
+: >"$LOG_DIR/tests.log"
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+step "setup"
+bash scripts/setup.sh
+
+step "format"
+cargo fmt --all --check
+(cd fuzz && cargo fmt --all --check)
+(cd guests && cargo fmt --all --check)
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+(cd fuzz && cargo clippy --workspace --all-targets -- -D warnings)
+(cd guests && cargo clippy --workspace --release -- -D warnings)
+
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+step "no_std build of vmkit-paging"
+cargo build -p vmkit-paging --no-default-features --target x86_64-unknown-none --locked
+
+step "tests (under coverage)"
+cargo llvm-cov --workspace --locked --json --summary-only --output-path target/coverage.json \
+    2>&1 | tee -a "$LOG_DIR/tests.log"
+
+step "doc tests"
+cargo test --workspace --doc --locked 2>&1 | tee -a "$LOG_DIR/tests.log"
+
+step "coverage floors"
+python3 coverage/check.py target/coverage.json coverage/floors.toml
+
+step "fuzz seed replays (stable)"
+(cd fuzz && cargo test --workspace 2>&1) | tee -a "$LOG_DIR/tests.log"
+
+step "fuzz targets, ${FUZZ_SECONDS}s each"
+(cd fuzz && cargo +nightly fuzz build -O)
+: >"$LOG_DIR/fuzz-summary.txt"
+for t in $(cd fuzz && cargo +nightly fuzz list); do
+    mkdir -p "fuzz/corpus/$t"
+    (cd fuzz && cargo +nightly fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
+        -max_total_time="$FUZZ_SECONDS" -print_final_stats=1) >"$LOG_DIR/fuzz-$t.log" 2>&1 || {
+        tail -40 "$LOG_DIR/fuzz-$t.log"
+        echo "fuzz target $t failed"
+        exit 1
+    }
+    runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$LOG_DIR/fuzz-$t.log" | grep -Eo '[0-9]+$' | tail -1)
+    printf '%-22s %12s execs in %ss\n' "$t" "${runs:-?}" "$FUZZ_SECONDS" | tee -a "$LOG_DIR/fuzz-summary.txt"
+done
+
+step "summary"
+passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) s += $i } END { print s + 0 }' "$LOG_DIR/tests.log")
+failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) s += $i } END { print s + 0 }' "$LOG_DIR/tests.log")
+echo "fuzz executions:"; cat "$LOG_DIR/fuzz-summary.txt"
+echo "elapsed: $(( $(date +%s) - started ))s"
+echo "${passed:-0} passed, ${failed:-0} failed"
