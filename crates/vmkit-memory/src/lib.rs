@@ -1,1 +1,21 @@
-//! Guest physical memory.
+#![doc = include_str!("../README.md")]
+//!
+//! # Modules
+//!
+//! - [`layout`]: the fixed addresses of the x86-64 guest physical layout.
+//! - [`GuestLayout`]: RAM regions, memory map, windows and reserved pages of one guest, and the
+//!   [`GuestMemoryMmap`](vm_memory::GuestMemoryMmap) backing its RAM.
+//! - [`Allocators`]: MMIO32, MMIO64, port-I/O and GSI allocation inside the layout's windows.
+
+pub use vm_memory;
+
+mod allocator;
+mod guest_layout;
+pub mod layout;
+mod map;
+mod range;
+
+pub use allocator::{AllocatorError, Allocators, ResourceKind};
+pub use guest_layout::{GuestLayout, LayoutError, MemoryError};
+pub use map::{MemoryKind, MemoryMapEntry};
+pub use range::{AddressRange, PortRange, RamRegion};
