@@ -1,0 +1,6 @@
+//! Guest images built from `guests/` by the build script and embedded in the binary.
+
+/// The `hello` PVH guest: an ELF64 image with a PVH entry note, linked at 1 MiB. It prints a
+/// banner and the memory map over COM1 and ends the VM through the debug-exit port (port `0xf4`)
+/// with status 0; status 2 means a bad `hvm_start_info`, status 3 a guest panic.
+pub const HELLO_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hello.elf"));
