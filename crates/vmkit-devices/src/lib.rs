@@ -1,1 +1,19 @@
-//! vmkit-devices (in progress).
+#![doc = include_str!("../README.md")]
+//!
+//! Modules: [`serial`] (16550A UART on vm-superio), [`i8042`] (PS/2 controller and keyboard),
+//! [`cmos`] (RTC and NVRAM), [`debug_exit`] (QEMU-compatible debug-exit port), [`trigger`]
+//! (interrupt lines) and [`io`] (access counters).
+
+pub mod cmos;
+pub mod debug_exit;
+pub mod i8042;
+pub mod io;
+pub mod serial;
+pub mod trigger;
+
+pub use cmos::{Clock, CmosError, CmosRtc, ManualClock, SystemClock};
+pub use debug_exit::DebugExit;
+pub use i8042::{I8042Device, I8042Error};
+pub use io::IoStats;
+pub use serial::SerialDevice;
+pub use trigger::{CountingTrigger, InterruptTrigger, SuperioTrigger};
