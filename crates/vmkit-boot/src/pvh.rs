@@ -34,7 +34,7 @@ use linux_loader::loader::elf::Elf;
 use linux_loader::loader::elf::start_info::{
     XEN_HVM_START_MAGIC_VALUE, hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use log::{debug, warn};
+use log::debug;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmkit_memory::{MemoryKind, MemoryMapEntry};
 
@@ -149,7 +149,7 @@ pub fn load_pvh<M: GuestMemoryBackend>(
             boot.image_end.0,
             boot.modules.len()
         ),
-        Err(error) => warn!("PVH image rejected: {error}"),
+        Err(error) => debug!("PVH image rejected: {error}"),
     }
     result
 }

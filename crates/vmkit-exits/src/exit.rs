@@ -111,3 +111,176 @@ pub enum VmExit<'a> {
 
 /// The sub-error of [`VmExit::InternalError`] that means "instruction emulation failed".
 pub const INTERNAL_ERROR_EMULATION: u32 = 1;
+
+/// The kind of a [`VmExit`], without its data: the key of the per-kind exit statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExitKind {
+    /// [`VmExit::IoIn`].
+    IoIn,
+    /// [`VmExit::IoOut`].
+    IoOut,
+    /// [`VmExit::MmioRead`].
+    MmioRead,
+    /// [`VmExit::MmioWrite`].
+    MmioWrite,
+    /// [`VmExit::Hlt`].
+    Hlt,
+    /// [`VmExit::Shutdown`].
+    Shutdown,
+    /// [`VmExit::SystemEvent`].
+    SystemEvent,
+    /// [`VmExit::FailEntry`].
+    FailEntry,
+    /// [`VmExit::InternalError`].
+    InternalError,
+    /// [`VmExit::Debug`].
+    Debug,
+    /// [`VmExit::Other`].
+    Other,
+}
+
+impl ExitKind {
+    /// How many kinds there are.
+    pub const COUNT: usize = 11;
+
+    /// Every kind, in declaration order (`ALL[k as usize] == k`).
+    pub const ALL: [ExitKind; Self::COUNT] = [
+        ExitKind::IoIn,
+        ExitKind::IoOut,
+        ExitKind::MmioRead,
+        ExitKind::MmioWrite,
+        ExitKind::Hlt,
+        ExitKind::Shutdown,
+        ExitKind::SystemEvent,
+        ExitKind::FailEntry,
+        ExitKind::InternalError,
+        ExitKind::Debug,
+        ExitKind::Other,
+    ];
+
+    /// A short lower-case name, as printed in the statistics table.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ExitKind::IoIn => "io-in",
+            ExitKind::IoOut => "io-out",
+            ExitKind::MmioRead => "mmio-read",
+            ExitKind::MmioWrite => "mmio-write",
+            ExitKind::Hlt => "hlt",
+            ExitKind::Shutdown => "shutdown",
+            ExitKind::SystemEvent => "system-event",
+            ExitKind::FailEntry => "fail-entry",
+            ExitKind::InternalError => "internal-error",
+            ExitKind::Debug => "debug",
+            ExitKind::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl VmExit<'_> {
+    /// The kind of this exit.
+    pub fn kind(&self) -> ExitKind {
+        match self {
+            VmExit::IoIn { .. } => ExitKind::IoIn,
+            VmExit::IoOut { .. } => ExitKind::IoOut,
+            VmExit::MmioRead { .. } => ExitKind::MmioRead,
+            VmExit::MmioWrite { .. } => ExitKind::MmioWrite,
+            VmExit::Hlt => ExitKind::Hlt,
+            VmExit::Shutdown => ExitKind::Shutdown,
+            VmExit::SystemEvent(_) => ExitKind::SystemEvent,
+            VmExit::FailEntry { .. } => ExitKind::FailEntry,
+            VmExit::InternalError { .. } => ExitKind::InternalError,
+            VmExit::Debug { .. } => ExitKind::Debug,
+            VmExit::Other { .. } => ExitKind::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insn_bytes_keep_at_most_fifteen() {
+        let long = [0x90u8; 20];
+        assert_eq!(InsnBytes::new(&long).as_slice(), &long[..MAX_INSN_LEN]);
+        assert_eq!(InsnBytes::new(&[0xcc]).as_slice(), &[0xcc]);
+        assert!(InsnBytes::new(&[]).as_slice().is_empty());
+        assert_eq!(InsnBytes::default(), InsnBytes::new(&[]));
+    }
+
+    #[test]
+    fn kinds_are_indexed_in_order() {
+        for (i, k) in ExitKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+        assert_eq!(format!("{:>6}", ExitKind::Hlt), "   hlt");
+    }
+
+    #[test]
+    fn every_exit_has_its_kind() {
+        let mut buf = [0u8; 1];
+        let mut buf2 = [0u8; 4];
+        let cases = [
+            (
+                VmExit::IoIn {
+                    port: 1,
+                    data: &mut buf,
+                },
+                ExitKind::IoIn,
+            ),
+            (
+                VmExit::IoOut {
+                    port: 1,
+                    data: &[1],
+                },
+                ExitKind::IoOut,
+            ),
+            (
+                VmExit::MmioRead {
+                    addr: 1,
+                    data: &mut buf2,
+                },
+                ExitKind::MmioRead,
+            ),
+            (
+                VmExit::MmioWrite {
+                    addr: 1,
+                    data: &[1],
+                },
+                ExitKind::MmioWrite,
+            ),
+            (VmExit::Hlt, ExitKind::Hlt),
+            (VmExit::Shutdown, ExitKind::Shutdown),
+            (
+                VmExit::SystemEvent(SystemEvent::Reset),
+                ExitKind::SystemEvent,
+            ),
+            (VmExit::FailEntry { reason: 1, cpu: 0 }, ExitKind::FailEntry),
+            (
+                VmExit::InternalError {
+                    suberror: 1,
+                    insn: None,
+                },
+                ExitKind::InternalError,
+            ),
+            (
+                VmExit::Debug {
+                    pc: 0,
+                    exception: 1,
+                },
+                ExitKind::Debug,
+            ),
+            (VmExit::Other { reason: 99 }, ExitKind::Other),
+        ];
+        for (exit, kind) in cases {
+            assert_eq!(exit.kind(), kind);
+            assert!(!kind.name().is_empty());
+        }
+    }
+}

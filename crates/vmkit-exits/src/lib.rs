@@ -1,12 +1,26 @@
-//! Backend-neutral VM exits, port-I/O and MMIO buses, the trap-and-emulate dispatcher and exit
-//! statistics.
+#![doc = include_str!("../README.md")]
 
 pub mod action;
+pub mod assist;
+pub mod bus;
+pub mod decode;
 pub mod device;
+pub mod dispatch;
 pub mod exit;
+pub mod ratelimit;
 pub mod state;
+pub mod stats;
 
 pub use action::{ExitAction, StopReason};
+pub use assist::{
+    AssistError, AssistPolicy, AssistVerdict, EmulationAssist, ReflectNamed, StopAlways, UD_VECTOR,
+    inject_ud,
+};
+pub use bus::{Bus, BusAddress, BusError, BusHandler, BusRange, IoBus, MmioBus, Route};
+pub use decode::{CpuMode, DecodeError, DecodedInsn, describe_insn};
 pub use device::{DeviceAction, MmioDevice, PioDevice};
-pub use exit::{InsnBytes, SystemEvent, VmExit};
+pub use dispatch::{ExitDispatcher, UNCLAIMED_BYTE, is_valid_access_size};
+pub use exit::{ExitKind, InsnBytes, SystemEvent, VmExit};
+pub use ratelimit::{Clock, LogLimit, ManualClock, MonotonicClock, RateLimiter};
 pub use state::VcpuState;
+pub use stats::{AccessCounts, ExitStats, RangeStats};
