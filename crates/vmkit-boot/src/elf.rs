@@ -213,11 +213,10 @@ impl ElfImage {
                             size: header.file_size,
                         },
                     )?;
-                    if let Some(entry) = parse_notes(notes, index)? {
-                        if pvh_entry.replace(entry).is_some() {
+                    if let Some(entry) = parse_notes(notes, index)?
+                        && pvh_entry.replace(entry).is_some() {
                             return Err(BootError::DuplicatePvhNote);
                         }
-                    }
                 }
                 _ => {}
             }

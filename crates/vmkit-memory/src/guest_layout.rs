@@ -111,7 +111,7 @@ impl GuestLayout {
         if ram_size == 0 {
             return Err(LayoutError::ZeroRamSize);
         }
-        if ram_size % PAGE_SIZE != 0 {
+        if !ram_size.is_multiple_of(PAGE_SIZE) {
             return Err(LayoutError::UnalignedRamSize(ram_size));
         }
         if ram_size < MIN_RAM_SIZE {

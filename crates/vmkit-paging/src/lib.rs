@@ -1,1 +1,51 @@
-//! vmkit-paging (in progress).
+#![doc = include_str!("../README.md")]
+//!
+//! # Modules
+//!
+//! - [`x86`]: x86-64 entries, [`X86Paging`] (the vCPU state that governs translation) and the
+//!   guest walker with exact #PF error codes.
+//! - [`ept`] and [`npt`]: the nested formats; [`nested`]: GPA → HPA translation and the
+//!   two-dimensional walk.
+//! - [`TableBuilder`]: tables for given mappings in any format, largest page size first.
+//! - [`PhysMemory`]: how everything reaches memory; [`BufferMemory`], and vm-memory's
+//!   `GuestMemoryMmap` behind the `vm-memory` feature.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+// The derive refers to `::thiserror`; the dependency is the same crate without its `std`
+// feature, so that the core builds for bare-metal targets.
+extern crate thiserror_no_std as thiserror;
+
+mod access;
+mod builder;
+mod error;
+mod format;
+mod memory;
+mod size;
+#[cfg(feature = "vm-memory")]
+mod vm_memory;
+mod walk;
+
+pub mod ept;
+pub mod nested;
+pub mod npt;
+pub mod x86;
+
+#[cfg(any(test, feature = "reference"))]
+#[doc(hidden)]
+pub mod reference;
+
+pub use access::{Access, AccessKind, Privilege};
+pub use builder::{BuildError, BumpAllocator, FrameAllocator, TableBuilder};
+pub use ept::{Ept, EptCaps, EptFlags};
+pub use error::WalkError;
+pub use format::{EntryKind, PagingFormat, Rights};
+pub use memory::{BufferMemory, MemoryError, PhysMemory};
+pub use nested::{NestedFault, NestedFormat, NestedTranslation};
+pub use npt::Npt;
+pub use size::{PageSize, PageSizes};
+#[cfg(feature = "vm-memory")]
+pub use vm_memory::GuestMemoryPhys;
+pub use walk::{MAX_RETRIES, Translation};
+pub use x86::{PageFault, PteFlags, X86Paging};

@@ -1,1 +1,22 @@
-//! vmkit-vcpu (in progress).
+#![doc = include_str!("../README.md")]
+//!
+//! # Modules
+//!
+//! - [`hypervisor`]: the [`Hypervisor`] / [`Vm`] / [`Vcpu`] trait family and [`Kick`].
+//! - [`run`]: [`RunExit`] and [`Exits`] (one [`VmExit`](vmkit_exits::VmExit) per string-I/O
+//!   element), the [`ExitHandler`] trait and the [`run_until_stop`] driver.
+//! - [`x86`]: backend-neutral entry state (PVH, 64-bit Linux), boot MSRs, page sizes.
+//! - [`kvm`]: the KVM backend, its CPUID, kick protocol and the fuzzable
+//!   [`convert_exit`](kvm::exit::convert_exit).
+//! - [`fake`]: an in-memory backend replaying scripted exits, for tests without `/dev/kvm`.
+
+pub mod fake;
+pub mod hypervisor;
+pub mod kvm;
+pub mod run;
+pub mod x86;
+
+pub use hypervisor::{DataMatch, Hypervisor, IoEventAddress, Kick, Vcpu, Vm};
+pub use kvm::{Error, KvmHypervisor, KvmKicker, KvmVcpu, KvmVm};
+pub use run::{ExitHandler, Exits, LoopExit, RunExit, handle_exits, run_until_stop};
+pub use x86::{LongModeEntry, PageSizes};

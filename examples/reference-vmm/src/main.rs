@@ -1,1 +1,45 @@
-fn main() {}
+//! vmkit's reference VMM: composes the vmkit crates into a VMM that boots PVH firmware and
+//! kernels on KVM. It holds no device or CPU logic of its own: the CLI, the composition and the
+//! VM's lifecycle.
+//!
+//! Exit statuses are listed in [`exit_code`].
+
+mod cli;
+mod exit_code;
+mod guests;
+mod logger;
+mod terminal;
+mod vm;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+
+fn main() -> ExitCode {
+    let process_start = Instant::now();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            // Help and version go to stdout and are not errors.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line naming the problem; clap's usage block would follow otherwise.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid command line");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("reference-vmm: {first} (see --help)");
+            return ExitCode::from(exit_code::VMM_ERROR);
+        }
+    };
+    match vm::run(&cli, process_start) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("reference-vmm: {e:#}");
+            ExitCode::from(exit_code::VMM_ERROR)
+        }
+    }
+}

@@ -5,4 +5,7 @@
 //! `fuzz/seeds/<target>/` on stable Rust in every `cargo test`.
 
 pub mod dispatch;
+pub mod kvm_exit;
 pub mod layout;
+pub mod legacy;
+pub mod pvh;

@@ -1,0 +1,296 @@
+//! How walkers and builders reach physical memory: the [`PhysMemory`] trait and a plain buffer.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// An access to physical memory failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MemoryError {
+    /// Physical address {0:#x} is outside memory.
+    #[error("Physical address {0:#x} is outside memory.")]
+    OutOfRange(u64),
+    /// Physical address {0:#x} is not 8-byte aligned.
+    #[error("Physical address {0:#x} is not 8-byte aligned.")]
+    Misaligned(u64),
+}
+
+impl MemoryError {
+    /// The address of the failed access.
+    pub const fn address(self) -> u64 {
+        match self {
+            MemoryError::OutOfRange(addr) | MemoryError::Misaligned(addr) => addr,
+        }
+    }
+}
+
+/// Physical memory holding page tables, accessed as aligned 64-bit words.
+///
+/// Walkers read entries with [`read_u64`](Self::read_u64) and set accessed and dirty flags with
+/// [`compare_exchange_u64`](Self::compare_exchange_u64), which must be atomic with respect to
+/// other users of the memory (vCPUs running the guest), as the processor's locked update is. The
+/// builder writes with [`write_u64`](Self::write_u64). Every address is 8-byte aligned: the walker
+/// and the builder only touch paging-structure entries. An address outside the memory is an
+/// error, never a panic.
+pub trait PhysMemory {
+    /// Reads the 64-bit word at `addr`.
+    fn read_u64(&self, addr: u64) -> Result<u64, MemoryError>;
+
+    /// Writes `value` to the 64-bit word at `addr`.
+    fn write_u64(&self, addr: u64, value: u64) -> Result<(), MemoryError>;
+
+    /// Atomically replaces the word at `addr` with `new` if it holds `current`.
+    ///
+    /// Returns `Ok(Ok(current))` when it did, `Ok(Err(actual))` with the value found when it did
+    /// not.
+    fn compare_exchange_u64(
+        &self,
+        addr: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemoryError>;
+}
+
+impl<T: PhysMemory + ?Sized> PhysMemory for &T {
+    fn read_u64(&self, addr: u64) -> Result<u64, MemoryError> {
+        (**self).read_u64(addr)
+    }
+
+    fn write_u64(&self, addr: u64, value: u64) -> Result<(), MemoryError> {
+        (**self).write_u64(addr, value)
+    }
+
+    fn compare_exchange_u64(
+        &self,
+        addr: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemoryError> {
+        (**self).compare_exchange_u64(addr, current, new)
+    }
+}
+
+const FRAME_SIZE: u64 = 4096;
+
+/// Physical memory in a plain heap buffer starting at a chosen physical address.
+///
+/// Useful to build page tables before copying them into guest memory, for tests, and on hosts
+/// without vm-memory. Accesses are atomic (each word is an [`AtomicU64`]), so one buffer can be
+/// shared by threads.
+pub struct BufferMemory {
+    base: u64,
+    words: Vec<AtomicU64>,
+}
+
+impl BufferMemory {
+    /// A zeroed buffer covering physical addresses `base..base + size`, `size` rounded up to
+    /// 4 KiB.
+    ///
+    /// Fails if `base` is not 4 KiB aligned or the range does not fit in the address space.
+    pub fn new(base: u64, size: u64) -> Result<BufferMemory, MemoryError> {
+        if base % FRAME_SIZE != 0 {
+            return Err(MemoryError::Misaligned(base));
+        }
+        let frames = size.div_ceil(FRAME_SIZE);
+        let end_ok = frames
+            .checked_mul(FRAME_SIZE)
+            .and_then(|bytes| base.checked_add(bytes))
+            .is_some();
+        let count = usize::try_from(frames * (FRAME_SIZE / 8))
+            .ok()
+            .filter(|_| end_ok)
+            .ok_or(MemoryError::OutOfRange(base))?;
+        let mut words = Vec::with_capacity(count);
+        words.resize_with(count, || AtomicU64::new(0));
+        Ok(BufferMemory { base, words })
+    }
+
+    /// The physical address of the first byte.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The size in bytes.
+    pub fn size(&self) -> u64 {
+        self.words.len() as u64 * 8
+    }
+
+    /// Whether `addr..addr + len` lies inside the buffer.
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        addr >= self.base
+            && addr
+                .checked_add(len)
+                .is_some_and(|end| end <= self.base + self.size())
+    }
+
+    /// The host address of the byte at [`base`](Self::base): the buffer is contiguous, so the
+    /// byte at physical address `p` is at `as_ptr() + (p - base)`.
+    ///
+    /// Code that dereferences it must not race with the buffer's own accesses.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.words.as_ptr().cast()
+    }
+
+    #[inline]
+    fn word(&self, addr: u64) -> Result<&AtomicU64, MemoryError> {
+        if addr % 8 != 0 {
+            return Err(MemoryError::Misaligned(addr));
+        }
+        usize::try_from(addr.wrapping_sub(self.base) / 8)
+            .ok()
+            .and_then(|index| self.words.get(index))
+            .ok_or(MemoryError::OutOfRange(addr))
+    }
+
+    /// Copies `buf.len()` bytes starting at physical address `addr` into `buf`.
+    pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.check_range(addr, buf.len())?;
+        for (i, byte) in buf.iter_mut().enumerate() {
+            let at = addr + i as u64;
+            let word = self.word(at & !7)?.load(Ordering::Acquire);
+            *byte = (word >> ((at % 8) * 8)) as u8;
+        }
+        Ok(())
+    }
+
+    /// Copies `data` to physical address `addr`. Each byte is stored atomically; the whole copy
+    /// is not.
+    pub fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
+        self.check_range(addr, data.len())?;
+        for (i, byte) in data.iter().enumerate() {
+            let at = addr + i as u64;
+            let shift = (at % 8) * 8;
+            let word = self.word(at & !7)?;
+            word.fetch_and(!(0xff << shift), Ordering::AcqRel);
+            word.fetch_or(u64::from(*byte) << shift, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, addr: u64, len: usize) -> Result<(), MemoryError> {
+        if self.contains(addr, len as u64) {
+            Ok(())
+        } else {
+            Err(MemoryError::OutOfRange(addr))
+        }
+    }
+}
+
+impl PhysMemory for BufferMemory {
+    #[inline]
+    fn read_u64(&self, addr: u64) -> Result<u64, MemoryError> {
+        // Relaxed, as the processor's own page-walk loads: each entry is read whole, and the
+        // walk orders its reads by their address dependencies. (An acquire load would also stop
+        // the compiler from keeping the walk's own state in registers.)
+        Ok(self.word(addr)?.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn write_u64(&self, addr: u64, value: u64) -> Result<(), MemoryError> {
+        self.word(addr)?.store(value, Ordering::Release);
+        Ok(())
+    }
+
+    #[inline]
+    fn compare_exchange_u64(
+        &self,
+        addr: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemoryError> {
+        Ok(self
+            .word(addr)?
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire))
+    }
+}
+
+impl Clone for BufferMemory {
+    fn clone(&self) -> Self {
+        BufferMemory {
+            base: self.base,
+            words: self
+                .words
+                .iter()
+                .map(|word| AtomicU64::new(word.load(Ordering::Acquire)))
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Debug for BufferMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferMemory")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("size", &format_args!("{:#x}", self.size()))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip_and_bounds() {
+        let mem = BufferMemory::new(0x10_0000, 0x1800).unwrap();
+        assert_eq!(mem.base(), 0x10_0000);
+        assert_eq!(mem.size(), 0x2000);
+        mem.write_u64(0x10_1ff8, 0x1122_3344_5566_7788).unwrap();
+        assert_eq!(mem.read_u64(0x10_1ff8), Ok(0x1122_3344_5566_7788));
+        assert_eq!(mem.read_u64(0x10_2000), Err(MemoryError::OutOfRange(0x10_2000)));
+        assert_eq!(mem.read_u64(0x0f_fff8), Err(MemoryError::OutOfRange(0x0f_fff8)));
+        assert_eq!(mem.read_u64(0x10_0004), Err(MemoryError::Misaligned(0x10_0004)));
+        assert_eq!(mem.write_u64(u64::MAX & !7, 1), Err(MemoryError::OutOfRange(u64::MAX & !7)));
+        assert_eq!(MemoryError::Misaligned(3).address(), 3);
+    }
+
+    #[test]
+    fn compare_exchange_reports_the_value_found() {
+        let mem = BufferMemory::new(0, 0x1000).unwrap();
+        mem.write_u64(8, 5).unwrap();
+        assert_eq!(mem.compare_exchange_u64(8, 5, 7), Ok(Ok(5)));
+        assert_eq!(mem.compare_exchange_u64(8, 5, 9), Ok(Err(7)));
+        assert_eq!(mem.read_u64(8), Ok(7));
+        assert_eq!(
+            mem.compare_exchange_u64(0x1000, 0, 1),
+            Err(MemoryError::OutOfRange(0x1000))
+        );
+        // Through a reference.
+        let by_ref = &mem;
+        assert_eq!(PhysMemory::read_u64(&by_ref, 8), Ok(7));
+        by_ref.write_u64(16, 1).unwrap();
+        assert_eq!(PhysMemory::compare_exchange_u64(&by_ref, 16, 1, 2), Ok(Ok(1)));
+    }
+
+    #[test]
+    fn bytes_round_trip_across_words_and_frames() {
+        let mem = BufferMemory::new(0x2000, 0x2000).unwrap();
+        let data: alloc::vec::Vec<u8> = (0..40).collect();
+        mem.write_bytes(0x2ffb, &data).unwrap();
+        let mut back = [0u8; 40];
+        mem.read_bytes(0x2ffb, &mut back).unwrap();
+        assert_eq!(&back[..], &data[..]);
+        assert_eq!(mem.read_u64(0x3000).unwrap() & 0xff, 5);
+        assert_eq!(mem.write_bytes(0x3fff, &[1, 2]), Err(MemoryError::OutOfRange(0x3fff)));
+        assert_eq!(mem.read_bytes(0x1fff, &mut back), Err(MemoryError::OutOfRange(0x1fff)));
+        assert!(mem.contains(0x2000, 0x2000));
+        assert!(!mem.contains(0x2000, 0x2001));
+        assert!(!mem.contains(u64::MAX, 2));
+    }
+
+    #[test]
+    fn construction_errors_clone_and_pointer() {
+        assert_eq!(BufferMemory::new(0x1001, 1).err(), Some(MemoryError::Misaligned(0x1001)));
+        assert_eq!(
+            BufferMemory::new(u64::MAX & !0xfff, 0x2000).err(),
+            Some(MemoryError::OutOfRange(u64::MAX & !0xfff))
+        );
+        let mem = BufferMemory::new(0, 0x1000).unwrap();
+        mem.write_u64(0x10, 42).unwrap();
+        let copy = mem.clone();
+        mem.write_u64(0x10, 1).unwrap();
+        assert_eq!(copy.read_u64(0x10), Ok(42));
+        assert_eq!(mem.as_ptr() as usize % 8, 0);
+        assert!(alloc::format!("{mem:?}").contains("0x1000"));
+    }
+}

@@ -1,0 +1,619 @@
+//! x86-64 paging (4-level and 5-level): the entry format, the vCPU state that governs
+//! translation, and the guest walker (GVA → GPA) with the exact page-fault semantics of the
+//! Intel SDM Vol. 3A, chapter 4.
+
+use core::fmt;
+use core::ops::{BitOr, BitOrAssign};
+
+use crate::access::{Access, AccessKind, Privilege};
+use crate::error::WalkError;
+use crate::format::{
+    ADDRESS_BITS, EntryKind, PagingFormat, Rights, bits, clamp_phys_bits, fits_width,
+    reserved_phys_bits,
+};
+use crate::memory::PhysMemory;
+use crate::size::{PageSize, PageSizes};
+use crate::walk::{Direct, Stop, Translation, walk};
+
+/// Entry bit 0: present.
+pub const PRESENT: u64 = 1 << 0;
+/// Entry bit 1: writes allowed (R/W).
+pub const WRITABLE: u64 = 1 << 1;
+/// Entry bit 2: user-mode accesses allowed (U/S).
+pub const USER: u64 = 1 << 2;
+/// Entry bit 3: page-level write-through (PWT).
+pub const WRITE_THROUGH: u64 = 1 << 3;
+/// Entry bit 4: page-level cache disable (PCD).
+pub const CACHE_DISABLE: u64 = 1 << 4;
+/// Entry bit 5: accessed.
+pub const ACCESSED: u64 = 1 << 5;
+/// Entry bit 6: dirty (leaf entries).
+pub const DIRTY: u64 = 1 << 6;
+/// Entry bit 7: page size (PS) in PDPTEs and PDEs; PAT in PTEs; reserved in PML4Es and PML5Es.
+pub const PAGE_SIZE: u64 = 1 << 7;
+/// Entry bit 8: global (leaf entries).
+pub const GLOBAL: u64 = 1 << 8;
+/// Entry bit 12: PAT in entries that map 2 MiB and 1 GiB pages.
+pub const LARGE_PAT: u64 = 1 << 12;
+/// Entry bit 63: execute disable (XD); reserved when EFER.NXE = 0.
+pub const NO_EXECUTE: u64 = 1 << 63;
+
+/// CR0.WP: supervisor writes honour R/W.
+pub const CR0_WP: u64 = 1 << 16;
+/// CR4.LA57: 5-level paging.
+pub const CR4_LA57: u64 = 1 << 12;
+/// CR4.SMEP: supervisor-mode execution prevention.
+pub const CR4_SMEP: u64 = 1 << 20;
+/// CR4.SMAP: supervisor-mode access prevention.
+pub const CR4_SMAP: u64 = 1 << 21;
+/// EFER.NXE: execute-disable bit enabled.
+pub const EFER_NXE: u64 = 1 << 11;
+/// RFLAGS.AC: alignment check / SMAP override.
+pub const RFLAGS_AC: u64 = 1 << 18;
+
+/// Flags of an x86-64 page mapping, as the table builder takes them. Present (and PS for large
+/// pages) are implied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PteFlags(u64);
+
+impl PteFlags {
+    /// No flag: a read-only, supervisor, executable page.
+    pub const EMPTY: PteFlags = PteFlags(0);
+    /// R/W.
+    pub const WRITABLE: PteFlags = PteFlags(WRITABLE);
+    /// U/S.
+    pub const USER: PteFlags = PteFlags(USER);
+    /// PWT.
+    pub const WRITE_THROUGH: PteFlags = PteFlags(WRITE_THROUGH);
+    /// PCD.
+    pub const CACHE_DISABLE: PteFlags = PteFlags(CACHE_DISABLE);
+    /// Accessed, preset.
+    pub const ACCESSED: PteFlags = PteFlags(ACCESSED);
+    /// Dirty, preset.
+    pub const DIRTY: PteFlags = PteFlags(DIRTY);
+    /// Global.
+    pub const GLOBAL: PteFlags = PteFlags(GLOBAL);
+    /// PAT (bit 7 of a PTE, bit 12 of a large-page entry: the builder places it).
+    pub const PAT: PteFlags = PteFlags(PAGE_SIZE);
+    /// Execute disable; needs EFER.NXE.
+    pub const NO_EXECUTE: PteFlags = PteFlags(NO_EXECUTE);
+
+    /// The flags as entry bits (PAT at bit 7).
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+
+    /// Whether every flag of `other` is set.
+    pub const fn contains(self, other: PteFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl BitOr for PteFlags {
+    type Output = PteFlags;
+    fn bitor(self, rhs: PteFlags) -> PteFlags {
+        PteFlags(self.0 | rhs.0)
+    }
+}
+
+impl BitOrAssign for PteFlags {
+    fn bitor_assign(&mut self, rhs: PteFlags) {
+        self.0 |= rhs.0;
+    }
+}
+
+/// A page fault as the processor delivers it: the error code it pushes and the linear address
+/// it loads into CR2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageFault {
+    /// The faulting linear address (CR2).
+    pub address: u64,
+    /// The error code: a combination of the `PageFault::` bit constants.
+    pub error_code: u32,
+}
+
+impl PageFault {
+    /// Error-code bit 0 (P): 0 if a not-present entry caused the fault, 1 otherwise.
+    pub const PRESENT: u32 = 1 << 0;
+    /// Error-code bit 1 (W/R): the access was a write.
+    pub const WRITE: u32 = 1 << 1;
+    /// Error-code bit 2 (U/S): the access was a user-mode access.
+    pub const USER: u32 = 1 << 2;
+    /// Error-code bit 3 (RSVD): a reserved bit was set in an entry.
+    pub const RESERVED: u32 = 1 << 3;
+    /// Error-code bit 4 (I/D): the access was an instruction fetch and EFER.NXE or CR4.SMEP is
+    /// set.
+    pub const FETCH: u32 = 1 << 4;
+}
+
+impl fmt::Display for PageFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "#PF at {:#x}, error code {:#x}",
+            self.address, self.error_code
+        )
+    }
+}
+
+/// Why a page fault happened: the part of the error code the tables decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FaultCause {
+    NotPresent,
+    Reserved,
+    Denied,
+}
+
+/// The x86-64 paging state of a vCPU: what CR0, CR3, CR4, EFER and RFLAGS (and the CPU model)
+/// say about linear-address translation. Long mode with paging enabled is assumed.
+///
+/// Also the format of x86-64 tables for the [`TableBuilder`](crate::TableBuilder), which uses
+/// the level count, MAXPHYADDR, NXE and 1 GiB support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct X86Paging {
+    /// CR3: the root table in bits M-1:12 (PCID and other bits are ignored).
+    pub cr3: u64,
+    /// CR4.LA57: 5-level paging (57-bit linear addresses) instead of 4-level.
+    pub five_level: bool,
+    /// EFER.NXE: the XD bit is honoured (and not reserved).
+    pub nxe: bool,
+    /// CR0.WP: supervisor writes honour R/W.
+    pub wp: bool,
+    /// CR4.SMEP: supervisor fetches from user pages fault.
+    pub smep: bool,
+    /// CR4.SMAP: supervisor data accesses to user pages fault unless RFLAGS.AC allows them.
+    pub smap: bool,
+    /// RFLAGS.AC at the time of the access.
+    pub ac: bool,
+    /// MAXPHYADDR (CPUID.80000008H:EAX\[7:0\]): entry address bits at and above it are reserved.
+    pub max_phys_bits: u8,
+    /// 1 GiB pages supported (CPUID.80000001H:EDX\[26\]); without them PS in a PDPTE is
+    /// reserved.
+    pub gbpages: bool,
+}
+
+impl Default for X86Paging {
+    fn default() -> Self {
+        X86Paging::new(0)
+    }
+}
+
+impl X86Paging {
+    /// 4-level paging rooted at `cr3`, as a usual 64-bit kernel runs: NXE and WP set, SMEP,
+    /// SMAP and AC clear, MAXPHYADDR 52, 1 GiB pages supported.
+    pub const fn new(cr3: u64) -> X86Paging {
+        X86Paging {
+            cr3,
+            five_level: false,
+            nxe: true,
+            wp: true,
+            smep: false,
+            smap: false,
+            ac: false,
+            max_phys_bits: 52,
+            gbpages: true,
+        }
+    }
+
+    /// The state the registers describe; MAXPHYADDR 52 and 1 GiB pages until set otherwise.
+    pub const fn from_registers(cr0: u64, cr3: u64, cr4: u64, efer: u64, rflags: u64) -> Self {
+        X86Paging {
+            cr3,
+            five_level: cr4 & CR4_LA57 != 0,
+            nxe: efer & EFER_NXE != 0,
+            wp: cr0 & CR0_WP != 0,
+            smep: cr4 & CR4_SMEP != 0,
+            smap: cr4 & CR4_SMAP != 0,
+            ac: rflags & RFLAGS_AC != 0,
+            max_phys_bits: 52,
+            gbpages: true,
+        }
+    }
+
+    /// This state with MAXPHYADDR `bits` (clamped to 32..=52).
+    pub const fn with_max_phys_bits(mut self, bits: u8) -> Self {
+        self.max_phys_bits = clamp_phys_bits(bits);
+        self
+    }
+
+    /// This state with or without 1 GiB page support.
+    pub const fn with_gbpages(mut self, gbpages: bool) -> Self {
+        self.gbpages = gbpages;
+        self
+    }
+
+    /// This state with 5-level paging on or off.
+    pub const fn with_five_level(mut self, five_level: bool) -> Self {
+        self.five_level = five_level;
+        self
+    }
+
+    /// The physical address of the root table (PML4 or PML5).
+    pub const fn root(&self) -> u64 {
+        self.cr3 & ADDRESS_BITS & !reserved_phys_bits(self.max_phys_bits)
+    }
+
+    /// The entry and access rules of this state, with their masks computed: what the walker
+    /// runs.
+    pub const fn rules(&self) -> X86Rules {
+        X86Rules::new(
+            self.five_level,
+            self.nxe,
+            self.max_phys_bits,
+            self.gbpages,
+            Checks::Guest {
+                wp: self.wp,
+                smep: self.smep,
+                smap: self.smap,
+                ac: self.ac,
+            },
+        )
+    }
+
+    /// Whether `addr` is canonical: bits 63:47 (63:56 with 5-level paging) all equal.
+    pub const fn is_canonical(&self, addr: u64) -> bool {
+        let unused = if self.five_level { 7 } else { 16 };
+        (((addr << unused) as i64) >> unused) as u64 == addr
+    }
+
+    /// Translates `addr` for `access` as the processor does, setting accessed and dirty flags
+    /// on success.
+    ///
+    /// Errors: [`WalkError::PageFault`] with the error code and CR2 the processor reports,
+    /// [`WalkError::NonCanonical`] (the processor raises #GP or #SS instead),
+    /// [`WalkError::Memory`] when a table lies outside `mem`, [`WalkError::Contended`].
+    #[inline]
+    pub fn translate<M: PhysMemory + ?Sized>(
+        &self,
+        mem: &M,
+        addr: u64,
+        access: Access,
+    ) -> Result<Translation, WalkError> {
+        self.walk_memory(mem, addr, access, true)
+    }
+
+    /// Like [`translate`](Self::translate) with the same checks, but reads only: no accessed or
+    /// dirty flag is set. For debuggers, instruction emulation look-ahead, and benchmarks.
+    #[inline]
+    pub fn probe<M: PhysMemory + ?Sized>(
+        &self,
+        mem: &M,
+        addr: u64,
+        access: Access,
+    ) -> Result<Translation, WalkError> {
+        self.walk_memory(mem, addr, access, false)
+    }
+
+    #[inline(always)]
+    fn walk_memory<M: PhysMemory + ?Sized>(
+        &self,
+        mem: &M,
+        addr: u64,
+        access: Access,
+        update: bool,
+    ) -> Result<Translation, WalkError> {
+        let rules = self.rules();
+        let result = if update {
+            walk::<_, _, true>(&rules, self.root(), addr, access, &mut Direct(mem))
+        } else {
+            walk::<_, _, false>(&rules, self.root(), addr, access, &mut Direct(mem))
+        };
+        match result {
+            Ok(walked) => Ok(walked.translation(&rules, walked.reads)),
+            Err(stop) => Err(self.walk_error(stop, addr, access, |err| {
+                log::debug!("guest page walk of {addr:#x} left memory: {err}");
+                WalkError::Memory(err)
+            })),
+        }
+    }
+
+    /// The error a stopped walk of `addr` for `access` gives the guest.
+    pub(crate) fn walk_error<E>(
+        &self,
+        stop: Stop<E>,
+        addr: u64,
+        access: Access,
+        unreachable: impl FnOnce(E) -> WalkError,
+    ) -> WalkError {
+        let cause = match stop {
+            Stop::BadInput => return WalkError::NonCanonical(addr),
+            Stop::Access(err) => return unreachable(err),
+            Stop::Contended => {
+                log::debug!("guest page walk of {addr:#x} contended");
+                return WalkError::Contended;
+            }
+            Stop::NotPresent { .. } => FaultCause::NotPresent,
+            Stop::Reserved { .. } => FaultCause::Reserved,
+            Stop::Denied { .. } => FaultCause::Denied,
+        };
+        WalkError::PageFault(self.page_fault(addr, access, cause))
+    }
+
+    /// The page fault for an access to `addr` that failed for `cause`.
+    pub(crate) fn page_fault(&self, addr: u64, access: Access, cause: FaultCause) -> PageFault {
+        let mut error_code = 0;
+        match cause {
+            FaultCause::NotPresent => {}
+            FaultCause::Reserved => error_code |= PageFault::PRESENT | PageFault::RESERVED,
+            FaultCause::Denied => error_code |= PageFault::PRESENT,
+        }
+        if access.kind == AccessKind::Write {
+            error_code |= PageFault::WRITE;
+        }
+        if access.privilege == Privilege::User {
+            error_code |= PageFault::USER;
+        }
+        if access.kind == AccessKind::Fetch && (self.nxe || self.smep) {
+            error_code |= PageFault::FETCH;
+        }
+        PageFault {
+            address: addr,
+            error_code,
+        }
+    }
+}
+
+/// How an [`X86Rules`] checks rights and input addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Checks {
+    /// Guest paging: linear addresses must be canonical; privilege, WP, SMEP and SMAP apply.
+    Guest {
+        wp: bool,
+        smep: bool,
+        smap: bool,
+        ac: bool,
+    },
+    /// NPT: inputs are guest-physical addresses, every access is a user access.
+    Nested,
+}
+
+/// The x86-64 entry and access rules of one configuration (guest paging or NPT), with the
+/// reserved-bit masks computed once: the [`PagingFormat`] the walker runs for
+/// [`X86Paging`] and [`Npt`](crate::Npt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct X86Rules {
+    /// Bits 51:MAXPHYADDR, and XD without NXE: reserved in every present entry.
+    reserved: u64,
+    max_phys_bits: u8,
+    five_level: bool,
+    nxe: bool,
+    gbpages: bool,
+    checks: Checks,
+}
+
+impl X86Rules {
+    pub(crate) const fn new(
+        five_level: bool,
+        nxe: bool,
+        max_phys_bits: u8,
+        gbpages: bool,
+        checks: Checks,
+    ) -> X86Rules {
+        let mut reserved = reserved_phys_bits(max_phys_bits);
+        if !nxe {
+            reserved |= NO_EXECUTE;
+        }
+        X86Rules {
+            reserved,
+            max_phys_bits: clamp_phys_bits(max_phys_bits),
+            five_level,
+            nxe,
+            gbpages,
+            checks,
+        }
+    }
+}
+
+/// The access-rights rules of SDM Vol. 3A, 4.6.1, for rights combined with XD inverted.
+#[inline]
+fn permits(rights: u64, access: Access, wp: bool, smep: bool, smap: bool, ac: bool) -> bool {
+    let user_page = rights & USER != 0;
+    let writable = rights & WRITABLE != 0;
+    // XD is inverted when combining: the bit is set when no level set XD. With NXE clear, a set
+    // XD is a reserved bit, so a valid translation never has it.
+    let executable = rights & NO_EXECUTE != 0;
+    match (access.privilege, access.kind) {
+        (Privilege::User, AccessKind::Read) => user_page,
+        (Privilege::User, AccessKind::Write) => user_page && writable,
+        (Privilege::User, AccessKind::Fetch) => user_page && executable,
+        (_, AccessKind::Fetch) => executable && !(user_page && smep),
+        (privilege, kind) => {
+            let smap_denies = user_page && smap && (privilege == Privilege::Implicit || !ac);
+            !smap_denies && (kind != AccessKind::Write || writable || !wp)
+        }
+    }
+}
+
+impl PagingFormat for X86Rules {
+    type Flags = PteFlags;
+    const RIGHTS_INVERT: u64 = NO_EXECUTE;
+
+    #[inline]
+    fn levels(&self) -> u8 {
+        if self.five_level { 5 } else { 4 }
+    }
+
+    #[inline]
+    fn accepts(&self, addr: u64) -> bool {
+        match self.checks {
+            Checks::Guest { .. } => {
+                let unused = if self.five_level { 7 } else { 16 };
+                (((addr << unused) as i64) >> unused) as u64 == addr
+            }
+            Checks::Nested => fits_width(addr, self.levels()),
+        }
+    }
+
+    #[inline]
+    fn decode(&self, entry: u64, level: u8) -> EntryKind {
+        if entry & PRESENT == 0 {
+            return EntryKind::NotPresent;
+        }
+        if entry & self.reserved != 0 {
+            return EntryKind::Reserved;
+        }
+        let large = entry & PAGE_SIZE != 0;
+        match level {
+            1 => EntryKind::Page(entry & ADDRESS_BITS),
+            2 | 3 if large => {
+                let (reserved, address) = if level == 2 {
+                    (bits(20, 13), bits(51, 21))
+                } else {
+                    (bits(29, 13), bits(51, 30))
+                };
+                // Without 1 GiB page support, PS itself is reserved in a PDPTE.
+                if entry & reserved != 0 || (level == 3 && !self.gbpages) {
+                    EntryKind::Reserved
+                } else {
+                    EntryKind::Page(entry & address)
+                }
+            }
+            2 | 3 => EntryKind::Table(entry & ADDRESS_BITS),
+            // PS is reserved in PML4Es and PML5Es.
+            _ if large => EntryKind::Reserved,
+            _ => EntryKind::Table(entry & ADDRESS_BITS),
+        }
+    }
+
+    #[inline]
+    fn permits(&self, rights: u64, access: Access) -> bool {
+        match self.checks {
+            Checks::Guest { wp, smep, smap, ac } => permits(rights, access, wp, smep, smap, ac),
+            Checks::Nested => permits(
+                rights,
+                Access::new(access.kind, Privilege::User),
+                false,
+                false,
+                false,
+                false,
+            ),
+        }
+    }
+
+    fn rights(&self, rights: u64) -> Rights {
+        Rights {
+            read: true,
+            write: rights & WRITABLE != 0,
+            execute: rights & NO_EXECUTE != 0,
+            user: rights & USER != 0,
+        }
+    }
+
+    fn accessed_flag(&self) -> u64 {
+        ACCESSED
+    }
+
+    fn dirty_flag(&self) -> u64 {
+        DIRTY
+    }
+
+    fn max_phys_bits(&self) -> u8 {
+        self.max_phys_bits
+    }
+
+    fn page_sizes(&self) -> PageSizes {
+        if self.gbpages {
+            PageSizes::ALL
+        } else {
+            PageSizes::UP_TO_2M
+        }
+    }
+
+    fn table_entry(&self, table: u64) -> u64 {
+        (table & ADDRESS_BITS) | PRESENT | WRITABLE | USER
+    }
+
+    /// A page entry; for NPT, U/S is always set, as every nested access is a user access.
+    fn page_entry(&self, base: u64, size: PageSize, flags: PteFlags) -> Option<u64> {
+        if base & size.offset_mask() != 0 || base & !ADDRESS_BITS != 0 {
+            return None;
+        }
+        if base & self.reserved & ADDRESS_BITS != 0 {
+            return None;
+        }
+        if flags.contains(PteFlags::NO_EXECUTE) && !self.nxe {
+            return None;
+        }
+        let mut entry = base | PRESENT | (flags.bits() & !PAGE_SIZE);
+        if self.checks == Checks::Nested {
+            entry |= USER;
+        }
+        if flags.contains(PteFlags::PAT) {
+            entry |= if size == PageSize::Size4K {
+                PAGE_SIZE
+            } else {
+                LARGE_PAT
+            };
+        }
+        if size != PageSize::Size4K {
+            entry |= PAGE_SIZE;
+        }
+        Some(entry)
+    }
+}
+
+/// Implements [`PagingFormat`] for a configuration type by delegating to its precomputed rules
+/// (`self.rules()`); for the builder and other occasional users. Walks use the rules directly.
+macro_rules! delegate_format {
+    ($ty:ty, $rules:ty) => {
+        impl $crate::format::PagingFormat for $ty {
+            type Flags = <$rules as $crate::format::PagingFormat>::Flags;
+            const RIGHTS_INVERT: u64 = <$rules as $crate::format::PagingFormat>::RIGHTS_INVERT;
+
+            fn levels(&self) -> u8 {
+                self.rules().levels()
+            }
+
+            fn accepts(&self, addr: u64) -> bool {
+                self.rules().accepts(addr)
+            }
+
+            fn decode(&self, entry: u64, level: u8) -> $crate::format::EntryKind {
+                self.rules().decode(entry, level)
+            }
+
+            fn permits(&self, rights: u64, access: $crate::access::Access) -> bool {
+                self.rules().permits(rights, access)
+            }
+
+            fn rights(&self, rights: u64) -> $crate::format::Rights {
+                self.rules().rights(rights)
+            }
+
+            fn accessed_flag(&self) -> u64 {
+                self.rules().accessed_flag()
+            }
+
+            fn dirty_flag(&self) -> u64 {
+                self.rules().dirty_flag()
+            }
+
+            fn max_phys_bits(&self) -> u8 {
+                self.rules().max_phys_bits()
+            }
+
+            fn page_sizes(&self) -> $crate::size::PageSizes {
+                self.rules().page_sizes()
+            }
+
+            fn table_entry(&self, table: u64) -> u64 {
+                self.rules().table_entry(table)
+            }
+
+            fn page_entry(
+                &self,
+                base: u64,
+                size: $crate::size::PageSize,
+                flags: Self::Flags,
+            ) -> Option<u64> {
+                self.rules().page_entry(base, size, flags)
+            }
+        }
+    };
+}
+pub(crate) use delegate_format;
+
+delegate_format!(X86Paging, X86Rules);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,725 @@
+//! An in-memory backend that replays scripted exits, for testing code written against the traits
+//! without `/dev/kvm`.
+//!
+//! A [`FakeVcpu`] returns the exits pushed with [`FakeVcpu::push`] one run at a time and keeps
+//! its registers in memory. It mirrors KVM's completion rule: the data a handler puts into a
+//! single `in` or MMIO read lands in the low bytes of RAX when the vCPU runs again or its
+//! registers are read.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use vm_memory::GuestMemoryMmap;
+use vmkit_exits::state::{Exception, Registers, SpecialRegisters};
+use vmkit_exits::{InsnBytes, SystemEvent, VcpuState, VmExit};
+use vmkit_memory::GuestLayout;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::hypervisor::{DataMatch, Hypervisor, IoEventAddress, Kick, Vcpu, Vm};
+use crate::run::{Exits, RunExit};
+use crate::x86::{
+    LongModeEntry, PageSizes, long_mode_registers, long_mode_special_registers, pvh_registers,
+    pvh_special_registers,
+};
+
+/// The fake backend's error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FakeError {
+    /// The vCPU ran past the end of its script.
+    #[error("the vCPU ran past the end of its script")]
+    ScriptEnded,
+    /// The script asked this run to fail.
+    #[error("the script asked this run to fail")]
+    Scripted,
+    /// The scripted port I/O has an access size other than 1, 2 or 4, or no element.
+    #[error("the scripted port I/O has an access size other than 1, 2 or 4, or no element")]
+    BadIo,
+    /// Exception vector {0} cannot be injected.
+    #[error("exception vector {0} cannot be injected")]
+    InvalidException(u8),
+    /// The entry state is invalid: {0}.
+    #[error("the entry state is invalid: {0}")]
+    Entry(#[from] crate::x86::EntryError),
+}
+
+/// One scripted outcome of [`FakeVcpu::run`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScriptedExit {
+    /// `count` `in`s of `size` bytes from `port` (a `rep insb`/`insw`/`insd` when `count > 1`).
+    IoIn {
+        /// The port.
+        port: u16,
+        /// Access size: 1, 2 or 4.
+        size: u8,
+        /// Elements.
+        count: u32,
+    },
+    /// `out`s of `size`-byte elements of `data` to `port`.
+    IoOut {
+        /// The port.
+        port: u16,
+        /// Access size: 1, 2 or 4.
+        size: u8,
+        /// The bytes written (a whole number of elements).
+        data: Vec<u8>,
+    },
+    /// An MMIO read of `len` bytes.
+    MmioRead {
+        /// Guest-physical address.
+        addr: u64,
+        /// Access size (1 to 8).
+        len: u8,
+    },
+    /// An MMIO write.
+    MmioWrite {
+        /// Guest-physical address.
+        addr: u64,
+        /// The bytes written.
+        data: Vec<u8>,
+    },
+    /// `hlt`.
+    Hlt,
+    /// Shutdown (triple fault).
+    Shutdown,
+    /// A system event.
+    SystemEvent(SystemEvent),
+    /// An entry failure.
+    FailEntry {
+        /// Hardware reason.
+        reason: u64,
+        /// Physical CPU.
+        cpu: u32,
+    },
+    /// An internal error.
+    InternalError {
+        /// Sub-error.
+        suberror: u32,
+        /// Instruction bytes.
+        insn: Option<InsnBytes>,
+    },
+    /// A debug exit.
+    Debug {
+        /// Instruction pointer.
+        pc: u64,
+        /// Vector.
+        exception: u32,
+    },
+    /// Another exit.
+    Other {
+        /// Raw reason.
+        reason: u32,
+    },
+    /// The run returns [`RunExit::Kicked`].
+    Kicked,
+    /// The run fails with [`FakeError::Scripted`].
+    Fail,
+}
+
+/// Kicks a [`FakeVcpu`].
+#[derive(Clone, Debug, Default)]
+pub struct FakeKicker {
+    pending: Arc<AtomicBool>,
+}
+
+impl Kick for FakeKicker {
+    fn kick(&self) {
+        self.pending.store(true, Ordering::Release);
+    }
+}
+
+/// A vCPU that replays a script.
+#[derive(Debug, Default)]
+pub struct FakeVcpu {
+    id: u32,
+    script: VecDeque<ScriptedExit>,
+    buffer: Vec<u8>,
+    /// Bytes of the last single read whose data lands in RAX on completion.
+    pending_read: Cell<Option<usize>>,
+    regs: Cell<Registers>,
+    sregs: SpecialRegisters,
+    injected: Vec<Exception>,
+    halts: usize,
+    runs: usize,
+    kicker: FakeKicker,
+}
+
+impl FakeVcpu {
+    /// A vCPU with ID `id` and an empty script.
+    pub fn new(id: u32) -> Self {
+        Self {
+            id,
+            ..Self::default()
+        }
+    }
+
+    /// Appends `exit` to the script.
+    pub fn push(&mut self, exit: ScriptedExit) -> &mut Self {
+        self.script.push_back(exit);
+        self
+    }
+
+    /// Exits still to come.
+    pub fn remaining(&self) -> usize {
+        self.script.len()
+    }
+
+    /// Exceptions injected so far, oldest first.
+    pub fn injected(&self) -> &[Exception] {
+        &self.injected
+    }
+
+    /// How often the vCPU was parked with [`Vcpu::halt`].
+    pub fn halts(&self) -> usize {
+        self.halts
+    }
+
+    /// How often [`Vcpu::run`] was called.
+    pub fn runs(&self) -> usize {
+        self.runs
+    }
+
+    fn complete(&self) {
+        if let Some(len) = self.pending_read.take() {
+            let mut regs = self.regs.get();
+            let mut rax = regs.rax.to_le_bytes();
+            let n = len.min(8).min(self.buffer.len());
+            rax[..n].copy_from_slice(&self.buffer[..n]);
+            regs.rax = u64::from_le_bytes(rax);
+            self.regs.set(regs);
+        }
+    }
+}
+
+impl VcpuState for FakeVcpu {
+    type Error = FakeError;
+
+    fn registers(&self) -> Result<Registers, FakeError> {
+        self.complete();
+        Ok(self.regs.get())
+    }
+
+    fn set_registers(&mut self, regs: &Registers) -> Result<(), FakeError> {
+        self.complete();
+        self.regs.set(*regs);
+        Ok(())
+    }
+
+    fn special_registers(&self) -> Result<SpecialRegisters, FakeError> {
+        self.complete();
+        Ok(self.sregs)
+    }
+
+    fn set_special_registers(&mut self, sregs: &SpecialRegisters) -> Result<(), FakeError> {
+        self.complete();
+        self.sregs = *sregs;
+        Ok(())
+    }
+
+    fn inject_exception(&mut self, exception: Exception) -> Result<(), FakeError> {
+        if exception.vector > 31 || exception.vector == 2 {
+            return Err(FakeError::InvalidException(exception.vector));
+        }
+        self.injected.push(exception);
+        Ok(())
+    }
+}
+
+impl Vcpu for FakeVcpu {
+    type Kicker = FakeKicker;
+
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn run(&mut self) -> Result<RunExit<'_>, FakeError> {
+        self.runs += 1;
+        self.complete();
+        if self.kicker.pending.swap(false, Ordering::AcqRel) {
+            return Ok(RunExit::Kicked);
+        }
+        let next = self.script.pop_front().ok_or(FakeError::ScriptEnded)?;
+        let exit = match next {
+            ScriptedExit::IoIn { port, size, count } => {
+                let size = usize::from(size);
+                let len = size.saturating_mul(count as usize);
+                self.buffer.clear();
+                self.buffer.resize(len, 0);
+                // String input goes to memory, not RAX.
+                self.pending_read.set((count == 1).then_some(len));
+                let exits = Exits::io_in(port, size, &mut self.buffer).ok_or(FakeError::BadIo)?;
+                return Ok(RunExit::Exits(exits));
+            }
+            ScriptedExit::IoOut { port, size, data } => {
+                self.buffer = data;
+                let exits =
+                    Exits::io_out(port, usize::from(size), &self.buffer).ok_or(FakeError::BadIo)?;
+                return Ok(RunExit::Exits(exits));
+            }
+            ScriptedExit::MmioRead { addr, len } => {
+                self.buffer.clear();
+                self.buffer.resize(usize::from(len), 0);
+                self.pending_read.set(Some(usize::from(len)));
+                VmExit::MmioRead {
+                    addr,
+                    data: &mut self.buffer,
+                }
+            }
+            ScriptedExit::MmioWrite { addr, data } => {
+                self.buffer = data;
+                VmExit::MmioWrite {
+                    addr,
+                    data: &self.buffer,
+                }
+            }
+            ScriptedExit::Hlt => VmExit::Hlt,
+            ScriptedExit::Shutdown => VmExit::Shutdown,
+            ScriptedExit::SystemEvent(event) => VmExit::SystemEvent(event),
+            ScriptedExit::FailEntry { reason, cpu } => VmExit::FailEntry { reason, cpu },
+            ScriptedExit::InternalError { suberror, insn } => {
+                VmExit::InternalError { suberror, insn }
+            }
+            ScriptedExit::Debug { pc, exception } => VmExit::Debug { pc, exception },
+            ScriptedExit::Other { reason } => VmExit::Other { reason },
+            ScriptedExit::Kicked => return Ok(RunExit::Kicked),
+            ScriptedExit::Fail => return Err(FakeError::Scripted),
+        };
+        Ok(RunExit::Exits(Exits::one(exit)))
+    }
+
+    fn kicker(&self) -> FakeKicker {
+        self.kicker.clone()
+    }
+
+    fn halt(&mut self) -> Result<(), FakeError> {
+        self.complete();
+        self.halts += 1;
+        Ok(())
+    }
+
+    fn setup_pvh(&mut self, entry: u64, start_info: u64) -> Result<(), FakeError> {
+        self.complete();
+        self.sregs = pvh_special_registers(&self.sregs);
+        self.regs.set(pvh_registers(entry, start_info));
+        Ok(())
+    }
+
+    fn setup_long_mode(&mut self, entry: &LongModeEntry) -> Result<(), FakeError> {
+        entry.validate()?;
+        self.complete();
+        self.sregs = long_mode_special_registers(&self.sregs, entry);
+        self.regs.set(long_mode_registers(entry));
+        Ok(())
+    }
+}
+
+/// A registration a [`FakeVm`] received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FakeVmEvent {
+    /// [`Vm::register_irqfd`] for this GSI.
+    IrqfdRegistered(u32),
+    /// [`Vm::unregister_irqfd`] for this GSI.
+    IrqfdUnregistered(u32),
+    /// [`Vm::register_ioevent`].
+    IoeventRegistered(IoEventAddress, Option<DataMatch>),
+    /// [`Vm::unregister_ioevent`].
+    IoeventUnregistered(IoEventAddress, Option<DataMatch>),
+    /// [`Vm::set_irq_line`].
+    IrqLine(u32, bool),
+}
+
+/// A VM that creates [`FakeVcpu`]s and records registrations.
+#[derive(Debug, Default)]
+pub struct FakeVm {
+    events: Mutex<Vec<FakeVmEvent>>,
+}
+
+impl FakeVm {
+    /// The registrations so far, oldest first.
+    pub fn events(&self) -> Vec<FakeVmEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, event: FakeVmEvent) -> Result<(), FakeError> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event);
+        Ok(())
+    }
+}
+
+impl Vm for FakeVm {
+    type Vcpu = FakeVcpu;
+    type Error = FakeError;
+
+    fn create_vcpu(&self, id: u32, _vcpu_count: u32) -> Result<FakeVcpu, FakeError> {
+        Ok(FakeVcpu::new(id))
+    }
+
+    fn register_irqfd(&self, _fd: &EventFd, gsi: u32) -> Result<(), FakeError> {
+        self.record(FakeVmEvent::IrqfdRegistered(gsi))
+    }
+
+    fn unregister_irqfd(&self, _fd: &EventFd, gsi: u32) -> Result<(), FakeError> {
+        self.record(FakeVmEvent::IrqfdUnregistered(gsi))
+    }
+
+    fn register_ioevent(
+        &self,
+        _fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<DataMatch>,
+    ) -> Result<(), FakeError> {
+        self.record(FakeVmEvent::IoeventRegistered(addr, datamatch))
+    }
+
+    fn unregister_ioevent(
+        &self,
+        _fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<DataMatch>,
+    ) -> Result<(), FakeError> {
+        self.record(FakeVmEvent::IoeventUnregistered(addr, datamatch))
+    }
+
+    fn set_irq_line(&self, gsi: u32, level: bool) -> Result<(), FakeError> {
+        self.record(FakeVmEvent::IrqLine(gsi, level))
+    }
+}
+
+/// A hypervisor that creates [`FakeVm`]s and reports the page sizes it was given.
+#[derive(Clone, Copy, Debug)]
+pub struct FakeHypervisor {
+    /// What [`Hypervisor::supported_page_sizes`] returns.
+    pub page_sizes: PageSizes,
+}
+
+impl Default for FakeHypervisor {
+    fn default() -> Self {
+        Self {
+            page_sizes: PageSizes::ALL,
+        }
+    }
+}
+
+impl Hypervisor for FakeHypervisor {
+    type Vm = FakeVm;
+    type Error = FakeError;
+
+    fn create_vm(
+        &self,
+        _layout: &GuestLayout,
+        _memory: &GuestMemoryMmap,
+    ) -> Result<FakeVm, FakeError> {
+        Ok(FakeVm::default())
+    }
+
+    fn supported_page_sizes(&self) -> PageSizes {
+        self.page_sizes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use vmkit_exits::{ExitAction, StopReason};
+
+    use super::*;
+    use crate::run::{LoopExit, run_until_stop};
+
+    fn only(exit: RunExit<'_>) -> VmExit<'_> {
+        match exit {
+            RunExit::Exits(mut exits) => {
+                let e = exits.next().unwrap();
+                assert!(exits.next().is_none());
+                e
+            }
+            RunExit::Kicked => panic!("kicked"),
+        }
+    }
+
+    #[test]
+    fn a_single_in_lands_in_rax_on_the_next_state_read() {
+        let mut vcpu = FakeVcpu::new(0);
+        vcpu.set_registers(&Registers {
+            rax: 0xffff_ffff_ffff_ffff,
+            ..Registers::default()
+        })
+        .unwrap();
+        vcpu.push(ScriptedExit::IoIn {
+            port: 0x71,
+            size: 2,
+            count: 1,
+        });
+        match only(vcpu.run().unwrap()) {
+            VmExit::IoIn { port: 0x71, data } => data.copy_from_slice(&[0x34, 0x12]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(vcpu.registers().unwrap().rax, 0xffff_ffff_ffff_1234);
+    }
+
+    #[test]
+    fn mmio_reads_complete_on_the_next_run_and_string_input_does_not_touch_rax() {
+        let mut vcpu = FakeVcpu::new(1);
+        assert_eq!(vcpu.id(), 1);
+        vcpu.push(ScriptedExit::MmioRead {
+            addr: 0xd000_0000,
+            len: 4,
+        })
+        .push(ScriptedExit::IoIn {
+            port: 0x60,
+            size: 1,
+            count: 3,
+        })
+        .push(ScriptedExit::Hlt);
+        match only(vcpu.run().unwrap()) {
+            VmExit::MmioRead {
+                addr: 0xd000_0000,
+                data,
+            } => data.copy_from_slice(&[1, 2, 3, 4]),
+            other => panic!("{other:?}"),
+        }
+        match vcpu.run().unwrap() {
+            RunExit::Exits(exits) => {
+                assert_eq!(exits.len(), 3);
+                for exit in exits {
+                    match exit {
+                        VmExit::IoIn { data, .. } => data[0] = 0xee,
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+            RunExit::Kicked => panic!("kicked"),
+        }
+        assert_eq!(
+            vcpu.registers().unwrap().rax,
+            0x0403_0201,
+            "the MMIO read, not the ins"
+        );
+        assert_eq!(only(vcpu.run().unwrap()), VmExit::Hlt);
+        assert_eq!(vcpu.run().unwrap_err(), FakeError::ScriptEnded);
+        assert_eq!(vcpu.runs(), 4);
+    }
+
+    #[test]
+    fn every_scripted_exit_replays() {
+        let insn = InsnBytes::new(&[0xcc]);
+        let cases = [
+            (ScriptedExit::Shutdown, VmExit::Shutdown),
+            (
+                ScriptedExit::SystemEvent(SystemEvent::Reset),
+                VmExit::SystemEvent(SystemEvent::Reset),
+            ),
+            (
+                ScriptedExit::FailEntry { reason: 7, cpu: 1 },
+                VmExit::FailEntry { reason: 7, cpu: 1 },
+            ),
+            (
+                ScriptedExit::InternalError {
+                    suberror: 1,
+                    insn: Some(insn),
+                },
+                VmExit::InternalError {
+                    suberror: 1,
+                    insn: Some(insn),
+                },
+            ),
+            (
+                ScriptedExit::Debug {
+                    pc: 0x10,
+                    exception: 3,
+                },
+                VmExit::Debug {
+                    pc: 0x10,
+                    exception: 3,
+                },
+            ),
+            (
+                ScriptedExit::Other { reason: 99 },
+                VmExit::Other { reason: 99 },
+            ),
+        ];
+        let mut vcpu = FakeVcpu::new(0);
+        for (scripted, want) in cases {
+            vcpu.push(scripted);
+            assert_eq!(only(vcpu.run().unwrap()), want);
+        }
+        vcpu.push(ScriptedExit::MmioWrite {
+            addr: 8,
+            data: vec![1, 2],
+        });
+        assert_eq!(
+            only(vcpu.run().unwrap()),
+            VmExit::MmioWrite {
+                addr: 8,
+                data: &[1, 2]
+            }
+        );
+        vcpu.push(ScriptedExit::IoOut {
+            port: 1,
+            size: 2,
+            data: vec![1, 2, 3, 4],
+        });
+        assert_eq!(
+            vcpu.run()
+                .map(|r| matches!(r, RunExit::Exits(e) if e.len() == 2)),
+            Ok(true)
+        );
+        vcpu.push(ScriptedExit::IoOut {
+            port: 1,
+            size: 3,
+            data: vec![1, 2, 3],
+        });
+        assert_eq!(vcpu.run().unwrap_err(), FakeError::BadIo);
+        vcpu.push(ScriptedExit::IoIn {
+            port: 1,
+            size: 1,
+            count: 0,
+        });
+        assert_eq!(vcpu.run().unwrap_err(), FakeError::BadIo);
+        vcpu.push(ScriptedExit::Kicked);
+        assert!(matches!(vcpu.run(), Ok(RunExit::Kicked)));
+        assert_eq!(vcpu.remaining(), 0);
+    }
+
+    #[test]
+    fn the_loop_resumes_halts_and_stops() {
+        let mut vcpu = FakeVcpu::new(0);
+        vcpu.push(ScriptedExit::IoOut {
+            port: 0x3f8,
+            size: 1,
+            data: b"hi".to_vec(),
+        })
+        .push(ScriptedExit::Kicked)
+        .push(ScriptedExit::Hlt)
+        .push(ScriptedExit::Shutdown)
+        .push(ScriptedExit::Hlt);
+        let out = std::cell::RefCell::new(Vec::new());
+        let handler = |exit: VmExit<'_>| match exit {
+            VmExit::IoOut { data, .. } => {
+                out.borrow_mut().extend_from_slice(data);
+                ExitAction::Resume
+            }
+            VmExit::Hlt => ExitAction::Halt,
+            VmExit::Shutdown => ExitAction::Stop(StopReason::TripleFault),
+            other => panic!("{other:?}"),
+        };
+        let stop = AtomicBool::new(false);
+        assert_eq!(
+            vcpu.run_loop(&handler, &stop),
+            Ok(LoopExit::Stopped(StopReason::TripleFault))
+        );
+        assert_eq!(*out.borrow(), b"hi");
+        assert_eq!(vcpu.halts(), 1);
+        assert_eq!(vcpu.remaining(), 1);
+
+        // A set stop flag returns before the vCPU runs again.
+        stop.store(true, Ordering::Release);
+        assert_eq!(
+            run_until_stop(&mut vcpu, &handler, &stop),
+            Ok(LoopExit::StopRequested)
+        );
+        assert_eq!(vcpu.remaining(), 1);
+    }
+
+    #[test]
+    fn a_kick_interrupts_one_run_and_errors_propagate() {
+        let mut vcpu = FakeVcpu::new(0);
+        vcpu.push(ScriptedExit::Fail);
+        let kicker = vcpu.kicker();
+        kicker.kick();
+        assert!(matches!(vcpu.run(), Ok(RunExit::Kicked)));
+        let stop = AtomicBool::new(false);
+        let handler = |_: VmExit<'_>| ExitAction::Resume;
+        assert_eq!(vcpu.run_loop(&handler, &stop), Err(FakeError::Scripted));
+        assert_eq!(vcpu.run_loop(&handler, &stop), Err(FakeError::ScriptEnded));
+    }
+
+    #[test]
+    fn entry_states_and_injection() {
+        let mut vcpu = FakeVcpu::new(0);
+        vcpu.setup_pvh(0x10_0000, 0x6000).unwrap();
+        let regs = vcpu.registers().unwrap();
+        assert_eq!((regs.rip, regs.rbx), (0x10_0000, 0x6000));
+        assert_eq!(vcpu.special_registers().unwrap().cr0, 0x11);
+
+        let entry = LongModeEntry {
+            entry: 0x20_0000,
+            page_table: 0x9000,
+            gdt: 0x500,
+            boot_params: 0x7000,
+            stack_pointer: 0,
+        };
+        vcpu.setup_long_mode(&entry).unwrap();
+        assert_eq!(vcpu.special_registers().unwrap().cr3, 0x9000);
+        assert_eq!(vcpu.registers().unwrap().rsi, 0x7000);
+        let bad = LongModeEntry {
+            page_table: 1,
+            ..entry
+        };
+        assert!(matches!(
+            vcpu.setup_long_mode(&bad),
+            Err(FakeError::Entry(_))
+        ));
+
+        let mut sregs = vcpu.special_registers().unwrap();
+        sregs.cr2 = 0x1234;
+        vcpu.set_special_registers(&sregs).unwrap();
+        assert_eq!(vcpu.special_registers().unwrap().cr2, 0x1234);
+
+        let ud = Exception {
+            vector: 6,
+            error_code: None,
+        };
+        vcpu.inject_exception(ud).unwrap();
+        assert_eq!(vcpu.injected(), &[ud]);
+        for vector in [2, 32] {
+            assert_eq!(
+                vcpu.inject_exception(Exception {
+                    vector,
+                    error_code: None
+                }),
+                Err(FakeError::InvalidException(vector))
+            );
+        }
+        vcpu.halt().unwrap();
+        assert_eq!(vcpu.halts(), 1);
+    }
+
+    #[test]
+    fn fake_vm_and_hypervisor_record_what_they_are_asked() {
+        let hypervisor = FakeHypervisor::default();
+        assert_eq!(hypervisor.supported_page_sizes(), PageSizes::ALL);
+        let layout = GuestLayout::new(2 << 20).unwrap();
+        let memory = layout.create_guest_memory().unwrap();
+        let vm = hypervisor.create_vm(&layout, &memory).unwrap();
+        let vcpus = vm.create_vcpus(2).unwrap();
+        assert_eq!(vcpus.iter().map(Vcpu::id).collect::<Vec<_>>(), [0, 1]);
+
+        let fd = EventFd::new(0).unwrap();
+        let addr = IoEventAddress::Mmio(0x1000);
+        vm.register_irqfd(&fd, 5).unwrap();
+        vm.unregister_irqfd(&fd, 5).unwrap();
+        vm.register_ioevent(&fd, addr, Some(DataMatch::U32(1)))
+            .unwrap();
+        vm.unregister_ioevent(&fd, addr, None).unwrap();
+        vm.set_irq_line(4, true).unwrap();
+        assert_eq!(
+            vm.events(),
+            [
+                FakeVmEvent::IrqfdRegistered(5),
+                FakeVmEvent::IrqfdUnregistered(5),
+                FakeVmEvent::IoeventRegistered(addr, Some(DataMatch::U32(1))),
+                FakeVmEvent::IoeventUnregistered(addr, None),
+                FakeVmEvent::IrqLine(4, true),
+            ]
+        );
+        assert!(FakeError::ScriptEnded.to_string().contains("script"));
+    }
+}

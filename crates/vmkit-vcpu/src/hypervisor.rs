@@ -1,0 +1,152 @@
+//! The backend-neutral trait family: a [`Hypervisor`] creates [`Vm`]s, a `Vm` creates [`Vcpu`]s.
+//!
+//! The shape follows Cloud Hypervisor's `hypervisor` crate, with associated types instead of
+//! trait objects so that a vCPU's exits can borrow its run area without an allocation.
+
+use std::sync::atomic::AtomicBool;
+
+use vm_memory::GuestMemoryMmap;
+use vmkit_exits::VcpuState;
+use vmkit_memory::GuestLayout;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::run::{ExitHandler, LoopExit, RunExit, run_until_stop};
+use crate::x86::{LongModeEntry, PageSizes};
+
+/// A hypervisor backend: creates VMs and reports what the host supports.
+pub trait Hypervisor {
+    /// The backend's VM.
+    type Vm: Vm<Error = Self::Error>;
+    /// The backend's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Creates a VM over `memory`, laid out as `layout` says (the backend's reserved pages and
+    /// interrupt controllers included).
+    ///
+    /// The VM keeps `memory` mapped for as long as it or any of its vCPUs exists.
+    fn create_vm(
+        &self,
+        layout: &GuestLayout,
+        memory: &GuestMemoryMmap,
+    ) -> Result<Self::Vm, Self::Error>;
+
+    /// The page sizes guest page tables may use: the boot page-table builder picks the largest.
+    fn supported_page_sizes(&self) -> PageSizes;
+}
+
+/// Where an [`IoEvent`](Vm::register_ioevent) listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoEventAddress {
+    /// A port.
+    Pio(u16),
+    /// A guest-physical MMIO address.
+    Mmio(u64),
+}
+
+/// The value (and with it the access size) a write must carry for an ioevent to fire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataMatch {
+    /// A 1-byte write of this value.
+    U8(u8),
+    /// A 2-byte write of this value.
+    U16(u16),
+    /// A 4-byte write of this value.
+    U32(u32),
+    /// An 8-byte write of this value.
+    U64(u64),
+}
+
+/// A virtual machine: guest memory, interrupt controllers and vCPUs.
+pub trait Vm {
+    /// The backend's vCPU.
+    type Vcpu: Vcpu<Error = Self::Error>;
+    /// The backend's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Creates vCPU `id` of `vcpu_count`, with CPUID, local APIC and boot MSRs configured.
+    ///
+    /// `vcpu_count` shapes the topology the vCPU reports (one socket of `vcpu_count` cores);
+    /// `id` is also its APIC ID.
+    fn create_vcpu(&self, id: u32, vcpu_count: u32) -> Result<Self::Vcpu, Self::Error>;
+
+    /// Creates vCPUs `0..count`.
+    fn create_vcpus(&self, count: u32) -> Result<Vec<Self::Vcpu>, Self::Error> {
+        (0..count).map(|id| self.create_vcpu(id, count)).collect()
+    }
+
+    /// Makes a write to `fd` raise `gsi`.
+    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), Self::Error>;
+
+    /// Undoes [`register_irqfd`](Vm::register_irqfd).
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), Self::Error>;
+
+    /// Makes a guest write to `addr` (matching `datamatch`, if given) signal `fd` instead of
+    /// exiting to the VMM.
+    fn register_ioevent(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<DataMatch>,
+    ) -> Result<(), Self::Error>;
+
+    /// Undoes [`register_ioevent`](Vm::register_ioevent) (same arguments).
+    fn unregister_ioevent(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<DataMatch>,
+    ) -> Result<(), Self::Error>;
+
+    /// Drives interrupt line `gsi` to `level`.
+    fn set_irq_line(&self, gsi: u32, level: bool) -> Result<(), Self::Error>;
+}
+
+/// Interrupts a vCPU's run from another thread.
+///
+/// A kick makes the vCPU's current [`run`](Vcpu::run), or its next one if it is not in the guest
+/// right now, return [`RunExit::Kicked`]. Kicks do not queue: several before a run count as one.
+pub trait Kick: Clone + Send + Sync + 'static {
+    /// Kicks the vCPU.
+    fn kick(&self);
+}
+
+/// A virtual CPU.
+///
+/// The [`VcpuState`] accessors see the architectural state *after* the last exit completed: when
+/// the vCPU stopped behind an `in` or an MMIO read, the backend first hands the handler's data to
+/// the guest, so the destination register holds the device's value.
+pub trait Vcpu: VcpuState {
+    /// The backend's kicker.
+    type Kicker: Kick;
+
+    /// The vCPU's index (and APIC ID).
+    fn id(&self) -> u32;
+
+    /// Enters the guest until it exits or the run is kicked.
+    fn run(&mut self) -> Result<RunExit<'_>, Self::Error>;
+
+    /// A kicker for this vCPU, usable from any thread.
+    fn kicker(&self) -> Self::Kicker;
+
+    /// Parks the vCPU: the next [`run`](Vcpu::run) waits for an interrupt or a kick before the
+    /// guest executes again.
+    fn halt(&mut self) -> Result<(), Self::Error>;
+
+    /// Puts the vCPU into the PVH entry state: 32-bit protected mode with paging off, flat 4 GiB
+    /// code and data segments, `CR0 = PE | ET`, `EIP = entry`, `EBX = start_info` (the
+    /// `hvm_start_info` address), `EFLAGS = 0x2`; FPU and boot MSRs reset.
+    fn setup_pvh(&mut self, entry: u64, start_info: u64) -> Result<(), Self::Error>;
+
+    /// Puts the vCPU into the 64-bit entry state of the Linux boot protocol (see
+    /// [`LongModeEntry`]); FPU and boot MSRs reset.
+    fn setup_long_mode(&mut self, entry: &LongModeEntry) -> Result<(), Self::Error>;
+
+    /// Runs until a handler stops the VM or `stop` is set; see [`run_until_stop`].
+    fn run_loop<H>(&mut self, handler: &H, stop: &AtomicBool) -> Result<LoopExit, Self::Error>
+    where
+        H: ExitHandler + ?Sized,
+        Self: Sized,
+    {
+        run_until_stop(self, handler, stop)
+    }
+}

@@ -1,0 +1,413 @@
+//! The KVM vCPU: set-up of its x86 state, the run call and the state accessors.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use kvm_bindings::{
+    CpuId, KVM_EXIT_MEMORY_FAULT, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, KVMIO, Msrs, kvm_fpu,
+    kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_run,
+};
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress};
+use vmkit_exits::VcpuState;
+use vmkit_exits::state::{Exception, Registers, SpecialRegisters};
+use vmm_sys_util::ioctl_io_nr;
+
+use super::convert::{
+    registers_from_kvm, registers_to_kvm, special_registers_from_kvm, special_registers_to_kvm,
+};
+use super::cpuid::vcpu_cpuid;
+use super::exit::convert_exit;
+use super::kick::{KickState, KvmKicker, kick_signal};
+use super::run_area::RunArea;
+use super::{Error, VmShared};
+use crate::hypervisor::Vcpu;
+use crate::run::RunExit;
+use crate::x86::msr::{BOOT_MSRS, MsrValue, msr_name};
+use crate::x86::{
+    LONG_MODE_GDT, LongModeEntry, long_mode_registers, long_mode_special_registers, pvh_registers,
+    pvh_special_registers,
+};
+
+ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+
+/// Offset of the local APIC's LVT LINT0 register.
+const APIC_LVT0: usize = 0x350;
+/// Offset of the local APIC's LVT LINT1 register.
+const APIC_LVT1: usize = 0x360;
+/// LVT delivery mode NMI.
+const APIC_MODE_NMI: u32 = 0b100;
+/// LVT delivery mode ExtINT (the 8259 PIC's output).
+const APIC_MODE_EXTINT: u32 = 0b111;
+
+/// The most vCPUs a VM may have: an xAPIC ID has 8 bits and 255 is the broadcast ID.
+pub const MAX_VCPUS: u32 = 255;
+
+/// Reads local APIC register `offset` from a `KVM_GET_LAPIC` image.
+pub fn lapic_register(lapic: &kvm_lapic_state, offset: usize) -> u32 {
+    let mut bytes = [0u8; 4];
+    for (b, r) in bytes.iter_mut().zip(lapic.regs.iter().skip(offset)) {
+        *b = *r as u8;
+    }
+    u32::from_le_bytes(bytes)
+}
+
+fn set_lapic_register(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
+    for (r, b) in lapic.regs.iter_mut().skip(offset).zip(value.to_le_bytes()) {
+        *r = b as libc::c_char;
+    }
+}
+
+/// Sets the delivery mode of LVT entry `offset`, keeping its other bits.
+fn set_lvt_delivery_mode(lapic: &mut kvm_lapic_state, offset: usize, mode: u32) {
+    let value = lapic_register(lapic, offset);
+    set_lapic_register(lapic, offset, (value & !0x700) | (mode << 8));
+}
+
+/// A KVM vCPU.
+///
+/// `Send` but not `Sync`: it is run, and its state read, from one thread at a time; other threads
+/// interrupt it through its [`KvmKicker`].
+#[derive(Debug)]
+pub struct KvmVcpu {
+    // Declared before `vm`, so that the vCPU is closed before the guest memory can be unmapped.
+    fd: VcpuFd,
+    run: RunArea,
+    kick: Arc<KickState>,
+    id: u32,
+    /// Whether the last `KVM_RUN` ended in an exit whose operation KVM completes on the next
+    /// entry (the data of an `in` or an MMIO read, the instruction pointer of an `out`).
+    needs_completion: Cell<bool>,
+    /// The thread on which the kick signal was last made sure to be unblocked.
+    signal_thread: Cell<Option<libc::pthread_t>>,
+    vm: Arc<VmShared>,
+}
+
+impl KvmVcpu {
+    pub(super) fn new(vm: Arc<VmShared>, id: u32, vcpu_count: u32) -> Result<Self, Error> {
+        if vcpu_count == 0 || vcpu_count > MAX_VCPUS || id >= vcpu_count {
+            return Err(Error::VcpuId {
+                id,
+                count: vcpu_count,
+            });
+        }
+        let fd = vm
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(|source| Error::CreateVcpu { id, source })?;
+        let run = RunArea::map(&fd, vm.run_size).map_err(Error::MapRunArea)?;
+
+        let entries = vcpu_cpuid(&vm.cpuid, id, vcpu_count, vm.tsc_deadline);
+        let cpuid = CpuId::from_entries(&entries).map_err(|_| Error::TooManyEntries {
+            what: "CPUID",
+            count: entries.len(),
+        })?;
+        fd.set_cpuid2(&cpuid).map_err(Error::SetCpuid)?;
+
+        let mut lapic = fd.get_lapic().map_err(Error::ioctl("KVM_GET_LAPIC"))?;
+        set_lvt_delivery_mode(&mut lapic, APIC_LVT0, APIC_MODE_EXTINT);
+        set_lvt_delivery_mode(&mut lapic, APIC_LVT1, APIC_MODE_NMI);
+        fd.set_lapic(&lapic)
+            .map_err(Error::ioctl("KVM_SET_LAPIC"))?;
+
+        Ok(Self {
+            fd,
+            run,
+            kick: Arc::new(KickState::default()),
+            id,
+            needs_completion: Cell::new(false),
+            signal_thread: Cell::new(None),
+            vm,
+        })
+    }
+
+    /// The `kvm-ioctls` vCPU handle, for state this crate does not wrap (XSAVE, debug registers,
+    /// nested state).
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// The local APIC's registers (`KVM_GET_LAPIC`); read one with [`lapic_register`].
+    pub fn lapic(&self) -> Result<kvm_lapic_state, Error> {
+        self.complete_pending()?;
+        self.fd.get_lapic().map_err(Error::ioctl("KVM_GET_LAPIC"))
+    }
+
+    /// Reads the MSRs `indices`; an MSR the host does not have ends the list early.
+    pub fn msrs(&self, indices: &[u32]) -> Result<Vec<MsrValue>, Error> {
+        self.complete_pending()?;
+        let entries: Vec<kvm_msr_entry> = indices
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| Error::TooManyEntries {
+            what: "MSR",
+            count: entries.len(),
+        })?;
+        let n = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(Error::ioctl("KVM_GET_MSRS"))?;
+        Ok(msrs
+            .as_slice()
+            .iter()
+            .take(n)
+            .map(|e| MsrValue {
+                index: e.index,
+                value: e.data,
+            })
+            .collect())
+    }
+
+    /// Writes `msrs` in order; the first one the host refuses is named in
+    /// [`Error::SetMsrs`].
+    pub fn set_msrs(&mut self, msrs: &[MsrValue]) -> Result<(), Error> {
+        self.complete_pending()?;
+        let entries: Vec<kvm_msr_entry> = msrs
+            .iter()
+            .map(|m| kvm_msr_entry {
+                index: m.index,
+                data: m.value,
+                ..Default::default()
+            })
+            .collect();
+        let list = Msrs::from_entries(&entries).map_err(|_| Error::TooManyEntries {
+            what: "MSR",
+            count: entries.len(),
+        })?;
+        let n = self
+            .fd
+            .set_msrs(&list)
+            .map_err(Error::ioctl("KVM_SET_MSRS"))?;
+        match msrs.get(n) {
+            None => Ok(()),
+            Some(refused) => Err(Error::SetMsrs {
+                index: refused.index,
+                name: msr_name(refused.index),
+                value: refused.value,
+            }),
+        }
+    }
+
+    /// The FPU state (`KVM_GET_FPU`).
+    pub fn fpu(&self) -> Result<kvm_fpu, Error> {
+        self.complete_pending()?;
+        self.fd.get_fpu().map_err(Error::ioctl("KVM_GET_FPU"))
+    }
+
+    /// Resets what every entry mode shares: FPU (`FCW = 0x37f`, `MXCSR = 0x1f80`), the boot MSRs,
+    /// and the run state (runnable, also for an application processor still waiting for SIPI).
+    fn reset_boot_state(&mut self) -> Result<(), Error> {
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        self.fd.set_fpu(&fpu).map_err(Error::ioctl("KVM_SET_FPU"))?;
+        self.set_msrs(&BOOT_MSRS)?;
+        self.set_mp_state(KVM_MP_STATE_RUNNABLE)
+    }
+
+    fn set_mp_state(&self, mp_state: u32) -> Result<(), Error> {
+        self.fd
+            .set_mp_state(kvm_mp_state { mp_state })
+            .map_err(Error::ioctl("KVM_SET_MP_STATE"))
+    }
+
+    /// Finishes the operation the last exit left pending, so that the registers show its result.
+    ///
+    /// KVM completes an `in`, an MMIO read (and the instruction pointer of an `out` or an MMIO
+    /// write) only when `KVM_RUN` is entered again. Entering with `immediate_exit` set completes
+    /// it and returns `EINTR` without running a single guest instruction.
+    fn complete_pending(&self) -> Result<(), Error> {
+        if !self.needs_completion.replace(false) {
+            return Ok(());
+        }
+        let immediate_exit = self.run.immediate_exit();
+        // SAFETY: the run area is mapped while `self` lives; outside the kick window only this
+        // thread touches the byte.
+        unsafe { immediate_exit.set(1) };
+        // SAFETY: KVM_RUN takes no argument; `self.fd` is a vCPU file descriptor whose run area
+        // is mapped, and no reference into that area is alive (they all borrow `self` mutably).
+        let ret = unsafe { libc::ioctl(self.fd.as_raw_fd(), KVM_RUN(), 0) };
+        let err = io::Error::last_os_error();
+        // SAFETY: as above.
+        unsafe { immediate_exit.set(0) };
+        if ret >= 0 {
+            return Err(Error::ExitDuringCompletion(self.run.exit_reason()));
+        }
+        match err.raw_os_error() {
+            Some(libc::EINTR) => Ok(()),
+            _ => Err(Error::Run(err)),
+        }
+    }
+
+    /// Makes sure the kick signal is not blocked on the calling thread (checked once per thread).
+    fn prepare_thread(&self) {
+        // SAFETY: `pthread_self` has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        if self.signal_thread.get() != Some(me) {
+            if let Err(e) = vmm_sys_util::signal::unblock_signal(kick_signal()) {
+                log::warn!("vCPU {}: cannot unblock the kick signal: {e}", self.id);
+            }
+            self.signal_thread.set(Some(me));
+        }
+    }
+
+    fn memory_fault(&mut self) -> Option<Error> {
+        if self.run.exit_reason() != KVM_EXIT_MEMORY_FAULT {
+            return None;
+        }
+        let area = self.run.bytes_mut();
+        // SAFETY: the area is page-aligned and holds a whole `kvm_run` (checked when mapped), whose
+        // plain-old-data fields every byte pattern is valid for; the union member matches the
+        // exit reason just read.
+        let fault = unsafe {
+            (*area.as_ptr().cast::<kvm_run>())
+                .__bindgen_anon_1
+                .memory_fault
+        };
+        Some(Error::MemoryFault {
+            gpa: fault.gpa,
+            size: fault.size,
+        })
+    }
+}
+
+impl VcpuState for KvmVcpu {
+    type Error = Error;
+
+    fn registers(&self) -> Result<Registers, Error> {
+        self.complete_pending()?;
+        let regs = self.fd.get_regs().map_err(Error::ioctl("KVM_GET_REGS"))?;
+        Ok(registers_from_kvm(&regs))
+    }
+
+    fn set_registers(&mut self, regs: &Registers) -> Result<(), Error> {
+        self.complete_pending()?;
+        self.fd
+            .set_regs(&registers_to_kvm(regs))
+            .map_err(Error::ioctl("KVM_SET_REGS"))
+    }
+
+    fn special_registers(&self) -> Result<SpecialRegisters, Error> {
+        self.complete_pending()?;
+        let sregs = self.fd.get_sregs().map_err(Error::ioctl("KVM_GET_SREGS"))?;
+        Ok(special_registers_from_kvm(&sregs))
+    }
+
+    fn set_special_registers(&mut self, sregs: &SpecialRegisters) -> Result<(), Error> {
+        self.complete_pending()?;
+        let mut kvm = self.fd.get_sregs().map_err(Error::ioctl("KVM_GET_SREGS"))?;
+        special_registers_to_kvm(sregs, &mut kvm);
+        self.fd
+            .set_sregs(&kvm)
+            .map_err(Error::ioctl("KVM_SET_SREGS"))
+    }
+
+    fn inject_exception(&mut self, exception: Exception) -> Result<(), Error> {
+        if exception.vector > 31 || exception.vector == 2 {
+            return Err(Error::InvalidException(exception.vector));
+        }
+        self.complete_pending()?;
+        let mut events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(Error::ioctl("KVM_GET_VCPU_EVENTS"))?;
+        events.exception.injected = 1;
+        events.exception.pending = 0;
+        events.exception.nr = exception.vector;
+        events.exception.has_error_code = u8::from(exception.error_code.is_some());
+        events.exception.error_code = exception.error_code.unwrap_or(0);
+        self.fd
+            .set_vcpu_events(&events)
+            .map_err(Error::ioctl("KVM_SET_VCPU_EVENTS"))
+    }
+}
+
+impl Vcpu for KvmVcpu {
+    type Kicker = KvmKicker;
+
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn run(&mut self) -> Result<RunExit<'_>, Error> {
+        self.prepare_thread();
+        let fd = self.fd.as_raw_fd();
+        let enter = || {
+            // SAFETY: KVM_RUN takes no argument; `fd` is this vCPU's file descriptor and its run
+            // area is mapped; no reference into the area is alive during the call.
+            unsafe { libc::ioctl(fd, KVM_RUN(), 0) }
+        };
+        // SAFETY: `self.run` stays mapped for the whole call (it is borrowed through `self`).
+        let result = unsafe { self.kick.run_window(self.run.immediate_exit(), enter) };
+        // Any entry, even one refused with EINTR, completes what the last exit left pending.
+        self.needs_completion.set(false);
+        if let Err(err) = result {
+            return match err.raw_os_error() {
+                Some(libc::EINTR) => Ok(RunExit::Kicked),
+                Some(libc::EFAULT | libc::EHWPOISON) => {
+                    Err(self.memory_fault().unwrap_or(Error::Run(err)))
+                }
+                _ => Err(Error::Run(err)),
+            };
+        }
+        self.needs_completion.set(true);
+        Ok(convert_exit(self.run.bytes_mut())?)
+    }
+
+    fn kicker(&self) -> KvmKicker {
+        KvmKicker::new(self.kick.clone())
+    }
+
+    fn halt(&mut self) -> Result<(), Error> {
+        self.complete_pending()?;
+        self.set_mp_state(KVM_MP_STATE_HALTED)
+    }
+
+    fn setup_pvh(&mut self, entry: u64, start_info: u64) -> Result<(), Error> {
+        self.reset_boot_state()?;
+        let sregs = pvh_special_registers(&self.special_registers()?);
+        self.set_special_registers(&sregs)?;
+        self.set_registers(&pvh_registers(entry, start_info))
+    }
+
+    fn setup_long_mode(&mut self, entry: &LongModeEntry) -> Result<(), Error> {
+        entry.validate()?;
+        let mut gdt = Vec::with_capacity(LONG_MODE_GDT.len() * 8);
+        for descriptor in LONG_MODE_GDT {
+            gdt.extend_from_slice(&descriptor.to_le_bytes());
+        }
+        self.vm
+            .memory
+            .write_slice(&gdt, GuestAddress(entry.gdt))
+            .map_err(|_| Error::WriteGdt(entry.gdt))?;
+        self.reset_boot_state()?;
+        let sregs = long_mode_special_registers(&self.special_registers()?, entry);
+        self.set_special_registers(&sregs)?;
+        self.set_registers(&long_mode_registers(entry))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lvt_delivery_mode_keeps_the_other_bits() {
+        let mut lapic = kvm_lapic_state::default();
+        set_lapic_register(&mut lapic, APIC_LVT0, 0x0001_0700);
+        set_lvt_delivery_mode(&mut lapic, APIC_LVT0, APIC_MODE_NMI);
+        assert_eq!(lapic_register(&lapic, APIC_LVT0), 0x0001_0400);
+        set_lvt_delivery_mode(&mut lapic, APIC_LVT1, APIC_MODE_EXTINT);
+        assert_eq!(lapic_register(&lapic, APIC_LVT1), 0x700);
+        // Offsets at the end of the page read as far as the page goes.
+        assert_eq!(lapic_register(&lapic, 1022), 0);
+    }
+}

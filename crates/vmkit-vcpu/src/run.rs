@@ -1,0 +1,300 @@
+//! What one entry into the guest returns, and the loop that drives a vCPU until it stops.
+//!
+//! [`Vcpu::run`] enters the guest once and returns a [`RunExit`]: either the
+//! run was [kicked](RunExit::Kicked) or the guest exited. An exit is handed out as [`Exits`], an
+//! iterator of [`VmExit`]s, because one string I/O instruction (`rep insb`, `rep outsw`, …) moves
+//! several elements in one exit: each element becomes its own `VmExit` with its own slice of the
+//! backend's data buffer, so device models only ever see single accesses of 1, 2 or 4 bytes.
+//!
+//! [`run_until_stop`] is the driver: it runs the vCPU, hands every exit to an [`ExitHandler`]
+//! (the `vmkit-exits` dispatcher, or any closure), parks the vCPU on [`ExitAction::Halt`] and
+//! returns when a handler stops the VM or the caller's stop flag is set.
+
+use std::slice::{ChunksExact, ChunksExactMut};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vmkit_exits::{ExitAction, StopReason, VmExit};
+
+use crate::hypervisor::Vcpu;
+
+/// How one entry into the guest ended.
+#[derive(Debug)]
+pub enum RunExit<'a> {
+    /// The run was interrupted by a kick (or another signal) before or while the guest ran.
+    ///
+    /// Nothing is to be handled; an operation the previous exit left pending has been completed.
+    Kicked,
+    /// The guest exited: handle every exit in order before entering again.
+    Exits(Exits<'a>),
+}
+
+/// The exits of one guest exit, in order: one for most exits, one per element for string I/O.
+///
+/// Each item borrows its own part of the backend's data buffer; for reads the handler fills it and
+/// the backend hands the data to the guest on the next entry.
+#[derive(Debug)]
+pub struct Exits<'a> {
+    inner: Inner<'a>,
+}
+
+#[derive(Debug)]
+enum Inner<'a> {
+    One(Option<VmExit<'a>>),
+    IoIn {
+        port: u16,
+        chunks: ChunksExactMut<'a, u8>,
+    },
+    IoOut {
+        port: u16,
+        chunks: ChunksExact<'a, u8>,
+    },
+}
+
+/// The access sizes port I/O instructions have.
+fn is_io_size(size: usize) -> bool {
+    matches!(size, 1 | 2 | 4)
+}
+
+impl<'a> Exits<'a> {
+    /// A single exit.
+    pub fn one(exit: VmExit<'a>) -> Self {
+        Self {
+            inner: Inner::One(Some(exit)),
+        }
+    }
+
+    /// `data.len() / size` consecutive `in`s of `size` bytes from `port`, one exit per element.
+    ///
+    /// Returns `None` unless `size` is 1, 2 or 4 and `data` holds a whole, non-zero number of
+    /// elements.
+    pub fn io_in(port: u16, size: usize, data: &'a mut [u8]) -> Option<Self> {
+        if !is_io_size(size) || data.is_empty() || !data.len().is_multiple_of(size) {
+            return None;
+        }
+        Some(Self {
+            inner: Inner::IoIn {
+                port,
+                chunks: data.chunks_exact_mut(size),
+            },
+        })
+    }
+
+    /// `data.len() / size` consecutive `out`s of `size` bytes to `port`, one exit per element.
+    ///
+    /// Returns `None` unless `size` is 1, 2 or 4 and `data` holds a whole, non-zero number of
+    /// elements.
+    pub fn io_out(port: u16, size: usize, data: &'a [u8]) -> Option<Self> {
+        if !is_io_size(size) || data.is_empty() || !data.len().is_multiple_of(size) {
+            return None;
+        }
+        Some(Self {
+            inner: Inner::IoOut {
+                port,
+                chunks: data.chunks_exact(size),
+            },
+        })
+    }
+}
+
+impl<'a> Iterator for Exits<'a> {
+    type Item = VmExit<'a>;
+
+    fn next(&mut self) -> Option<VmExit<'a>> {
+        match &mut self.inner {
+            Inner::One(exit) => exit.take(),
+            Inner::IoIn { port, chunks } => {
+                chunks.next().map(|data| VmExit::IoIn { port: *port, data })
+            }
+            Inner::IoOut { port, chunks } => chunks
+                .next()
+                .map(|data| VmExit::IoOut { port: *port, data }),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = match &self.inner {
+            Inner::One(exit) => usize::from(exit.is_some()),
+            Inner::IoIn { chunks, .. } => chunks.len(),
+            Inner::IoOut { chunks, .. } => chunks.len(),
+        };
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Exits<'_> {}
+
+/// Handles one exit and says what the vCPU does next.
+///
+/// Implemented for `vmkit-exits`' [`ExitDispatcher`](vmkit_exits::dispatch::ExitDispatcher) and
+/// for every `Fn(VmExit<'_>) -> ExitAction` closure.
+pub trait ExitHandler {
+    /// Handles `exit`: fills the data of reads, consumes writes, and returns the next action.
+    fn handle_exit(&self, exit: VmExit<'_>) -> ExitAction;
+}
+
+impl<F> ExitHandler for F
+where
+    F: Fn(VmExit<'_>) -> ExitAction + ?Sized,
+{
+    fn handle_exit(&self, exit: VmExit<'_>) -> ExitAction {
+        self(exit)
+    }
+}
+
+impl ExitHandler for vmkit_exits::dispatch::ExitDispatcher {
+    fn handle_exit(&self, exit: VmExit<'_>) -> ExitAction {
+        self.dispatch(exit)
+    }
+}
+
+/// Why [`run_until_stop`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopExit {
+    /// A handler stopped the VM.
+    Stopped(StopReason),
+    /// The caller's stop flag was set (and the vCPU kicked, or it exited on its own).
+    StopRequested,
+}
+
+/// Hands every exit of one guest exit to `handler`, in order.
+///
+/// The first [`ExitAction::Stop`] ends the batch (the remaining elements of a string I/O are not
+/// performed: the VM stops); otherwise the batch halts if any element asked to halt.
+pub fn handle_exits<H>(exits: Exits<'_>, handler: &H) -> ExitAction
+where
+    H: ExitHandler + ?Sized,
+{
+    let mut action = ExitAction::Resume;
+    for exit in exits {
+        match handler.handle_exit(exit) {
+            ExitAction::Resume => {}
+            ExitAction::Halt => action = ExitAction::Halt,
+            stop @ ExitAction::Stop(_) => return stop,
+        }
+    }
+    action
+}
+
+/// Runs `vcpu` until a handler stops the VM or `stop` is set.
+///
+/// `stop` is checked before every entry; a thread that sets it kicks the vCPU
+/// ([`Kick::kick`](crate::Kick::kick)) so that a guest that does not exit on its own (a `cli; hlt`
+/// guest, say) is interrupted. A kick without `stop` set only makes the loop go round once. On
+/// [`ExitAction::Halt`] the vCPU is parked with [`Vcpu::halt`]: the next entry waits for an
+/// interrupt or a kick.
+///
+/// When this returns, an operation the last exit left pending (the data of an `in`) is completed
+/// by the backend before the registers are next read or the vCPU runs again.
+pub fn run_until_stop<V, H>(
+    vcpu: &mut V,
+    handler: &H,
+    stop: &AtomicBool,
+) -> Result<LoopExit, V::Error>
+where
+    V: Vcpu + ?Sized,
+    H: ExitHandler + ?Sized,
+{
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Ok(LoopExit::StopRequested);
+        }
+        let action = match vcpu.run()? {
+            RunExit::Kicked => continue,
+            RunExit::Exits(exits) => handle_exits(exits, handler),
+        };
+        match action {
+            ExitAction::Resume => {}
+            ExitAction::Halt => vcpu.halt()?,
+            ExitAction::Stop(reason) => return Ok(LoopExit::Stopped(reason)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_exit_yields_once() {
+        let mut exits = Exits::one(VmExit::Hlt);
+        assert_eq!(exits.len(), 1);
+        assert_eq!(exits.next(), Some(VmExit::Hlt));
+        assert_eq!(exits.len(), 0);
+        assert_eq!(exits.next(), None);
+    }
+
+    #[test]
+    fn string_io_in_yields_one_exit_per_element() {
+        let mut buf = [0u8; 6];
+        let exits = Exits::io_in(0x60, 2, &mut buf).unwrap();
+        assert_eq!(exits.len(), 3);
+        for (i, exit) in exits.enumerate() {
+            match exit {
+                VmExit::IoIn { port, data } => {
+                    assert_eq!(port, 0x60);
+                    assert_eq!(data.len(), 2);
+                    data.copy_from_slice(&[i as u8, 0xa0]);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(buf, [0, 0xa0, 1, 0xa0, 2, 0xa0]);
+    }
+
+    #[test]
+    fn string_io_out_yields_elements_in_order() {
+        let data = [1u8, 2, 3, 4, 5, 6, 7, 8];
+        let got: Vec<_> = Exits::io_out(0x3f8, 4, &data)
+            .unwrap()
+            .map(|e| match e {
+                VmExit::IoOut { port, data } => (port, data.to_vec()),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![(0x3f8, vec![1, 2, 3, 4]), (0x3f8, vec![5, 6, 7, 8])]
+        );
+    }
+
+    #[test]
+    fn malformed_io_is_refused() {
+        let mut buf = [0u8; 6];
+        assert!(Exits::io_in(0, 0, &mut buf).is_none());
+        assert!(Exits::io_in(0, 3, &mut buf).is_none());
+        assert!(Exits::io_in(0, 4, &mut buf).is_none());
+        assert!(Exits::io_in(0, 1, &mut []).is_none());
+        assert!(Exits::io_out(0, 8, &buf).is_none());
+        assert!(Exits::io_out(0, 4, &buf).is_none());
+        assert!(Exits::io_out(0, 2, &[]).is_none());
+    }
+
+    #[test]
+    fn batch_stops_at_first_stop_and_remembers_halt() {
+        let data = [1u8, 2, 3];
+        let seen = std::cell::Cell::new(0);
+        let handler = |exit: VmExit<'_>| {
+            seen.set(seen.get() + 1);
+            match exit {
+                VmExit::IoOut { data: [2], .. } => ExitAction::Stop(StopReason::GuestExit(2)),
+                _ => ExitAction::Resume,
+            }
+        };
+        let action = handle_exits(Exits::io_out(1, 1, &data).unwrap(), &handler);
+        assert_eq!(action, ExitAction::Stop(StopReason::GuestExit(2)));
+        assert_eq!(seen.get(), 2, "the element after the stop is not performed");
+
+        let halting = |exit: VmExit<'_>| match exit {
+            VmExit::IoOut { data: [1], .. } => ExitAction::Halt,
+            _ => ExitAction::Resume,
+        };
+        assert_eq!(
+            handle_exits(Exits::io_out(1, 1, &data).unwrap(), &halting),
+            ExitAction::Halt
+        );
+        assert_eq!(
+            handle_exits(Exits::one(VmExit::Hlt), &|_: VmExit<'_>| ExitAction::Resume),
+            ExitAction::Resume
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! Command-line interface, in Cloud Hypervisor's spelling.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+/// The default guest RAM size.
+#[cfg(test)]
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+
+/// vmkit's reference VMM: boots a PVH firmware or kernel on KVM.
+///
+/// With no arguments it boots its built-in `hello` guest.
+#[derive(Debug, Parser)]
+#[command(name = "reference-vmm", version, about, long_about = None)]
+pub struct Cli {
+    /// A PVH ELF kernel to boot (default: the built-in `hello` guest).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Boot a built-in guest instead of a kernel: `hello` (the default) or `exits` (port-I/O and
+    /// MMIO round trips through the test device; add --testdev).
+    #[arg(long, value_name = "NAME", value_enum, conflicts_with = "kernel")]
+    pub builtin: Option<BuiltinGuest>,
+
+    /// The kernel command line.
+    #[arg(long, value_name = "STRING", default_value = "")]
+    pub cmdline: String,
+
+    /// Guest memory: `size=<bytes>[K|M|G]`.
+    #[arg(long, value_name = "size=SIZE", default_value = "size=512M", value_parser = parse_memory)]
+    pub memory: MemoryConfig,
+
+    /// vCPUs: `boot=<n>`.
+    #[arg(long, value_name = "boot=N", default_value = "boot=1", value_parser = parse_cpus)]
+    pub cpus: CpusConfig,
+
+    /// Where the guest's COM1 goes: `tty` (stdin/stdout), `file=<path>`, `null` or `off`.
+    #[arg(long, value_name = "MODE", default_value = "tty", value_parser = parse_serial)]
+    pub serial: SerialConfig,
+
+    /// Stop the VM after this many seconds (fractions allowed).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_hyphen_values = true)]
+    pub timeout: Option<Duration>,
+
+    /// Print the exit statistics and the boot timeline on stderr when the VM ends.
+    #[arg(long)]
+    pub stats: bool,
+
+    /// Add QEMU's `pc-testdev` test device: scratch register at ports 0xe0-0xeb, interrupt
+    /// lines at ports 0x2000-0x2017, 64 KiB of scratch memory at 0xff000000.
+    #[arg(long)]
+    pub testdev: bool,
+}
+
+/// `--builtin`: the guests built into the binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BuiltinGuest {
+    /// Prints its boot information and exits with status 0.
+    Hello,
+    /// Port-I/O and MMIO round trips through the test device (`exits.n=N` on the command line).
+    Exits,
+}
+
+/// `--memory`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Guest RAM in bytes.
+    pub size: u64,
+}
+
+/// `--cpus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpusConfig {
+    /// vCPUs started at boot.
+    pub boot: u8,
+}
+
+/// `--serial`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialConfig {
+    /// Output to stdout, input from stdin.
+    Tty,
+    /// Output appended to a file.
+    File(PathBuf),
+    /// Output discarded; the UART still exists.
+    Null,
+    /// No UART at all.
+    Off,
+}
+
+/// The most vCPUs the reference VMM starts (one APIC id byte, matching the MP-table limit).
+pub const MAX_VCPUS: u8 = 254;
+
+/// Splits `key=value[,key=value...]` into pairs, rejecting unknown keys.
+fn options<'a>(s: &'a str, known: &[&str]) -> anyhow::Result<Vec<(&'a str, &'a str)>> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let Some((k, v)) = part.split_once('=') else {
+            bail!("expected key=value, got {part:?}");
+        };
+        if !known.contains(&k) {
+            bail!("unknown option {k:?} (known: {})", known.join(", "));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// Parses a size with an optional K/M/G/T suffix (powers of 1024).
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => bail!("unknown size suffix {c:?} in {s:?} (use K, M, G or T)"),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("invalid size {s:?}"))?;
+    n.checked_mul(1u64 << shift)
+        .with_context(|| format!("size {s:?} is too large"))
+}
+
+fn parse_memory(s: &str) -> anyhow::Result<MemoryConfig> {
+    let mut size = None;
+    for (_, v) in options(s, &["size"])? {
+        size = Some(parse_size(v)?);
+    }
+    let size = size.context("missing size=")?;
+    Ok(MemoryConfig { size })
+}
+
+fn parse_cpus(s: &str) -> anyhow::Result<CpusConfig> {
+    let mut boot = None;
+    for (_, v) in options(s, &["boot"])? {
+        let n: u8 = v
+            .parse()
+            .with_context(|| format!("invalid vCPU count {v:?}"))?;
+        if n == 0 || n > MAX_VCPUS {
+            bail!("vCPU count must be 1..={MAX_VCPUS}, got {n}");
+        }
+        boot = Some(n);
+    }
+    Ok(CpusConfig {
+        boot: boot.context("missing boot=")?,
+    })
+}
+
+fn parse_serial(s: &str) -> anyhow::Result<SerialConfig> {
+    Ok(match s {
+        "tty" => SerialConfig::Tty,
+        "null" => SerialConfig::Null,
+        "off" => SerialConfig::Off,
+        _ => match s.strip_prefix("file=") {
+            Some(path) if !path.is_empty() => SerialConfig::File(PathBuf::from(path)),
+            _ => bail!("expected tty, null, off or file=<path>, got {s:?}"),
+        },
+    })
+}
+
+fn parse_timeout(s: &str) -> anyhow::Result<Duration> {
+    let secs: f64 = s
+        .parse()
+        .with_context(|| format!("invalid number of seconds {s:?}"))?;
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("timeout must be a positive number of seconds, got {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("2K").unwrap(), 2048);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert!(parse_size("").is_err());
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("-1M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn memory_and_cpus() {
+        assert_eq!(parse_memory("size=1G").unwrap().size, 1 << 30);
+        assert!(parse_memory("1G").is_err());
+        assert!(parse_memory("sizes=1G").is_err());
+        assert_eq!(parse_cpus("boot=4").unwrap().boot, 4);
+        assert!(parse_cpus("boot=0").is_err());
+        assert!(parse_cpus("boot=255").is_err());
+        assert!(parse_cpus("boot=x").is_err());
+        assert!(parse_cpus("max=2").is_err());
+    }
+
+    #[test]
+    fn serial_and_timeout() {
+        assert_eq!(parse_serial("tty").unwrap(), SerialConfig::Tty);
+        assert_eq!(parse_serial("off").unwrap(), SerialConfig::Off);
+        assert_eq!(parse_serial("null").unwrap(), SerialConfig::Null);
+        assert_eq!(
+            parse_serial("file=/tmp/x").unwrap(),
+            SerialConfig::File("/tmp/x".into())
+        );
+        assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("pty").is_err());
+        assert_eq!(parse_timeout("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("-3").is_err());
+        assert!(parse_timeout("inf").is_err());
+        assert!(parse_timeout("nan").is_err());
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let cli = Cli::try_parse_from(["reference-vmm"]).unwrap();
+        assert_eq!(cli.memory.size, DEFAULT_MEMORY);
+        assert_eq!(cli.cpus.boot, 1);
+        assert_eq!(cli.serial, SerialConfig::Tty);
+        assert!(cli.kernel.is_none());
+        assert!(cli.builtin.is_none());
+        assert!(!cli.testdev);
+    }
+
+    #[test]
+    fn builtin_guests_and_testdev() {
+        let cli = Cli::try_parse_from(["reference-vmm", "--builtin", "exits", "--testdev"]).unwrap();
+        assert_eq!(cli.builtin, Some(BuiltinGuest::Exits));
+        assert!(cli.testdev);
+        assert!(Cli::try_parse_from(["reference-vmm", "--builtin", "nope"]).is_err());
+        assert!(
+            Cli::try_parse_from(["reference-vmm", "--builtin", "hello", "--kernel", "k"]).is_err()
+        );
+    }
+}

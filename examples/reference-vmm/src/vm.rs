@@ -1,0 +1,462 @@
+//! Builds the VM from the command line, runs it, and turns how it ended into an exit status.
+
+use std::borrow::Cow;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use vmkit_boot::{PvhConfig, load_pvh};
+use vmkit_devices::cmos::CmosRtc;
+use vmkit_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
+use vmkit_devices::i8042::{I8042_COMMAND_PORT, I8042_DATA_PORT, I8042Device};
+use vmkit_devices::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN, SerialDevice};
+use vmkit_devices::testdev::{
+    IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_COUNT, IRQ_LINE_PORTS, PcTestDev, REGISTER_PORTS,
+};
+use vmkit_devices::trigger::InterruptTrigger;
+use vmkit_exits::dispatch::ExitDispatcher;
+use vmkit_exits::{ExitAction, IoBus, MmioBus, PioDevice, StopReason, VmExit};
+use vmkit_memory::GuestLayout;
+use vmkit_vcpu::{ExitHandler, Hypervisor, Kick, KvmHypervisor, KvmVm, LoopExit, Vcpu, Vm};
+
+use crate::cli::{BuiltinGuest, Cli, SerialConfig};
+use crate::exit_code;
+use crate::guests::{EXITS_ELF, HELLO_ELF};
+use crate::terminal::RawStdin;
+
+/// The CMOS index/data ports (0x70, 0x71) and the extended bank (0x72, 0x73).
+const CMOS_PORT: u16 = 0x70;
+const CMOS_PORT_LEN: u16 = 4;
+/// The i8042's keyboard interrupt.
+const I8042_IRQ: u32 = 1;
+
+/// A legacy interrupt line of the in-kernel interrupt controllers, driven with `KVM_IRQ_LINE`.
+struct IrqLine {
+    vm: Arc<KvmVm>,
+    gsi: u32,
+}
+
+impl IrqLine {
+    fn set(&self, level: bool) -> io::Result<()> {
+        self.vm
+            .set_irq_line(self.gsi, level)
+            .map_err(io::Error::other)
+    }
+}
+
+impl InterruptTrigger for IrqLine {
+    fn trigger(&self) -> io::Result<()> {
+        self.set(true)?;
+        self.set(false)
+    }
+
+    fn assert(&self) -> io::Result<()> {
+        self.set(true)
+    }
+
+    fn deassert(&self) -> io::Result<()> {
+        self.set(false)
+    }
+}
+
+type Serial = SerialDevice<IrqLine, Box<dyn Write + Send>>;
+
+/// The exit handler the vCPUs share: the dispatcher, plus the time of the first exit.
+struct Handler {
+    dispatcher: ExitDispatcher,
+    first_exit: OnceLock<Instant>,
+}
+
+impl ExitHandler for Handler {
+    fn handle_exit(&self, exit: VmExit<'_>) -> ExitAction {
+        if self.first_exit.get().is_none() {
+            let _ = self.first_exit.set(Instant::now());
+        }
+        self.dispatcher.dispatch(exit)
+    }
+}
+
+enum Event {
+    VcpuEnded { id: u32, result: Result<LoopExit, String> },
+    Signal(i32),
+}
+
+enum Outcome {
+    Stopped { vcpu: u32, reason: StopReason },
+    Timeout(Duration),
+    Signal(i32),
+}
+
+/// Boots the VM `cli` describes and waits until it ends; returns the process exit status.
+pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
+    crate::logger::init()?;
+    let (kernel_name, kernel): (String, Cow<'_, [u8]>) = match &cli.kernel {
+        Some(path) => (
+            path.display().to_string(),
+            Cow::Owned(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read kernel {}", path.display()))?,
+            ),
+        ),
+        None => match cli.builtin.unwrap_or(BuiltinGuest::Hello) {
+            BuiltinGuest::Hello => ("built-in hello guest".to_string(), Cow::Borrowed(HELLO_ELF)),
+            BuiltinGuest::Exits => ("built-in exits guest".to_string(), Cow::Borrowed(EXITS_ELF)),
+        },
+    };
+    let layout = GuestLayout::new(cli.memory.size).context("--memory")?;
+    let guest_mem = layout
+        .create_guest_memory()
+        .context("cannot allocate guest memory")?;
+    let boot = load_pvh(
+        &guest_mem,
+        layout.memory_map(),
+        &kernel,
+        &PvhConfig {
+            cmdline: &cli.cmdline,
+            modules: &[],
+            rsdp: None,
+        },
+    )
+    .with_context(|| format!("kernel {kernel_name}"))?;
+    drop(kernel);
+
+    let hypervisor = KvmHypervisor::new().context("cannot use KVM")?;
+    let vm = Arc::new(
+        hypervisor
+            .create_vm(&layout, &guest_mem)
+            .context("cannot create the VM")?,
+    );
+
+    // Devices on the port-I/O bus.
+    let io_bus = Arc::new(IoBus::new());
+    let mmio_bus = Arc::new(MmioBus::new());
+    let serial = serial_device(&cli.serial, &vm)?;
+    if let Some(serial) = &serial {
+        register(&io_bus, COM1_PORT, SERIAL_PORT_LEN, "com1", serial.clone())?;
+    }
+    register(
+        &io_bus,
+        DEBUG_EXIT_PORT,
+        DEBUG_EXIT_PORT_LEN,
+        "debug-exit",
+        Arc::new(DebugExit::new()),
+    )?;
+    let i8042 = Arc::new(I8042Device::new(IrqLine {
+        vm: vm.clone(),
+        gsi: I8042_IRQ,
+    }));
+    register(&io_bus, I8042_DATA_PORT, 1, "i8042-data", i8042.clone())?;
+    register(&io_bus, I8042_COMMAND_PORT, 1, "i8042-cmd", i8042)?;
+    let (low_ram, high_ram) = ram_split(&layout);
+    register(
+        &io_bus,
+        CMOS_PORT,
+        CMOS_PORT_LEN,
+        "cmos",
+        Arc::new(CmosRtc::new(low_ram, high_ram)),
+    )?;
+    if cli.testdev {
+        register_testdev(&io_bus, &mmio_bus, &vm)?;
+    }
+    let handler = Arc::new(Handler {
+        dispatcher: ExitDispatcher::new(io_bus, mmio_bus),
+        first_exit: OnceLock::new(),
+    });
+
+    // vCPUs: the BSP enters at the PVH entry point; application processors wait in the
+    // in-kernel LAPIC for INIT/SIPI.
+    let mut vcpus = vm
+        .create_vcpus(u32::from(cli.cpus.boot))
+        .context("cannot create the vCPUs")?;
+    if let Some(bsp) = vcpus.first_mut() {
+        bsp.setup_pvh(boot.entry.0, boot.start_info.0)
+            .context("cannot set the boot vCPU's entry state")?;
+    }
+
+    let (tx, rx) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut kickers = Vec::with_capacity(vcpus.len());
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for mut vcpu in vcpus {
+        kickers.push(vcpu.kicker());
+        let (tx, handler, stop) = (tx.clone(), handler.clone(), stop.clone());
+        let id = vcpu.id();
+        let thread = thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                let result = vcpu.run_loop(&*handler, &stop).map_err(|e| e.to_string());
+                let _ = tx.send(Event::VcpuEnded { id, result });
+            })
+            .context("cannot start a vCPU thread")?;
+        threads.push(thread);
+    }
+    spawn_signal_thread(tx)?;
+    let _raw_stdin = match (&cli.serial, &serial) {
+        (SerialConfig::Tty, Some(serial)) => {
+            spawn_stdin_thread(serial.clone())?;
+            RawStdin::enable()
+        }
+        _ => None,
+    };
+
+    // Wait for the first vCPU to stop the VM, a signal, or the timeout.
+    let deadline = cli.timeout.map(|t| (Instant::now() + t, t));
+    let outcome = loop {
+        let event = match deadline {
+            Some((at, limit)) => {
+                match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(event) => event,
+                    Err(RecvTimeoutError::Timeout) => break Ok(Outcome::Timeout(limit)),
+                    Err(RecvTimeoutError::Disconnected) => {
+                        break Err(anyhow::anyhow!("every vCPU thread ended"));
+                    }
+                }
+            }
+            None => match rx.recv() {
+                Ok(event) => event,
+                Err(_) => break Err(anyhow::anyhow!("every vCPU thread ended")),
+            },
+        };
+        match event {
+            Event::VcpuEnded {
+                id,
+                result: Ok(LoopExit::Stopped(reason)),
+            } => break Ok(Outcome::Stopped { vcpu: id, reason }),
+            // Only the stop flag ends a loop this way, and only this thread sets it.
+            Event::VcpuEnded {
+                result: Ok(LoopExit::StopRequested),
+                ..
+            } => {}
+            Event::VcpuEnded {
+                id,
+                result: Err(e),
+            } => break Err(anyhow::anyhow!("vCPU {id}: {e}")),
+            Event::Signal(signal) => break Ok(Outcome::Signal(signal)),
+        }
+    };
+    let guest_end = Instant::now();
+
+    // Stop every vCPU: set the flag, kick them out of KVM_RUN, join them.
+    stop.store(true, Ordering::Release);
+    for kicker in &kickers {
+        kicker.kick();
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    drop(_raw_stdin);
+
+    if cli.stats {
+        print_stats(
+            &handler,
+            serial.as_deref(),
+            process_start,
+            guest_end,
+            &mut io::stderr(),
+        );
+    }
+    let outcome = outcome?;
+    Ok(report(&outcome))
+}
+
+/// RAM below the 32-bit hole and above 4 GiB, as the CMOS memory-size registers report it.
+fn ram_split(layout: &GuestLayout) -> (u64, u64) {
+    let four_gib = 1u64 << 32;
+    layout
+        .ram_regions()
+        .iter()
+        .fold((0, 0), |(low, high), region| {
+            if region.start.0 >= four_gib {
+                (low, high + region.size)
+            } else {
+                (low + region.size, high)
+            }
+        })
+}
+
+fn register(
+    bus: &IoBus,
+    base: u16,
+    len: u16,
+    name: &'static str,
+    device: Arc<dyn PioDevice>,
+) -> Result<()> {
+    bus.register_named(base..base + len, name, device)
+        .with_context(|| format!("cannot register {name} at port {base:#x}"))
+}
+
+/// QEMU's `pc-testdev`: its register and interrupt-line ports, its interrupt lines wired to the
+/// GSIs of the same number, and its scratch memory.
+fn register_testdev(io_bus: &IoBus, mmio_bus: &MmioBus, vm: &Arc<KvmVm>) -> Result<()> {
+    let mut testdev = PcTestDev::new();
+    for line in 0..IRQ_LINE_COUNT {
+        let irq = IrqLine {
+            vm: vm.clone(),
+            gsi: u32::from(line),
+        };
+        testdev = testdev.with_irq_line(line, irq)?;
+    }
+    let testdev = Arc::new(testdev);
+    for (ports, name) in [(REGISTER_PORTS, "testdev"), (IRQ_LINE_PORTS, "testdev-irq")] {
+        register(io_bus, ports.start, ports.len() as u16, name, testdev.clone())?;
+    }
+    mmio_bus
+        .register_named(IOMEM_BASE..IOMEM_BASE + IOMEM_SIZE, "testdev-iomem", testdev)
+        .with_context(|| format!("cannot register testdev-iomem at {IOMEM_BASE:#x}"))
+}
+
+fn serial_device(config: &SerialConfig, vm: &Arc<KvmVm>) -> Result<Option<Arc<Serial>>> {
+    let output: Box<dyn Write + Send> = match config {
+        SerialConfig::Off => return Ok(None),
+        // An unbuffered handle: guest output appears as the guest writes it.
+        SerialConfig::Tty => Box::new(File::from(
+            io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("cannot duplicate stdout")?,
+        )),
+        SerialConfig::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("--serial: cannot open {}", path.display()))?,
+        ),
+        SerialConfig::Null => Box::new(io::sink()),
+    };
+    let irq = IrqLine {
+        vm: vm.clone(),
+        gsi: COM1_IRQ,
+    };
+    Ok(Some(Arc::new(SerialDevice::new(irq, output))))
+}
+
+/// Forwards SIGINT and SIGTERM to the main loop.
+fn spawn_signal_thread(tx: mpsc::Sender<Event>) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(Event::Signal(signal)).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// Feeds stdin to the guest's UART, waiting while its receive FIFO is full.
+fn spawn_stdin_thread(serial: Arc<Serial>) -> Result<()> {
+    thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = io::stdin();
+            let mut buf = [0u8; 64];
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let taken = serial.enqueue_input(rest);
+                    rest = &rest[taken..];
+                    if taken == 0 {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        })
+        .context("cannot start the stdin thread")?;
+    Ok(())
+}
+
+fn millis(from: Instant, to: Instant) -> String {
+    format!("{:>9.3} ms", to.saturating_duration_since(from).as_secs_f64() * 1e3)
+}
+
+fn print_stats(
+    handler: &Handler,
+    serial: Option<&Serial>,
+    process_start: Instant,
+    guest_end: Instant,
+    out: &mut dyn Write,
+) {
+    let _ = writeln!(out, "{}", handler.dispatcher.stats());
+    let _ = writeln!(out, "boot timeline (since process start):");
+    let first_exit = handler.first_exit.get().copied();
+    let first_byte = serial.and_then(|s| s.first_output_at());
+    for (what, at) in [
+        ("first guest exit", first_exit),
+        ("first serial byte", first_byte),
+        ("guest exit", Some(guest_end)),
+    ] {
+        let when = at.map_or_else(|| "        -   ".to_string(), |t| millis(process_start, t));
+        let _ = writeln!(out, "  {what:<18} {when}");
+    }
+    // For a harness that timed the spawn: where "since process start" begins on its clock.
+    if let Some(start) = monotonic_time_of(process_start) {
+        let (secs, nanos) = (start.as_secs(), start.subsec_nanos());
+        let _ = writeln!(out, "  process start at CLOCK_MONOTONIC {secs}.{nanos:09} s");
+    }
+}
+
+/// `instant` on the CLOCK_MONOTONIC clock (which `Instant` reads on Linux), as the time since
+/// that clock's origin.
+fn monotonic_time_of(instant: Instant) -> Option<Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the call writes nothing else.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return None;
+    }
+    let since = Instant::now().saturating_duration_since(instant);
+    let now = Duration::new(u64::try_from(now.tv_sec).ok()?, u32::try_from(now.tv_nsec).ok()?);
+    now.checked_sub(since)
+}
+
+/// Says on stderr how the VM ended, unless the guest ended it itself, and returns the status.
+fn report(outcome: &Outcome) -> u8 {
+    match outcome {
+        Outcome::Stopped { vcpu, reason } => {
+            match reason {
+                StopReason::GuestExit(_) | StopReason::PowerOff => {}
+                StopReason::Reset => {
+                    eprintln!("reference-vmm: the guest requested a reset (vCPU {vcpu}); stopping")
+                }
+                StopReason::TripleFault => {
+                    eprintln!("reference-vmm: vCPU {vcpu} shut down (triple fault)")
+                }
+                other => eprintln!("reference-vmm: vCPU {vcpu} stopped the VM: {other:?}"),
+            }
+            exit_code::for_stop(reason)
+        }
+        Outcome::Timeout(limit) => {
+            eprintln!(
+                "reference-vmm: timeout after {}s; VM stopped",
+                limit.as_secs_f64()
+            );
+            exit_code::TIMEOUT
+        }
+        Outcome::Signal(signal) => {
+            let (name, code) = if *signal == signal_hook::consts::SIGINT {
+                ("SIGINT", exit_code::SIGINT)
+            } else {
+                ("SIGTERM", exit_code::SIGTERM)
+            };
+            eprintln!("reference-vmm: {name} received; VM stopped");
+            code
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Helpers shared by the reference VMM's integration tests.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Whether the KVM tests run: `false` (with a note) when `VMKIT_SKIP_KVM_TESTS=1` asks to skip
+/// them; a panic naming the reason when `/dev/kvm` cannot be opened.
+pub fn kvm_available() -> bool {
+    if std::env::var_os("VMKIT_SKIP_KVM_TESTS").is_some_and(|v| v == "1") {
+        eprintln!("skipped: VMKIT_SKIP_KVM_TESTS=1");
+        return false;
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!(
+            "this test needs /dev/kvm ({e}); set VMKIT_SKIP_KVM_TESTS=1 to skip the KVM tests explicitly"
+        );
+    }
+    true
+}
+
+/// How a child process ended and what it printed.
+#[derive(Debug)]
+pub struct Finished {
+    /// The exit status, `None` when a signal ended it.
+    pub status: Option<i32>,
+    /// Everything it wrote to stdout.
+    pub stdout: String,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
+/// Runs `command` with stdin closed and its output captured, killing it (and failing the test)
+/// when it runs longer than `limit`. A program that cannot be started fails the test with
+/// `missing` in the message.
+pub fn run_with_limit(command: &mut Command, limit: Duration, missing: &str) -> Finished {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {:?} ({e}): {missing}", command.get_program()));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{:?} did not exit within {limit:?}; stdout so far:\n{}\nstderr:\n{}",
+                command.get_program(),
+                stdout.join().unwrap(),
+                stderr.join().unwrap()
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Finished {
+        status: status.code(),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
