@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 const GUEST_TARGET: &str = "x86_64-unknown-none";
 
 /// Guest packages built here, each copied to `$OUT_DIR/<name>.elf`.
-const GUESTS: &[&str] = &["hello"];
+const GUESTS: &[&str] = &["hello", "exits"];
 
 /// Environment variables of the outer build that must not reach the guest build.
 const REMOVED_VARS: &[&str] = &[
@@ -62,7 +62,8 @@ fn run() -> Result<(), String> {
         )
     })?;
 
-    for file in ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
+    // `rt` is the crate every guest shares.
+    for file in ["Cargo.toml", "Cargo.lock", ".cargo/config.toml", "rt"] {
         println!("cargo:rerun-if-changed={}", guests_dir.join(file).display());
     }
     for guest in GUESTS {

@@ -1,8 +1,8 @@
-//! Links the guest with its linker script (an absolute path, so the build works from any
-//! directory cargo is started in).
+//! Links the guest with the linker script shared by every guest (see `guest-rt`).
 
 fn main() {
-    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".to_owned());
-    println!("cargo:rerun-if-changed=linker.ld");
-    println!("cargo:rustc-link-arg-bins=-T{manifest_dir}/linker.ld");
+    match std::env::var("DEP_GUEST_RT_LINKER_SCRIPT") {
+        Ok(script) => println!("cargo:rustc-link-arg-bins=-T{script}"),
+        Err(_) => panic!("guest-rt did not pass its linker script; depend on guest-rt"),
+    }
 }

@@ -9,11 +9,16 @@ pub mod debug_exit;
 pub mod i8042;
 pub mod io;
 pub mod serial;
+pub mod testdev;
 pub mod trigger;
 
 pub use cmos::{Clock, CmosError, CmosRtc, ManualClock, SystemClock};
 pub use debug_exit::DebugExit;
 pub use i8042::{I8042Device, I8042Error};
 pub use io::IoStats;
+pub use pci::{ConfigSpace, PciDevice, PciError, PciRoot};
 pub use serial::SerialDevice;
+pub use testdev::{PcTestDev, TestDevError, TestDevStats};
 pub use trigger::{CountingTrigger, InterruptTrigger, SuperioTrigger};
+pub use virtio::block::{DiskBackend, DiskError, DiskImage, MemDisk, VirtioBlock};
+pub use virtio::{MsiTrigger, VirtioDevice, VirtioPciDevice, VirtioPciInterrupts};

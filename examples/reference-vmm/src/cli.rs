@@ -238,7 +238,8 @@ mod tests {
 
     #[test]
     fn builtin_guests_and_testdev() {
-        let cli = Cli::try_parse_from(["reference-vmm", "--builtin", "exits", "--testdev"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["reference-vmm", "--builtin", "exits", "--testdev"]).unwrap();
         assert_eq!(cli.builtin, Some(BuiltinGuest::Exits));
         assert!(cli.testdev);
         assert!(Cli::try_parse_from(["reference-vmm", "--builtin", "nope"]).is_err());

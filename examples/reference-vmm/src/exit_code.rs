@@ -58,7 +58,15 @@ mod tests {
         assert_eq!(for_stop(&StopReason::TripleFault), TRIPLE_FAULT);
         assert_eq!(for_stop(&StopReason::Crash), GUEST_FAILURE);
         assert_eq!(for_stop(&StopReason::Unhandled(7)), GUEST_FAILURE);
-        let all = [RESET, TRIPLE_FAULT, GUEST_FAILURE, TIMEOUT, VMM_ERROR, SIGINT, SIGTERM];
+        let all = [
+            RESET,
+            TRIPLE_FAULT,
+            GUEST_FAILURE,
+            TIMEOUT,
+            VMM_ERROR,
+            SIGINT,
+            SIGTERM,
+        ];
         for (i, a) in all.iter().enumerate() {
             assert!(u32::from(*a) > GUEST_STATUS_MAX);
             assert!(all[i + 1..].iter().all(|b| a != b));

@@ -4,3 +4,8 @@
 /// banner and the memory map over COM1 and ends the VM through the debug-exit port (port `0xf4`)
 /// with status 0; status 2 means a bad `hvm_start_info`, status 3 a guest panic.
 pub const HELLO_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hello.elf"));
+
+/// The `exits` PVH guest: `n` port-I/O and `n` MMIO round trips through the `pc-testdev` test
+/// device (`exits.n=N` on the command line, default 100), reported over COM1; status 0 when every
+/// value read back as written, 1 on a mismatch (no test device), 4 on a malformed `exits.n`.
+pub const EXITS_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/exits.elf"));

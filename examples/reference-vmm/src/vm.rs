@@ -83,7 +83,10 @@ impl ExitHandler for Handler {
 }
 
 enum Event {
-    VcpuEnded { id: u32, result: Result<LoopExit, String> },
+    VcpuEnded {
+        id: u32,
+        result: Result<LoopExit, String>,
+    },
     Signal(i32),
 }
 
@@ -233,10 +236,9 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
                 result: Ok(LoopExit::StopRequested),
                 ..
             } => {}
-            Event::VcpuEnded {
-                id,
-                result: Err(e),
-            } => break Err(anyhow::anyhow!("vCPU {id}: {e}")),
+            Event::VcpuEnded { id, result: Err(e) } => {
+                break Err(anyhow::anyhow!("vCPU {id}: {e}"));
+            }
             Event::Signal(signal) => break Ok(Outcome::Signal(signal)),
         }
     };
@@ -304,10 +306,15 @@ fn register_testdev(io_bus: &IoBus, mmio_bus: &MmioBus, vm: &Arc<KvmVm>) -> Resu
     }
     let testdev = Arc::new(testdev);
     for (ports, name) in [(REGISTER_PORTS, "testdev"), (IRQ_LINE_PORTS, "testdev-irq")] {
-        register(io_bus, ports.start, ports.len() as u16, name, testdev.clone())?;
+        let len = ports.end - ports.start;
+        register(io_bus, ports.start, len, name, testdev.clone())?;
     }
     mmio_bus
-        .register_named(IOMEM_BASE..IOMEM_BASE + IOMEM_SIZE, "testdev-iomem", testdev)
+        .register_named(
+            IOMEM_BASE..IOMEM_BASE + IOMEM_SIZE,
+            "testdev-iomem",
+            testdev,
+        )
         .with_context(|| format!("cannot register testdev-iomem at {IOMEM_BASE:#x}"))
 }
 
@@ -381,7 +388,10 @@ fn spawn_stdin_thread(serial: Arc<Serial>) -> Result<()> {
 }
 
 fn millis(from: Instant, to: Instant) -> String {
-    format!("{:>9.3} ms", to.saturating_duration_since(from).as_secs_f64() * 1e3)
+    format!(
+        "{:>9.3} ms",
+        to.saturating_duration_since(from).as_secs_f64() * 1e3
+    )
 }
 
 fn print_stats(
@@ -406,7 +416,10 @@ fn print_stats(
     // For a harness that timed the spawn: where "since process start" begins on its clock.
     if let Some(start) = monotonic_time_of(process_start) {
         let (secs, nanos) = (start.as_secs(), start.subsec_nanos());
-        let _ = writeln!(out, "  process start at CLOCK_MONOTONIC {secs}.{nanos:09} s");
+        let _ = writeln!(
+            out,
+            "  process start at CLOCK_MONOTONIC {secs}.{nanos:09} s"
+        );
     }
 }
 
@@ -422,7 +435,10 @@ fn monotonic_time_of(instant: Instant) -> Option<Duration> {
         return None;
     }
     let since = Instant::now().saturating_duration_since(instant);
-    let now = Duration::new(u64::try_from(now.tv_sec).ok()?, u32::try_from(now.tv_nsec).ok()?);
+    let now = Duration::new(
+        u64::try_from(now.tv_sec).ok()?,
+        u32::try_from(now.tv_nsec).ok()?,
+    );
     now.checked_sub(since)
 }
 

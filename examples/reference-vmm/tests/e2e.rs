@@ -3,6 +3,14 @@
 //! They need `/dev/kvm`; where it is missing they fail with that reason, unless
 //! `VMKIT_SKIP_KVM_TESTS=1` asks to skip them.
 
+// Test helpers outside #[test] functions unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
+#[allow(dead_code)] // each test binary uses part of the shared helpers
+mod common;
+
+use common::kvm_available;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,23 +29,6 @@ const TIMEOUT: i32 = 124;
 const VMM_ERROR: i32 = 125;
 const SIGINT: i32 = 130;
 const SIGTERM: i32 = 143;
-
-fn kvm_available() -> bool {
-    if std::env::var_os("VMKIT_SKIP_KVM_TESTS").is_some_and(|v| v == "1") {
-        eprintln!("skipped: VMKIT_SKIP_KVM_TESTS=1");
-        return false;
-    }
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!(
-            "this test needs /dev/kvm ({e}); set VMKIT_SKIP_KVM_TESTS=1 to skip the KVM tests explicitly"
-        );
-    }
-    true
-}
 
 struct TempDir(PathBuf);
 
@@ -118,8 +109,16 @@ fn default_guest_prints_banner_and_exits_zero() {
         stdout.starts_with("vmkit hello: booted via PVH"),
         "stdout: {stdout:?}"
     );
-    assert!(stdout.contains("memmap addr=0x100000"), "stdout: {stdout:?}");
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("memmap addr=0x100000"),
+        "stdout: {stdout:?}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -143,7 +142,10 @@ fn cmdline_memory_and_serial_file_reach_the_guest() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("cmdline \"console=ttyS0 quiet\""), "{text}");
     // 5 GiB: 3 GiB below the hole, 2 GiB above 4 GiB.
-    assert!(text.contains("memmap addr=0x100000000 size=0x80000000 type=1"), "{text}");
+    assert!(
+        text.contains("memmap addr=0x100000000 size=0x80000000 type=1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -154,7 +156,14 @@ fn stats_print_the_table_and_the_timeline() {
     let out = run(&["--stats", "--serial", "null"]);
     assert_eq!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for needle in ["com1", "debug-exit", "io-out", "first guest exit", "first serial byte", "guest exit"] {
+    for needle in [
+        "com1",
+        "debug-exit",
+        "io-out",
+        "first guest exit",
+        "first serial byte",
+        "guest exit",
+    ] {
         assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
     }
 }
@@ -203,7 +212,12 @@ fn triple_fault_ends_the_vm() {
     let dir = TempDir::new("triple");
     let kernel = dir.file("k.elf", &guest(&code));
     let out = run(&["--kernel", kernel.to_str().unwrap(), "--timeout", "20"]);
-    assert_eq!(out.status.code(), Some(TRIPLE_FAULT), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(TRIPLE_FAULT),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stderr_line(&out).contains("triple fault"));
 }
 
@@ -214,10 +228,17 @@ fn timeout_stops_a_guest_halted_with_interrupts_off() {
     }
     let dir = TempDir::new("timeout");
     let kernel = dir.file("k.elf", &guest(SPIN_HLT));
-    let mut child = vmm(&["--kernel", kernel.to_str().unwrap(), "--timeout", "0.5", "--cpus", "boot=2"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--timeout",
+        "0.5",
+        "--cpus",
+        "boot=2",
+    ])
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let status = wait_with_limit(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(TIMEOUT));
 }
@@ -225,10 +246,16 @@ fn timeout_stops_a_guest_halted_with_interrupts_off() {
 fn signal_stops_the_vm(signal: libc::c_int, expected: i32) {
     let dir = TempDir::new(&format!("signal{signal}"));
     let kernel = dir.file("k.elf", &guest(SPIN_HLT));
-    let mut child = vmm(&["--kernel", kernel.to_str().unwrap(), "--cpus", "boot=2", "--stats"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cpus",
+        "boot=2",
+        "--stats",
+    ])
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     // Let the guest reach its halt loop (the first exit cannot be observed from here).
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: `child.id()` is the pid of a child this test spawned and has not yet reaped.
@@ -268,7 +295,10 @@ fn four_vcpus_boot_hello_and_exit_promptly() {
 #[test]
 fn bad_input_gets_one_line_and_a_nonzero_status() {
     let dir = TempDir::new("bad");
-    let not_elf = dir.file("not-elf", b"this is not an ELF image at all, just some text....................");
+    let not_elf = dir.file(
+        "not-elf",
+        b"this is not an ELF image at all, just some text....................",
+    );
     let no_note = dir.file(
         "no-note.elf",
         &ElfBuilder::new()
@@ -277,7 +307,10 @@ fn bad_input_gets_one_line_and_a_nonzero_status() {
     );
     let missing = dir.0.join("missing.elf");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--kernel", missing.to_str().unwrap()], "cannot read kernel"),
+        (
+            vec!["--kernel", missing.to_str().unwrap()],
+            "cannot read kernel",
+        ),
         (vec!["--kernel", not_elf.to_str().unwrap()], "not an ELF"),
         (vec!["--kernel", no_note.to_str().unwrap()], "PVH"),
         (vec!["--memory", "size=1M"], "--memory"),
@@ -302,8 +335,15 @@ fn help_exits_zero() {
     let out = run(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--kernel", "--cmdline", "--memory", "--cpus", "--serial", "--timeout", "--stats"] {
+    for flag in [
+        "--kernel",
+        "--cmdline",
+        "--memory",
+        "--cpus",
+        "--serial",
+        "--timeout",
+        "--stats",
+    ] {
         assert!(help.contains(flag), "help lacks {flag}");
     }
 }
-

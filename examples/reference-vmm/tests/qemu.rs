@@ -32,7 +32,14 @@ enum TestDev {
 fn reference_vmm(kernel: &str, cmdline: &str, testdev: TestDev) -> Finished {
     let memory = format!("size={MEMORY_MIB}M");
     let mut command = Command::new(VMM);
-    command.args(["--kernel", kernel, "--cmdline", cmdline, "--memory", &memory]);
+    command.args([
+        "--kernel",
+        kernel,
+        "--cmdline",
+        cmdline,
+        "--memory",
+        &memory,
+    ]);
     if let TestDev::With = testdev {
         command.arg("--testdev");
     }
@@ -71,7 +78,9 @@ fn qemu(kernel: &str, cmdline: &str, testdev: TestDev) -> Finished {
         LIMIT,
         "install Debian's qemu-system-x86 (scripts/setup.sh does)",
     );
-    finished.status = finished.status.map(|code| guest_status_of_qemu(code, &finished));
+    finished.status = finished
+        .status
+        .map(|code| guest_status_of_qemu(code, &finished));
     finished
 }
 
@@ -100,37 +109,41 @@ struct HelloContract {
 }
 
 fn hello_contract(run: &Finished) -> HelloContract {
+    let unexpected = || -> ! { panic!("not the hello guest's output: {run:?}") };
     let mut lines = run.stdout.lines();
     let banner = lines.next().unwrap_or_default();
-    let rest = banner
+    let Some((entries, cmdline)) = banner
         .strip_prefix("vmkit hello: booted via PVH, start_info at 0x")
-        .unwrap_or_else(|| panic!("no banner in {:?}", run.stdout));
-    let (_, rest) = rest.split_once(", ").unwrap();
-    let (entries, cmdline) = rest.split_once(" memory map entries, cmdline ").unwrap();
-    let entries: usize = entries.parse().unwrap();
-    let memmap: Vec<(u64, u64, u32)> = lines
+        .and_then(|rest| rest.split_once(", "))
+        .and_then(|(_, rest)| rest.split_once(" memory map entries, cmdline "))
+    else {
+        unexpected()
+    };
+    let entries: usize = entries.parse().unwrap_or_else(|_| unexpected());
+    let number = |field: &str| match field.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => field.parse().ok(),
+    };
+    let memmap: Vec<(u64, u64, u64)> = lines
         .map(|line| {
             let fields = line
                 .strip_prefix("vmkit hello: memmap ")
-                .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+                .unwrap_or_else(|| unexpected());
             let value = |key: &str| {
-                let field = fields
+                fields
                     .split(' ')
                     .find_map(|f| f.strip_prefix(key))
-                    .unwrap_or_else(|| panic!("no {key} in {line:?}"));
-                match field.strip_prefix("0x") {
-                    Some(hex) => u64::from_str_radix(hex, 16).unwrap(),
-                    None => field.parse().unwrap(),
-                }
+                    .and_then(number)
+                    .unwrap_or_else(|| unexpected())
             };
-            (value("addr="), value("size="), value("type=") as u32)
+            (value("addr="), value("size="), value("type="))
         })
         .collect();
     HelloContract {
         cmdline: cmdline.to_string(),
-        ram_at_1m: memmap.iter().any(|&(addr, size, kind)| {
-            kind == 1 && addr <= 0x10_0000 && addr + size >= 0x20_0000
-        }),
+        ram_at_1m: memmap
+            .iter()
+            .any(|&(addr, size, kind)| kind == 1 && addr <= 0x10_0000 && addr + size >= 0x20_0000),
         memmap_complete: memmap.len() == entries,
         status: run.status,
     }
@@ -190,7 +203,10 @@ fn exits_guest_without_the_test_device_fails_under_both_vmms() {
     for run in [&ours, &theirs] {
         let lines: Vec<&str> = run.stdout.lines().collect();
         assert_eq!(lines[..2], ["vmkit exits: n=5", pio], "{run:?}");
-        assert!(lines[2].starts_with("vmkit exits: mmio writes=1 reads=1 "), "{run:?}");
+        assert!(
+            lines[2].starts_with("vmkit exits: mmio writes=1 reads=1 "),
+            "{run:?}"
+        );
         assert!(lines[2].contains(" mismatch at 0: "), "{run:?}");
     }
 }

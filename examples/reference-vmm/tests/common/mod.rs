@@ -52,11 +52,13 @@ pub fn run_with_limit(command: &mut Command, limit: Duration, missing: &str) -> 
             String::from_utf8_lossy(&bytes).into_owned()
         })
     };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout is piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr is piped")));
+    let joined =
+        |reader: thread::JoinHandle<String>| reader.join().expect("a pipe reader panicked");
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.try_wait().expect("waiting for the child failed") {
             break status;
         }
         if start.elapsed() > limit {
@@ -65,15 +67,15 @@ pub fn run_with_limit(command: &mut Command, limit: Duration, missing: &str) -> 
             panic!(
                 "{:?} did not exit within {limit:?}; stdout so far:\n{}\nstderr:\n{}",
                 command.get_program(),
-                stdout.join().unwrap(),
-                stderr.join().unwrap()
+                joined(stdout),
+                joined(stderr)
             );
         }
         thread::sleep(Duration::from_millis(10));
     };
     Finished {
         status: status.code(),
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
+        stdout: joined(stdout),
+        stderr: joined(stderr),
     }
 }

@@ -1,4 +1,4 @@
-# PVH entry of the hello guest.
+# PVH entry of the vmkit test guests.
 #
 # PVH entry state: 32-bit protected mode, paging off, flat 4 GiB code and data segments,
 # interrupts off, %ebx = physical address of `struct hvm_start_info`. Other registers and
@@ -6,7 +6,8 @@
 #
 # This code switches to long mode with the static page tables below (identity map of the first
 # 4 GiB with 2 MiB pages: the tables are built by the assembler, so no guest instruction fills
-# them), loads a 64-bit GDT, enables SSE, zeroes .bss and calls `rust_main(start_info)`.
+# them), loads a 64-bit GDT, enables SSE, zeroes .bss and calls `rust_main(start_info)`, which
+# the guest defines with `guest_rt::entry!`.
 
     .section .text.pvh_start, "ax"
     .code32
