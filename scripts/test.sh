@@ -20,7 +20,7 @@ bash scripts/setup.sh
 
 step "format"
 cargo fmt --all --check
-(cd fuzz && cargo fmt --all --check)
+(cd fuzz && cargo fmt --check -p vmkit-fuzz -p vmkit-fuzz-common)
 (cd guests && cargo fmt --all --check)
 
 step "clippy"

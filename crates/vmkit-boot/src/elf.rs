@@ -214,9 +214,10 @@ impl ElfImage {
                         },
                     )?;
                     if let Some(entry) = parse_notes(notes, index)?
-                        && pvh_entry.replace(entry).is_some() {
-                            return Err(BootError::DuplicatePvhNote);
-                        }
+                        && pvh_entry.replace(entry).is_some()
+                    {
+                        return Err(BootError::DuplicatePvhNote);
+                    }
                 }
                 _ => {}
             }
