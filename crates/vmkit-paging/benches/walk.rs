@@ -17,9 +17,7 @@ use vmkit_paging::{
     Access, BufferMemory, BumpAllocator, Ept, EptCaps, EptFlags, PageSize, PageSizes, PhysMemory,
     Privilege, PteFlags, TableBuilder, X86Paging, nested,
 };
-use x86_64_stable::structures::paging::{
-    OffsetPageTable, PageTable, PageTableFlags, Translate,
-};
+use x86_64_stable::structures::paging::{OffsetPageTable, PageTable, PageTableFlags, Translate};
 use x86_64_stable::{PhysAddr, VirtAddr};
 
 const MIB: u64 = 1 << 20;
@@ -41,15 +39,28 @@ fn addresses(base: u64, span: u64) -> Vec<u64> {
         .collect()
 }
 
+/// A name for `size` in benchmark ids.
+fn label(size: PageSize) -> &'static str {
+    match size {
+        PageSize::Size4K => "4KiB",
+        PageSize::Size2M => "2MiB",
+        PageSize::Size1G => "1GiB",
+    }
+}
+
 fn only(size: PageSize) -> PageSizes {
     PageSizes::of(&[size])
 }
 
 /// Guest tables at 0..8 MiB mapping GVA 0..1 GiB to GPA 0x1_0000_0000.. with `size` pages.
 fn guest_tables(mem: &BufferMemory, size: PageSize, phys: u64) -> X86Paging {
-    let mut builder =
-        TableBuilder::new(X86Paging::default(), mem, BumpAllocator::new(0, 8 * MIB), only(size))
-            .expect("root table");
+    let mut builder = TableBuilder::new(
+        X86Paging::default(),
+        mem,
+        BumpAllocator::new(0, 8 * MIB),
+        only(size),
+    )
+    .expect("root table");
     builder
         .map(0, phys, GIB, PteFlags::WRITABLE)
         .expect("guest mapping");
@@ -97,24 +108,37 @@ fn like_for_like(c: &mut Criterion) {
             let ours = paging.probe(&mem, addr, READ).map(|t| t.address).ok();
             assert_eq!(theirs, ours, "both walkers agree on {addr:#x}");
         }
-        group.bench_function(BenchmarkId::new("vmkit_probe", size), |b| {
+        group.bench_function(BenchmarkId::new("vmkit_probe", label(size)), |b| {
             b.iter(|| {
                 for &addr in &addrs {
-                    black_box(paging.probe(&mem, black_box(addr), READ).map(|t| t.address).ok());
+                    black_box(
+                        paging
+                            .probe(&mem, black_box(addr), READ)
+                            .map(|t| t.address)
+                            .ok(),
+                    );
                 }
             })
         });
-        group.bench_function(BenchmarkId::new("x86_64_translate_addr", size), |b| {
+        group.bench_function(
+            BenchmarkId::new("x86_64_translate_addr", label(size)),
+            |b| {
+                b.iter(|| {
+                    for &addr in &addrs {
+                        black_box(x86.translate_addr(VirtAddr::new(black_box(addr))));
+                    }
+                })
+            },
+        );
+        group.bench_function(BenchmarkId::new("vmkit_translate_full", label(size)), |b| {
             b.iter(|| {
                 for &addr in &addrs {
-                    black_box(x86.translate_addr(VirtAddr::new(black_box(addr))));
-                }
-            })
-        });
-        group.bench_function(BenchmarkId::new("vmkit_translate_full", size), |b| {
-            b.iter(|| {
-                for &addr in &addrs {
-                    black_box(paging.translate(&mem, black_box(addr), READ).map(|t| t.address).ok());
+                    black_box(
+                        paging
+                            .translate(&mem, black_box(addr), READ)
+                            .map(|t| t.address)
+                            .ok(),
+                    );
                 }
             })
         });
@@ -150,15 +174,22 @@ fn native_vs_nested(c: &mut Criterion) {
         let nested_refs = nested::translate(&paging, &ept, &mem, addrs[0], READ)
             .expect("mapped")
             .refs;
-        println!("{size}: memory references per translation: native {native_refs}, nested {nested_refs}");
-        group.bench_function(BenchmarkId::new("native", size), |b| {
+        println!(
+            "{size}: memory references per translation: native {native_refs}, nested {nested_refs}"
+        );
+        group.bench_function(BenchmarkId::new("native", label(size)), |b| {
             b.iter(|| {
                 for &addr in &addrs {
-                    black_box(paging.translate(&mem, black_box(addr), READ).map(|t| t.address).ok());
+                    black_box(
+                        paging
+                            .translate(&mem, black_box(addr), READ)
+                            .map(|t| t.address)
+                            .ok(),
+                    );
                 }
             })
         });
-        group.bench_function(BenchmarkId::new("nested_2d", size), |b| {
+        group.bench_function(BenchmarkId::new("nested_2d", label(size)), |b| {
             b.iter(|| {
                 for &addr in &addrs {
                     black_box(

@@ -43,7 +43,9 @@ impl BumpAllocator {
 impl FrameAllocator for BumpAllocator {
     fn allocate_frame(&mut self) -> Option<u64> {
         let frame = self.next;
-        let after = frame.checked_add(0x1000).filter(|after| *after <= self.end)?;
+        let after = frame
+            .checked_add(0x1000)
+            .filter(|after| *after <= self.end)?;
         self.next = after;
         Some(frame)
     }
@@ -156,7 +158,12 @@ where
     }
 
     /// Maps `start..start + len` to itself.
-    pub fn identity_map(&mut self, start: u64, len: u64, flags: F::Flags) -> Result<(), BuildError> {
+    pub fn identity_map(
+        &mut self,
+        start: u64,
+        len: u64,
+        flags: F::Flags,
+    ) -> Result<(), BuildError> {
         self.map(start, start, len, flags)
     }
 
@@ -266,10 +273,7 @@ where
 
     /// Allocates and zeroes a table frame.
     fn new_table(&mut self) -> Result<u64, BuildError> {
-        let frame = self
-            .alloc
-            .allocate_frame()
-            .ok_or(BuildError::OutOfFrames)?;
+        let frame = self.alloc.allocate_frame().ok_or(BuildError::OutOfFrames)?;
         if frame & !ADDRESS_BITS != 0 || frame >> self.format.max_phys_bits() != 0 {
             return Err(BuildError::BadFrame(frame));
         }

@@ -90,7 +90,8 @@ impl EptFlags {
     /// Dirty, preset.
     pub const DIRTY: EptFlags = EptFlags(DIRTY);
     /// Read, write and execute, write-back: ordinary RAM.
-    pub const RAM: EptFlags = EptFlags(READ | WRITE | EXECUTE | (MemoryType::WriteBack as u64) << 3);
+    pub const RAM: EptFlags =
+        EptFlags(READ | WRITE | EXECUTE | (MemoryType::WriteBack as u64) << 3);
 
     /// These flags with memory type `memory_type` (the default is uncacheable).
     pub const fn with_memory_type(self, memory_type: MemoryType) -> EptFlags {
@@ -204,7 +205,8 @@ impl Ept {
     /// The EPT an EPTP value selects, validated as VM entry does.
     pub fn from_eptp(eptp: u64, caps: EptCaps) -> Result<Ept, EptpError> {
         let memory_type = (eptp & 0b111) as u8;
-        if memory_type != MemoryType::Uncacheable as u8 && memory_type != MemoryType::WriteBack as u8
+        if memory_type != MemoryType::Uncacheable as u8
+            && memory_type != MemoryType::WriteBack as u8
         {
             return Err(EptpError::MemoryType(memory_type));
         }
@@ -389,7 +391,13 @@ impl PagingFormat for EptRules {
     }
 
     fn page_entry(&self, base: u64, size: PageSize, flags: EptFlags) -> Option<u64> {
-        let entry = base | flags.bits() | if size == PageSize::Size4K { 0 } else { PAGE_SIZE };
+        let entry = base
+            | flags.bits()
+            | if size == PageSize::Size4K {
+                0
+            } else {
+                PAGE_SIZE
+            };
         let valid = base & size.offset_mask() == 0
             && base & !ADDRESS_BITS == 0
             && base & self.reserved == 0

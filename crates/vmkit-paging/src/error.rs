@@ -48,7 +48,11 @@ mod tests {
             fault.to_string(),
             "The guest takes a page fault: #PF at 0x1000, error code 0x3."
         );
-        assert!(WalkError::NonCanonical(1 << 63).to_string().contains("0x8000000000000000"));
+        assert!(
+            WalkError::NonCanonical(1 << 63)
+                .to_string()
+                .contains("0x8000000000000000")
+        );
         assert!(
             WalkError::Memory(MemoryError::OutOfRange(0x5000))
                 .to_string()

@@ -88,7 +88,7 @@ impl BufferMemory {
     ///
     /// Fails if `base` is not 4 KiB aligned or the range does not fit in the address space.
     pub fn new(base: u64, size: u64) -> Result<BufferMemory, MemoryError> {
-        if base % FRAME_SIZE != 0 {
+        if !base.is_multiple_of(FRAME_SIZE) {
             return Err(MemoryError::Misaligned(base));
         }
         let frames = size.div_ceil(FRAME_SIZE);
@@ -133,7 +133,7 @@ impl BufferMemory {
 
     #[inline]
     fn word(&self, addr: u64) -> Result<&AtomicU64, MemoryError> {
-        if addr % 8 != 0 {
+        if !addr.is_multiple_of(8) {
             return Err(MemoryError::Misaligned(addr));
         }
         usize::try_from(addr.wrapping_sub(self.base) / 8)
@@ -237,10 +237,19 @@ mod tests {
         assert_eq!(mem.size(), 0x2000);
         mem.write_u64(0x10_1ff8, 0x1122_3344_5566_7788).unwrap();
         assert_eq!(mem.read_u64(0x10_1ff8), Ok(0x1122_3344_5566_7788));
-        assert_eq!(mem.read_u64(0x10_2000), Err(MemoryError::OutOfRange(0x10_2000)));
-        assert_eq!(mem.read_u64(0x0f_fff8), Err(MemoryError::OutOfRange(0x0f_fff8)));
-        assert_eq!(mem.read_u64(0x10_0004), Err(MemoryError::Misaligned(0x10_0004)));
-        assert_eq!(mem.write_u64(u64::MAX & !7, 1), Err(MemoryError::OutOfRange(u64::MAX & !7)));
+        assert_eq!(
+            mem.read_u64(0x10_2000),
+            Err(MemoryError::OutOfRange(0x10_2000))
+        );
+        assert_eq!(
+            mem.read_u64(0x0f_fff8),
+            Err(MemoryError::OutOfRange(0x0f_fff8))
+        );
+        assert_eq!(
+            mem.read_u64(0x10_0004),
+            Err(MemoryError::Misaligned(0x10_0004))
+        );
+        assert_eq!(mem.write_u64(!7, 1), Err(MemoryError::OutOfRange(!7)));
         assert_eq!(MemoryError::Misaligned(3).address(), 3);
     }
 
@@ -259,7 +268,10 @@ mod tests {
         let by_ref = &mem;
         assert_eq!(PhysMemory::read_u64(&by_ref, 8), Ok(7));
         by_ref.write_u64(16, 1).unwrap();
-        assert_eq!(PhysMemory::compare_exchange_u64(&by_ref, 16, 1, 2), Ok(Ok(1)));
+        assert_eq!(
+            PhysMemory::compare_exchange_u64(&by_ref, 16, 1, 2),
+            Ok(Ok(1))
+        );
     }
 
     #[test]
@@ -271,8 +283,14 @@ mod tests {
         mem.read_bytes(0x2ffb, &mut back).unwrap();
         assert_eq!(&back[..], &data[..]);
         assert_eq!(mem.read_u64(0x3000).unwrap() & 0xff, 5);
-        assert_eq!(mem.write_bytes(0x3fff, &[1, 2]), Err(MemoryError::OutOfRange(0x3fff)));
-        assert_eq!(mem.read_bytes(0x1fff, &mut back), Err(MemoryError::OutOfRange(0x1fff)));
+        assert_eq!(
+            mem.write_bytes(0x3fff, &[1, 2]),
+            Err(MemoryError::OutOfRange(0x3fff))
+        );
+        assert_eq!(
+            mem.read_bytes(0x1fff, &mut back),
+            Err(MemoryError::OutOfRange(0x1fff))
+        );
         assert!(mem.contains(0x2000, 0x2000));
         assert!(!mem.contains(0x2000, 0x2001));
         assert!(!mem.contains(u64::MAX, 2));
@@ -280,10 +298,13 @@ mod tests {
 
     #[test]
     fn construction_errors_clone_and_pointer() {
-        assert_eq!(BufferMemory::new(0x1001, 1).err(), Some(MemoryError::Misaligned(0x1001)));
         assert_eq!(
-            BufferMemory::new(u64::MAX & !0xfff, 0x2000).err(),
-            Some(MemoryError::OutOfRange(u64::MAX & !0xfff))
+            BufferMemory::new(0x1001, 1).err(),
+            Some(MemoryError::Misaligned(0x1001))
+        );
+        assert_eq!(
+            BufferMemory::new(!0xfff, 0x2000).err(),
+            Some(MemoryError::OutOfRange(!0xfff))
         );
         let mem = BufferMemory::new(0, 0x1000).unwrap();
         mem.write_u64(0x10, 42).unwrap();

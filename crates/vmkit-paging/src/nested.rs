@@ -173,7 +173,16 @@ where
     M: PhysMemory + ?Sized,
 {
     let mut refs = 0;
-    let walked = nested_walk(nested, mem, gpa, kind, Stage::Direct, None, false, &mut refs)?;
+    let walked = nested_walk(
+        nested,
+        mem,
+        gpa,
+        kind,
+        Stage::Direct,
+        None,
+        false,
+        &mut refs,
+    )?;
     Ok(walked.translation(&nested.rules(), refs))
 }
 

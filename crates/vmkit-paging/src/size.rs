@@ -133,9 +133,8 @@ impl PageSizes {
     /// The largest size in the set that can map `virt` to `phys` with `len` bytes left to map:
     /// both addresses aligned to it and `len` at least as large.
     pub fn largest_fit(self, virt: u64, phys: u64, len: u64) -> Option<PageSize> {
-        self.iter().find(|size| {
-            (virt | phys) & size.offset_mask() == 0 && len >= size.bytes()
-        })
+        self.iter()
+            .find(|size| (virt | phys) & size.offset_mask() == 0 && len >= size.bytes())
     }
 }
 
@@ -176,7 +175,10 @@ mod tests {
             [PageSize::Size1G, PageSize::Size4K]
         );
         assert_eq!(set.without(PageSize::Size1G), PageSizes::SMALL);
-        assert_eq!(PageSizes::ALL.intersection(PageSizes::UP_TO_2M), PageSizes::UP_TO_2M);
+        assert_eq!(
+            PageSizes::ALL.intersection(PageSizes::UP_TO_2M),
+            PageSizes::UP_TO_2M
+        );
         assert!(PageSizes::EMPTY.is_empty());
         assert!(!PageSizes::SMALL.is_empty());
         let collected: PageSizes = [PageSize::Size2M, PageSize::Size4K].into_iter().collect();
@@ -189,10 +191,16 @@ mod tests {
         let all = PageSizes::ALL;
         assert_eq!(all.largest_fit(0, 0, 1 << 30), Some(PageSize::Size1G));
         assert_eq!(all.largest_fit(0, 0, (1 << 30) - 1), Some(PageSize::Size2M));
-        assert_eq!(all.largest_fit(0x20_0000, 0, 1 << 30), Some(PageSize::Size2M));
+        assert_eq!(
+            all.largest_fit(0x20_0000, 0, 1 << 30),
+            Some(PageSize::Size2M)
+        );
         assert_eq!(all.largest_fit(0, 0x1000, 1 << 30), Some(PageSize::Size4K));
         assert_eq!(all.largest_fit(0, 0, 0xfff), None);
-        assert_eq!(PageSizes::UP_TO_2M.largest_fit(0, 0, 1 << 30), Some(PageSize::Size2M));
+        assert_eq!(
+            PageSizes::UP_TO_2M.largest_fit(0, 0, 1 << 30),
+            Some(PageSize::Size2M)
+        );
         assert_eq!(
             PageSizes::of(&[PageSize::Size2M]).largest_fit(0x1000, 0x1000, 1 << 30),
             None

@@ -26,7 +26,7 @@ fn with_word<M, T>(
 where
     M: GuestMemoryBackend + ?Sized,
 {
-    if addr % 8 != 0 {
+    if !addr.is_multiple_of(8) {
         return Err(MemoryError::Misaligned(addr));
     }
     let slice = mem
@@ -47,8 +47,14 @@ fn read<M: GuestMemoryBackend + ?Sized>(mem: &M, addr: u64) -> Result<u64, Memor
     with_word(mem, addr, |word| (word.load(Ordering::Acquire), false))
 }
 
-fn write<M: GuestMemoryBackend + ?Sized>(mem: &M, addr: u64, value: u64) -> Result<(), MemoryError> {
-    with_word(mem, addr, |word| (word.store(value, Ordering::Release), true))
+fn write<M: GuestMemoryBackend + ?Sized>(
+    mem: &M,
+    addr: u64,
+    value: u64,
+) -> Result<(), MemoryError> {
+    with_word(mem, addr, |word| {
+        (word.store(value, Ordering::Release), true)
+    })
 }
 
 fn compare_exchange<M: GuestMemoryBackend + ?Sized>(
@@ -118,12 +124,21 @@ mod tests {
         .unwrap();
         mem.write_u64(0x1ff8, 0xdead_beef).unwrap();
         assert_eq!(mem.read_u64(0x1ff8), Ok(0xdead_beef));
-        assert_eq!(mem.read_obj::<u64>(GuestAddress(0x1ff8)).unwrap(), 0xdead_beef);
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(0x1ff8)).unwrap(),
+            0xdead_beef
+        );
         assert_eq!(mem.compare_exchange_u64(0x1ff8, 1, 2), Ok(Err(0xdead_beef)));
-        assert_eq!(mem.compare_exchange_u64(0x1ff8, 0xdead_beef, 2), Ok(Ok(0xdead_beef)));
+        assert_eq!(
+            mem.compare_exchange_u64(0x1ff8, 0xdead_beef, 2),
+            Ok(Ok(0xdead_beef))
+        );
         assert_eq!(mem.read_u64(0x2000), Err(MemoryError::OutOfRange(0x2000)));
         assert_eq!(mem.read_u64(0x10004), Err(MemoryError::Misaligned(0x10004)));
-        assert_eq!(mem.write_u64(0x11000, 0), Err(MemoryError::OutOfRange(0x11000)));
+        assert_eq!(
+            mem.write_u64(0x11000, 0),
+            Err(MemoryError::OutOfRange(0x11000))
+        );
         let wrapped = GuestMemoryPhys(&mem);
         assert_eq!(wrapped.read_u64(0x1ff8), Ok(2));
         wrapped.write_u64(0x10000, 7).unwrap();
@@ -133,8 +148,8 @@ mod tests {
 
     #[test]
     fn walker_sets_flags_and_dirty_bitmap_in_guest_memory() {
-        let mem = GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), 0x40_0000)])
-            .unwrap();
+        let mem =
+            GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
         let mut frames = (0x10_0000..0x20_0000).step_by(0x1000);
         let mut builder = TableBuilder::new(
             X86Paging::default(),

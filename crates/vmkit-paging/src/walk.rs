@@ -113,9 +113,64 @@ pub struct Translation {
     pub refs: u32,
 }
 
+/// Where a walk goes after one level.
+enum Flow {
+    /// On to the table at this address, one level down.
+    Next(u64),
+    /// The leaf: the page's base, its size and the entry.
+    Leaf(u64, PageSize, u64),
+}
+
+/// The state of one walk attempt.
+struct Attempt {
+    path: [(u64, u64); MAX_LEVELS],
+    rights: u64,
+    reads: u32,
+}
+
+/// One level of a walk: `LEVEL` is a constant so that the format's rules for it fold.
+#[inline(always)]
+fn step<F, A, const UPDATE: bool, const LEVEL: u8>(
+    format: &F,
+    addr: u64,
+    table: u64,
+    levels: u8,
+    attempt: &mut Attempt,
+    entries: &mut A,
+) -> Result<Flow, Stop<A::Error>>
+where
+    F: PagingFormat + ?Sized,
+    A: EntryAccess,
+{
+    let index = (addr >> (12 + 9 * u32::from(LEVEL - 1))) & 0x1ff;
+    let entry_addr = table.wrapping_add(index * 8);
+    let entry = entries.read(entry_addr, LEVEL).map_err(Stop::Access)?;
+    if UPDATE {
+        attempt.path[usize::from(levels - LEVEL)] = (entry_addr, entry);
+    }
+    attempt.reads += 1;
+    attempt.rights &= entry ^ F::RIGHTS_INVERT;
+    match format.decode(entry, LEVEL) {
+        EntryKind::NotPresent => Err(Stop::NotPresent {
+            level: LEVEL,
+            rights: attempt.rights,
+        }),
+        EntryKind::Reserved => Err(Stop::Reserved { level: LEVEL }),
+        EntryKind::Table(next) if LEVEL > 1 => Ok(Flow::Next(next)),
+        EntryKind::Page(base) => match PageSize::from_level(LEVEL) {
+            Some(size) => Ok(Flow::Leaf(base, size, entry)),
+            None => Err(Stop::Reserved { level: LEVEL }),
+        },
+        EntryKind::Table(_) => Err(Stop::Reserved { level: LEVEL }),
+    }
+}
+
 /// Walks `format`'s tables rooted at `root` to translate `addr` for `access`, setting
 /// accessed/dirty flags if `UPDATE` (a probe, without, records nothing it would not need).
-#[inline]
+///
+/// The levels are unrolled (one [`step`] per constant level) and the walk is always inlined: a
+/// walk is a short chain of dependent loads, and a loop over a variable level or a result
+/// returned through memory would cost more than the loads.
 pub(crate) fn walk<F, A, const UPDATE: bool>(
     format: &F,
     root: u64,
@@ -128,7 +183,7 @@ where
     A: EntryAccess,
 {
     let levels = format.levels();
-    if !format.accepts(addr) || levels == 0 || usize::from(levels) > MAX_LEVELS {
+    if !format.accepts(addr) || !(4..=5).contains(&levels) {
         return Err(Stop::BadInput);
     }
     let accessed = if UPDATE { format.accessed_flag() } else { 0 };
@@ -139,39 +194,41 @@ where
     };
     let mut reads = 0;
     'attempt: for _ in 0..=MAX_RETRIES {
-        let mut path = [(0u64, 0u64); MAX_LEVELS];
-        let mut table = root;
-        let mut rights = u64::MAX;
-        let mut level = levels;
-        let (base, size, leaf) = loop {
-            let index = (addr >> (12 + 9 * u32::from(level - 1))) & 0x1ff;
-            let entry_addr = table.wrapping_add(index * 8);
-            let entry = entries.read(entry_addr, level).map_err(Stop::Access)?;
-            if UPDATE {
-                path[usize::from(levels - level)] = (entry_addr, entry);
-            }
-            reads += 1;
-            rights &= entry ^ F::RIGHTS_INVERT;
-            match format.decode(entry, level) {
-                EntryKind::NotPresent => return Err(Stop::NotPresent { level, rights }),
-                EntryKind::Reserved => return Err(Stop::Reserved { level }),
-                EntryKind::Table(next) if level > 1 => {
-                    table = next;
-                    level -= 1;
-                }
-                EntryKind::Page(base) => match PageSize::from_level(level) {
-                    Some(size) => break (base, size, entry),
-                    None => return Err(Stop::Reserved { level }),
-                },
-                EntryKind::Table(_) => return Err(Stop::Reserved { level }),
-            }
+        let mut attempt = Attempt {
+            path: [(0, 0); MAX_LEVELS],
+            rights: u64::MAX,
+            reads,
         };
+        let a = &mut attempt;
+        let mut flow = Flow::Next(root);
+        if levels == 5 {
+            flow = step::<F, A, UPDATE, 5>(format, addr, root, levels, a, entries)?;
+        }
+        if let Flow::Next(table) = flow {
+            flow = step::<F, A, UPDATE, 4>(format, addr, table, levels, a, entries)?;
+        }
+        if let Flow::Next(table) = flow {
+            flow = step::<F, A, UPDATE, 3>(format, addr, table, levels, a, entries)?;
+        }
+        if let Flow::Next(table) = flow {
+            flow = step::<F, A, UPDATE, 2>(format, addr, table, levels, a, entries)?;
+        }
+        if let Flow::Next(table) = flow {
+            flow = step::<F, A, UPDATE, 1>(format, addr, table, levels, a, entries)?;
+        }
+        reads = attempt.reads;
+        let Flow::Leaf(base, size, leaf) = flow else {
+            // Level 1 never continues to a table.
+            return Err(Stop::Reserved { level: 1 });
+        };
+        let level = size.level();
+        let rights = attempt.rights;
         if !format.permits(rights, access) {
             return Err(Stop::Denied { level, rights });
         }
         if UPDATE && accessed | dirty != 0 {
             let used = usize::from(levels - level) + 1;
-            for (i, &(entry_addr, entry)) in path[..used].iter().enumerate() {
+            for (i, &(entry_addr, entry)) in attempt.path[..used].iter().enumerate() {
                 let mut new = entry | accessed;
                 if i + 1 == used {
                     new |= dirty;

@@ -313,11 +313,11 @@ impl X86Paging {
         stop: Stop<E>,
         addr: u64,
         access: Access,
-        unreachable: impl FnOnce(E) -> WalkError,
+        on_access_error: impl FnOnce(E) -> WalkError,
     ) -> WalkError {
         let cause = match stop {
             Stop::BadInput => return WalkError::NonCanonical(addr),
-            Stop::Access(err) => return unreachable(err),
+            Stop::Access(err) => return on_access_error(err),
             Stop::Contended => {
                 log::debug!("guest page walk of {addr:#x} contended");
                 return WalkError::Contended;

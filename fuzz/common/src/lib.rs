@@ -8,4 +8,5 @@ pub mod dispatch;
 pub mod kvm_exit;
 pub mod layout;
 pub mod legacy;
+pub mod paging;
 pub mod pvh;

@@ -20,7 +20,10 @@ fn frames() -> BumpAllocator {
 }
 
 fn size_at(mem: &BufferMemory, root: u64, addr: u64) -> PageSize {
-    X86Paging::new(root).probe(mem, addr, READ).unwrap().page_size
+    X86Paging::new(root)
+        .probe(mem, addr, READ)
+        .unwrap()
+        .page_size
 }
 
 #[test]
@@ -38,7 +41,9 @@ fn identity_map_with_2m_pages() {
     assert_eq!(builder.format().levels(), 4);
     let paging = X86Paging::new(root);
     for addr in [0, 0x1234_5678, 4 * GIB - 1] {
-        let t = paging.translate(&mem, addr, Access::write(Privilege::Supervisor)).unwrap();
+        let t = paging
+            .translate(&mem, addr, Access::write(Privilege::Supervisor))
+            .unwrap();
         assert_eq!((t.address, t.page_size), (addr, PageSize::Size2M));
         assert_eq!(t.leaf & x86::GLOBAL, x86::GLOBAL);
     }
@@ -71,7 +76,9 @@ fn largest_size_that_fits_alignment_and_length() {
         .map(0x10_0000_0000, 0x20_1000, 4 * MIB, PteFlags::EMPTY)
         .unwrap();
     assert_eq!(size_at(&mem, root, 0x10_0000_0000), PageSize::Size4K);
-    let t = X86Paging::new(root).probe(&mem, 0x10_0000_0123, READ).unwrap();
+    let t = X86Paging::new(root)
+        .probe(&mem, 0x10_0000_0123, READ)
+        .unwrap();
     assert_eq!(t.address, 0x20_1123);
 }
 
@@ -103,7 +110,6 @@ fn only_the_sizes_allowed_by_caller_and_format() {
         Err(BuildError::NoPageSize(2 * MIB))
     );
     assert_eq!(two_m.tables_allocated(), 1);
-    drop(two_m);
     assert_eq!(alloc.next_frame(), before + 4096);
 }
 
@@ -118,13 +124,18 @@ fn extends_existing_tables_and_refuses_overlaps() {
     let mem = memory();
     let mut builder =
         TableBuilder::new(X86Paging::default(), &mem, frames(), PageSizes::ALL).unwrap();
-    builder.identity_map(0x40_0000, 0x1000, PteFlags::EMPTY).unwrap();
+    builder
+        .identity_map(0x40_0000, 0x1000, PteFlags::EMPTY)
+        .unwrap();
     let root = builder.root();
     let alloc = builder.into_allocator();
-    let mut again = TableBuilder::with_root(X86Paging::default(), &mem, alloc, PageSizes::ALL, root);
+    let mut again =
+        TableBuilder::with_root(X86Paging::default(), &mem, alloc, PageSizes::ALL, root);
     assert_eq!(again.root(), root);
     // The 2 MiB slot at 0x40_0000 holds a table now, so 4 KiB pages fill it around the page.
-    again.identity_map(0x40_1000, 0x1f_f000, PteFlags::EMPTY).unwrap();
+    again
+        .identity_map(0x40_1000, 0x1f_f000, PteFlags::EMPTY)
+        .unwrap();
     assert_eq!(size_at(&mem, root, 0x5f_f000), PageSize::Size4K);
     assert_eq!(again.tables_allocated(), 0);
     assert_eq!(
@@ -132,7 +143,9 @@ fn extends_existing_tables_and_refuses_overlaps() {
         Err(BuildError::AlreadyMapped(0x40_0000))
     );
     // The 1 GiB slot holds a table, and the 2 MiB page at 0x60_0000 is free.
-    again.identity_map(0x60_0000, 2 * MIB, PteFlags::EMPTY).unwrap();
+    again
+        .identity_map(0x60_0000, 2 * MIB, PteFlags::EMPTY)
+        .unwrap();
     assert_eq!(size_at(&mem, root, 0x60_0000), PageSize::Size2M);
     assert_eq!(
         again.identity_map(0x60_0000, 0x1000, PteFlags::EMPTY),
@@ -145,9 +158,18 @@ fn argument_errors() {
     let mem = memory();
     let mut builder =
         TableBuilder::new(X86Paging::default(), &mem, frames(), PageSizes::ALL).unwrap();
-    assert_eq!(builder.map(0x10, 0, 0x1000, PteFlags::EMPTY), Err(BuildError::Misaligned(0x10)));
-    assert_eq!(builder.map(0, 0x10, 0x1000, PteFlags::EMPTY), Err(BuildError::Misaligned(0x10)));
-    assert_eq!(builder.map(0, 0, 0x10, PteFlags::EMPTY), Err(BuildError::Misaligned(0x10)));
+    assert_eq!(
+        builder.map(0x10, 0, 0x1000, PteFlags::EMPTY),
+        Err(BuildError::Misaligned(0x10))
+    );
+    assert_eq!(
+        builder.map(0, 0x10, 0x1000, PteFlags::EMPTY),
+        Err(BuildError::Misaligned(0x10))
+    );
+    assert_eq!(
+        builder.map(0, 0, 0x10, PteFlags::EMPTY),
+        Err(BuildError::Misaligned(0x10))
+    );
     assert_eq!(builder.map(0, 0, 0, PteFlags::EMPTY), Ok(()));
     // Non-canonical, crossing the hole, wrapping.
     let hole = 0x0000_8000_0000_0000;
@@ -194,8 +216,13 @@ fn allocator_and_memory_errors() {
         Some(BuildError::OutOfFrames)
     );
     let mut one = Some(0x1000);
-    let mut builder =
-        TableBuilder::new(X86Paging::default(), &mem, move || one.take(), PageSizes::ALL).unwrap();
+    let mut builder = TableBuilder::new(
+        X86Paging::default(),
+        &mem,
+        move || one.take(),
+        PageSizes::ALL,
+    )
+    .unwrap();
     assert_eq!(
         builder.identity_map(0, 0x1000, PteFlags::EMPTY),
         Err(BuildError::OutOfFrames)
@@ -217,7 +244,8 @@ fn allocator_and_memory_errors() {
         Some(BuildError::Memory(crate::MemoryError::OutOfRange(64 * MIB)))
     );
     // An existing entry with reserved bits.
-    mem.write_u64(0x2000, 0x3000 | x86::PRESENT | x86::PAGE_SIZE).unwrap();
+    mem.write_u64(0x2000, 0x3000 | x86::PRESENT | x86::PAGE_SIZE)
+        .unwrap();
     let mut builder =
         TableBuilder::with_root(X86Paging::default(), &mem, frames(), PageSizes::ALL, 0x2000);
     assert_eq!(
@@ -254,9 +282,14 @@ fn ept_and_npt_tables() {
     let t = ept.translate(&mem, GIB + 0x42, AccessKind::Fetch).unwrap();
     assert_eq!((t.address, t.page_size), (GIB + 0x42, PageSize::Size1G));
     assert_eq!(crate::ept::memory_type(t.leaf), 6);
-    assert!(ept.translate(&mem, 0x1_0000_0010, AccessKind::Write).is_err());
+    assert!(
+        ept.translate(&mem, 0x1_0000_0010, AccessKind::Write)
+            .is_err()
+    );
     assert_eq!(
-        ept.translate(&mem, 0x1_0000_0010, AccessKind::Read).unwrap().address,
+        ept.translate(&mem, 0x1_0000_0010, AccessKind::Read)
+            .unwrap()
+            .address,
         0x5010
     );
 
@@ -285,7 +318,10 @@ fn five_level_tables() {
         ..five
     };
     let t = paging.translate(&mem, high + 0x1234, READ).unwrap();
-    assert_eq!((t.address, t.page_size, t.refs), (0x1234, PageSize::Size1G, 3));
+    assert_eq!(
+        (t.address, t.page_size, t.refs),
+        (0x1234, PageSize::Size1G, 3)
+    );
     assert_eq!(
         builder.map(0x0100_0000_0000_0000, 0, 0x1000, PteFlags::EMPTY),
         Err(BuildError::InputOutOfRange(0x0100_0000_0000_0000))

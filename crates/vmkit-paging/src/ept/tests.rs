@@ -39,18 +39,26 @@ fn nested_fault(result: Result<Translation, WalkError>) -> NestedFault {
 fn translates_pages_of_every_size_with_memory_type() {
     let mem = tables(0xab_c000 | RWX | WB | IGNORE_PAT);
     let t = ept().translate(&mem, GPA, AccessKind::Write).unwrap();
-    assert_eq!((t.address, t.page_size, t.refs), (0xab_c567, PageSize::Size4K, 4));
+    assert_eq!(
+        (t.address, t.page_size, t.refs),
+        (0xab_c567, PageSize::Size4K, 4)
+    );
     assert_eq!(memory_type(t.leaf), 6);
     assert!(ignores_pat(t.leaf));
     assert!(t.rights.read && t.rights.write && t.rights.execute && !t.rights.user);
 
-    mem.write_u64(PD + 24, 0x40_0000 | READ | PAGE_SIZE | (4 << 3)).unwrap();
+    mem.write_u64(PD + 24, 0x40_0000 | READ | PAGE_SIZE | (4 << 3))
+        .unwrap();
     let t = ept().translate(&mem, GPA, AccessKind::Read).unwrap();
-    assert_eq!((t.address, t.page_size), (0x40_0000 | (GPA & 0x1f_ffff), PageSize::Size2M));
+    assert_eq!(
+        (t.address, t.page_size),
+        (0x40_0000 | (GPA & 0x1f_ffff), PageSize::Size2M)
+    );
     assert_eq!(memory_type(t.leaf), 4);
     assert!(!ignores_pat(t.leaf));
 
-    mem.write_u64(PDPT + 16, 0x1_4000_0000 | RWX | PAGE_SIZE).unwrap();
+    mem.write_u64(PDPT + 16, 0x1_4000_0000 | RWX | PAGE_SIZE)
+        .unwrap();
     let t = ept().translate(&mem, GPA, AccessKind::Fetch).unwrap();
     assert_eq!(t.address, 0x1_4000_0000 | (GPA & 0x3fff_ffff));
     assert_eq!((t.page_size, t.refs), (PageSize::Size1G, 2));
@@ -93,7 +101,10 @@ fn permission_misconfigurations() {
     let mem = tables(0x9000 | EXECUTE | WB);
     assert!(ept().translate(&mem, GPA, AccessKind::Fetch).is_ok());
     let fault = nested_fault(ept().translate(&mem, GPA, AccessKind::Read));
-    assert_eq!((fault.cause, fault.info), (NestedCause::Denied, 1 | (1 << 5)));
+    assert_eq!(
+        (fault.cause, fault.info),
+        (NestedCause::Denied, 1 | (1 << 5))
+    );
     let caps = EptCaps {
         execute_only: false,
         ..EptCaps::all(46)
@@ -128,12 +139,15 @@ fn memory_type_and_reserved_bit_misconfigurations() {
     }
     // Large pages: bits 20:12 (2 MiB) and 29:12 (1 GiB).
     let mem = tables(0);
-    mem.write_u64(PD + 24, 0x40_0000 | RWX | WB | PAGE_SIZE | (1 << 12)).unwrap();
+    mem.write_u64(PD + 24, 0x40_0000 | RWX | WB | PAGE_SIZE | (1 << 12))
+        .unwrap();
     assert!(nested_fault(ept().translate(&mem, GPA, AccessKind::Read)).is_ept_misconfig());
-    mem.write_u64(PDPT + 16, 0x4000_0000 | RWX | WB | PAGE_SIZE | (1 << 29)).unwrap();
+    mem.write_u64(PDPT + 16, 0x4000_0000 | RWX | WB | PAGE_SIZE | (1 << 29))
+        .unwrap();
     assert!(nested_fault(ept().translate(&mem, GPA, AccessKind::Read)).is_ept_misconfig());
     // 1 GiB pages without the capability.
-    mem.write_u64(PDPT + 16, 0x4000_0000 | RWX | WB | PAGE_SIZE).unwrap();
+    mem.write_u64(PDPT + 16, 0x4000_0000 | RWX | WB | PAGE_SIZE)
+        .unwrap();
     assert!(ept().translate(&mem, GPA, AccessKind::Read).is_ok());
     let caps = EptCaps {
         gbpages: false,
@@ -177,14 +191,19 @@ fn accessed_and_dirty_flags_only_when_enabled() {
 fn guest_physical_width_and_five_levels() {
     let mem = tables(0x9000 | RWX | WB);
     let fault = nested_fault(ept().translate(&mem, 1 << 48, AccessKind::Read));
-    assert_eq!((fault.cause, fault.level, fault.info), (NestedCause::NotPresent, 4, 1));
+    assert_eq!(
+        (fault.cause, fault.level, fault.info),
+        (NestedCause::NotPresent, 4, 1)
+    );
     let five = Ept {
         root: PML5,
         five_level: true,
         ..ept()
     };
     mem.write_u64(PML5 + 2 * 8, PML4 | RWX).unwrap();
-    let t = five.translate(&mem, (2 << 48) | GPA, AccessKind::Read).unwrap();
+    let t = five
+        .translate(&mem, (2 << 48) | GPA, AccessKind::Read)
+        .unwrap();
     assert_eq!((t.address, t.refs), (0x9567, 5));
     assert_eq!(PagingFormat::levels(&five), 5);
 }
@@ -206,16 +225,31 @@ fn eptp_round_trip_and_validation() {
         ..ept
     };
     assert_eq!(Ept::from_eptp(five.eptp(), caps), Ok(five));
-    assert_eq!(Ept::from_eptp(0x1000 | (3 << 3), caps).unwrap().root, 0x1000);
-    assert_eq!(Ept::from_eptp(0x1000 | 1 | (3 << 3), caps), Err(EptpError::MemoryType(1)));
-    assert_eq!(Ept::from_eptp(0x1000 | 6 | (5 << 3), caps), Err(EptpError::WalkLength(6)));
+    assert_eq!(
+        Ept::from_eptp(0x1000 | (3 << 3), caps).unwrap().root,
+        0x1000
+    );
+    assert_eq!(
+        Ept::from_eptp(0x1000 | 1 | (3 << 3), caps),
+        Err(EptpError::MemoryType(1))
+    );
+    assert_eq!(
+        Ept::from_eptp(0x1000 | 6 | (5 << 3), caps),
+        Err(EptpError::WalkLength(6))
+    );
     let four_only = EptCaps {
         five_level: false,
         accessed_dirty: false,
         ..caps
     };
-    assert_eq!(Ept::from_eptp(five.eptp(), four_only), Err(EptpError::WalkLength(5)));
-    assert_eq!(Ept::from_eptp(ept.eptp(), four_only), Err(EptpError::AccessedDirty));
+    assert_eq!(
+        Ept::from_eptp(five.eptp(), four_only),
+        Err(EptpError::WalkLength(5))
+    );
+    assert_eq!(
+        Ept::from_eptp(ept.eptp(), four_only),
+        Err(EptpError::AccessedDirty)
+    );
     assert_eq!(
         Ept::from_eptp(0x1000 | 6 | (3 << 3) | (1 << 8), caps),
         Err(EptpError::Reserved(1 << 8))
@@ -224,9 +258,7 @@ fn eptp_round_trip_and_validation() {
         Ept::from_eptp((1 << 46) | 6 | (3 << 3), caps),
         Err(EptpError::Reserved(1 << 46))
     );
-    assert!(
-        alloc::format!("{}", EptpError::WalkLength(6)).contains("6-level walk")
-    );
+    assert!(alloc::format!("{}", EptpError::WalkLength(6)).contains("6-level walk"));
 }
 
 #[test]
@@ -251,16 +283,37 @@ fn flags_and_page_entries_for_the_builder() {
     flags |= EptFlags::ACCESSED | EptFlags::DIRTY;
     assert_eq!(flags.bits(), READ | (4 << 3) | ACCESSED | DIRTY);
     assert_eq!(
-        EptFlags::RAM.with_memory_type(MemoryType::Uncacheable).bits(),
+        EptFlags::RAM
+            .with_memory_type(MemoryType::Uncacheable)
+            .bits(),
         RWX
     );
-    assert_eq!(ept.page_entry(0x1000, PageSize::Size4K, EptFlags::WRITE), None);
-    assert_eq!(ept.page_entry(0x1000, PageSize::Size4K, EptFlags::default()), None);
+    assert_eq!(
+        ept.page_entry(0x1000, PageSize::Size4K, EptFlags::WRITE),
+        None
+    );
+    assert_eq!(
+        ept.page_entry(0x1000, PageSize::Size4K, EptFlags::default()),
+        None
+    );
     assert_eq!(ept.page_entry(0x1000, PageSize::Size2M, ram), None);
     assert_eq!(ept.page_entry(1 << 46, PageSize::Size4K, ram), None);
-    assert!(ept.page_entry(0, PageSize::Size4K, EptFlags::EXECUTE).is_some());
-    let strict = Ept::new(0, EptCaps { execute_only: false, gbpages: false, ..EptCaps::all(46) });
-    assert_eq!(strict.page_entry(0, PageSize::Size4K, EptFlags::EXECUTE), None);
+    assert!(
+        ept.page_entry(0, PageSize::Size4K, EptFlags::EXECUTE)
+            .is_some()
+    );
+    let strict = Ept::new(
+        0,
+        EptCaps {
+            execute_only: false,
+            gbpages: false,
+            ..EptCaps::all(46)
+        },
+    );
+    assert_eq!(
+        strict.page_entry(0, PageSize::Size4K, EptFlags::EXECUTE),
+        None
+    );
     assert_eq!(strict.page_entry(0, PageSize::Size1G, ram), None);
     assert_eq!(ept.table_entry(0x3000), 0x3000 | RWX);
     for (bits, ty) in [

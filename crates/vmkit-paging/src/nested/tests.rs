@@ -25,7 +25,11 @@ fn only(size: PageSize) -> PageSizes {
 }
 
 fn span(size: PageSize) -> u64 {
-    if size == PageSize::Size1G { 1 << 30 } else { 32 * MIB }
+    if size == PageSize::Size1G {
+        1 << 30
+    } else {
+        32 * MIB
+    }
 }
 
 fn setup(guest_size: PageSize, nested_size: PageSize, five_level: bool) -> Setup {
@@ -52,7 +56,8 @@ fn setup(guest_size: PageSize, nested_size: PageSize, five_level: bool) -> Setup
         only(nested_size),
     )
     .unwrap();
-    ept.identity_map(0, span(nested_size), EptFlags::RAM).unwrap();
+    ept.identity_map(0, span(nested_size), EptFlags::RAM)
+        .unwrap();
     let npt_format = Npt {
         five_level,
         ..Npt::new(0)
@@ -64,7 +69,8 @@ fn setup(guest_size: PageSize, nested_size: PageSize, five_level: bool) -> Setup
         only(nested_size),
     )
     .unwrap();
-    npt.identity_map(0, span(nested_size), PteFlags::WRITABLE).unwrap();
+    npt.identity_map(0, span(nested_size), PteFlags::WRITABLE)
+        .unwrap();
     Setup {
         guest: X86Paging {
             cr3: guest.root(),
@@ -111,7 +117,10 @@ fn memory_references_per_page_size() {
         // The native walk of the same guest tables (GPA = HPA here).
         let native = s.guest.probe(&s.mem, gva, READ).unwrap();
         assert_eq!(native.address, 0x12_3456);
-        assert_eq!(native.refs, u32::from(PagingFormat::levels(&s.guest)) + 1 - u32::from(guest.level()));
+        assert_eq!(
+            native.refs,
+            u32::from(PagingFormat::levels(&s.guest)) + 1 - u32::from(guest.level())
+        );
     }
 }
 
@@ -125,7 +134,10 @@ fn flag_updates_cost_references_once() {
     assert_eq!(first.refs, 24 + 4 * 4);
     let second = translate(&s.guest, &s.ept, &s.mem, gva, WRITE).unwrap();
     assert_eq!(second.refs, 24);
-    assert_eq!(second.guest.leaf & (x86::ACCESSED | x86::DIRTY), x86::ACCESSED | x86::DIRTY);
+    assert_eq!(
+        second.guest.leaf & (x86::ACCESSED | x86::DIRTY),
+        x86::ACCESSED | x86::DIRTY
+    );
 }
 
 fn nested_fault(result: Result<NestedTranslation, WalkError>) -> NestedFault {
@@ -175,8 +187,16 @@ fn guest_page_faults_pass_through() {
     let gva = GVA_BASE + 0x3000;
     let pte = find_leaf(&s.mem, s.guest.root(), gva, 4).unwrap();
     let entry = s.mem.read_u64(pte).unwrap();
-    s.mem.write_u64(pte, (entry & !x86::WRITABLE) | x86::USER).unwrap();
-    let err = translate(&s.guest, &s.ept, &s.mem, gva, Access::write(Privilege::User));
+    s.mem
+        .write_u64(pte, (entry & !x86::WRITABLE) | x86::USER)
+        .unwrap();
+    let err = translate(
+        &s.guest,
+        &s.ept,
+        &s.mem,
+        gva,
+        Access::write(Privilege::User),
+    );
     assert!(matches!(err, Err(WalkError::PageFault(f)) if f.error_code == 0b111));
 }
 
@@ -204,7 +224,10 @@ fn read_only_guest_tables_without_and_with_ept_accessed_dirty() {
     // EPT A/D disabled: the walk reads the table, then writing its accessed flag faults.
     let fault = nested_fault(translate(&s.guest, &s.ept, &s.mem, gva, READ));
     assert_eq!(fault.stage, Stage::GuestTable { level: 4 });
-    assert_eq!((fault.access, fault.cause), (AccessKind::Write, NestedCause::Denied));
+    assert_eq!(
+        (fault.access, fault.cause),
+        (AccessKind::Write, NestedCause::Denied)
+    );
     assert_eq!(fault.info, 2 | (1 << 3) | (1 << 7));
     // Once the flag is set, reads work.
     let at = pml4_gpa + 256 * 8;
@@ -217,13 +240,25 @@ fn read_only_guest_tables_without_and_with_ept_accessed_dirty() {
         ..s.ept
     };
     let fault = nested_fault(translate(&s.guest, &with_ad, &s.mem, gva, READ));
-    assert_eq!((fault.access, fault.stage), (AccessKind::Write, Stage::GuestTable { level: 4 }));
+    assert_eq!(
+        (fault.access, fault.stage),
+        (AccessKind::Write, Stage::GuestTable { level: 4 })
+    );
     // And the EPT dirty flag is set for guest-table pages.
     set_ept_leaf(&s, pml4_gpa, pml4_gpa | ept::READ | ept::WRITE | (6 << 3));
     translate(&s.guest, &with_ad, &s.mem, gva, READ).unwrap();
-    let leaf = s.mem.read_u64(find_leaf(&s.mem, s.ept.root, pml4_gpa, 4).unwrap()).unwrap();
-    assert_eq!(leaf & (ept::ACCESSED | ept::DIRTY), ept::ACCESSED | ept::DIRTY);
-    let data = s.mem.read_u64(find_leaf(&s.mem, s.ept.root, 0x7000, 4).unwrap()).unwrap();
+    let leaf = s
+        .mem
+        .read_u64(find_leaf(&s.mem, s.ept.root, pml4_gpa, 4).unwrap())
+        .unwrap();
+    assert_eq!(
+        leaf & (ept::ACCESSED | ept::DIRTY),
+        ept::ACCESSED | ept::DIRTY
+    );
+    let data = s
+        .mem
+        .read_u64(find_leaf(&s.mem, s.ept.root, 0x7000, 4).unwrap())
+        .unwrap();
     assert_eq!(data & (ept::ACCESSED | ept::DIRTY), ept::ACCESSED);
 }
 
@@ -234,12 +269,24 @@ fn violation_on_the_final_access() {
     set_ept_leaf(&s, 0x9000, 0x9000 | ept::READ | (6 << 3));
     assert!(translate(&s.guest, &s.ept, &s.mem, gva, READ).is_ok());
     let fault = nested_fault(translate(&s.guest, &s.ept, &s.mem, gva + 8, WRITE));
-    assert_eq!((fault.stage, fault.gpa, fault.linear), (Stage::Final, 0x9008, Some(gva + 8)));
+    assert_eq!(
+        (fault.stage, fault.gpa, fault.linear),
+        (Stage::Final, 0x9008, Some(gva + 8))
+    );
     assert_eq!(fault.info, 2 | (1 << 3) | (1 << 7) | (1 << 8));
     // The guest translation succeeded first: its dirty flag is set.
-    let pte = s.mem.read_u64(find_leaf(&s.mem, s.guest.root(), gva, 4).unwrap()).unwrap();
+    let pte = s
+        .mem
+        .read_u64(find_leaf(&s.mem, s.guest.root(), gva, 4).unwrap())
+        .unwrap();
     assert_eq!(pte & x86::DIRTY, x86::DIRTY);
-    let fetch = nested_fault(translate(&s.guest, &s.ept, &s.mem, gva, Access::fetch(Privilege::Supervisor)));
+    let fetch = nested_fault(translate(
+        &s.guest,
+        &s.ept,
+        &s.mem,
+        gva,
+        Access::fetch(Privilege::Supervisor),
+    ));
     assert_eq!(fetch.info, 4 | (1 << 3) | (1 << 7) | (1 << 8));
 }
 
@@ -274,7 +321,9 @@ fn host_addresses_outside_memory() {
     set_ept_leaf(&s, pml4_gpa, (1 << 40) | 7 | (6 << 3));
     assert_eq!(
         translate(&s.guest, &s.ept, &s.mem, gva, READ),
-        Err(WalkError::Memory(MemoryError::OutOfRange((1 << 40) + 256 * 8)))
+        Err(WalkError::Memory(MemoryError::OutOfRange(
+            (1 << 40) + 256 * 8
+        )))
     );
     let far = Ept {
         root: 1 << 40,
@@ -290,14 +339,20 @@ fn host_addresses_outside_memory() {
 fn gpa_translation_alone() {
     let s = setup(PageSize::Size4K, PageSize::Size2M, false);
     let t = translate_gpa(&s.ept, &s.mem, 0x34_5678, AccessKind::Write).unwrap();
-    assert_eq!((t.address, t.page_size, t.refs), (0x34_5678, PageSize::Size2M, 3));
+    assert_eq!(
+        (t.address, t.page_size, t.refs),
+        (0x34_5678, PageSize::Size2M, 3)
+    );
     let t = probe_gpa(&s.npt, &s.mem, 0x34_5678, AccessKind::Fetch).unwrap();
     assert_eq!(t.address, 0x34_5678);
     let fault = match translate_gpa(&s.npt, &s.mem, 1 << 35, AccessKind::Read) {
         Err(WalkError::Nested(fault)) => fault,
         other => panic!("{other:?}"),
     };
-    assert_eq!((fault.stage, fault.linear, fault.info), (Stage::Direct, None, 4));
+    assert_eq!(
+        (fault.stage, fault.linear, fault.info),
+        (Stage::Direct, None, 4)
+    );
 }
 
 /// Memory whose exchanges always find a changed value.

@@ -39,7 +39,10 @@ fn translates_as_user_and_sets_flags() {
     let npt = Npt::new(PML4);
     let t = npt.translate(&mem, GPA, AccessKind::Write).unwrap();
     assert_eq!((t.address, t.refs), (0x8321, 4));
-    assert_eq!(mem.read_u64(PT + 32).unwrap(), 0x8000 | LINK | ACCESSED | DIRTY);
+    assert_eq!(
+        mem.read_u64(PT + 32).unwrap(),
+        0x8000 | LINK | ACCESSED | DIRTY
+    );
     assert_eq!(mem.read_u64(PML4 + 8).unwrap(), PDPT | LINK | ACCESSED);
     let probed = npt.probe(&mem, GPA, AccessKind::Fetch).unwrap();
     assert!(probed.rights.execute && probed.rights.user);
@@ -51,7 +54,10 @@ fn every_access_is_a_user_access() {
     let mem = tables(0x8000 | PRESENT | WRITABLE);
     let npt = Npt::new(PML4);
     let f = fault(npt.translate(&mem, GPA, AccessKind::Read));
-    assert_eq!((f.cause, f.info, f.stage), (NestedCause::Denied, P | US, Stage::Direct));
+    assert_eq!(
+        (f.cause, f.info, f.stage),
+        (NestedCause::Denied, P | US, Stage::Direct)
+    );
     assert_eq!(f.kind, NestedKind::Npt);
     assert!(!f.is_ept_misconfig());
     assert!(alloc::format!("{f}").starts_with("nested page fault at GPA"));
@@ -82,7 +88,10 @@ fn execute_disable_reserved_bits_and_width() {
         ..npt
     };
     let mem = tables((1 << 40) | LINK);
-    assert_eq!(fault(narrow.translate(&mem, GPA, AccessKind::Read)).cause, NestedCause::Reserved);
+    assert_eq!(
+        fault(narrow.translate(&mem, GPA, AccessKind::Read)).cause,
+        NestedCause::Reserved
+    );
     assert_eq!(NestedFormat::root(&Npt::new(0x8000_0000_0000_1fff)), 0x1000);
 }
 
@@ -105,6 +114,6 @@ fn format_for_the_builder() {
     assert_eq!(PagingFormat::levels(&small), 5);
     assert_eq!(PagingFormat::max_phys_bits(&small), 52);
     assert_eq!(npt.guest_table_access(), AccessKind::Write);
-    assert_eq!(npt.rights(u64::MAX).user, true);
+    assert!(npt.rights(u64::MAX).user);
     assert_eq!((npt.accessed_flag(), npt.dirty_flag()), (ACCESSED, DIRTY));
 }

@@ -17,8 +17,7 @@ use super::naive::{self, Kind, Mode, Nested, Outcome};
 use super::scenario::Scenario;
 use crate::nested::{self, NestedFault, NestedFormat, NestedKind, Stage};
 use crate::{
-    Access, AccessKind, Ept, EptCaps, MemoryError, Npt, PhysMemory, Privilege,
-    WalkError, X86Paging,
+    Access, AccessKind, Ept, EptCaps, MemoryError, Npt, PhysMemory, Privilege, WalkError, X86Paging,
 };
 
 /// Decodes `data` into a scenario and checks it; `Err` describes the first disagreement.
@@ -124,7 +123,7 @@ struct CellMemory<'a>(&'a [Cell<u64>]);
 
 impl CellMemory<'_> {
     fn cell(&self, addr: u64) -> Result<&Cell<u64>, MemoryError> {
-        if addr % 8 != 0 {
+        if !addr.is_multiple_of(8) {
             return Err(MemoryError::Misaligned(addr));
         }
         usize::try_from(addr / 8)
@@ -201,7 +200,11 @@ impl<M: PhysMemory> PhysMemory for ReadOnly<'_, M> {
     ) -> Result<Result<u64, u64>, MemoryError> {
         self.wrote.set(true);
         let value = self.mem.read_u64(addr)?;
-        Ok(if value == current { Ok(value) } else { Err(value) })
+        Ok(if value == current {
+            Ok(value)
+        } else {
+            Err(value)
+        })
     }
 }
 
@@ -387,19 +390,27 @@ pub fn check_scenario(scenario: &Scenario) -> Result<(), String> {
             Host::Ept(ept) => Some(composition(&guest, ept, &composed, spec.gva, access)),
             Host::Npt(npt) => Some(composition(&guest, npt, &composed, spec.gva, access)),
         };
-        if let Some(outcome) = composed_outcome {
-            if outcome != without_refs(expected) {
-                return Err(format!(
-                    "step {step}: {spec:?}\n  composition: {outcome:?}\n  reference:   {expected:?}"
-                ));
-            }
+        if let Some(outcome) = composed_outcome
+            && outcome != without_refs(expected)
+        {
+            return Err(format!(
+                "step {step}: {spec:?}\n  composition: {outcome:?}\n  reference:   {expected:?}"
+            ));
         }
     }
     if walked_words != reference.words {
-        return Err(first_difference("crate walk", &walked_words, &reference.words));
+        return Err(first_difference(
+            "crate walk",
+            &walked_words,
+            &reference.words,
+        ));
     }
     if !matches!(host, Host::None) && composed_words != reference.words {
-        return Err(first_difference("composition", &composed_words, &reference.words));
+        return Err(first_difference(
+            "composition",
+            &composed_words,
+            &reference.words,
+        ));
     }
     Ok(())
 }

@@ -553,7 +553,7 @@ fn translate_in(
             (Mode::User, Kind::Read) => user,
             (Mode::User, Kind::Write) => user && writable,
             (Mode::User, Kind::Fetch) => user && !no_exec,
-            (_, Kind::Fetch) => !(user && guest.smep) && !no_exec,
+            (_, Kind::Fetch) => !(no_exec || (user && guest.smep)),
             (_, Kind::Read) => smap_allows,
             (_, Kind::Write) => smap_allows && (writable || !guest.wp),
         };

@@ -258,7 +258,11 @@ impl Build<'_> {
             entry |= 1 << (52 + self.src.below(11));
         }
         if self.perturb(60) {
-            let low = if level >= 4 { 3 + self.src.below(5) } else { 3 + self.src.below(4) };
+            let low = if level >= 4 {
+                3 + self.src.below(5)
+            } else {
+                3 + self.src.below(4)
+            };
             entry |= 1 << low;
         }
         if self.perturb(80) {
@@ -376,7 +380,8 @@ impl Build<'_> {
     /// A guest-physical page for data: in the first 4 GiB, mapped by the nested tables to a
     /// host page that may lie anywhere (it is never accessed).
     fn data_page(&mut self) -> u64 {
-        (self.src.below(4) << 30) | ((u64::from(self.src.byte()) << 8 | u64::from(self.src.byte())) << 12)
+        (self.src.below(4) << 30)
+            | ((u64::from(self.src.byte()) << 8 | u64::from(self.src.byte())) << 12)
     }
 
     /// Builds a guest path for a fresh linear address and returns it.

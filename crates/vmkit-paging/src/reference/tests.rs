@@ -78,12 +78,17 @@ fn scenarios_cover_every_outcome() {
     }
     for nested in ["ept", "npt"] {
         for last in [false, true] {
-            expected.push(alloc::format!("{nested} nested misconfig false final {last}"));
+            expected.push(alloc::format!(
+                "{nested} nested misconfig false final {last}"
+            ));
         }
     }
     expected.push(String::from("ept nested misconfig true final false"));
     for key in expected {
         let count = histogram.get(&key).copied().unwrap_or(0);
-        assert!(count >= 10, "only {count} scenarios give `{key}`: {histogram:#?}");
+        assert!(
+            count >= 10,
+            "only {count} scenarios give `{key}`: {histogram:#?}"
+        );
     }
 }

@@ -74,8 +74,11 @@ fn translates_2m_and_1g_pages() {
     assert_eq!(t.refs, 3);
     assert!(!t.rights.write && !t.rights.user);
 
-    mem.write_u64(PDPT + 2 * 8, 0x80_4000_0000 | PRESENT | PAGE_SIZE | NO_EXECUTE)
-        .unwrap();
+    mem.write_u64(
+        PDPT + 2 * 8,
+        0x80_4000_0000 | PRESENT | PAGE_SIZE | NO_EXECUTE,
+    )
+    .unwrap();
     let t = paging().translate(&mem, VA, R_SUP).unwrap();
     assert_eq!(t.address, 0x80_4000_0000 | (VA & 0x3fff_ffff));
     assert_eq!(t.page_size, PageSize::Size1G);
@@ -121,7 +124,10 @@ fn read_only_pages_and_cr0_wp() {
         fault(paging().translate(&mem, VA, W_SUP)),
         PageFault::PRESENT | PageFault::WRITE
     );
-    let no_wp = X86Paging { wp: false, ..paging() };
+    let no_wp = X86Paging {
+        wp: false,
+        ..paging()
+    };
     assert!(no_wp.translate(&mem, VA, W_SUP).is_ok());
     // WP never lets user mode write.
     assert!(no_wp.translate(&mem, VA, W_USER).is_err());
@@ -163,7 +169,10 @@ fn execute_disable_needs_nxe_and_is_reserved_without_it() {
     mem.write_u64(PD + 24, PT | LINK | NO_EXECUTE).unwrap();
     assert!(paging().translate(&mem, VA, X_SUP).is_err());
     // Without NXE, bit 63 is reserved, and fetch faults have no I/D bit.
-    let no_nxe = X86Paging { nxe: false, ..paging() };
+    let no_nxe = X86Paging {
+        nxe: false,
+        ..paging()
+    };
     assert_eq!(
         fault(no_nxe.translate(&mem, VA, X_SUP)),
         PageFault::PRESENT | PageFault::RESERVED
@@ -174,20 +183,32 @@ fn execute_disable_needs_nxe_and_is_reserved_without_it() {
     );
     let clean = tables(0);
     assert_eq!(fault(no_nxe.translate(&clean, VA, X_SUP)), 0);
-    let smep_only = X86Paging { smep: true, ..no_nxe };
-    assert_eq!(fault(smep_only.translate(&clean, VA, X_SUP)), PageFault::FETCH);
+    let smep_only = X86Paging {
+        smep: true,
+        ..no_nxe
+    };
+    assert_eq!(
+        fault(smep_only.translate(&clean, VA, X_SUP)),
+        PageFault::FETCH
+    );
 }
 
 #[test]
 fn smep_blocks_supervisor_fetches_from_user_pages() {
     let mem = tables(0x7_7000 | LINK);
-    let smep = X86Paging { smep: true, ..paging() };
+    let smep = X86Paging {
+        smep: true,
+        ..paging()
+    };
     assert_eq!(
         fault(smep.translate(&mem, VA, X_SUP)),
         PageFault::PRESENT | PageFault::FETCH
     );
     // An implicit "fetch" is checked as a supervisor fetch.
-    assert!(smep.translate(&mem, VA, Access::fetch(Privilege::Implicit)).is_err());
+    assert!(
+        smep.translate(&mem, VA, Access::fetch(Privilege::Implicit))
+            .is_err()
+    );
     assert!(smep.translate(&mem, VA, X_USER).is_ok());
     assert!(smep.translate(&mem, VA, R_SUP).is_ok());
     let supervisor_page = tables(0x7_7000 | PRESENT | WRITABLE);
@@ -197,7 +218,10 @@ fn smep_blocks_supervisor_fetches_from_user_pages() {
 #[test]
 fn smap_with_rflags_ac_and_implicit_accesses() {
     let mem = tables(0x7_7000 | LINK);
-    let smap = X86Paging { smap: true, ..paging() };
+    let smap = X86Paging {
+        smap: true,
+        ..paging()
+    };
     assert_eq!(fault(smap.translate(&mem, VA, R_SUP)), PageFault::PRESENT);
     assert_eq!(
         fault(smap.translate(&mem, VA, W_SUP)),
@@ -207,7 +231,10 @@ fn smap_with_rflags_ac_and_implicit_accesses() {
     assert!(ac.translate(&mem, VA, R_SUP).is_ok());
     assert!(ac.translate(&mem, VA, W_SUP).is_ok());
     // AC never overrides SMAP for implicit accesses.
-    assert_eq!(fault(ac.translate(&mem, VA, R_IMPLICIT)), PageFault::PRESENT);
+    assert_eq!(
+        fault(ac.translate(&mem, VA, R_IMPLICIT)),
+        PageFault::PRESENT
+    );
     assert_eq!(
         fault(ac.translate(&mem, VA, W_IMPLICIT)),
         PageFault::PRESENT | PageFault::WRITE
@@ -220,7 +247,11 @@ fn smap_with_rflags_ac_and_implicit_accesses() {
     // With AC set, a read-only user page is still read-only under WP, but writable without.
     let read_only = tables(0x7_7000 | PRESENT | USER);
     assert!(ac.translate(&read_only, VA, W_SUP).is_err());
-    assert!(X86Paging { wp: false, ..ac }.translate(&read_only, VA, W_SUP).is_ok());
+    assert!(
+        X86Paging { wp: false, ..ac }
+            .translate(&read_only, VA, W_SUP)
+            .is_ok()
+    );
     // Without SMAP, implicit accesses to user pages are allowed.
     assert!(paging().translate(&mem, VA, W_IMPLICIT).is_ok());
 }
@@ -245,14 +276,17 @@ fn reserved_bits() {
     assert_eq!(fault(paging().translate(&mem, VA, R_SUP)), rsvd);
     // Large-page reserved bits: 20:13 of a 2 MiB entry, 29:13 of a 1 GiB entry.
     let mem = tables(0);
-    mem.write_u64(PD + 24, PRESENT | PAGE_SIZE | (1 << 13)).unwrap();
+    mem.write_u64(PD + 24, PRESENT | PAGE_SIZE | (1 << 13))
+        .unwrap();
     assert_eq!(fault(paging().translate(&mem, VA, R_SUP)), rsvd);
-    mem.write_u64(PD + 24, PRESENT | PAGE_SIZE | (1 << 20)).unwrap();
+    mem.write_u64(PD + 24, PRESENT | PAGE_SIZE | (1 << 20))
+        .unwrap();
     assert_eq!(fault(paging().translate(&mem, VA, R_SUP)), rsvd);
     mem.write_u64(PD + 24, PRESENT | PAGE_SIZE | LARGE_PAT | (1 << 21))
         .unwrap();
     assert!(paging().translate(&mem, VA, R_SUP).is_ok());
-    mem.write_u64(PDPT + 16, PRESENT | PAGE_SIZE | (1 << 29)).unwrap();
+    mem.write_u64(PDPT + 16, PRESENT | PAGE_SIZE | (1 << 29))
+        .unwrap();
     assert_eq!(fault(paging().translate(&mem, VA, R_SUP)), rsvd);
     mem.write_u64(PDPT + 16, PRESENT | PAGE_SIZE | LARGE_PAT | (1 << 30))
         .unwrap();
@@ -270,8 +304,11 @@ fn reserved_bits() {
 #[test]
 fn reserved_bits_ignored_in_not_present_entries_and_first_problem_wins() {
     // A not-present entry's other bits do not matter.
-    let mem = tables(u64::MAX & !PRESENT);
-    assert_eq!(fault(paging().with_max_phys_bits(36).translate(&mem, VA, W_SUP)), 2);
+    let mem = tables(!PRESENT);
+    assert_eq!(
+        fault(paging().with_max_phys_bits(36).translate(&mem, VA, W_SUP)),
+        2
+    );
     // Not present below a supervisor-only upper level: P = 0 (no valid translation, rights
     // are not checked).
     let mem = tables(0);
@@ -313,7 +350,8 @@ fn five_level_walk_and_ps_reserved_in_pml5() {
     mem.write_u64(PML5 + 3 * 8, PML4 | LINK).unwrap();
     let t = five.translate(&mem, va, R_USER).unwrap();
     assert_eq!((t.address, t.refs), (0x7_7123, 5));
-    mem.write_u64(PML5 + 3 * 8, PML4 | LINK | PAGE_SIZE).unwrap();
+    mem.write_u64(PML5 + 3 * 8, PML4 | LINK | PAGE_SIZE)
+        .unwrap();
     assert_eq!(
         fault(five.translate(&mem, va, R_USER)),
         PageFault::PRESENT | PageFault::RESERVED | PageFault::USER
@@ -337,9 +375,13 @@ fn accessed_on_every_entry_dirty_on_the_leaf_for_writes() {
     assert_eq!(l1 & DIRTY, DIRTY);
     // A 2 MiB leaf gets its dirty flag.
     let mem = tables(0);
-    mem.write_u64(PD + 24, PRESENT | WRITABLE | PAGE_SIZE).unwrap();
+    mem.write_u64(PD + 24, PRESENT | WRITABLE | PAGE_SIZE)
+        .unwrap();
     paging().translate(&mem, VA, W_SUP).unwrap();
-    assert_eq!(mem.read_u64(PD + 24).unwrap() & (ACCESSED | DIRTY), ACCESSED | DIRTY);
+    assert_eq!(
+        mem.read_u64(PD + 24).unwrap() & (ACCESSED | DIRTY),
+        ACCESSED | DIRTY
+    );
 }
 
 #[test]
@@ -350,7 +392,12 @@ fn no_flag_updates_on_faulting_walks_or_probes() {
     assert_eq!(entries(&mem), before);
     let mem = tables(0x7_7000 | LINK);
     mem.write_u64(PD + 24, PT | LINK | (1 << 51)).unwrap();
-    assert!(paging().with_max_phys_bits(48).translate(&mem, VA, R_SUP).is_err());
+    assert!(
+        paging()
+            .with_max_phys_bits(48)
+            .translate(&mem, VA, R_SUP)
+            .is_err()
+    );
     let mem = tables(0x7_7000 | LINK);
     let before = entries(&mem);
     let probed = paging().probe(&mem, VA, W_SUP).unwrap();
@@ -423,7 +470,10 @@ fn preset_flags_need_no_update_and_changed_entries_restart_the_walk() {
         exchanges: Cell::new(0),
         interfere: Cell::new(u32::MAX),
     };
-    assert_eq!(paging().translate(&racy, VA, R_SUP), Err(WalkError::Contended));
+    assert_eq!(
+        paging().translate(&racy, VA, R_SUP),
+        Err(WalkError::Contended)
+    );
     assert_eq!(racy.exchanges.get(), MAX_RETRIES + 1);
 }
 
@@ -432,7 +482,8 @@ fn self_referencing_tables_terminate() {
     // PML4[511] points to the PML4 itself (a recursive mapping): the address with all indices
     // 511 maps the PML4 page.
     let mem = tables(0);
-    mem.write_u64(PML4 + 511 * 8, PML4 | PRESENT | WRITABLE).unwrap();
+    mem.write_u64(PML4 + 511 * 8, PML4 | PRESENT | WRITABLE)
+        .unwrap();
     let va = 0xffff_ffff_ffff_f008;
     let t = paging().translate(&mem, va, R_SUP).unwrap();
     assert_eq!(t.address, PML4 + 8);
@@ -450,7 +501,9 @@ fn tables_outside_memory_are_errors() {
     mem.write_u64(PD + 24, 0x40_0000_0000 | LINK).unwrap();
     assert_eq!(
         paging().translate(&mem, VA, R_SUP),
-        Err(WalkError::Memory(MemoryError::OutOfRange(0x40_0000_0000 + 32)))
+        Err(WalkError::Memory(MemoryError::OutOfRange(
+            0x40_0000_0000 + 32
+        )))
     );
     let far = X86Paging::new(0x7fff_0000);
     assert!(matches!(
@@ -490,23 +543,43 @@ fn registers_root_and_builders() {
 fn page_entries_for_the_builder() {
     let paging = X86Paging::new(0);
     assert_eq!(
-        paging.page_entry(0x20_0000, PageSize::Size2M, PteFlags::WRITABLE | PteFlags::PAT),
+        paging.page_entry(
+            0x20_0000,
+            PageSize::Size2M,
+            PteFlags::WRITABLE | PteFlags::PAT
+        ),
         Some(0x20_0000 | PRESENT | WRITABLE | PAGE_SIZE | LARGE_PAT)
     );
     assert_eq!(
-        paging.page_entry(0x1000, PageSize::Size4K, PteFlags::PAT | PteFlags::NO_EXECUTE),
+        paging.page_entry(
+            0x1000,
+            PageSize::Size4K,
+            PteFlags::PAT | PteFlags::NO_EXECUTE
+        ),
         Some(0x1000 | PRESENT | PAGE_SIZE | NO_EXECUTE)
     );
-    assert_eq!(paging.page_entry(0x1000, PageSize::Size2M, PteFlags::EMPTY), None);
-    assert_eq!(paging.page_entry(1 << 52, PageSize::Size4K, PteFlags::EMPTY), None);
+    assert_eq!(
+        paging.page_entry(0x1000, PageSize::Size2M, PteFlags::EMPTY),
+        None
+    );
+    assert_eq!(
+        paging.page_entry(1 << 52, PageSize::Size4K, PteFlags::EMPTY),
+        None
+    );
     assert_eq!(
         paging
             .with_max_phys_bits(40)
             .page_entry(1 << 40, PageSize::Size4K, PteFlags::EMPTY),
         None
     );
-    let no_nxe = X86Paging { nxe: false, ..paging };
-    assert_eq!(no_nxe.page_entry(0, PageSize::Size4K, PteFlags::NO_EXECUTE), None);
+    let no_nxe = X86Paging {
+        nxe: false,
+        ..paging
+    };
+    assert_eq!(
+        no_nxe.page_entry(0, PageSize::Size4K, PteFlags::NO_EXECUTE),
+        None
+    );
     assert_eq!(paging.table_entry(0x5000 | 0xfff), 0x5000 | LINK);
     let mut flags = PteFlags::USER;
     flags |= PteFlags::GLOBAL;
@@ -518,7 +591,13 @@ fn page_entries_for_the_builder() {
         ACCESSED | DIRTY | WRITE_THROUGH | CACHE_DISABLE
     );
     assert_eq!(
-        alloc::format!("{}", PageFault { address: 0x10, error_code: 0x1f }),
+        alloc::format!(
+            "{}",
+            PageFault {
+                address: 0x10,
+                error_code: 0x1f
+            }
+        ),
         "#PF at 0x10, error code 0x1f"
     );
 }
