@@ -1,16 +1,20 @@
 #![doc = include_str!("../README.md")]
 //!
 //! Modules: [`serial`] (16550A UART on vm-superio), [`i8042`] (PS/2 controller and keyboard),
-//! [`cmos`] (RTC and NVRAM), [`debug_exit`] (QEMU-compatible debug-exit port), [`trigger`]
-//! (interrupt lines) and [`io`] (access counters).
+//! [`cmos`] (RTC and NVRAM), [`debug_exit`] (QEMU-compatible debug-exit port), [`testdev`]
+//! (QEMU-compatible pc-testdev), [`pci`] (root complex, host bridge, configuration space),
+//! [`virtio`] (modern virtio-pci transport and virtio-blk), [`trigger`] (interrupt lines) and
+//! [`io`] (access counters).
 
 pub mod cmos;
 pub mod debug_exit;
 pub mod i8042;
 pub mod io;
+pub mod pci;
 pub mod serial;
 pub mod testdev;
 pub mod trigger;
+pub mod virtio;
 
 pub use cmos::{Clock, CmosError, CmosRtc, ManualClock, SystemClock};
 pub use debug_exit::DebugExit;

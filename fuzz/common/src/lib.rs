@@ -9,4 +9,7 @@ pub mod kvm_exit;
 pub mod layout;
 pub mod legacy;
 pub mod paging;
+pub mod pci_config;
 pub mod pvh;
+pub mod virtio_blk;
+pub mod virtio_pci;

@@ -1,0 +1,599 @@
+//! The root complex: bus 0, its slots, configuration access and BAR placement on the buses.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use log::debug;
+use vmkit_exits::{BusError, BusRange, DeviceAction, IoBus, MmioBus, MmioDevice, PioDevice};
+use vmkit_memory::layout::{PCI_ECAM_SIZE, PCI_ECAM_START};
+use vmkit_memory::{AddressRange, AllocatorError, Allocators, PortRange};
+
+use super::config::{
+    BarKind, BarMapping, BarSpace, COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE, CONFIG_SPACE_SIZE,
+    ConfigError, ConfigSpace, NUM_BARS, PciIds,
+};
+use super::{PciDevice, lock};
+
+/// First port of the type-1 configuration mechanism: CONFIG_ADDRESS at 0xCF8, CONFIG_DATA at
+/// 0xCFC..=0xCFF.
+pub const CONFIG_IO_PORT: u16 = 0xCF8;
+/// Ports the type-1 mechanism covers (0xCF8..0xD00).
+pub const CONFIG_IO_LEN: u64 = 8;
+/// CONFIG_ADDRESS bit 31: the next CONFIG_DATA access is a configuration cycle.
+pub const CONFIG_ADDRESS_ENABLE: u32 = 1 << 31;
+/// CONFIG_ADDRESS bits that hold state: enable, bus, device, function and dword register.
+const CONFIG_ADDRESS_MASK: u32 = 0x80FF_FFFC;
+/// Device numbers on bus 0: slot 0 is the host bridge, 1..=31 take endpoints.
+pub const MAX_SLOTS: usize = 32;
+/// Host bridge vendor ID (Intel, as Cloud Hypervisor's host bridge).
+pub const HOST_BRIDGE_VENDOR_ID: u16 = 0x8086;
+/// Host bridge device ID (as Cloud Hypervisor's host bridge).
+pub const HOST_BRIDGE_DEVICE_ID: u16 = 0x0D57;
+/// Size of one function's ECAM window.
+const ECAM_FUNCTION_SIZE: usize = 4096;
+
+/// A device or root-complex set-up failure; the root is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum PciError {
+    /// Registering the configuration-access ranges failed: {0}
+    #[error("registering the configuration-access ranges failed: {0}")]
+    Bus(#[from] BusError),
+    /// All 31 device slots of bus 0 are taken.
+    #[error("all 31 device slots of bus 0 are taken")]
+    NoFreeSlot,
+    /// No room for BAR {index} of {size:#x} bytes: {source}
+    #[error("no room for BAR {index} of {size:#x} bytes: {source}")]
+    Allocation {
+        /// The BAR.
+        index: u8,
+        /// Its size.
+        size: u64,
+        /// What the allocator said.
+        source: AllocatorError,
+    },
+    /// The device's configuration space refused its BAR address: {0}
+    #[error("the device's configuration space refused its BAR address: {0}")]
+    Config(#[from] ConfigError),
+    /// BAR {index} overlaps a range already on the bus: {source}
+    #[error("BAR {index} overlaps a range already on the bus: {source}")]
+    BarConflict {
+        /// The BAR.
+        index: u8,
+        /// What the bus said.
+        source: BusError,
+    },
+}
+
+/// Counts of the root's configuration traffic and BAR placement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PciStats {
+    /// Configuration reads (type-1 and ECAM).
+    pub config_reads: u64,
+    /// Configuration writes (type-1 and ECAM).
+    pub config_writes: u64,
+    /// Configuration accesses to a function that does not exist (read as all ones).
+    pub unclaimed: u64,
+    /// Accesses of a size or alignment the mechanism does not define (read as all ones).
+    pub bad_accesses: u64,
+    /// BAR ranges placed, moved or removed on a bus.
+    pub bar_updates: u64,
+    /// BAR placements the bus refused (overlap, wrap); the BAR does not decode.
+    pub bar_conflicts: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    config_reads: AtomicU64,
+    config_writes: AtomicU64,
+    unclaimed: AtomicU64,
+    bad_accesses: AtomicU64,
+    bar_updates: AtomicU64,
+    bar_conflicts: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The host bridge at 00:00.0: a bare type-0 header (class 06/00), as virtual platforms
+/// present it. Guests probe it to detect the type-1 mechanism.
+#[derive(Debug)]
+pub struct HostBridge {
+    config: ConfigSpace,
+}
+
+impl HostBridge {
+    /// The host bridge's header.
+    pub fn new() -> Self {
+        Self {
+            config: ConfigSpace::new(PciIds {
+                vendor_id: HOST_BRIDGE_VENDOR_ID,
+                device_id: HOST_BRIDGE_DEVICE_ID,
+                revision_id: 0,
+                class_code: 0x06_00_00,
+                subsystem_vendor_id: 0,
+                subsystem_id: 0,
+            }),
+        }
+    }
+}
+
+impl Default for HostBridge {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PciDevice for HostBridge {
+    fn config_space(&self) -> &ConfigSpace {
+        &self.config
+    }
+    fn config_space_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
+    }
+}
+
+/// The bus handler of one BAR: forwards accesses to the device under its lock.
+struct BarRegion {
+    device: Arc<Mutex<dyn PciDevice>>,
+    index: u8,
+}
+
+impl MmioDevice for BarRegion {
+    fn mmio_read(&self, _base: u64, offset: u64, data: &mut [u8]) {
+        lock(&self.device).bar_read(self.index, offset, data);
+    }
+    fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
+        lock(&self.device).bar_write(self.index, offset, data)
+    }
+}
+
+impl PioDevice for BarRegion {
+    fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
+        lock(&self.device).bar_read(self.index, offset.into(), data);
+    }
+    fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+        lock(&self.device).bar_write(self.index, offset.into(), data)
+    }
+}
+
+/// What the allocators handed out for one BAR.
+#[derive(Clone, Copy, Debug)]
+enum Allocation {
+    Mmio(AddressRange),
+    Pio(PortRange),
+}
+
+struct Slot {
+    name: Arc<str>,
+    device: Arc<Mutex<dyn PciDevice>>,
+    regions: [Option<Arc<BarRegion>>; NUM_BARS],
+    /// What the configuration space asked for at the last reconciliation.
+    wanted: [Option<BarMapping>; NUM_BARS],
+    /// What is on a bus now.
+    placed: [Option<BarMapping>; NUM_BARS],
+    allocations: Vec<Allocation>,
+}
+
+/// The PCI root complex: bus 0 with a host bridge at 00:00.0 and up to 31 endpoints (function 0
+/// each), reached through CONFIG_ADDRESS/CONFIG_DATA (0xCF8..0xD00) and through ECAM.
+///
+/// It is a [`PioDevice`] (registered at [`CONFIG_IO_PORT`]) and an [`MmioDevice`] (registered
+/// over [`PCI_ECAM_START`]). It refers to the buses weakly, because they hold it: a strong
+/// reference would be a cycle that outlives the VM.
+pub struct PciRoot {
+    io_bus: Weak<IoBus>,
+    mmio_bus: Weak<MmioBus>,
+    address: AtomicU32,
+    slots: Mutex<Vec<Option<Slot>>>,
+    counters: Counters,
+}
+
+impl fmt::Debug for PciRoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let slots = lock(&self.slots);
+        let names: Vec<_> = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(n, s)| s.as_ref().map(|s| (n, s.name.clone())))
+            .collect();
+        f.debug_struct("PciRoot")
+            .field("slots", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PciRoot {
+    /// A root complex with the host bridge at 00:00.0, registered on `io_bus` at
+    /// 0xCF8..0xD00 and on `mmio_bus` over the ECAM window of the layout.
+    pub fn new(io_bus: &Arc<IoBus>, mmio_bus: &Arc<MmioBus>) -> Result<Arc<Self>, PciError> {
+        let mut slots: Vec<Option<Slot>> = (0..MAX_SLOTS).map(|_| None).collect();
+        let bridge: Arc<Mutex<dyn PciDevice>> = Arc::new(Mutex::new(HostBridge::new()));
+        slots[0] = Some(Slot {
+            name: Arc::from("host-bridge"),
+            device: bridge,
+            regions: Default::default(),
+            wanted: [None; NUM_BARS],
+            placed: [None; NUM_BARS],
+            allocations: Vec::new(),
+        });
+        let root = Arc::new(Self {
+            io_bus: Arc::downgrade(io_bus),
+            mmio_bus: Arc::downgrade(mmio_bus),
+            address: AtomicU32::new(0),
+            slots: Mutex::new(slots),
+            counters: Counters::default(),
+        });
+        io_bus.register_named(
+            BusRange::new(CONFIG_IO_PORT, CONFIG_IO_LEN),
+            "pci-config",
+            root.clone(),
+        )?;
+        if let Err(err) = mmio_bus.register_named(
+            BusRange::new(PCI_ECAM_START, PCI_ECAM_SIZE),
+            "pci-ecam",
+            root.clone(),
+        ) {
+            let _ = io_bus.unregister(CONFIG_IO_PORT);
+            return Err(err.into());
+        }
+        Ok(root)
+    }
+
+    /// Plugs `device` into the lowest free slot as firmware would: every BAR gets an address
+    /// from `allocators` (memory BARs, 64-bit ones included, from the MMIO32 window below
+    /// 4 GiB, naturally aligned; I/O BARs from the port window), decoding is enabled in the
+    /// command register, and the BARs are placed on the buses under `name`. Returns the device
+    /// number (1..=31). On error nothing is allocated, registered or plugged.
+    pub fn add_device<D: PciDevice + 'static>(
+        &self,
+        name: &str,
+        device: Arc<Mutex<D>>,
+        allocators: &mut Allocators,
+    ) -> Result<u8, PciError> {
+        let mut slots = lock(&self.slots);
+        let number = slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(PciError::NoFreeSlot)?;
+        let device: Arc<Mutex<dyn PciDevice>> = device;
+        let allocations = {
+            let mut dev = lock(&device);
+            Self::assign_bars(dev.config_space_mut(), allocators)?
+        };
+        let mut regions: [Option<Arc<BarRegion>>; NUM_BARS] = Default::default();
+        for bar in lock(&device).config_space().bars() {
+            regions[usize::from(bar.index)] = Some(Arc::new(BarRegion {
+                device: device.clone(),
+                index: bar.index,
+            }));
+        }
+        let mut slot = Slot {
+            name: Arc::from(name),
+            device,
+            regions,
+            wanted: [None; NUM_BARS],
+            placed: [None; NUM_BARS],
+            allocations,
+        };
+        if let Some((index, source)) = self.reconcile(&mut slot) {
+            for mapping in slot.placed.iter().flatten() {
+                self.remove(mapping);
+            }
+            Self::free(&slot.allocations, allocators);
+            return Err(PciError::BarConflict { index, source });
+        }
+        slots[number] = Some(slot);
+        // `number` < MAX_SLOTS = 32.
+        Ok(number as u8)
+    }
+
+    fn assign_bars(
+        config: &mut ConfigSpace,
+        allocators: &mut Allocators,
+    ) -> Result<Vec<Allocation>, PciError> {
+        let mut allocations = Vec::new();
+        let mut command = 0;
+        let bars: Vec<_> = config.bars().collect();
+        for bar in bars {
+            let allocated = match bar.kind {
+                BarKind::Memory32 | BarKind::Memory64 => {
+                    command |= COMMAND_MEMORY_SPACE;
+                    allocators
+                        .allocate_mmio32(bar.size, bar.size)
+                        .map(|r| (Allocation::Mmio(r), r.start.0))
+                }
+                BarKind::Io => {
+                    command |= COMMAND_IO_SPACE;
+                    // I/O BARs are at most 256 ports.
+                    let size = bar.size as u16;
+                    allocators
+                        .allocate_pio(size, size)
+                        .map(|r| (Allocation::Pio(r), u64::from(r.start)))
+                }
+            };
+            let placed = allocated
+                .map_err(|source| PciError::Allocation {
+                    index: bar.index,
+                    size: bar.size,
+                    source,
+                })
+                .and_then(|(allocation, address)| {
+                    allocations.push(allocation);
+                    config
+                        .set_bar_address(bar.index, address)
+                        .map_err(PciError::from)
+                });
+            if let Err(err) = placed {
+                Self::free(&allocations, allocators);
+                return Err(err);
+            }
+        }
+        config.enable_command(command);
+        Ok(allocations)
+    }
+
+    fn free(allocations: &[Allocation], allocators: &mut Allocators) {
+        for allocation in allocations {
+            // These are exactly what the allocators handed out, so freeing cannot fail.
+            let _ = match *allocation {
+                Allocation::Mmio(range) => allocators.free_mmio32(range),
+                Allocation::Pio(range) => allocators.free_pio(range),
+            };
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> PciStats {
+        let c = &self.counters;
+        PciStats {
+            config_reads: c.config_reads.load(Ordering::Relaxed),
+            config_writes: c.config_writes.load(Ordering::Relaxed),
+            unclaimed: c.unclaimed.load(Ordering::Relaxed),
+            bad_accesses: c.bad_accesses.load(Ordering::Relaxed),
+            bar_updates: c.bar_updates.load(Ordering::Relaxed),
+            bar_conflicts: c.bar_conflicts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Where the BARs of device `number` are on the buses now.
+    pub fn placed_bars(&self, number: u8) -> Vec<BarMapping> {
+        lock(&self.slots)
+            .get(usize::from(number))
+            .and_then(Option::as_ref)
+            .map(|slot| slot.placed.iter().flatten().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// A configuration read of function `bus:device.function` at `offset` (0..=0xFFF). The
+    /// access must stay inside one dword; a function that does not exist reads all ones, the
+    /// extended space (0x100 and up) of one that does reads 0.
+    pub fn config_read(&self, bus: u8, device: u8, function: u8, offset: usize, data: &mut [u8]) {
+        bump(&self.counters.config_reads);
+        if !Self::access_ok(offset, data.len()) {
+            bump(&self.counters.bad_accesses);
+            debug!(
+                "pci: bad config read of {} bytes at {offset:#x}",
+                data.len()
+            );
+            data.fill(0xFF);
+            return;
+        }
+        let slots = lock(&self.slots);
+        match Self::slot(&slots, bus, device, function) {
+            None => {
+                bump(&self.counters.unclaimed);
+                data.fill(0xFF);
+            }
+            Some(_) if offset >= CONFIG_SPACE_SIZE => data.fill(0),
+            Some(slot) => lock(&slot.device).config_read(offset, data),
+        }
+    }
+
+    /// A configuration write of function `bus:device.function` at `offset` (0..=0xFFF); the
+    /// device's BARs are then brought in step on the buses.
+    pub fn config_write(&self, bus: u8, device: u8, function: u8, offset: usize, data: &[u8]) {
+        bump(&self.counters.config_writes);
+        if !Self::access_ok(offset, data.len()) {
+            bump(&self.counters.bad_accesses);
+            debug!(
+                "pci: bad config write of {} bytes at {offset:#x}",
+                data.len()
+            );
+            return;
+        }
+        let mut slots = lock(&self.slots);
+        let Some(number) = Self::slot(&slots, bus, device, function).map(|_| usize::from(device))
+        else {
+            bump(&self.counters.unclaimed);
+            return;
+        };
+        if offset >= CONFIG_SPACE_SIZE {
+            return;
+        }
+        if let Some(slot) = slots[number].as_mut() {
+            lock(&slot.device).config_write(offset, data);
+            // The device lock is released: the bus may now be changed.
+            self.reconcile(slot);
+        }
+    }
+
+    fn access_ok(offset: usize, len: usize) -> bool {
+        len > 0 && (offset % 4) + len <= 4 && offset < ECAM_FUNCTION_SIZE
+    }
+
+    fn slot(slots: &[Option<Slot>], bus: u8, device: u8, function: u8) -> Option<&Slot> {
+        if bus != 0 || function != 0 {
+            return None;
+        }
+        slots.get(usize::from(device)).and_then(Option::as_ref)
+    }
+
+    /// Brings the slot's BARs on the buses in step with its configuration space. Returns the
+    /// first placement the bus refused (the BAR then does not decode).
+    fn reconcile(&self, slot: &mut Slot) -> Option<(u8, BusError)> {
+        let wanted = lock(&slot.device).config_space().bar_mappings();
+        let mut refused = None;
+        for (i, &want) in wanted.iter().enumerate() {
+            if want == slot.wanted[i] {
+                continue;
+            }
+            slot.wanted[i] = want;
+            let Some(region) = slot.regions[i].clone() else {
+                continue;
+            };
+            let old = slot.placed[i].take();
+            let result = match (old, want) {
+                (Some(old), Some(new)) if old.space == new.space && old.size == new.size => {
+                    self.relocate(&old, &new).inspect_err(|_| self.remove(&old))
+                }
+                (old, new) => {
+                    if let Some(old) = old {
+                        self.remove(&old);
+                    }
+                    match new {
+                        Some(new) => self.place(&slot.name, &new, region),
+                        None => Ok(()),
+                    }
+                }
+            };
+            match result {
+                Ok(()) => slot.placed[i] = want,
+                Err(err) => {
+                    bump(&self.counters.bar_conflicts);
+                    debug!("pci: {} BAR {i} does not decode: {err}", slot.name);
+                    refused.get_or_insert((i as u8, err));
+                }
+            }
+        }
+        refused
+    }
+
+    fn place(&self, name: &str, m: &BarMapping, region: Arc<BarRegion>) -> Result<(), BusError> {
+        bump(&self.counters.bar_updates);
+        let name = format!("{name}-bar{}", m.index);
+        match m.space {
+            BarSpace::Memory => match self.mmio_bus.upgrade() {
+                Some(bus) => bus.register_named(BusRange::new(m.address, m.size), &name, region),
+                None => Ok(()),
+            },
+            BarSpace::Io => match (self.io_bus.upgrade(), u16::try_from(m.address)) {
+                (Some(bus), Ok(port)) => {
+                    bus.register_named(BusRange::new(port, m.size), &name, region)
+                }
+                (Some(_), Err(_)) => Err(BusError::RangeWraps {
+                    base: m.address,
+                    len: m.size,
+                }),
+                (None, _) => Ok(()),
+            },
+        }
+    }
+
+    fn relocate(&self, old: &BarMapping, new: &BarMapping) -> Result<(), BusError> {
+        bump(&self.counters.bar_updates);
+        match old.space {
+            BarSpace::Memory => match self.mmio_bus.upgrade() {
+                Some(bus) => bus.relocate(old.address, new.address),
+                None => Ok(()),
+            },
+            // An I/O BAR's address fits 16 bits: it was placed, and the register holds no more.
+            BarSpace::Io => match self.io_bus.upgrade() {
+                Some(bus) => bus.relocate(old.address as u16, new.address as u16),
+                None => Ok(()),
+            },
+        }
+    }
+
+    fn remove(&self, m: &BarMapping) {
+        bump(&self.counters.bar_updates);
+        // The range was placed by `place` or `relocate`, so it is there to remove.
+        match m.space {
+            BarSpace::Memory => {
+                if let Some(bus) = self.mmio_bus.upgrade() {
+                    let _ = bus.unregister(m.address);
+                }
+            }
+            BarSpace::Io => {
+                if let Some(bus) = self.io_bus.upgrade() {
+                    let _ = bus.unregister(m.address as u16);
+                }
+            }
+        }
+    }
+
+    /// The function CONFIG_ADDRESS selects: (bus, device, function, dword register), or `None`
+    /// when the enable bit is clear.
+    fn selected(&self) -> Option<(u8, u8, u8, usize)> {
+        let address = self.address.load(Ordering::Relaxed);
+        if address & CONFIG_ADDRESS_ENABLE == 0 {
+            return None;
+        }
+        Some((
+            (address >> 16) as u8,
+            ((address >> 11) & 0x1F) as u8,
+            ((address >> 8) & 0x7) as u8,
+            (address & 0xFC) as usize,
+        ))
+    }
+
+    fn ecam_function(offset: u64) -> (u8, u8, u8, usize) {
+        (
+            (offset >> 20) as u8,
+            ((offset >> 15) & 0x1F) as u8,
+            ((offset >> 12) & 0x7) as u8,
+            (offset & 0xFFF) as usize,
+        )
+    }
+}
+
+impl PioDevice for PciRoot {
+    fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
+        match (offset, data.len()) {
+            (0, 4) => data.copy_from_slice(&self.address.load(Ordering::Relaxed).to_le_bytes()),
+            (4..=7, len) if usize::from(offset - 4) + len <= 4 => match self.selected() {
+                Some((bus, dev, func, reg)) => {
+                    self.config_read(bus, dev, func, reg + usize::from(offset - 4), data)
+                }
+                None => data.fill(0xFF),
+            },
+            _ => {
+                bump(&self.counters.bad_accesses);
+                data.fill(0xFF);
+            }
+        }
+    }
+
+    fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+        match (offset, data) {
+            (0, &[a, b, c, d]) => self.address.store(
+                u32::from_le_bytes([a, b, c, d]) & CONFIG_ADDRESS_MASK,
+                Ordering::Relaxed,
+            ),
+            (4..=7, data) if usize::from(offset - 4) + data.len() <= 4 => {
+                if let Some((bus, dev, func, reg)) = self.selected() {
+                    self.config_write(bus, dev, func, reg + usize::from(offset - 4), data);
+                }
+            }
+            _ => bump(&self.counters.bad_accesses),
+        }
+        DeviceAction::Continue
+    }
+}
+
+impl MmioDevice for PciRoot {
+    fn mmio_read(&self, _base: u64, offset: u64, data: &mut [u8]) {
+        let (bus, device, function, reg) = Self::ecam_function(offset);
+        self.config_read(bus, device, function, reg, data);
+    }
+
+    fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
+        let (bus, device, function, reg) = Self::ecam_function(offset);
+        self.config_write(bus, device, function, reg, data);
+        DeviceAction::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests;

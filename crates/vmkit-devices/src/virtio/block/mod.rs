@@ -1,0 +1,332 @@
+//! virtio-blk (virtio 1.x, section 5.2) over a [`DiskBackend`]: reads, writes, flushes and
+//! device IDs, with a read-only mode.
+//!
+//! Requests are carried out synchronously when the driver notifies the queue, so a polling
+//! driver finds them complete as soon as its notifying write returns. Data moves through a
+//! bounce buffer of [`SIZE_MAX`] bytes; a request moves at most [`MAX_REQUEST_BYTES`], which
+//! the advertised `seg_max` × `size_max` already keeps a conforming driver under. Nothing a
+//! request says can reach outside the disk or guest memory: ranges are checked with overflow
+//! checks before any I/O, and every failure is a status (or, when the chain has no status byte,
+//! a counted drop).
+
+mod disk;
+mod request;
+
+use std::sync::Arc;
+
+use log::debug;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use super::{ActivateError, QueueError, TYPE_BLOCK, VirtioDevice, VirtioInterrupt};
+use request::{Completion, Executor, Framed, Kind};
+
+pub use disk::{DiskBackend, DiskError, DiskImage, MemDisk, SECTOR_SIZE, SERIAL_LEN};
+pub use request::{
+    HEADER_LEN, MAX_DESCRIPTORS, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+
+/// Feature: `size_max` gives the largest segment.
+pub const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
+/// Feature: `seg_max` gives the most segments of a request.
+pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+/// Feature: the device is read-only.
+pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+/// Feature: `blk_size` gives the logical block size.
+pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+/// Feature: the device takes `VIRTIO_BLK_T_FLUSH`.
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+
+/// Size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most data segments of a request (the queue size less header and status).
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Largest data segment, and the bounce buffer's size.
+pub const SIZE_MAX: u32 = 128 << 10;
+/// Most data one request moves.
+pub const MAX_REQUEST_BYTES: u64 = SEG_MAX as u64 * SIZE_MAX as u64;
+/// Bytes of configuration space (`struct virtio_blk_config` up to `num_queues`).
+pub const CONFIG_LEN: usize = 0x24;
+
+/// Counts of a block device's requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Requests completed (any status).
+    pub requests: u64,
+    /// Successful reads.
+    pub reads: u64,
+    /// Successful writes.
+    pub writes: u64,
+    /// Successful flushes.
+    pub flushes: u64,
+    /// Successful device-ID requests.
+    pub get_ids: u64,
+    /// Requests of an unsupported type.
+    pub unsupported: u64,
+    /// Requests that failed (bad framing, out of range, outside memory, read-only, I/O error).
+    pub errors: u64,
+    /// Chains dropped without a status (looping, truncated, no writable status byte).
+    pub dropped: u64,
+    /// Bytes read from the disk.
+    pub bytes_read: u64,
+    /// Bytes written to the disk.
+    pub bytes_written: u64,
+}
+
+struct Active {
+    queue: Queue,
+    memory: GuestMemoryMmap,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+/// A virtio-blk device with one request queue.
+pub struct VirtioBlock<B: DiskBackend = DiskImage> {
+    disk: B,
+    config: [u8; CONFIG_LEN],
+    serial: [u8; SERIAL_LEN],
+    features: u64,
+    queue_sizes: [u16; 1],
+    bounce: Vec<u8>,
+    active: Option<Active>,
+    stats: BlockStats,
+}
+
+impl<B: DiskBackend> std::fmt::Debug for VirtioBlock<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioBlock")
+            .field("capacity", &self.capacity())
+            .field("read_only", &self.disk.read_only())
+            .field("active", &self.active.is_some())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: DiskBackend> VirtioBlock<B> {
+    /// A device serving `disk`; its device ID is the disk's [`serial`](DiskBackend::serial).
+    pub fn new(disk: B) -> Self {
+        let mut config = [0u8; CONFIG_LEN];
+        let capacity = disk.size() / SECTOR_SIZE;
+        config[0..8].copy_from_slice(&capacity.to_le_bytes());
+        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        config[34..36].copy_from_slice(&1u16.to_le_bytes());
+        let mut features = VIRTIO_BLK_F_SIZE_MAX
+            | VIRTIO_BLK_F_SEG_MAX
+            | VIRTIO_BLK_F_BLK_SIZE
+            | VIRTIO_BLK_F_FLUSH;
+        if disk.read_only() {
+            features |= VIRTIO_BLK_F_RO;
+        }
+        Self {
+            serial: disk.serial(),
+            disk,
+            config,
+            features,
+            queue_sizes: [QUEUE_SIZE],
+            bounce: vec![0; SIZE_MAX as usize],
+            active: None,
+            stats: BlockStats::default(),
+        }
+    }
+
+    /// Replaces the device ID (at most 20 bytes are kept; shorter IDs are zero-padded).
+    pub fn set_serial(&mut self, serial: &[u8]) {
+        self.serial = [0; SERIAL_LEN];
+        let n = serial.len().min(SERIAL_LEN);
+        self.serial[..n].copy_from_slice(&serial[..n]);
+    }
+
+    /// The capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.size() / SECTOR_SIZE
+    }
+
+    /// The disk.
+    pub fn disk(&self) -> &B {
+        &self.disk
+    }
+
+    /// The disk, mutably.
+    pub fn disk_mut(&mut self) -> &mut B {
+        &mut self.disk
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> BlockStats {
+        self.stats
+    }
+
+    /// Pops and completes every available request: how many chains it took, and whether any
+    /// went to the used ring.
+    fn drain(&mut self) -> Result<(usize, bool), virtio_queue::Error> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok((0, false));
+        };
+        let memory = &active.memory;
+        let mut used = false;
+        let mut popped = 0;
+        loop {
+            let chain = active.queue.iter(memory)?.next();
+            let Some(chain) = chain else {
+                return Ok((popped, used));
+            };
+            popped += 1;
+            let head = chain.head_index();
+            let used_len = match Framed::parse(chain, memory) {
+                Ok(framed) => {
+                    let completion = Executor {
+                        disk: &mut self.disk,
+                        memory,
+                        bounce: &mut self.bounce,
+                        max_request: MAX_REQUEST_BYTES,
+                        serial: self.serial,
+                    }
+                    .execute(&framed);
+                    if completion.status != VIRTIO_BLK_S_OK {
+                        debug!("virtio-blk: request {head} failed: {completion:?}");
+                    }
+                    // Framing checked that the status byte is guest memory.
+                    let _ = memory.write_obj(completion.status, framed.status_address());
+                    count(&mut self.stats, &completion);
+                    completion.used_len
+                }
+                Err(reason) => {
+                    debug!("virtio-blk: chain at {head} dropped: {reason:?}");
+                    self.stats.dropped += 1;
+                    0
+                }
+            };
+            match active.queue.add_used(memory, head, used_len) {
+                Ok(()) => used = true,
+                // A head index out of range: nothing to give back.
+                Err(virtio_queue::Error::InvalidDescriptorIndex) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+fn count(s: &mut BlockStats, completion: &Completion) {
+    s.requests += 1;
+    match completion.kind {
+        Kind::Read(n) => {
+            s.reads += 1;
+            s.bytes_read += n;
+        }
+        Kind::Write(n) => {
+            s.writes += 1;
+            s.bytes_written += n;
+        }
+        Kind::Flush => s.flushes += 1,
+        Kind::GetId => s.get_ids += 1,
+        Kind::Unsupported => s.unsupported += 1,
+        Kind::Failed => s.errors += 1,
+    }
+}
+
+impl<B: DiskBackend> VirtioDevice for VirtioBlock<B> {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn config_len(&self) -> usize {
+        CONFIG_LEN
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = usize::try_from(offset.saturating_add(i as u64))
+                .ok()
+                .and_then(|o| self.config.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `writeback` is writable, and only with VIRTIO_BLK_F_CONFIG_WCE (not offered).
+        debug!(
+            "virtio-blk: ignored config write of {} bytes at {offset:#x}",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        _acked_features: u64,
+        queues: Vec<Queue>,
+        memory: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        let got = queues.len();
+        let Ok([queue]) = <[Queue; 1]>::try_from(queues) else {
+            return Err(ActivateError::QueueCount { expected: 1, got });
+        };
+        if !queue.ready() {
+            return Err(ActivateError::QueueNotEnabled(0));
+        }
+        self.active = Some(Active {
+            queue,
+            memory,
+            interrupt,
+        });
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {
+        if index != 0 || self.active.is_none() {
+            return Err(QueueError::NotActive(index));
+        }
+        let broken = |source| QueueError::Broken { index, source };
+        loop {
+            let Some(active) = self.active.as_mut() else {
+                return Err(QueueError::NotActive(index));
+            };
+            active
+                .queue
+                .disable_notification(&active.memory)
+                .map_err(broken)?;
+            let (popped, used) = self.drain().map_err(broken)?;
+            let Some(active) = self.active.as_mut() else {
+                return Err(QueueError::NotActive(index));
+            };
+            if used
+                && active
+                    .queue
+                    .needs_notification(&active.memory)
+                    .map_err(broken)?
+            {
+                active.interrupt.signal_used_queue(index);
+            }
+            let more = active
+                .queue
+                .enable_notification(&active.memory)
+                .map_err(broken)?;
+            if !more {
+                return Ok(());
+            }
+            if popped == 0 {
+                // The ring says more is available but nothing could be taken: a broken ring.
+                return Err(broken(virtio_queue::Error::InvalidAvailRingIndex));
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;
