@@ -4,7 +4,7 @@
 Usage: check.py COVERAGE_JSON FLOORS_TOML
 
 COVERAGE_JSON is cargo-llvm-cov's `--json` export. Lines are attributed to a crate by the path of
-their file: `crates/<name>/src/...` or `examples/<name>/src/...`.
+their file: `crates|examples|tools/<name>/src/...`.
 """
 import json
 import sys
@@ -18,7 +18,7 @@ def per_crate(report):
         for f in data["files"]:
             parts = Path(f["filename"]).parts
             for i in range(len(parts) - 2):
-                if parts[i] in ("crates", "examples") and parts[i + 2] == "src":
+                if parts[i] in ("crates", "examples", "tools") and parts[i + 2] == "src":
                     name = parts[i + 1]
                     lines = f["summary"]["lines"]
                     count, covered = totals.get(name, (0, 0))
