@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use log::debug;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{ActivateError, QueueError, TYPE_BLOCK, VirtioDevice, VirtioInterrupt};
 use request::{Completion, Executor, Framed, Kind};
@@ -72,12 +72,39 @@ pub struct BlockStats {
     pub bytes_read: u64,
     /// Bytes written to the disk.
     pub bytes_written: u64,
+    /// Completions the driver asked not to be interrupted for.
+    pub interrupts_suppressed: u64,
 }
 
 struct Active {
     queue: Queue,
     memory: GuestMemoryMmap,
     interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+/// `VRING_AVAIL_F_NO_INTERRUPT`: the driver does not want used-buffer notifications.
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Whether the driver wants a used-buffer notification now (virtio 1.x, 2.7.7 and 2.7.10).
+///
+/// With `VIRTIO_F_EVENT_IDX` the queue's `used_event` decides; without it the driver may set
+/// `VRING_AVAIL_F_NO_INTERRUPT`, which virtio-queue does not read, so the device does: a
+/// polling driver then costs no interrupt per request.
+fn wants_interrupt(active: &mut Active) -> Result<bool, virtio_queue::Error> {
+    if !active.queue.event_idx_enabled() {
+        // Order the used-ring writes before the read of the driver's flags.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let flags = active
+            .memory
+            .read_obj::<u16>(GuestAddress(active.queue.avail_ring()))
+            .map(u16::from_le)
+            // The ring was validated at DRIVER_OK; an unreadable flag word interrupts.
+            .unwrap_or(0);
+        if flags & AVAIL_F_NO_INTERRUPT != 0 {
+            return Ok(false);
+        }
+    }
+    active.queue.needs_notification(&active.memory)
 }
 
 /// A virtio-blk device with one request queue.
@@ -301,13 +328,10 @@ impl<B: DiskBackend> VirtioDevice for VirtioBlock<B> {
             let Some(active) = self.active.as_mut() else {
                 return Err(QueueError::NotActive(index));
             };
-            if used
-                && active
-                    .queue
-                    .needs_notification(&active.memory)
-                    .map_err(broken)?
-            {
+            if used && wants_interrupt(active).map_err(broken)? {
                 active.interrupt.signal_used_queue(index);
+            } else if used {
+                self.stats.interrupts_suppressed += 1;
             }
             let more = active
                 .queue

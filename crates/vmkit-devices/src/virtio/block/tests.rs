@@ -507,6 +507,18 @@ fn interrupts_follow_event_idx() {
     c.read(0, DATA, 512);
     c.read(0, DATA, 512);
     assert_eq!(c.intx.asserts(), 2);
+    // ... unless the driver sets VRING_AVAIL_F_NO_INTERRUPT, as polling drivers do.
+    c.mem()
+        .write_obj(1u16.to_le(), GuestAddress(crate::virtio::testing::AVAIL))
+        .unwrap();
+    c.read(0, DATA, 512);
+    assert_eq!(c.intx.asserts(), 2, "suppressed by the avail flags");
+    assert_eq!(c.stats().interrupts_suppressed, 1);
+    c.mem()
+        .write_obj(0u16, GuestAddress(crate::virtio::testing::AVAIL))
+        .unwrap();
+    c.read(0, DATA, 512);
+    assert_eq!(c.intx.asserts(), 3);
     assert_eq!(
         c.dev.r8(crate::virtio::ISR_OFFSET),
         crate::virtio::ISR_QUEUE
