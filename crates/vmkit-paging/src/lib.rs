@@ -48,4 +48,4 @@ pub use size::{PageSize, PageSizes};
 #[cfg(feature = "vm-memory")]
 pub use vm_memory::GuestMemoryPhys;
 pub use walk::{MAX_RETRIES, Translation};
-pub use x86::{PageFault, PteFlags, X86Paging};
+pub use x86::{PageFault, PteFlags, X86Paging, X86Walker};

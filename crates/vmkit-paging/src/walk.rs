@@ -124,8 +124,20 @@ enum Flow {
 /// The state of one walk attempt.
 struct Attempt {
     path: [(u64, u64); MAX_LEVELS],
-    rights: u64,
-    reads: u32,
+    /// The AND of the entries read.
+    all: u64,
+    /// The OR of the entries read.
+    any: u64,
+}
+
+impl Attempt {
+    /// The rights combined as [`PagingFormat`] defines: the AND over the entries of
+    /// `entry ^ RIGHTS_INVERT`, which is the AND of the entries for the other bits and the
+    /// complement of their OR for the inverted ones (two operations per level, not three).
+    #[inline(always)]
+    fn rights<F: PagingFormat + ?Sized>(&self) -> u64 {
+        (self.all & !F::RIGHTS_INVERT) | (!self.any & F::RIGHTS_INVERT)
+    }
 }
 
 /// One level of a walk: `LEVEL` is a constant so that the format's rules for it fold.
@@ -148,12 +160,14 @@ where
     if UPDATE {
         attempt.path[usize::from(levels - LEVEL)] = (entry_addr, entry);
     }
-    attempt.reads += 1;
-    attempt.rights &= entry ^ F::RIGHTS_INVERT;
+    attempt.all &= entry;
+    if F::RIGHTS_INVERT != 0 {
+        attempt.any |= entry;
+    }
     match format.decode(entry, LEVEL) {
         EntryKind::NotPresent => Err(Stop::NotPresent {
             level: LEVEL,
-            rights: attempt.rights,
+            rights: attempt.rights::<F>(),
         }),
         EntryKind::Reserved => Err(Stop::Reserved { level: LEVEL }),
         EntryKind::Table(next) if LEVEL > 1 => Ok(Flow::Next(next)),
@@ -171,6 +185,7 @@ where
 /// The levels are unrolled (one [`step`] per constant level) and the walk is always inlined: a
 /// walk is a short chain of dependent loads, and a loop over a variable level or a result
 /// returned through memory would cost more than the loads.
+#[inline(always)]
 pub(crate) fn walk<F, A, const UPDATE: bool>(
     format: &F,
     root: u64,
@@ -196,8 +211,8 @@ where
     'attempt: for _ in 0..=MAX_RETRIES {
         let mut attempt = Attempt {
             path: [(0, 0); MAX_LEVELS],
-            rights: u64::MAX,
-            reads,
+            all: u64::MAX,
+            any: 0,
         };
         let a = &mut attempt;
         let mut flow = Flow::Next(root);
@@ -216,13 +231,14 @@ where
         if let Flow::Next(table) = flow {
             flow = step::<F, A, UPDATE, 1>(format, addr, table, levels, a, entries)?;
         }
-        reads = attempt.reads;
         let Flow::Leaf(base, size, leaf) = flow else {
             // Level 1 never continues to a table.
             return Err(Stop::Reserved { level: 1 });
         };
         let level = size.level();
-        let rights = attempt.rights;
+        // One entry per level from the root down to the leaf.
+        reads += u32::from(levels - level) + 1;
+        let rights = attempt.rights::<F>();
         if !format.permits(rights, access) {
             return Err(Stop::Denied { level, rights });
         }
@@ -260,7 +276,7 @@ pub(crate) struct Direct<'a, M: ?Sized>(pub &'a M);
 impl<M: PhysMemory + ?Sized> EntryAccess for Direct<'_, M> {
     type Error = MemoryError;
 
-    #[inline]
+    #[inline(always)]
     fn read(&mut self, addr: u64, _level: u8) -> Result<u64, MemoryError> {
         self.0.read_u64(addr)
     }

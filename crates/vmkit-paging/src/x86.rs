@@ -11,9 +11,9 @@ use crate::format::{
     ADDRESS_BITS, EntryKind, PagingFormat, Rights, bits, clamp_phys_bits, fits_width,
     reserved_phys_bits,
 };
-use crate::memory::PhysMemory;
+use crate::memory::{MemoryError, PhysMemory};
 use crate::size::{PageSize, PageSizes};
-use crate::walk::{Direct, Stop, Translation, walk};
+use crate::walk::{Direct, Stop, Translation, Walked, walk};
 
 /// Entry bit 0: present.
 pub const PRESENT: u64 = 1 << 0;
@@ -256,12 +256,25 @@ impl X86Paging {
         (((addr << unused) as i64) >> unused) as u64 == addr
     }
 
+    /// The walker of this state, its rules prepared: for many translations under one
+    /// CR0/CR3/CR4/EFER/RFLAGS state, prepare once and walk with it.
+    #[inline]
+    pub const fn walker(&self) -> X86Walker {
+        X86Walker {
+            paging: *self,
+            rules: self.rules(),
+            root: self.root(),
+        }
+    }
+
     /// Translates `addr` for `access` as the processor does, setting accessed and dirty flags
     /// on success.
     ///
     /// Errors: [`WalkError::PageFault`] with the error code and CR2 the processor reports,
     /// [`WalkError::NonCanonical`] (the processor raises #GP or #SS instead),
     /// [`WalkError::Memory`] when a table lies outside `mem`, [`WalkError::Contended`].
+    ///
+    /// Prepares the rules for this one walk; [`walker`](Self::walker) prepares them for many.
     #[inline]
     pub fn translate<M: PhysMemory + ?Sized>(
         &self,
@@ -269,7 +282,7 @@ impl X86Paging {
         addr: u64,
         access: Access,
     ) -> Result<Translation, WalkError> {
-        self.walk_memory(mem, addr, access, true)
+        self.walker().translate(mem, addr, access)
     }
 
     /// Like [`translate`](Self::translate) with the same checks, but reads only: no accessed or
@@ -281,30 +294,7 @@ impl X86Paging {
         addr: u64,
         access: Access,
     ) -> Result<Translation, WalkError> {
-        self.walk_memory(mem, addr, access, false)
-    }
-
-    #[inline(always)]
-    fn walk_memory<M: PhysMemory + ?Sized>(
-        &self,
-        mem: &M,
-        addr: u64,
-        access: Access,
-        update: bool,
-    ) -> Result<Translation, WalkError> {
-        let rules = self.rules();
-        let result = if update {
-            walk::<_, _, true>(&rules, self.root(), addr, access, &mut Direct(mem))
-        } else {
-            walk::<_, _, false>(&rules, self.root(), addr, access, &mut Direct(mem))
-        };
-        match result {
-            Ok(walked) => Ok(walked.translation(&rules, walked.reads)),
-            Err(stop) => Err(self.walk_error(stop, addr, access, |err| {
-                log::debug!("guest page walk of {addr:#x} left memory: {err}");
-                WalkError::Memory(err)
-            })),
-        }
+        self.walker().probe(mem, addr, access)
     }
 
     /// The error a stopped walk of `addr` for `access` gives the guest.
@@ -353,6 +343,71 @@ impl X86Paging {
     }
 }
 
+/// A guest walker prepared for one paging state ([`X86Paging::walker`]): the reserved-bit
+/// masks and rights rules of the CR0/CR4/EFER/RFLAGS state and the root table are computed once,
+/// not per walk. Prepare a new one whenever that state changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct X86Walker {
+    paging: X86Paging,
+    rules: X86Rules,
+    root: u64,
+}
+
+impl X86Walker {
+    /// The paging state this walker was prepared for.
+    pub const fn paging(&self) -> &X86Paging {
+        &self.paging
+    }
+
+    /// [`X86Paging::translate`] with the prepared rules.
+    #[inline]
+    pub fn translate<M: PhysMemory + ?Sized>(
+        &self,
+        mem: &M,
+        addr: u64,
+        access: Access,
+    ) -> Result<Translation, WalkError> {
+        let result = walk::<_, _, true>(&self.rules, self.root, addr, access, &mut Direct(mem));
+        self.finish(result, addr, access)
+    }
+
+    /// [`X86Paging::probe`] with the prepared rules: the same checks, no accessed or dirty
+    /// update.
+    #[inline]
+    pub fn probe<M: PhysMemory + ?Sized>(
+        &self,
+        mem: &M,
+        addr: u64,
+        access: Access,
+    ) -> Result<Translation, WalkError> {
+        let result = walk::<_, _, false>(&self.rules, self.root, addr, access, &mut Direct(mem));
+        self.finish(result, addr, access)
+    }
+
+    #[inline(always)]
+    fn finish(
+        &self,
+        result: Result<Walked, Stop<MemoryError>>,
+        addr: u64,
+        access: Access,
+    ) -> Result<Translation, WalkError> {
+        match result {
+            Ok(walked) => Ok(walked.translation(&self.rules, walked.reads)),
+            Err(stop) => Err(self.fail(stop, addr, access)),
+        }
+    }
+
+    /// The error of a stopped walk, out of the translation's way.
+    #[cold]
+    #[inline(never)]
+    fn fail(&self, stop: Stop<MemoryError>, addr: u64, access: Access) -> WalkError {
+        self.paging.walk_error(stop, addr, access, |err| {
+            log::debug!("guest page walk of {addr:#x} left memory: {err}");
+            WalkError::Memory(err)
+        })
+    }
+}
+
 /// How an [`X86Rules`] checks rights and input addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Checks {
@@ -374,6 +429,11 @@ pub(crate) enum Checks {
 pub struct X86Rules {
     /// Bits 51:MAXPHYADDR, and XD without NXE: reserved in every present entry.
     reserved: u64,
+    /// `reserved` and PS: a present non-leaf entry without any of them references a table.
+    table_stop: u64,
+    /// The linear-address bits above the translated ones, which must copy the top one: 16 for
+    /// 4-level paging, 7 for 5-level.
+    unused_bits: u32,
     max_phys_bits: u8,
     five_level: bool,
     nxe: bool,
@@ -395,6 +455,8 @@ impl X86Rules {
         }
         X86Rules {
             reserved,
+            table_stop: reserved | PAGE_SIZE,
+            unused_bits: if five_level { 7 } else { 16 },
             max_phys_bits: clamp_phys_bits(max_phys_bits),
             five_level,
             nxe,
@@ -402,10 +464,31 @@ impl X86Rules {
             checks,
         }
     }
+
+    /// [`decode`](PagingFormat::decode) of a present entry at level 2 or above that sets a
+    /// reserved bit or PS: a large page or a reserved-bit fault.
+    #[inline]
+    fn decode_large(&self, entry: u64, level: u8) -> EntryKind {
+        if entry & self.reserved != 0 {
+            return EntryKind::Reserved;
+        }
+        let (reserved, address) = match level {
+            2 => (bits(20, 13), bits(51, 21)),
+            // Without 1 GiB page support, PS itself is reserved in a PDPTE.
+            3 if self.gbpages => (bits(29, 13), bits(51, 30)),
+            // PS is reserved in PML4Es and PML5Es.
+            _ => return EntryKind::Reserved,
+        };
+        if entry & reserved != 0 {
+            EntryKind::Reserved
+        } else {
+            EntryKind::Page(entry & address)
+        }
+    }
 }
 
 /// The access-rights rules of SDM Vol. 3A, 4.6.1, for rights combined with XD inverted.
-#[inline]
+#[inline(always)]
 fn permits(rights: u64, access: Access, wp: bool, smep: bool, smap: bool, ac: bool) -> bool {
     let user_page = rights & USER != 0;
     let writable = rights & WRITABLE != 0;
@@ -428,54 +511,41 @@ impl PagingFormat for X86Rules {
     type Flags = PteFlags;
     const RIGHTS_INVERT: u64 = NO_EXECUTE;
 
-    #[inline]
+    #[inline(always)]
     fn levels(&self) -> u8 {
         if self.five_level { 5 } else { 4 }
     }
 
-    #[inline]
+    #[inline(always)]
     fn accepts(&self, addr: u64) -> bool {
         match self.checks {
             Checks::Guest { .. } => {
-                let unused = if self.five_level { 7 } else { 16 };
+                let unused = self.unused_bits;
                 (((addr << unused) as i64) >> unused) as u64 == addr
             }
             Checks::Nested => fits_width(addr, self.levels()),
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn decode(&self, entry: u64, level: u8) -> EntryKind {
         if entry & PRESENT == 0 {
-            return EntryKind::NotPresent;
-        }
-        if entry & self.reserved != 0 {
-            return EntryKind::Reserved;
-        }
-        let large = entry & PAGE_SIZE != 0;
-        match level {
-            1 => EntryKind::Page(entry & ADDRESS_BITS),
-            2 | 3 if large => {
-                let (reserved, address) = if level == 2 {
-                    (bits(20, 13), bits(51, 21))
-                } else {
-                    (bits(29, 13), bits(51, 30))
-                };
-                // Without 1 GiB page support, PS itself is reserved in a PDPTE.
-                if entry & reserved != 0 || (level == 3 && !self.gbpages) {
-                    EntryKind::Reserved
-                } else {
-                    EntryKind::Page(entry & address)
-                }
+            EntryKind::NotPresent
+        } else if level == 1 {
+            if entry & self.reserved != 0 {
+                EntryKind::Reserved
+            } else {
+                EntryKind::Page(entry & ADDRESS_BITS)
             }
-            2 | 3 => EntryKind::Table(entry & ADDRESS_BITS),
-            // PS is reserved in PML4Es and PML5Es.
-            _ if large => EntryKind::Reserved,
-            _ => EntryKind::Table(entry & ADDRESS_BITS),
+        } else if entry & self.table_stop == 0 {
+            // The common case, one test: neither a reserved bit nor PS.
+            EntryKind::Table(entry & ADDRESS_BITS)
+        } else {
+            self.decode_large(entry, level)
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn permits(&self, rights: u64, access: Access) -> bool {
         match self.checks {
             Checks::Guest { wp, smep, smap, ac } => permits(rights, access, wp, smep, smap, ac),

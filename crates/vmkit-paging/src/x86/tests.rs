@@ -601,3 +601,36 @@ fn page_entries_for_the_builder() {
         "#PF at 0x10, error code 0x1f"
     );
 }
+
+#[test]
+fn a_prepared_walker_answers_as_the_state_it_was_prepared_for() {
+    let mem = tables(0x7_7000 | PRESENT | USER);
+    for state in [
+        paging(),
+        paging().with_max_phys_bits(36),
+        X86Paging::from_registers(0, PML4, CR4_SMAP, 0, 0),
+    ] {
+        let walker = state.walker();
+        assert_eq!(*walker.paging(), state);
+        for addr in [VA, VA + 0x1000, 1 << 47, VA | 0xffff << 48] {
+            for access in [R_SUP, W_SUP, X_SUP, R_USER, W_USER, X_USER, R_IMPLICIT] {
+                assert_eq!(
+                    walker.probe(&mem, addr, access),
+                    state.probe(&mem, addr, access)
+                );
+                let copy = mem.clone();
+                assert_eq!(
+                    walker.translate(&mem, addr, access),
+                    state.translate(&copy, addr, access)
+                );
+                assert_eq!(entries(&mem), entries(&copy), "the same flag updates");
+            }
+        }
+    }
+    // A table outside memory is a memory error through the prepared walker too.
+    let far = X86Paging::new(0x20_0000).walker();
+    assert_eq!(
+        far.probe(&mem, VA, R_SUP),
+        Err(WalkError::Memory(MemoryError::OutOfRange(0x20_0008)))
+    );
+}

@@ -200,6 +200,22 @@ impl KvmVcpu {
         self.fd.get_fpu().map_err(Error::ioctl("KVM_GET_FPU"))
     }
 
+    /// Translates the guest-virtual address `gva` through the vCPU's current paging state as
+    /// KVM sees it (`KVM_TRANSLATE`): `Some(gpa)`, or `None` when the guest's page tables map
+    /// no page there (or the walk hits a reserved bit).
+    ///
+    /// KVM walks as a supervisor read and reports nothing else faithfully (its writeable and
+    /// user-mode fields are fixed), so only the address and its validity are returned; for
+    /// the rights and the exact fault, walk the tables with `vmkit_paging::X86Paging`.
+    pub fn translate(&self, gva: u64) -> Result<Option<u64>, Error> {
+        self.complete_pending()?;
+        let translation = self
+            .fd
+            .translate_gva(gva)
+            .map_err(Error::ioctl("KVM_TRANSLATE"))?;
+        Ok((translation.valid != 0).then_some(translation.physical_address))
+    }
+
     /// Resets what every entry mode shares: FPU (`FCW = 0x37f`, `MXCSR = 0x1f80`), the boot MSRs,
     /// and the run state (runnable, also for an application processor still waiting for SIPI).
     fn reset_boot_state(&mut self) -> Result<(), Error> {
