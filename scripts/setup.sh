@@ -6,6 +6,9 @@ set -euo pipefail
 need_apt=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# mkdisk's tests cross-check its images with independent tools.
+command -v sgdisk >/dev/null 2>&1 || need_apt+=(gdisk)
+command -v mcopy >/dev/null 2>&1 || need_apt+=(mtools)
 if [ "${VMKIT_SETUP_MINIMAL:-0}" = "1" ]; then need_apt=(); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"

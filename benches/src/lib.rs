@@ -6,8 +6,11 @@
 //! - [`exit_path`]: vmkit's full exit path and the raw kvm-ioctls baseline.
 //! - [`process`]: the reference VMM as a process: start-up timeline and `/proc` memory figures.
 //! - [`summary`]: medians and the printed table.
+//! - [`block`]: 4 KiB block reads seen by a guest under the reference VMM and QEMU, and by the
+//!   host.
 //! - [`suite`]: the three benchmarks, each returning table rows.
 
+pub mod block;
 pub mod exit_path;
 pub mod guest;
 pub mod process;

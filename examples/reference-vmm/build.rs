@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 const GUEST_TARGET: &str = "x86_64-unknown-none";
 
 /// Guest packages built here, each copied to `$OUT_DIR/<name>.elf`.
-const GUESTS: &[&str] = &["hello", "exits"];
+const GUESTS: &[&str] = &["hello", "exits", "blk"];
 
 /// Environment variables of the outer build that must not reach the guest build.
 const REMOVED_VARS: &[&str] = &[

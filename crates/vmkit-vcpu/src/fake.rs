@@ -327,6 +327,8 @@ pub enum FakeVmEvent {
     IoeventUnregistered(IoEventAddress, Option<DataMatch>),
     /// [`Vm::set_irq_line`].
     IrqLine(u32, bool),
+    /// [`Vm::signal_msi`]: address and data.
+    Msi(u64, u32),
 }
 
 /// A VM that creates [`FakeVcpu`]s and records registrations.
@@ -389,6 +391,12 @@ impl Vm for FakeVm {
 
     fn set_irq_line(&self, gsi: u32, level: bool) -> Result<(), FakeError> {
         self.record(FakeVmEvent::IrqLine(gsi, level))
+    }
+
+    /// Records the message; it counts as delivered.
+    fn signal_msi(&self, address: u64, data: u32) -> Result<bool, FakeError> {
+        self.record(FakeVmEvent::Msi(address, data))?;
+        Ok(true)
     }
 }
 
@@ -710,6 +718,7 @@ mod tests {
             .unwrap();
         vm.unregister_ioevent(&fd, addr, None).unwrap();
         vm.set_irq_line(4, true).unwrap();
+        assert!(vm.signal_msi(0xFEE0_0000, 0x41).unwrap());
         assert_eq!(
             vm.events(),
             [
@@ -718,6 +727,7 @@ mod tests {
                 FakeVmEvent::IoeventRegistered(addr, Some(DataMatch::U32(1))),
                 FakeVmEvent::IoeventUnregistered(addr, None),
                 FakeVmEvent::IrqLine(4, true),
+                FakeVmEvent::Msi(0xFEE0_0000, 0x41),
             ]
         );
         assert!(FakeError::ScriptEnded.to_string().contains("script"));

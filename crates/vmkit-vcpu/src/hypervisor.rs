@@ -99,6 +99,16 @@ pub trait Vm {
 
     /// Drives interrupt line `gsi` to `level`.
     fn set_irq_line(&self, gsi: u32, level: bool) -> Result<(), Self::Error>;
+
+    /// Delivers a message-signalled interrupt (MSI or MSI-X): the write of `data` to `address`
+    /// that a device's message table holds, as the guest programmed it. On x86 the address
+    /// (0xFEEx_xxxx) selects the destination APIC and mode, the data the vector and delivery
+    /// mode.
+    ///
+    /// Returns `true` when the interrupt reached a local APIC and `false` when the guest's
+    /// interrupt controllers blocked it (no enabled APIC matched the destination, say). Both
+    /// values come from guest-programmed messages, so neither is a VMM failure; an error is.
+    fn signal_msi(&self, address: u64, data: u32) -> Result<bool, Self::Error>;
 }
 
 /// Interrupts a vCPU's run from another thread.

@@ -677,3 +677,71 @@ fn a_missing_kvm_device_is_named_in_the_error() {
     assert!(matches!(err, Error::OpenKvm { .. }));
     assert!(err.to_string().contains("/nonexistent/kvm"), "{err}");
 }
+
+#[test]
+fn a_signalled_msi_reaches_the_guest_idt_handler() {
+    let Some(m) = Machine::new() else { return };
+    // Flat GDT (code at 0x10, data at 0x18, the PVH selectors) and an IDT whose vector 0x40
+    // gate points at the handler, which ends the test itself (no `iret`: where KVM emulates
+    // guest code, its emulator has no protected-mode `iret`).
+    let handler_at = CODE + 0x100;
+    let gdt: [u64; 4] = [0, 0, 0x00CF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF];
+    for (i, entry) in gdt.iter().enumerate() {
+        m.write(0x7000 + i as u64 * 8, &entry.to_le_bytes());
+    }
+    m.write(0x7100, &[31, 0, 0x00, 0x70, 0, 0]); // GDTR: limit 31, base 0x7000
+    m.write(0x7110, &[0xff, 0x07, 0x00, 0x80, 0, 0]); // IDTR: limit 0x7ff, base 0x8000
+    let gate = (handler_at & 0xffff)
+        | (u64::from(SELECTOR_CODE) << 16)
+        | (0x8e << 40)
+        | ((handler_at >> 16) << 48);
+    m.write(0x8000 + 0x40 * 8, &gate.to_le_bytes());
+    #[rustfmt::skip]
+    let handler = [
+        0xb0, 0x40, 0xe6, 0xf1,                                     // mov al, 0x40; out 0xf1, al
+        0xc7, 0x05, 0xb0, 0x00, 0xe0, 0xfe, 0x00, 0x00, 0x00, 0x00, // mov dword [LAPIC EOI], 0
+        0xb0, 0x00, 0xe6, DONE_PORT as u8,                          // done, status 0
+    ];
+    m.write(handler_at, &handler);
+    #[rustfmt::skip]
+    let code = vec![
+        0xbc, 0x00, 0x90, 0x00, 0x00,                               // mov esp, 0x9000
+        0x0f, 0x01, 0x15, 0x00, 0x71, 0x00, 0x00,                   // lgdt [0x7100]
+        0x0f, 0x01, 0x1d, 0x10, 0x71, 0x00, 0x00,                   // lidt [0x7110]
+        0xc7, 0x05, 0xf0, 0x00, 0xe0, 0xfe, 0xff, 0x01, 0x00, 0x00, // LAPIC SVR = 0x1ff (enable)
+        0xe6, 0xf0,                                                 // out 0xf0, al: "send it"
+        0xfb, 0xf4,                                                 // sti; hlt
+        0xb0, 0x01, 0xe6, DONE_PORT as u8,                          // woken without it: status 1
+    ];
+    let mut vcpu = m.pvh_vcpu(&code);
+
+    let delivered = Mutex::new(Vec::new());
+    let recorder = Recorder::new(0);
+    let stop = AtomicBool::new(false);
+    let handler = |exit: VmExit<'_>| {
+        if let VmExit::IoOut { port: 0xf0, .. } = exit {
+            // To the boot APIC (ID 0), fixed delivery, vector 0x40; then to an APIC that
+            // does not exist, which KVM refuses without it being an error.
+            let mut d = delivered.lock().unwrap();
+            d.push(m.vm.signal_msi(0xfee0_0000, 0x40).unwrap());
+            d.push(m.vm.signal_msi(0xfee0_5000, 0x41).unwrap());
+        }
+        recorder.handle(exit)
+    };
+    let result = vcpu.run_loop(&handler, &stop).unwrap();
+    assert_eq!(
+        result,
+        LoopExit::Stopped(StopReason::GuestExit(0)),
+        "{:?}",
+        recorder.seen.borrow()
+    );
+    assert_eq!(*delivered.lock().unwrap(), [true, false]);
+    assert_eq!(
+        *recorder.seen.borrow(),
+        [
+            Seen::Out(0xf0, vec![0]),
+            Seen::Out(0xf1, vec![0x40]),
+            Seen::Out(DONE_PORT, vec![0]),
+        ]
+    );
+}

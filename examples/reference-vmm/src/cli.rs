@@ -20,10 +20,31 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
 
+    /// A PVH ELF firmware that boots from the disks (such as rust-hypervisor-firmware), instead
+    /// of a kernel.
+    #[arg(long, value_name = "PATH", conflicts_with = "kernel")]
+    pub firmware: Option<PathBuf>,
+
     /// Boot a built-in guest instead of a kernel: `hello` (the default) or `exits` (port-I/O and
     /// MMIO round trips through the test device; add --testdev).
-    #[arg(long, value_name = "NAME", value_enum, conflicts_with = "kernel")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        value_enum,
+        conflicts_with_all = ["kernel", "firmware"]
+    )]
     pub builtin: Option<BuiltinGuest>,
+
+    /// Disks, each a virtio-blk PCI device: `path=<file>[,readonly=on|off]`. Repeat the flag or
+    /// give several values.
+    #[arg(
+        long = "disk",
+        value_name = "path=FILE[,readonly=on]",
+        value_parser = parse_disk,
+        num_args = 1..,
+        action = clap::ArgAction::Append
+    )]
+    pub disks: Vec<DiskConfig>,
 
     /// The kernel command line.
     #[arg(long, value_name = "STRING", default_value = "")]
@@ -77,6 +98,19 @@ pub struct CpusConfig {
     /// vCPUs started at boot.
     pub boot: u8,
 }
+
+/// `--disk`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The raw image file (or block device).
+    pub path: PathBuf,
+    /// Whether the guest may only read it (the image is then shared-locked, so other read-only
+    /// users may open it too).
+    pub readonly: bool,
+}
+
+/// The most disks: one PCI slot each, after the host bridge.
+pub const MAX_DISKS: usize = 31;
 
 /// `--serial`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,6 +191,28 @@ fn parse_cpus(s: &str) -> anyhow::Result<CpusConfig> {
     })
 }
 
+fn parse_disk(s: &str) -> anyhow::Result<DiskConfig> {
+    let mut path = None;
+    let mut readonly = false;
+    for (k, v) in options(s, &["path", "readonly"])? {
+        match k {
+            "path" if v.is_empty() => bail!("empty path="),
+            "path" => path = Some(PathBuf::from(v)),
+            _ => {
+                readonly = match v {
+                    "on" | "true" => true,
+                    "off" | "false" => false,
+                    _ => bail!("readonly must be on or off, got {v:?}"),
+                }
+            }
+        }
+    }
+    Ok(DiskConfig {
+        path: path.context("missing path=")?,
+        readonly,
+    })
+}
+
 fn parse_serial(s: &str) -> anyhow::Result<SerialConfig> {
     Ok(match s {
         "tty" => SerialConfig::Tty,
@@ -233,7 +289,51 @@ mod tests {
         assert_eq!(cli.serial, SerialConfig::Tty);
         assert!(cli.kernel.is_none());
         assert!(cli.builtin.is_none());
+        assert!(cli.firmware.is_none());
+        assert!(cli.disks.is_empty());
         assert!(!cli.testdev);
+    }
+
+    #[test]
+    fn disks_and_firmware() {
+        assert_eq!(
+            parse_disk("path=/d.img").unwrap(),
+            DiskConfig {
+                path: "/d.img".into(),
+                readonly: false
+            }
+        );
+        assert!(parse_disk("path=a,readonly=on").unwrap().readonly);
+        assert!(parse_disk("readonly=true,path=a").unwrap().readonly);
+        assert!(!parse_disk("path=a,readonly=off").unwrap().readonly);
+        assert!(parse_disk("path=a,readonly=yes").is_err());
+        assert!(parse_disk("path=").is_err());
+        assert!(parse_disk("readonly=on").is_err());
+        assert!(parse_disk("/d.img").is_err());
+        assert!(parse_disk("path=a,cache=none").is_err());
+
+        let cli = Cli::try_parse_from([
+            "reference-vmm",
+            "--firmware",
+            "fw",
+            "--disk",
+            "path=a",
+            "path=b,readonly=on",
+            "--disk",
+            "path=c",
+        ])
+        .unwrap();
+        assert_eq!(cli.firmware, Some(PathBuf::from("fw")));
+        let paths: Vec<_> = cli.disks.iter().map(|d| d.path.clone()).collect();
+        assert_eq!(paths, [PathBuf::from("a"), "b".into(), "c".into()]);
+        assert!(cli.disks[1].readonly);
+        for conflict in [
+            &["--firmware", "fw", "--kernel", "k"][..],
+            &["--firmware", "fw", "--builtin", "hello"],
+        ] {
+            let args = std::iter::once("reference-vmm").chain(conflict.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{conflict:?}");
+        }
     }
 
     #[test]

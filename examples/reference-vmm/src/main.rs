@@ -5,8 +5,10 @@
 //! Exit statuses are listed in [`exit_code`].
 
 mod cli;
+mod disks;
 mod exit_code;
 mod guests;
+mod interrupts;
 mod logger;
 mod terminal;
 mod vm;

@@ -15,19 +15,21 @@ use vmkit_boot::{PvhConfig, load_pvh};
 use vmkit_devices::cmos::CmosRtc;
 use vmkit_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
 use vmkit_devices::i8042::{I8042_COMMAND_PORT, I8042_DATA_PORT, I8042Device};
+use vmkit_devices::pci::PciRoot;
 use vmkit_devices::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN, SerialDevice};
 use vmkit_devices::testdev::{
     IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_COUNT, IRQ_LINE_PORTS, PcTestDev, REGISTER_PORTS,
 };
-use vmkit_devices::trigger::InterruptTrigger;
 use vmkit_exits::dispatch::ExitDispatcher;
 use vmkit_exits::{ExitAction, IoBus, MmioBus, PioDevice, StopReason, VmExit};
 use vmkit_memory::GuestLayout;
 use vmkit_vcpu::{ExitHandler, Hypervisor, Kick, KvmHypervisor, KvmVm, LoopExit, Vcpu, Vm};
 
 use crate::cli::{BuiltinGuest, Cli, SerialConfig};
+use crate::disks::{self, Disks};
 use crate::exit_code;
 use crate::guests::{EXITS_ELF, HELLO_ELF};
+use crate::interrupts::IrqLine;
 use crate::terminal::RawStdin;
 
 /// The CMOS index/data ports (0x70, 0x71) and the extended bank (0x72, 0x73).
@@ -35,35 +37,6 @@ const CMOS_PORT: u16 = 0x70;
 const CMOS_PORT_LEN: u16 = 4;
 /// The i8042's keyboard interrupt.
 const I8042_IRQ: u32 = 1;
-
-/// A legacy interrupt line of the in-kernel interrupt controllers, driven with `KVM_IRQ_LINE`.
-struct IrqLine {
-    vm: Arc<KvmVm>,
-    gsi: u32,
-}
-
-impl IrqLine {
-    fn set(&self, level: bool) -> io::Result<()> {
-        self.vm
-            .set_irq_line(self.gsi, level)
-            .map_err(io::Error::other)
-    }
-}
-
-impl InterruptTrigger for IrqLine {
-    fn trigger(&self) -> io::Result<()> {
-        self.set(true)?;
-        self.set(false)
-    }
-
-    fn assert(&self) -> io::Result<()> {
-        self.set(true)
-    }
-
-    fn deassert(&self) -> io::Result<()> {
-        self.set(false)
-    }
-}
 
 type Serial = SerialDevice<IrqLine, Box<dyn Write + Send>>;
 
@@ -99,12 +72,17 @@ enum Outcome {
 /// Boots the VM `cli` describes and waits until it ends; returns the process exit status.
 pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
     crate::logger::init()?;
-    let (kernel_name, kernel): (String, Cow<'_, [u8]>) = match &cli.kernel {
-        Some(path) => (
-            path.display().to_string(),
+    let image = match (&cli.kernel, &cli.firmware) {
+        (Some(path), _) => Some(("kernel", path)),
+        (None, Some(path)) => Some(("firmware", path)),
+        (None, None) => None,
+    };
+    let (kernel_name, kernel): (String, Cow<'_, [u8]>) = match image {
+        Some((what, path)) => (
+            format!("{what} {}", path.display()),
             Cow::Owned(
                 std::fs::read(path)
-                    .with_context(|| format!("cannot read kernel {}", path.display()))?,
+                    .with_context(|| format!("cannot read {what} {}", path.display()))?,
             ),
         ),
         None => match cli.builtin.unwrap_or(BuiltinGuest::Hello) {
@@ -112,7 +90,11 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
             BuiltinGuest::Exits => ("built-in exits guest".to_string(), Cow::Borrowed(EXITS_ELF)),
         },
     };
+    let disk_images = disks::open_images(&cli.disks)?;
     let layout = GuestLayout::new(cli.memory.size).context("--memory")?;
+    let mut allocators = layout
+        .allocators()
+        .context("cannot set up the address allocators")?;
     let guest_mem = layout
         .create_guest_memory()
         .context("cannot allocate guest memory")?;
@@ -126,7 +108,7 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
             rsdp: None,
         },
     )
-    .with_context(|| format!("kernel {kernel_name}"))?;
+    .with_context(|| kernel_name.clone())?;
     drop(kernel);
 
     let hypervisor = KvmHypervisor::new().context("cannot use KVM")?;
@@ -150,10 +132,7 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
         "debug-exit",
         Arc::new(DebugExit::new()),
     )?;
-    let i8042 = Arc::new(I8042Device::new(IrqLine {
-        vm: vm.clone(),
-        gsi: I8042_IRQ,
-    }));
+    let i8042 = Arc::new(I8042Device::new(IrqLine::new(vm.clone(), I8042_IRQ)));
     register(&io_bus, I8042_DATA_PORT, 1, "i8042-data", i8042.clone())?;
     register(&io_bus, I8042_COMMAND_PORT, 1, "i8042-cmd", i8042)?;
     let (low_ram, high_ram) = ram_split(&layout);
@@ -167,6 +146,10 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
     if cli.testdev {
         register_testdev(&io_bus, &mmio_bus, &vm)?;
     }
+
+    // PCI: the root complex (0xCF8..0xD00 and ECAM) with its host bridge, and the disks.
+    let pci_root = PciRoot::new(&io_bus, &mmio_bus).context("cannot set up the PCI root")?;
+    let disks = disks::attach(&pci_root, disk_images, &guest_mem, &vm, &mut allocators)?;
     let handler = Arc::new(Handler {
         dispatcher: ExitDispatcher::new(io_bus, mmio_bus),
         first_exit: OnceLock::new(),
@@ -258,6 +241,7 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
         print_stats(
             &handler,
             serial.as_deref(),
+            &disks,
             process_start,
             guest_end,
             &mut io::stderr(),
@@ -298,10 +282,7 @@ fn register(
 fn register_testdev(io_bus: &IoBus, mmio_bus: &MmioBus, vm: &Arc<KvmVm>) -> Result<()> {
     let mut testdev = PcTestDev::new();
     for line in 0..IRQ_LINE_COUNT {
-        let irq = IrqLine {
-            vm: vm.clone(),
-            gsi: u32::from(line),
-        };
+        let irq = IrqLine::new(vm.clone(), u32::from(line));
         testdev = testdev.with_irq_line(line, irq)?;
     }
     let testdev = Arc::new(testdev);
@@ -337,10 +318,7 @@ fn serial_device(config: &SerialConfig, vm: &Arc<KvmVm>) -> Result<Option<Arc<Se
         ),
         SerialConfig::Null => Box::new(io::sink()),
     };
-    let irq = IrqLine {
-        vm: vm.clone(),
-        gsi: COM1_IRQ,
-    };
+    let irq = IrqLine::new(vm.clone(), COM1_IRQ);
     Ok(Some(Arc::new(SerialDevice::new(irq, output))))
 }
 
@@ -397,11 +375,13 @@ fn millis(from: Instant, to: Instant) -> String {
 fn print_stats(
     handler: &Handler,
     serial: Option<&Serial>,
+    disks: &Disks,
     process_start: Instant,
     guest_end: Instant,
     out: &mut dyn Write,
 ) {
     let _ = writeln!(out, "{}", handler.dispatcher.stats());
+    disks.print_stats(out);
     let _ = writeln!(out, "boot timeline (since process start):");
     let first_exit = handler.first_exit.get().copied();
     let first_byte = serial.and_then(|s| s.first_output_at());

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use kvm_bindings::{
     KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-    kvm_cpuid_entry2, kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region,
+    kvm_cpuid_entry2, kvm_enable_cap, kvm_msi, kvm_pit_config, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, NoDatamatch, VmFd};
 use vm_memory::{
@@ -250,8 +250,8 @@ pub struct KvmVm {
 }
 
 impl KvmVm {
-    /// The `kvm-ioctls` VM handle, for what this crate does not wrap (MSI injection, GSI
-    /// routing, dirty logging).
+    /// The `kvm-ioctls` VM handle, for what this crate does not wrap (GSI routing, dirty
+    /// logging).
     pub fn fd(&self) -> &VmFd {
         &self.shared.fd
     }
@@ -332,5 +332,21 @@ impl Vm for KvmVm {
             .fd
             .set_irq_line(gsi, level)
             .map_err(Error::ioctl("KVM_IRQ_LINE"))
+    }
+
+    fn signal_msi(&self, address: u64, data: u32) -> Result<bool, Error> {
+        let msi = kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        // KVM answers > 0 when an APIC took the interrupt, 0 when the guest masked it, and
+        // EPERM when no APIC matched the destination: the guest's doing, not an error.
+        match self.shared.fd.signal_msi(msi) {
+            Ok(delivered) => Ok(delivered > 0),
+            Err(e) if e.errno() == libc::EPERM => Ok(false),
+            Err(e) => Err(Error::ioctl("KVM_SIGNAL_MSI")(e)),
+        }
     }
 }

@@ -1,0 +1,143 @@
+//! `--disk`: each image becomes a virtio-blk device on the PCI root, with MSI-X through KVM and
+//! INTA# on a level-triggered GSI.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use log::info;
+use vmkit_devices::pci::PciRoot;
+use vmkit_devices::virtio::VirtioPciInterrupts;
+use vmkit_devices::{DiskImage, VirtioBlock, VirtioPciDevice};
+use vmkit_memory::Allocators;
+use vmkit_memory::vm_memory::GuestMemoryMmap;
+use vmkit_vcpu::KvmVm;
+
+use crate::cli::{DiskConfig, MAX_DISKS};
+use crate::interrupts::{IrqLine, MsiLine};
+
+type BlockDevice = VirtioPciDevice<VirtioBlock<DiskImage>>;
+
+/// The disks on the PCI bus, kept for their statistics.
+pub struct Disks {
+    devices: Vec<(String, Arc<Mutex<BlockDevice>>)>,
+}
+
+/// Opens and locks every image, before anything boots: a missing, unreadable, locked or
+/// wrongly sized image is an error naming it.
+pub fn open_images(configs: &[DiskConfig]) -> Result<Vec<DiskImage>> {
+    if configs.len() > MAX_DISKS {
+        bail!(
+            "--disk: {} disks given, at most {MAX_DISKS} fit the PCI bus",
+            configs.len()
+        );
+    }
+    configs
+        .iter()
+        .map(|c| DiskImage::open(&c.path, c.readonly).context("--disk"))
+        .collect()
+}
+
+/// Plugs one virtio-blk device per image into `root`, named `vda`, `vdb`, … in order, with its
+/// BAR assigned below 4 GiB. Each gets MSI-X and, while the allocator has GSIs, an INTA# line
+/// of its own (beyond that, MSI-X only).
+pub fn attach(
+    root: &PciRoot,
+    images: Vec<DiskImage>,
+    memory: &GuestMemoryMmap,
+    vm: &Arc<KvmVm>,
+    allocators: &mut Allocators,
+) -> Result<Disks> {
+    let mut devices = Vec::with_capacity(images.len());
+    for (index, image) in images.into_iter().enumerate() {
+        let name = disk_name(index);
+        let gsi = allocators.allocate_gsi().ok();
+        let intx = gsi.map(|gsi| -> Arc<dyn vmkit_devices::InterruptTrigger> {
+            Arc::new(IrqLine::new(vm.clone(), gsi))
+        });
+        if gsi.is_none() {
+            info!("{name}: no GSI left for INTA#; MSI-X only");
+        }
+        let interrupts = VirtioPciInterrupts {
+            intx,
+            // The GSIs handed out are IOAPIC pins (16..=23), so they fit the register.
+            intx_line: gsi.map_or(0xFF, |gsi| gsi as u8),
+            msi: Some(Arc::new(MsiLine::new(vm.clone()))),
+        };
+        let path = image.path().display().to_string();
+        let device = VirtioPciDevice::new(VirtioBlock::new(image), memory.clone(), interrupts)
+            .with_context(|| format!("--disk {path}"))?;
+        let device = Arc::new(Mutex::new(device));
+        let slot = root
+            .add_device(&name, device.clone(), allocators)
+            .with_context(|| format!("--disk {path}: cannot plug it into the PCI bus"))?;
+        info!("{name}: {path} at PCI 00:{slot:02x}.0");
+        devices.push((name, device));
+    }
+    Ok(Disks { devices })
+}
+
+/// `vda`, `vdb`, …, `vdz`, `vdaa`, … as Linux names virtio disks.
+fn disk_name(index: usize) -> String {
+    let mut suffix = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        n -= 1;
+        suffix.push(b'a' + (n % 26) as u8);
+        n /= 26;
+    }
+    suffix.reverse();
+    format!("vd{}", String::from_utf8_lossy(&suffix))
+}
+
+impl Disks {
+    /// One line per disk with its transport and block counters.
+    pub fn print_stats(&self, out: &mut dyn Write) {
+        for (name, device) in &self.devices {
+            let device = device
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let pci = device.stats();
+            let blk = device.device().stats();
+            let _ = writeln!(
+                out,
+                "  {name}: {} requests ({} reads, {} writes, {} flushes, {} errors), \
+                 {} bytes read, {} written; {} notifications, {} MSI, {} INTx",
+                blk.requests,
+                blk.reads,
+                blk.writes,
+                blk.flushes,
+                blk.errors,
+                blk.bytes_read,
+                blk.bytes_written,
+                pci.notifications,
+                pci.msi_sent,
+                pci.intx_asserted
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_are_named_as_linux_names_them() {
+        let names: Vec<String> = [0, 1, 25, 26, 27, 30].map(disk_name).to_vec();
+        assert_eq!(names, ["vda", "vdb", "vdz", "vdaa", "vdab", "vdae"]);
+    }
+
+    #[test]
+    fn too_many_disks_are_refused_before_any_is_opened() {
+        let configs = vec![
+            DiskConfig {
+                path: "/nonexistent".into(),
+                readonly: false,
+            };
+            MAX_DISKS + 1
+        ];
+        let err = open_images(&configs).err().unwrap();
+        assert!(err.to_string().contains("at most 31"), "{err}");
+    }
+}
