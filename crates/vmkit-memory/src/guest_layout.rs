@@ -205,7 +205,13 @@ impl GuestLayout {
         if !self.is_ram(addr, size) {
             return Err(LayoutError::NotRam { addr: addr.0, size });
         }
-        let updated = map::with_kind(&self.memory_map, addr.0, addr.0 + size, kind);
+        let updated = map::with_kind(
+            &self.memory_map,
+            &self.ram_regions,
+            addr.0,
+            addr.0 + size,
+            kind,
+        );
         if updated.len() > MAX_MEMORY_MAP_ENTRIES {
             return Err(LayoutError::TooManyEntries(MAX_MEMORY_MAP_ENTRIES));
         }

@@ -79,10 +79,13 @@ pub(crate) fn build(ram: &[AddressRange]) -> Vec<MemoryMapEntry> {
 }
 
 /// Returns `map` with `[addr, end)` set to `kind`: overlapped entries are cut, the new entry is
-/// inserted, and neighbours of equal kind that touch are merged. The caller has checked that the
-/// range is non-empty and lies in RAM that the map covers.
+/// inserted, and neighbours of equal kind that touch are merged — but never across the start or
+/// end of a RAM region in `ram`, so every entry stays wholly inside RAM or wholly outside it
+/// (reserved RAM at the top of low RAM does not swallow the reserved hole above it). The caller
+/// has checked that the range is non-empty and lies in RAM that the map covers.
 pub(crate) fn with_kind(
     map: &[MemoryMapEntry],
+    ram: &[AddressRange],
     addr: u64,
     end: u64,
     kind: MemoryKind,
@@ -118,7 +121,15 @@ pub(crate) fn with_kind(
     let mut merged: Vec<MemoryMapEntry> = Vec::with_capacity(pieces.len());
     for e in pieces {
         match merged.last_mut() {
-            Some(last) if last.kind == e.kind && last.end() == e.addr => last.size += e.size,
+            Some(last)
+                if last.kind == e.kind
+                    && last.end() == e.addr
+                    && !ram
+                        .iter()
+                        .any(|r| r.start.0 == e.addr || r.end().0 == e.addr) =>
+            {
+                last.size += e.size
+            }
             _ => merged.push(e),
         }
     }
@@ -173,7 +184,7 @@ mod tests {
     #[test]
     fn with_kind_splits_an_entry_in_three() {
         let map = build(&low(16 << 20));
-        let map = with_kind(&map, 0x20_0000, 0x20_1000, MemoryKind::Acpi);
+        let map = with_kind(&map, &[], 0x20_0000, 0x20_1000, MemoryKind::Acpi);
         let ram: Vec<_> = map
             .iter()
             .take(5)
@@ -192,17 +203,40 @@ mod tests {
     }
 
     #[test]
+    fn with_kind_never_merges_across_a_ram_boundary() {
+        // Reserved RAM up to the hole's start next to the reserved hole stays two entries.
+        let ram = [AddressRange::new(GuestAddress(0), 0x1000)];
+        let entry = |addr: u64, end: u64, kind| MemoryMapEntry {
+            addr,
+            size: end - addr,
+            kind,
+        };
+        let map = [
+            entry(0, 0x1000, MemoryKind::Ram),
+            entry(0x1000, 0x2000, MemoryKind::Reserved),
+        ];
+        let map = with_kind(&map, &ram, 0, 0x1000, MemoryKind::Reserved);
+        assert_eq!(
+            map,
+            vec![
+                entry(0, 0x1000, MemoryKind::Reserved),
+                entry(0x1000, 0x2000, MemoryKind::Reserved)
+            ]
+        );
+    }
+
+    #[test]
     fn with_kind_merges_touching_entries_of_equal_kind() {
         let map = build(&low(16 << 20));
         // Turning the legacy area back into RAM joins three entries into one.
-        let map = with_kind(&map, EBDA_START, HIGH_MEMORY_START, MemoryKind::Ram);
+        let map = with_kind(&map, &[], EBDA_START, HIGH_MEMORY_START, MemoryKind::Ram);
         assert_eq!(
             (map[0].addr, map[0].end(), map[0].kind),
             (0, 16 << 20, MemoryKind::Ram)
         );
         // Reserving a range that touches the legacy area extends it instead of adding an entry.
         let map = build(&low(16 << 20));
-        let map = with_kind(&map, 0x10_0000, 0x10_2000, MemoryKind::Reserved);
+        let map = with_kind(&map, &[], 0x10_0000, 0x10_2000, MemoryKind::Reserved);
         assert_eq!((map[1].addr, map[1].end()), (EBDA_START, 0x10_2000));
         assert_eq!(map.len(), 7);
     }
@@ -210,7 +244,7 @@ mod tests {
     #[test]
     fn with_kind_can_span_several_entries() {
         let map = build(&low(16 << 20));
-        let map = with_kind(&map, 0x9_0000, 0x11_0000, MemoryKind::Nvs);
+        let map = with_kind(&map, &[], 0x9_0000, 0x11_0000, MemoryKind::Nvs);
         let head: Vec<_> = map
             .iter()
             .take(3)
