@@ -232,12 +232,13 @@ fn check(guest: &Guest, image: &[u8], config: &PvhConfig<'_>) {
     // Sentinels that a rejected load must leave alone.
     let mut sentinels = vec![START_INFO_ADDR, CMDLINE_ADDR];
     if let Ok(elf) = &parsed {
-        sentinels.extend(
-            elf.segments()
-                .iter()
-                .map(|s| s.addr)
-                .filter(|&addr| layout.is_ram(addr, 4)),
-        );
+        for addr in elf.segments().iter().map(|s| s.addr) {
+            // Sentinels are 4 bytes: one that overlaps another would corrupt it itself.
+            let clear = sentinels.iter().all(|s| s.0.abs_diff(addr.0) >= 4);
+            if clear && layout.is_ram(addr, 4) {
+                sentinels.push(addr);
+            }
+        }
     }
     for &addr in &sentinels {
         mem.write_obj(SENTINEL, addr).expect("sentinel in RAM");
