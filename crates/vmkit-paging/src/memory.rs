@@ -49,6 +49,20 @@ pub trait PhysMemory {
         current: u64,
         new: u64,
     ) -> Result<Result<u64, u64>, MemoryError>;
+
+    /// The 512 entries of the 4 KiB paging structure at `frame`, when the memory holds them
+    /// as atomic words: a walker then checks the frame once instead of every entry, and loads
+    /// the entry it needs with relaxed ordering, as [`read_u64`](Self::read_u64) would.
+    ///
+    /// `None` (the default) sends the walker to `read_u64` for each entry. The words returned
+    /// must be the ones `read_u64` reads at `frame..frame + 4096`; a `frame` that is not 4 KiB
+    /// aligned or not wholly inside the memory must give `None`, and `read_u64` then reports
+    /// the error.
+    #[inline(always)]
+    fn table(&self, frame: u64) -> Option<&[AtomicU64; 512]> {
+        let _ = frame;
+        None
+    }
 }
 
 impl<T: PhysMemory + ?Sized> PhysMemory for &T {
@@ -68,7 +82,15 @@ impl<T: PhysMemory + ?Sized> PhysMemory for &T {
     ) -> Result<Result<u64, u64>, MemoryError> {
         (**self).compare_exchange_u64(addr, current, new)
     }
+
+    #[inline(always)]
+    fn table(&self, frame: u64) -> Option<&[AtomicU64; 512]> {
+        (**self).table(frame)
+    }
 }
+
+/// The entries of one paging structure.
+pub(crate) const TABLE_ENTRIES: usize = 512;
 
 const FRAME_SIZE: u64 = 4096;
 
@@ -79,7 +101,8 @@ const FRAME_SIZE: u64 = 4096;
 /// shared by threads.
 pub struct BufferMemory {
     base: u64,
-    words: Vec<AtomicU64>,
+    /// The frames from `base` up, each one paging structure's worth of words.
+    frames: Vec<[AtomicU64; TABLE_ENTRIES]>,
 }
 
 impl BufferMemory {
@@ -96,13 +119,15 @@ impl BufferMemory {
             .checked_mul(FRAME_SIZE)
             .and_then(|bytes| base.checked_add(bytes))
             .is_some();
-        let count = usize::try_from(frames * (FRAME_SIZE / 8))
+        // Every word must be indexable: `word` indexes them as one slice.
+        let words = usize::try_from(frames * (FRAME_SIZE / 8))
             .ok()
             .filter(|_| end_ok)
             .ok_or(MemoryError::OutOfRange(base))?;
-        let mut words = Vec::with_capacity(count);
-        words.resize_with(count, || AtomicU64::new(0));
-        Ok(BufferMemory { base, words })
+        let count = words / TABLE_ENTRIES;
+        let mut frames = Vec::with_capacity(count);
+        frames.resize_with(count, || [const { AtomicU64::new(0) }; TABLE_ENTRIES]);
+        Ok(BufferMemory { base, frames })
     }
 
     /// The physical address of the first byte.
@@ -112,7 +137,7 @@ impl BufferMemory {
 
     /// The size in bytes.
     pub fn size(&self) -> u64 {
-        self.words.len() as u64 * 8
+        self.frames.len() as u64 * FRAME_SIZE
     }
 
     /// Whether `addr..addr + len` lies inside the buffer.
@@ -128,7 +153,7 @@ impl BufferMemory {
     ///
     /// Code that dereferences it must not race with the buffer's own accesses.
     pub fn as_ptr(&self) -> *const u8 {
-        self.words.as_ptr().cast()
+        self.frames.as_ptr().cast()
     }
 
     /// The word at `addr`, with one bounds check on the fast path: the base is 4 KiB aligned,
@@ -138,7 +163,8 @@ impl BufferMemory {
     fn word(&self, addr: u64) -> Result<&AtomicU64, MemoryError> {
         let index = addr.wrapping_sub(self.base).rotate_right(3);
         // On 32-bit hosts an index beyond `usize` saturates, which `get` then refuses.
-        match self.words.get(usize::try_from(index).unwrap_or(usize::MAX)) {
+        let words = self.frames.as_flattened();
+        match words.get(usize::try_from(index).unwrap_or(usize::MAX)) {
             Some(word) => Ok(word),
             None => Err(self.word_error(addr)),
         }
@@ -196,6 +222,21 @@ impl PhysMemory for BufferMemory {
         Ok(self.word(addr)?.load(Ordering::Relaxed))
     }
 
+    /// One bounds check for the whole table, and the entry's host address one addition from
+    /// the frame: the base is aligned (masking it only tells the compiler so), so for a frame
+    /// the walker took from an entry the alignment test folds away and the frame's index
+    /// times 4 KiB is the offset itself.
+    #[inline(always)]
+    fn table(&self, frame: u64) -> Option<&[AtomicU64; 512]> {
+        let offset = frame.wrapping_sub(self.base & !(FRAME_SIZE - 1));
+        if !offset.is_multiple_of(FRAME_SIZE) {
+            return None;
+        }
+        // On 32-bit hosts an index beyond `usize` saturates, which `get` then refuses.
+        self.frames
+            .get(usize::try_from(offset / FRAME_SIZE).unwrap_or(usize::MAX))
+    }
+
     #[inline]
     fn write_u64(&self, addr: u64, value: u64) -> Result<(), MemoryError> {
         self.word(addr)?.store(value, Ordering::Release);
@@ -219,10 +260,12 @@ impl Clone for BufferMemory {
     fn clone(&self) -> Self {
         BufferMemory {
             base: self.base,
-            words: self
-                .words
+            frames: self
+                .frames
                 .iter()
-                .map(|word| AtomicU64::new(word.load(Ordering::Acquire)))
+                .map(|frame| {
+                    core::array::from_fn(|i| AtomicU64::new(frame[i].load(Ordering::Acquire)))
+                })
                 .collect(),
         }
     }
@@ -262,6 +305,23 @@ mod tests {
         );
         assert_eq!(mem.write_u64(!7, 1), Err(MemoryError::OutOfRange(!7)));
         assert_eq!(MemoryError::Misaligned(3).address(), 3);
+    }
+
+    #[test]
+    fn table_is_the_frame_words_or_none() {
+        let mem = BufferMemory::new(0x10_0000, 0x2000).unwrap();
+        mem.write_u64(0x10_1ff8, 7).unwrap();
+        let table = mem.table(0x10_1000).unwrap();
+        assert_eq!(table[511].load(Ordering::Relaxed), 7);
+        assert!(core::ptr::eq(mem.word(0x10_1000).unwrap(), &table[0]));
+        assert!(mem.table(0x10_0000).is_some());
+        // Outside, below, misaligned, wrapping.
+        for frame in [0x10_2000, 0x0f_f000, 0x10_0008, 0x10_0800, 0, !0xfff] {
+            assert!(mem.table(frame).is_none(), "{frame:#x}");
+        }
+        let by_ref = &mem;
+        assert!(PhysMemory::table(&by_ref, 0x10_1000).is_some());
+        assert!(BufferMemory::new(0, 0).unwrap().table(0).is_none());
     }
 
     #[test]

@@ -8,8 +8,7 @@ use core::ops::{BitOr, BitOrAssign};
 use crate::access::{Access, AccessKind, Privilege};
 use crate::error::WalkError;
 use crate::format::{
-    ADDRESS_BITS, EntryKind, PagingFormat, Rights, bits, clamp_phys_bits, fits_width,
-    reserved_phys_bits,
+    ADDRESS_BITS, EntryKind, PagingFormat, Rights, bits, clamp_phys_bits, reserved_phys_bits,
 };
 use crate::memory::{MemoryError, PhysMemory};
 use crate::size::{PageSize, PageSizes};
@@ -380,7 +379,10 @@ impl X86Walker {
         addr: u64,
         access: Access,
     ) -> Result<Translation, WalkError> {
-        let result = walk::<_, _, false>(&self.rules, self.root, addr, access, &mut Direct(mem));
+        // The root is aligned already; masking says so to the compiler, which then drops the
+        // alignment test of the memory's table look-up.
+        let root = self.root & ADDRESS_BITS;
+        let result = walk::<_, _, false>(&self.rules, root, addr, access, &mut Direct(mem));
         self.finish(result, addr, access)
     }
 
@@ -431,9 +433,12 @@ pub struct X86Rules {
     reserved: u64,
     /// `reserved` and PS: a present non-leaf entry without any of them references a table.
     table_stop: u64,
-    /// The linear-address bits above the translated ones, which must copy the top one: 16 for
-    /// 4-level paging, 7 for 5-level.
-    unused_bits: u32,
+    /// The input check without a branch on the configuration: an address is accepted when
+    /// `(addr + input_bias) >> input_bits == 0`. `input_bits` is the input width (48 or 57);
+    /// the bias is 2^(width-1) for linear addresses, whose sign-extension bits it carries out
+    /// to zero exactly when they all equal the top translated bit, and 0 for NPT.
+    input_bias: u64,
+    input_bits: u32,
     max_phys_bits: u8,
     five_level: bool,
     nxe: bool,
@@ -449,6 +454,7 @@ impl X86Rules {
         gbpages: bool,
         checks: Checks,
     ) -> X86Rules {
+        let input_bits = if five_level { 57 } else { 48 };
         let mut reserved = reserved_phys_bits(max_phys_bits);
         if !nxe {
             reserved |= NO_EXECUTE;
@@ -456,7 +462,11 @@ impl X86Rules {
         X86Rules {
             reserved,
             table_stop: reserved | PAGE_SIZE,
-            unused_bits: if five_level { 7 } else { 16 },
+            input_bias: match checks {
+                Checks::Guest { .. } => 1 << (input_bits - 1),
+                Checks::Nested => 0,
+            },
+            input_bits,
             max_phys_bits: clamp_phys_bits(max_phys_bits),
             five_level,
             nxe,
@@ -518,13 +528,7 @@ impl PagingFormat for X86Rules {
 
     #[inline(always)]
     fn accepts(&self, addr: u64) -> bool {
-        match self.checks {
-            Checks::Guest { .. } => {
-                let unused = self.unused_bits;
-                (((addr << unused) as i64) >> unused) as u64 == addr
-            }
-            Checks::Nested => fits_width(addr, self.levels()),
-        }
+        addr.wrapping_add(self.input_bias) >> self.input_bits == 0
     }
 
     #[inline(always)]

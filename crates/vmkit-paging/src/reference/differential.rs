@@ -11,13 +11,15 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::cell::Cell;
 
 use super::naive::{self, Kind, Mode, Nested, Outcome};
 use super::scenario::Scenario;
 use crate::nested::{self, NestedFault, NestedFormat, NestedKind, Stage};
 use crate::{
-    Access, AccessKind, Ept, EptCaps, MemoryError, Npt, PhysMemory, Privilege, WalkError, X86Paging,
+    Access, AccessKind, BufferMemory, Ept, EptCaps, MemoryError, Npt, PhysMemory, Privilege,
+    WalkError, X86Paging,
 };
 
 /// Decodes `data` into a scenario and checks it; `Err` describes the first disagreement.
@@ -351,6 +353,9 @@ pub fn check_scenario(scenario: &Scenario) -> Result<(), String> {
     let mut composed_words = scenario.words.clone();
     let walked = CellMemory(Cell::from_mut(walked_words.as_mut_slice()).as_slice_of_cells());
     let composed = CellMemory(Cell::from_mut(composed_words.as_mut_slice()).as_slice_of_cells());
+    // The same memory as a `BufferMemory`, whose walks take the whole-table fast path
+    // (`PhysMemory::table`), when it can have exactly the same extent.
+    let buffered = buffer_of(&scenario.words);
     for (step, spec) in scenario.accesses.iter().enumerate() {
         let access = access_of(spec.kind, spec.mode);
         let expected = naive::translate(
@@ -371,6 +376,16 @@ pub fn check_scenario(scenario: &Scenario) -> Result<(), String> {
             return Err(format!("step {step}: probe of {spec:?} wrote memory"));
         }
         let got = crate_walk(&guest, &host, &walked, spec.gva, access, true);
+        if let Some(buffer) = &buffered {
+            let fast_probe = crate_walk(&guest, &host, buffer, spec.gva, access, false);
+            let fast = crate_walk(&guest, &host, buffer, spec.gva, access, true);
+            if fast_probe != probed || fast != got {
+                return Err(format!(
+                    "step {step}: {spec:?}\n  buffer probe: {fast_probe:?}\n  probe: {probed:?}\n  \
+                     buffer walk: {fast:?}\n  walk: {got:?}"
+                ));
+            }
+        }
         if got != expected {
             return Err(format!(
                 "step {step}: {spec:?}\n  crate walk: {got:?}\n  reference:  {expected:?}"
@@ -398,6 +413,14 @@ pub fn check_scenario(scenario: &Scenario) -> Result<(), String> {
             ));
         }
     }
+    if let Some(buffer) = &buffered {
+        let words: Vec<u64> = (0..walked_words.len() as u64)
+            .map(|i| buffer.read_u64(i * 8).unwrap_or(!0))
+            .collect();
+        if words != walked_words {
+            return Err(first_difference("buffer walk", &words, &walked_words));
+        }
+    }
     if walked_words != reference.words {
         return Err(first_difference(
             "crate walk",
@@ -413,6 +436,18 @@ pub fn check_scenario(scenario: &Scenario) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `words` from address 0 in a [`BufferMemory`], if they fill whole frames.
+fn buffer_of(words: &[u64]) -> Option<BufferMemory> {
+    if !words.len().is_multiple_of(512) {
+        return None;
+    }
+    let buffer = BufferMemory::new(0, words.len() as u64 * 8).ok()?;
+    for (i, &word) in words.iter().enumerate() {
+        buffer.write_u64(i as u64 * 8, word).ok()?;
+    }
+    Some(buffer)
 }
 
 fn first_difference(what: &str, got: &[u64], expected: &[u64]) -> String {
