@@ -154,9 +154,8 @@ impl RawPath {
             memory_size: MIN_RAM_SIZE,
             userspace_addr: host as u64,
         };
-        // SAFETY: `host` is the start of `memory`'s one mapping of MIN_RAM_SIZE bytes, which
-        // lives in `self` and is unmapped only after the VM's file descriptor is closed (field
-        // order).
+        // SAFETY: `host` starts `memory`'s one MIN_RAM_SIZE-byte mapping, held in `self` and
+        // unmapped only after the VM fd is closed (field order).
         unsafe { vm.set_user_memory_region(region) }.map_err(raw("KVM_SET_USER_MEMORY_REGION"))?;
         vm.set_tss_address(KVM_TSS_START as usize)
             .map_err(raw("KVM_SET_TSS_ADDR"))?;

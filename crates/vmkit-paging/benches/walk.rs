@@ -101,9 +101,8 @@ fn like_for_like(c: &mut Criterion) {
         let mut copy = copy_for_x86_64(&mem);
         let offset = VirtAddr::from_ptr(copy.as_ptr());
         let root = &mut copy[(paging.root() / 4096) as usize];
-        // SAFETY: `copy` holds every page of physical memory 0..8 MiB, page-aligned, at
-        // `offset + physical address`, and the tables only reference addresses inside it;
-        // nothing else accesses `copy` while `x86` lives.
+        // SAFETY: `copy` maps all of physical 0..8 MiB, page-aligned, at `offset + address`; the
+        // tables reference only addresses inside it, and nothing else touches it while `x86` lives.
         let x86 = unsafe { OffsetPageTable::new(root, offset) };
         for &addr in &addrs {
             let theirs = x86.translate_addr(VirtAddr::new(addr)).map(|p| p.as_u64());

@@ -139,9 +139,8 @@ impl StartInfo {
             }
             len += 1;
         }
-        // SAFETY: the `len` bytes from `addr` are mapped (checked above) and never written while
-        // the guest runs (see the module documentation), so they form a valid shared slice for
-        // the life of the guest.
+        // SAFETY: the `len` bytes at `addr` are mapped (checked above) and never written while
+        // the guest runs (module documentation), so they are a valid shared slice for its life.
         unsafe { core::slice::from_raw_parts(addr as usize as *const u8, len as usize) }
     }
 

@@ -120,10 +120,8 @@ pub fn convert_exit(area: &mut [u8]) -> Result<RunExit<'_>, ExitError> {
     if area.as_ptr().align_offset(align_of::<kvm_run>()) != 0 {
         return Err(ExitError::Misaligned);
     }
-    // SAFETY: the area holds at least `size_of::<kvm_run>()` bytes at `kvm_run`'s alignment
-    // (both checked above), and `kvm_run` is plain old data built of integers, arrays and unions
-    // of such, so every byte pattern is a valid value. The reference is shared and dropped before
-    // any slice of `area` is handed out.
+    // SAFETY: size and alignment for `kvm_run` are checked above; it is plain old data (any bytes
+    // are valid), and this shared borrow ends before any slice of `area` is handed out.
     let run = unsafe { &*area.as_ptr().cast::<kvm_run>() };
     let reason = run.exit_reason;
     // Every member of the exit union is plain old data, so any byte pattern is a valid value of

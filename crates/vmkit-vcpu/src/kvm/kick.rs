@@ -125,9 +125,8 @@ impl KickState {
             // SAFETY: `running` is set only inside `run_window`, whose caller keeps the run area
             // mapped until the window ends, and the window cannot end while we hold the lock.
             unsafe { running.immediate_exit.set(1) };
-            // SAFETY: the thread is inside `run_window` and cannot leave it (or exit) while we
-            // hold the lock, so its ID is valid; the kick signal's handler is installed before
-            // any vCPU exists (`KvmHypervisor::new`).
+            // SAFETY: the thread cannot leave `run_window` (or exit) while we hold the lock, so its
+            // ID is valid; the signal's handler is installed in `KvmHypervisor::new`.
             let ret = unsafe { libc::pthread_kill(running.thread, kick_signal()) };
             if ret != 0 {
                 log::error!(

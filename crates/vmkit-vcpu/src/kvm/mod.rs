@@ -162,10 +162,8 @@ impl KvmHypervisor {
                 memory_size: size,
                 userspace_addr: host as u64,
             };
-            // SAFETY: `host` is the start of the region's mapping of `size` bytes, which stays
-            // mapped for as long as KVM can reach it: the VM and each of its vCPUs hold a clone
-            // of `memory` (sharing the regions' mappings) and drop it only after their file
-            // descriptors are closed.
+            // SAFETY: `host` starts the region's `size`-byte mapping; the VM and vCPUs hold clones
+            // of `memory` and drop them only after closing their fds, so it outlives KVM's use.
             unsafe { fd.set_user_memory_region(mem_region) }.map_err(|source| {
                 Error::SetMemoryRegion {
                     slot,

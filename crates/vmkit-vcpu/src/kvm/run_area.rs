@@ -56,9 +56,8 @@ impl RunArea {
 
     /// The whole area (page-aligned, so aligned for `kvm_run`).
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is `len` readable and writable bytes that live until `self` is
-        // dropped; the exclusive borrow of `self` and the protocol in the module documentation
-        // keep every other access (the kernel's, a kicker's) out while the slice lives.
+        // SAFETY: the mapping is `len` read-write bytes living as long as `self`; the exclusive
+        // borrow and the module's protocol keep the kernel and kickers out while the slice lives.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
@@ -80,9 +79,8 @@ impl RunArea {
 
 impl Drop for RunArea {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are the mapping made in `map`, and nothing refers to it any more:
-        // slices borrow `self`, and kickers only reach it while the vCPU is inside `KVM_RUN`,
-        // which cannot be the case while it is being dropped.
+        // SAFETY: `ptr`/`len` are `map`'s mapping and nothing refers to it now: slices borrow
+        // `self`, and kickers reach it only inside `KVM_RUN`, impossible while dropping.
         let ret = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
         if ret != 0 {
             log::error!(
@@ -108,9 +106,8 @@ impl ImmediateExit {
     ///
     /// The run area this byte belongs to must still be mapped.
     pub(crate) unsafe fn set(self, value: u8) {
-        // SAFETY: the pointer is valid and aligned for a `u8` while the mapping lives, which the
-        // caller guarantees; every access to the byte from Rust is atomic, and the kernel reads
-        // it with `READ_ONCE`.
+        // SAFETY: valid and aligned while the mapping lives (the caller's guarantee); every Rust
+        // access to the byte is atomic and the kernel reads it with `READ_ONCE`.
         let byte = unsafe { AtomicU8::from_ptr(self.0) };
         byte.store(value, Ordering::SeqCst);
     }

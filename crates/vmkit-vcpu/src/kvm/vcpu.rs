@@ -280,9 +280,8 @@ impl KvmVcpu {
             return None;
         }
         let area = self.run.bytes_mut();
-        // SAFETY: the area is page-aligned and holds a whole `kvm_run` (checked when mapped), whose
-        // plain-old-data fields every byte pattern is valid for; the union member matches the
-        // exit reason just read.
+        // SAFETY: the page-aligned area holds a whole plain-old-data `kvm_run` (checked when
+        // mapped), and the union member read matches the exit reason just read.
         let fault = unsafe {
             (*area.as_ptr().cast::<kvm_run>())
                 .__bindgen_anon_1
