@@ -283,13 +283,9 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use crate::seed_files;
 
     use super::*;
-
-    fn seed_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../seeds/exit_conversion")
-    }
 
     #[test]
     fn seeds_pass_and_round_trip() {
@@ -303,16 +299,7 @@ mod tests {
 
     #[test]
     fn committed_seeds_replay() {
-        let mut n = 0;
-        for entry in std::fs::read_dir(seed_dir()).unwrap() {
-            run(&std::fs::read(entry.unwrap().path()).unwrap());
-            n += 1;
-        }
-        assert!(n >= seeds().len());
-        for (name, bytes) in seeds() {
-            let committed = std::fs::read(seed_dir().join(name)).unwrap();
-            assert_eq!(committed, bytes, "{name} is stale: rerun write_seeds");
-        }
+        seed_files::replay("exit_conversion", &seeds(), true, run);
     }
 
     #[test]
@@ -332,9 +319,6 @@ mod tests {
     #[test]
     #[ignore]
     fn write_seeds() {
-        std::fs::create_dir_all(seed_dir()).unwrap();
-        for (name, bytes) in seeds() {
-            std::fs::write(seed_dir().join(name), bytes).unwrap();
-        }
+        seed_files::write("exit_conversion", &seeds());
     }
 }

@@ -648,11 +648,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn seed_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../seeds/legacy_devices")
-    }
+    use crate::seed_files;
 
     #[test]
     fn seeds_round_trip_and_pass() {
@@ -665,17 +661,7 @@ mod tests {
 
     #[test]
     fn committed_seeds_replay() {
-        let mut n = 0;
-        for entry in std::fs::read_dir(seed_dir()).unwrap() {
-            let data = std::fs::read(entry.unwrap().path()).unwrap();
-            run(&data);
-            n += 1;
-        }
-        assert!(n >= seeds().len());
-        for (name, bytes) in seeds() {
-            let committed = std::fs::read(seed_dir().join(name)).unwrap();
-            assert_eq!(committed, bytes, "{name} is stale: rerun write_seeds");
-        }
+        seed_files::replay("legacy_devices", &seeds(), true, run);
     }
 
     #[test]
@@ -701,9 +687,6 @@ mod tests {
     #[test]
     #[ignore]
     fn write_seeds() {
-        std::fs::create_dir_all(seed_dir()).unwrap();
-        for (name, bytes) in seeds() {
-            std::fs::write(seed_dir().join(name), bytes).unwrap();
-        }
+        seed_files::write("legacy_devices", &seeds());
     }
 }

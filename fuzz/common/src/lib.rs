@@ -11,5 +11,7 @@ pub mod legacy;
 pub mod paging;
 pub mod pci_config;
 pub mod pvh;
+#[cfg(test)]
+mod seed_files;
 pub mod virtio_blk;
 pub mod virtio_pci;

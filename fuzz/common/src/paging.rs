@@ -70,13 +70,9 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use crate::seed_files;
     use vmkit_paging::reference::naive::Nested;
     use vmkit_paging::reference::scenario::Scenario;
-
-    fn seed_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../seeds/paging_walk")
-    }
 
     #[test]
     fn seeds_decode_to_their_configuration_and_pass() {
@@ -97,13 +93,7 @@ mod tests {
 
     #[test]
     fn committed_seeds_replay() {
-        let mut n = 0;
-        for entry in std::fs::read_dir(seed_dir()).unwrap() {
-            let data = std::fs::read(entry.unwrap().path()).unwrap();
-            run(&data);
-            n += 1;
-        }
-        assert!(n >= seeds().len());
+        seed_files::replay("paging_walk", &seeds(), false, run);
     }
 
     #[test]
@@ -118,9 +108,6 @@ mod tests {
     #[test]
     #[ignore]
     fn write_paging_seeds() {
-        std::fs::create_dir_all(seed_dir()).unwrap();
-        for (name, bytes) in seeds() {
-            std::fs::write(seed_dir().join(name), bytes).unwrap();
-        }
+        seed_files::write("paging_walk", &seeds());
     }
 }

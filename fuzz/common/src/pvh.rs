@@ -488,11 +488,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn seed_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../seeds/pvh_loader")
-    }
+    use crate::seed_files;
 
     #[test]
     fn seeds_round_trip_and_pass() {
@@ -562,12 +558,7 @@ mod tests {
 
     #[test]
     fn committed_seeds_replay() {
-        let mut count = 0;
-        for entry in std::fs::read_dir(seed_dir()).unwrap() {
-            run(&std::fs::read(entry.unwrap().path()).unwrap());
-            count += 1;
-        }
-        assert!(count >= seeds().len());
+        seed_files::replay("pvh_loader", &seeds(), false, run);
     }
 
     #[test]
@@ -586,9 +577,6 @@ mod tests {
     #[test]
     #[ignore]
     fn write_pvh_seeds() {
-        std::fs::create_dir_all(seed_dir()).unwrap();
-        for (name, bytes) in seeds() {
-            std::fs::write(seed_dir().join(name), bytes).unwrap();
-        }
+        seed_files::write("pvh_loader", &seeds());
     }
 }
