@@ -370,24 +370,12 @@ impl Op {
 
 /// The operations in `data`, at most [`MAX_OPS`].
 pub fn parse(data: &[u8]) -> Vec<Op> {
-    let mut u = Unstructured::new(data);
-    let mut ops = Vec::new();
-    while !u.is_empty() && ops.len() < MAX_OPS {
-        match Op::arbitrary(&mut u) {
-            Ok(op) => ops.push(op),
-            Err(_) => break,
-        }
-    }
-    ops
+    crate::ops::decode(&mut Unstructured::new(data), MAX_OPS, Op::arbitrary)
 }
 
 /// The bytes that [`parse`] reads back as `ops`.
 pub fn encode(ops: &[Op]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for op in ops {
-        op.encode(&mut out);
-    }
-    out
+    crate::ops::encode(ops, Op::encode)
 }
 
 /// One device call, as a recording device saw it.

@@ -319,13 +319,7 @@ pub fn parse(data: &[u8]) -> Input {
         2 => RamSize::Bytes(u64::arbitrary(&mut u).unwrap_or(0)),
         _ => RamSize::NearHole(i16::arbitrary(&mut u).unwrap_or(0)),
     };
-    let mut ops = Vec::new();
-    while !u.is_empty() && ops.len() < MAX_OPS {
-        match Op::arbitrary(&mut u) {
-            Ok(op) => ops.push(op),
-            Err(_) => break,
-        }
-    }
+    let ops = crate::ops::decode(&mut u, MAX_OPS, Op::arbitrary);
     Input {
         phys_bits,
         ram_size,

@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod kvm_exit;
 pub mod layout;
 pub mod legacy;
+pub mod ops;
 pub mod paging;
 pub mod pci_config;
 pub mod pvh;

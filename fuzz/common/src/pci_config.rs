@@ -165,24 +165,12 @@ impl Op {
 
 /// The operations an input decodes to (at most [`MAX_OPS`]).
 pub fn parse(data: &[u8]) -> Vec<Op> {
-    let mut u = Unstructured::new(data);
-    let mut ops = Vec::new();
-    while !u.is_empty() && ops.len() < MAX_OPS {
-        match Op::read(&mut u) {
-            Ok(op) => ops.push(op),
-            Err(_) => break,
-        }
-    }
-    ops
+    crate::ops::decode(&mut Unstructured::new(data), MAX_OPS, Op::read)
 }
 
 /// The bytes that decode to `ops`.
 pub fn encode(ops: &[Op]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for op in ops {
-        op.encode(&mut out);
-    }
-    out
+    crate::ops::encode(ops, Op::encode)
 }
 
 type Blk = VirtioPciDevice<VirtioBlock<MemDisk>>;

@@ -300,13 +300,7 @@ pub fn parse(data: &[u8]) -> Option<(Setup, Vec<Op>)> {
         return None;
     }
     let setup = Setup::read(&mut u).ok()?;
-    let mut ops = Vec::new();
-    while !u.is_empty() && ops.len() < MAX_OPS {
-        match Op::read(&mut u) {
-            Ok(op) => ops.push(op),
-            Err(_) => break,
-        }
-    }
+    let ops = crate::ops::decode(&mut u, MAX_OPS, Op::read);
     Some((setup, ops))
 }
 
