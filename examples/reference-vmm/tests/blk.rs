@@ -16,16 +16,13 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use common::{Finished, kvm_available, run_with_limit};
+use common::{Finished, LIMIT, kvm_available, qemu_command, run_qemu, run_with_limit};
 
 const VMM: &str = env!("CARGO_BIN_EXE_reference-vmm");
-const QEMU: &str = "qemu-system-x86_64";
 /// The guest image the build script built.
 const BLK_ELF: &str = concat!(env!("OUT_DIR"), "/blk.elf");
 /// The longest any VMM may take to run the guest.
-const LIMIT: Duration = Duration::from_secs(60);
 const MEMORY_MIB: u32 = 128;
 /// Sectors of the test image (1 MiB).
 const SECTORS: u64 = 2048;
@@ -120,28 +117,7 @@ fn reference_vmm(cmdline: &str, disk: Option<(&Disk, bool)>) -> Finished {
 /// Runs the guest under QEMU with `disk` (if any) on `virtio-blk-pci`; the guest's status
 /// replaces QEMU's.
 fn qemu(cmdline: &str, disk: Option<(&Disk, bool)>) -> Finished {
-    let memory = format!("{MEMORY_MIB}M");
-    let mut command = Command::new(QEMU);
-    command.args([
-        "-machine",
-        "q35,accel=kvm",
-        "-cpu",
-        "host,-arch-capabilities",
-        "-nodefaults",
-        "-kernel",
-        BLK_ELF,
-        "-append",
-        cmdline,
-        "-m",
-        &memory,
-        "-serial",
-        "stdio",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-    ]);
+    let mut command = qemu_command(BLK_ELF, cmdline, MEMORY_MIB);
     if let Some((disk, readonly)) = disk {
         let readonly = if readonly { ",readonly=on" } else { "" };
         command.arg("-drive").arg(format!(
@@ -153,20 +129,8 @@ fn qemu(cmdline: &str, disk: Option<(&Disk, bool)>) -> Finished {
             disk.serial()
         ));
     }
-    let mut finished = run_with_limit(
-        &mut command,
-        LIMIT,
-        "install Debian's qemu-system-x86 (scripts/setup.sh does)",
-    );
-    let code = finished.status.expect("QEMU was killed by a signal");
-    assert_eq!(
-        code & 1,
-        1,
-        "QEMU exited with {code}, not through the debug-exit port; stdout:\n{}\nstderr:\n{}",
-        finished.stdout,
-        finished.stderr
-    );
-    finished.status = Some(code >> 1);
+    let finished = run_qemu(&mut command);
+    assert!(finished.status.is_some(), "QEMU was killed by a signal");
     finished
 }
 

@@ -8,17 +8,14 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
-use common::{Finished, kvm_available, run_with_limit};
+use common::{Finished, LIMIT, kvm_available, qemu_command, run_qemu, run_with_limit};
 
 const VMM: &str = env!("CARGO_BIN_EXE_reference-vmm");
-const QEMU: &str = "qemu-system-x86_64";
 /// The guest images the build script built (the same bytes the binary embeds).
 const HELLO_ELF: &str = concat!(env!("OUT_DIR"), "/hello.elf");
 const EXITS_ELF: &str = concat!(env!("OUT_DIR"), "/exits.elf");
 /// The longest any VMM may take to run one of these guests.
-const LIMIT: Duration = Duration::from_secs(60);
 const MEMORY_MIB: u32 = 128;
 
 /// Which devices a run adds beyond COM1 and the debug-exit port.
@@ -48,52 +45,11 @@ fn reference_vmm(kernel: &str, cmdline: &str, testdev: TestDev) -> Finished {
 
 /// Runs `kernel` under QEMU; returns its output with the guest's status in place of QEMU's.
 fn qemu(kernel: &str, cmdline: &str, testdev: TestDev) -> Finished {
-    let memory = format!("{MEMORY_MIB}M");
-    let mut command = Command::new(QEMU);
-    command.args([
-        "-machine",
-        "q35,accel=kvm",
-        "-cpu",
-        "host,-arch-capabilities",
-        "-nodefaults",
-        "-kernel",
-        kernel,
-        "-append",
-        cmdline,
-        "-m",
-        &memory,
-        "-serial",
-        "stdio",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-    ]);
+    let mut command = qemu_command(kernel, cmdline, MEMORY_MIB);
     if let TestDev::With = testdev {
         command.args(["-device", "pc-testdev"]);
     }
-    let mut finished = run_with_limit(
-        &mut command,
-        LIMIT,
-        "install Debian's qemu-system-x86 (scripts/setup.sh does)",
-    );
-    finished.status = finished
-        .status
-        .map(|code| guest_status_of_qemu(code, &finished));
-    finished
-}
-
-/// QEMU's `isa-debug-exit` makes QEMU exit with `(status << 1) | 1`; any even code means QEMU
-/// ended for another reason.
-fn guest_status_of_qemu(code: i32, run: &Finished) -> i32 {
-    assert_eq!(
-        code & 1,
-        1,
-        "QEMU exited with {code}, not through the debug-exit port; stderr:\n{}",
-        run.stderr
-    );
-    code >> 1
+    run_qemu(&mut command)
 }
 
 /// What the `hello` guest promises, whatever VMM boots it.

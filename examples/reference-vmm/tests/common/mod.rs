@@ -79,3 +79,48 @@ pub fn run_with_limit(command: &mut Command, limit: Duration, missing: &str) -> 
         stderr: joined(stderr),
     }
 }
+
+/// The QEMU peer the cross-checks run.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// How long a cross-check's VM may run before the test fails.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+/// QEMU booting the PVH ELF `kernel` with `cmdline` and `memory_mib` MiB on q35 under KVM, COM1 on
+/// stdout and the debug-exit port the project's guests use (0xF4); callers add devices.
+pub fn qemu_command(kernel: &str, cmdline: &str, memory_mib: u32) -> Command {
+    let mut command = Command::new(QEMU);
+    command.args([
+        "-machine",
+        "q35,accel=kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+    ]);
+    command.args(["-nodefaults", "-kernel", kernel, "-append", cmdline]);
+    command.arg("-m").arg(format!("{memory_mib}M"));
+    command.args(["-serial", "stdio", "-display", "none", "-no-reboot"]);
+    command.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    command
+}
+
+/// Runs a [`qemu_command`] and puts the guest's status in place of QEMU's: `isa-debug-exit`
+/// makes QEMU exit with `(status << 1) | 1`, so an even code (QEMU ended for another reason)
+/// fails the test.
+pub fn run_qemu(command: &mut Command) -> Finished {
+    let mut finished = run_with_limit(
+        command,
+        LIMIT,
+        "install Debian's qemu-system-x86 (scripts/setup.sh does)",
+    );
+    if let Some(code) = finished.status {
+        assert_eq!(
+            code & 1,
+            1,
+            "QEMU exited with {code}, not through the debug-exit port; stdout:\n{}\nstderr:\n{}",
+            finished.stdout,
+            finished.stderr
+        );
+        finished.status = Some(code >> 1);
+    }
+    finished
+}
