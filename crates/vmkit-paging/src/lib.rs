@@ -7,17 +7,20 @@
 //! - [`ept`] and [`npt`]: the nested formats; [`nested`]: GPA → HPA translation and the
 //!   two-dimensional walk.
 //! - [`TableBuilder`]: tables for given mappings in any format, largest page size first.
-//! - [`PhysMemory`]: how everything reaches memory; [`BufferMemory`], and vm-memory's
+//! - [`PhysMemory`]: how everything reaches memory; `BufferMemory` (feature `alloc`), and vm-memory's
 //!   `GuestMemoryMmap` behind the `vm-memory` feature.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
+#[cfg(any(feature = "alloc", test))]
 extern crate alloc;
 // The derive refers to `::thiserror`; the dependency is the same crate without its `std`
 // feature, so that the core builds for bare-metal targets.
 extern crate thiserror_no_std as thiserror;
 
 mod access;
+#[cfg(feature = "alloc")]
+mod buffer;
 mod builder;
 mod error;
 mod format;
@@ -37,11 +40,13 @@ pub mod x86;
 pub mod reference;
 
 pub use access::{Access, AccessKind, Privilege};
+#[cfg(feature = "alloc")]
+pub use buffer::BufferMemory;
 pub use builder::{BuildError, BumpAllocator, FrameAllocator, TableBuilder};
 pub use ept::{Ept, EptCaps, EptFlags};
 pub use error::WalkError;
 pub use format::{EntryKind, PagingFormat, Rights};
-pub use memory::{BufferMemory, MemoryError, PhysMemory};
+pub use memory::{MemoryError, PhysMemory};
 pub use nested::{NestedFault, NestedFormat, NestedTranslation};
 pub use npt::Npt;
 pub use size::{PageSize, PageSizes};

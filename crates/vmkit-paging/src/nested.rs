@@ -248,7 +248,7 @@ where
     } else {
         walk::<_, _, false>(&rules, root, gva, access, &mut entries)
     }
-    .map_err(|stop| guest.walk_error(stop, gva, access, |err| err))?;
+    .map_err(|stop| guest.walk_error(stop.outcome(), gva, access, |err| err))?;
     let guest_refs = entries.refs + guest_walk.reads;
     let mut host_refs = 0;
     let host_walk = nested_walk(

@@ -79,6 +79,39 @@ pub(crate) enum Stop<E> {
     Contended,
 }
 
+impl<E> Stop<E> {
+    /// What the stop means for the input address, without the walk's bookkeeping (levels and
+    /// combined rights): a caller that only needs this lets the compiler drop that bookkeeping.
+    #[inline(always)]
+    pub fn outcome(self) -> Outcome<E> {
+        match self {
+            Stop::BadInput => Outcome::BadInput,
+            Stop::NotPresent { .. } => Outcome::NotPresent,
+            Stop::Reserved { .. } => Outcome::Reserved,
+            Stop::Denied { .. } => Outcome::Denied,
+            Stop::Access(err) => Outcome::Access(err),
+            Stop::Contended => Outcome::Contended,
+        }
+    }
+}
+
+/// A [`Stop`] reduced to its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome<E> {
+    /// See [`Stop::BadInput`].
+    BadInput,
+    /// See [`Stop::NotPresent`].
+    NotPresent,
+    /// See [`Stop::Reserved`].
+    Reserved,
+    /// See [`Stop::Denied`].
+    Denied,
+    /// See [`Stop::Access`].
+    Access(E),
+    /// See [`Stop::Contended`].
+    Contended,
+}
+
 /// A successful walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Walked {
@@ -165,15 +198,10 @@ where
     A: EntryAccess,
 {
     let index = (addr >> (12 + 9 * u32::from(LEVEL - 1))) & 0x1ff;
-    let entry = if UPDATE {
-        // The update needs the entry's address anyway; per-entry reads measure faster here.
-        let entry_addr = table.wrapping_add(index * 8);
-        let entry = entries.read(entry_addr, LEVEL).map_err(Stop::Access)?;
-        attempt.path[usize::from(levels - LEVEL)] = (entry_addr, entry);
-        entry
-    } else {
-        entries.read_in(table, index, LEVEL).map_err(Stop::Access)?
-    };
+    let entry = entries.read_in(table, index, LEVEL).map_err(Stop::Access)?;
+    if UPDATE {
+        attempt.path[usize::from(levels - LEVEL)] = (table.wrapping_add(index * 8), entry);
+    }
     attempt.all &= entry;
     if F::RIGHTS_INVERT != 0 {
         attempt.any |= entry;
@@ -256,7 +284,10 @@ where
         if !format.permits(rights, access) {
             return Err(Stop::Denied { level, rights });
         }
-        if UPDATE && accessed | dirty != 0 {
+        // The AND of the entries has the accessed flag exactly when every entry has it: the
+        // common case, a page used before, writes nothing and skips the loop.
+        let settled = attempt.all & accessed == accessed && leaf & dirty == dirty;
+        if UPDATE && !settled {
             let used = usize::from(levels - level) + 1;
             for (i, &(entry_addr, entry)) in attempt.path[..used].iter().enumerate() {
                 let mut new = entry | accessed;

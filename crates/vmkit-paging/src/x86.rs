@@ -12,7 +12,7 @@ use crate::format::{
 };
 use crate::memory::{MemoryError, PhysMemory};
 use crate::size::{PageSize, PageSizes};
-use crate::walk::{Direct, Stop, Translation, Walked, walk};
+use crate::walk::{Direct, Outcome, Stop, Translation, Walked, walk};
 
 /// Entry bit 0: present.
 pub const PRESENT: u64 = 1 << 0;
@@ -299,21 +299,21 @@ impl X86Paging {
     /// The error a stopped walk of `addr` for `access` gives the guest.
     pub(crate) fn walk_error<E>(
         &self,
-        stop: Stop<E>,
+        stop: Outcome<E>,
         addr: u64,
         access: Access,
         on_access_error: impl FnOnce(E) -> WalkError,
     ) -> WalkError {
         let cause = match stop {
-            Stop::BadInput => return WalkError::NonCanonical(addr),
-            Stop::Access(err) => return on_access_error(err),
-            Stop::Contended => {
+            Outcome::BadInput => return WalkError::NonCanonical(addr),
+            Outcome::Access(err) => return on_access_error(err),
+            Outcome::Contended => {
                 log::debug!("guest page walk of {addr:#x} contended");
                 return WalkError::Contended;
             }
-            Stop::NotPresent { .. } => FaultCause::NotPresent,
-            Stop::Reserved { .. } => FaultCause::Reserved,
-            Stop::Denied { .. } => FaultCause::Denied,
+            Outcome::NotPresent => FaultCause::NotPresent,
+            Outcome::Reserved => FaultCause::Reserved,
+            Outcome::Denied => FaultCause::Denied,
         };
         WalkError::PageFault(self.page_fault(addr, access, cause))
     }
@@ -359,7 +359,7 @@ impl X86Walker {
     }
 
     /// [`X86Paging::translate`] with the prepared rules.
-    #[inline]
+    #[inline(always)]
     pub fn translate<M: PhysMemory + ?Sized>(
         &self,
         mem: &M,
@@ -372,7 +372,7 @@ impl X86Walker {
 
     /// [`X86Paging::probe`] with the prepared rules: the same checks, no accessed or dirty
     /// update.
-    #[inline]
+    #[inline(always)]
     pub fn probe<M: PhysMemory + ?Sized>(
         &self,
         mem: &M,
@@ -381,6 +381,25 @@ impl X86Walker {
     ) -> Result<Translation, WalkError> {
         // The root is aligned already; masking says so to the compiler, which then drops the
         // alignment test of the memory's table look-up.
+        let root = self.root & ADDRESS_BITS;
+        match walk::<_, _, false>(&self.rules, root, addr, access, &mut Direct(mem)) {
+            Ok(walked) => Ok(walked.translation(&self.rules, walked.reads)),
+            // Why the walk stopped is not kept on the way: the fast path carries no error
+            // detail, and a failed probe walks again, out of line, to find it.
+            Err(_) => self.probe_again(mem, addr, access),
+        }
+    }
+
+    /// A probe that failed, walked again with its error kept. Tables the guest changed in
+    /// between give the second walk's answer, which is as valid as the first's.
+    #[cold]
+    #[inline(never)]
+    fn probe_again<M: PhysMemory + ?Sized>(
+        &self,
+        mem: &M,
+        addr: u64,
+        access: Access,
+    ) -> Result<Translation, WalkError> {
         let root = self.root & ADDRESS_BITS;
         let result = walk::<_, _, false>(&self.rules, root, addr, access, &mut Direct(mem));
         self.finish(result, addr, access)
@@ -395,14 +414,14 @@ impl X86Walker {
     ) -> Result<Translation, WalkError> {
         match result {
             Ok(walked) => Ok(walked.translation(&self.rules, walked.reads)),
-            Err(stop) => Err(self.fail(stop, addr, access)),
+            Err(stop) => Err(self.fail(stop.outcome(), addr, access)),
         }
     }
 
     /// The error of a stopped walk, out of the translation's way.
     #[cold]
     #[inline(never)]
-    fn fail(&self, stop: Stop<MemoryError>, addr: u64, access: Access) -> WalkError {
+    fn fail(&self, stop: Outcome<MemoryError>, addr: u64, access: Access) -> WalkError {
         self.paging.walk_error(stop, addr, access, |err| {
             log::debug!("guest page walk of {addr:#x} left memory: {err}");
             WalkError::Memory(err)
@@ -433,12 +452,11 @@ pub struct X86Rules {
     reserved: u64,
     /// `reserved` and PS: a present non-leaf entry without any of them references a table.
     table_stop: u64,
-    /// The input check without a branch on the configuration: an address is accepted when
-    /// `(addr + input_bias) >> input_bits == 0`. `input_bits` is the input width (48 or 57);
-    /// the bias is 2^(width-1) for linear addresses, whose sign-extension bits it carries out
-    /// to zero exactly when they all equal the top translated bit, and 0 for NPT.
+    /// The input check without a branch on guest or nested: an address is accepted when
+    /// `(addr + input_bias) >> width == 0`, the width being 48 or 57 bits; the bias is
+    /// 2^(width-1) for linear addresses, whose sign-extension bits it carries out to zero
+    /// exactly when they all equal the top translated bit, and 0 for NPT.
     input_bias: u64,
-    input_bits: u32,
     max_phys_bits: u8,
     five_level: bool,
     nxe: bool,
@@ -466,7 +484,6 @@ impl X86Rules {
                 Checks::Guest { .. } => 1 << (input_bits - 1),
                 Checks::Nested => 0,
             },
-            input_bits,
             max_phys_bits: clamp_phys_bits(max_phys_bits),
             five_level,
             nxe,
@@ -528,19 +545,28 @@ impl PagingFormat for X86Rules {
 
     #[inline(always)]
     fn accepts(&self, addr: u64) -> bool {
-        addr.wrapping_add(self.input_bias) >> self.input_bits == 0
+        // Constant shifts: the branch is the walk's own choice of level count.
+        let biased = addr.wrapping_add(self.input_bias);
+        if self.five_level {
+            biased >> 57 == 0
+        } else {
+            biased >> 48 == 0
+        }
     }
 
     #[inline(always)]
     fn decode(&self, entry: u64, level: u8) -> EntryKind {
-        if entry & PRESENT == 0 {
-            EntryKind::NotPresent
-        } else if level == 1 {
-            if entry & self.reserved != 0 {
-                EntryKind::Reserved
-            } else {
+        if level == 1 {
+            // Present and no reserved bit, in one test.
+            if (entry ^ PRESENT) & (self.reserved | PRESENT) == 0 {
                 EntryKind::Page(entry & ADDRESS_BITS)
+            } else if entry & PRESENT == 0 {
+                EntryKind::NotPresent
+            } else {
+                EntryKind::Reserved
             }
+        } else if entry & PRESENT == 0 {
+            EntryKind::NotPresent
         } else if entry & self.table_stop == 0 {
             // The common case, one test: neither a reserved bit nor PS.
             EntryKind::Table(entry & ADDRESS_BITS)

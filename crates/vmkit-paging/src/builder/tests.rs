@@ -1,9 +1,9 @@
 //! The builder: page-size choice, formats, and every error.
 
 use super::*;
+use crate::BufferMemory;
 use crate::access::{Access, AccessKind, Privilege};
 use crate::ept::{Ept, EptCaps, EptFlags};
-use crate::memory::BufferMemory;
 use crate::npt::Npt;
 use crate::x86::{self, PteFlags, X86Paging};
 

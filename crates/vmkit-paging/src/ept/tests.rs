@@ -1,7 +1,7 @@
 //! Each rule of EPT on hand-built tables.
 
 use super::*;
-use crate::memory::BufferMemory;
+use crate::BufferMemory;
 use crate::nested::NestedFault;
 
 const PML4: u64 = 0x1000;

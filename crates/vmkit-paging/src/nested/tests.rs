@@ -1,9 +1,10 @@
 //! The two-dimensional walk: reference counts, fault attribution and flag updates.
 
 use super::*;
+use crate::BufferMemory;
 use crate::builder::{BumpAllocator, TableBuilder};
 use crate::ept::{self, Ept, EptCaps, EptFlags};
-use crate::memory::{BufferMemory, MemoryError};
+use crate::memory::MemoryError;
 use crate::npt::{EXITINFO1_FINAL, EXITINFO1_GUEST_TABLE, Npt};
 use crate::size::{PageSize, PageSizes};
 use crate::x86::{self, PteFlags};

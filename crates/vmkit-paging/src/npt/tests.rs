@@ -1,7 +1,7 @@
 //! NPT: the x86-64 format walked as user accesses, with NPF exit information.
 
 use super::*;
-use crate::memory::BufferMemory;
+use crate::BufferMemory;
 use crate::nested::NestedFault;
 use crate::x86::{ACCESSED, DIRTY, NO_EXECUTE, PRESENT, PteFlags, USER, WRITABLE};
 use crate::{PageSize, PageSizes, PagingFormat};

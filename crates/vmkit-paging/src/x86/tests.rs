@@ -1,7 +1,8 @@
 //! Each rule of x86-64 paging on hand-built tables.
 
 use super::*;
-use crate::memory::{BufferMemory, MemoryError};
+use crate::BufferMemory;
+use crate::memory::MemoryError;
 use crate::walk::MAX_RETRIES;
 use core::cell::Cell;
 
