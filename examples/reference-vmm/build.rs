@@ -17,7 +17,11 @@ use std::process::{Command, Output};
 const GUEST_TARGET: &str = "x86_64-unknown-none";
 
 /// Guest packages built here, each copied to `$OUT_DIR/<name>.elf`.
-const GUESTS: &[&str] = &["hello", "exits", "blk"];
+const GUESTS: &[&str] = &["hello", "exits", "blk", "paging"];
+
+/// Host crates (relative to the guest workspace) that guests depend on by path: the `paging`
+/// guest builds its page tables with vmkit-paging's `no_std` core.
+const HOST_CRATES: &[&str] = &["../crates/vmkit-paging"];
 
 /// Environment variables of the outer build that must not reach the guest build.
 const REMOVED_VARS: &[&str] = &[
@@ -66,12 +70,9 @@ fn run() -> Result<(), String> {
     for file in ["Cargo.toml", "Cargo.lock", ".cargo/config.toml", "rt"] {
         println!("cargo:rerun-if-changed={}", guests_dir.join(file).display());
     }
-    for guest in GUESTS {
-        // A directory makes cargo watch every file below it.
-        println!(
-            "cargo:rerun-if-changed={}",
-            guests_dir.join(guest).display()
-        );
+    // A directory makes cargo watch every file below it.
+    for dir in GUESTS.iter().chain(HOST_CRATES) {
+        println!("cargo:rerun-if-changed={}", guests_dir.join(dir).display());
     }
 
     ensure_target_installed()?;
