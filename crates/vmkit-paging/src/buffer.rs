@@ -159,6 +159,8 @@ impl PhysMemory for BufferMemory {
             .map(|frame| &frame.0)
     }
 
+    const WHOLE_TABLES: bool = true;
+
     #[inline]
     fn write_u64(&self, addr: u64, value: u64) -> Result<(), MemoryError> {
         self.word(addr)?.store(value, Ordering::Release);

@@ -61,6 +61,11 @@ pub trait PhysMemory {
         let _ = frame;
         None
     }
+
+    /// Whether [`table`](Self::table) gives every 4 KiB-aligned frame wholly inside the
+    /// memory, so that `None` means the frame is outside it: a walker then reads no entry of
+    /// that table one by one, and only [`read_u64`](Self::read_u64) of it reports the error.
+    const WHOLE_TABLES: bool = false;
 }
 
 impl<T: PhysMemory + ?Sized> PhysMemory for &T {
@@ -85,6 +90,8 @@ impl<T: PhysMemory + ?Sized> PhysMemory for &T {
     fn table(&self, frame: u64) -> Option<&[AtomicU64; 512]> {
         (**self).table(frame)
     }
+
+    const WHOLE_TABLES: bool = T::WHOLE_TABLES;
 }
 
 /// The entries of one paging structure.

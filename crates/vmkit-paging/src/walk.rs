@@ -331,6 +331,7 @@ impl<M: PhysMemory + ?Sized> EntryAccess for Direct<'_, M> {
     fn read_in(&mut self, table: u64, index: u64, _level: u8) -> Result<u64, MemoryError> {
         match self.0.table(table) {
             Some(entries) => Ok(entries[index as usize % TABLE_ENTRIES].load(Ordering::Relaxed)),
+            None if M::WHOLE_TABLES => read_outside(self.0, table.wrapping_add(index * 8)),
             None => self.0.read_u64(table.wrapping_add(index * 8)),
         }
     }
@@ -345,4 +346,13 @@ impl<M: PhysMemory + ?Sized> EntryAccess for Direct<'_, M> {
     ) -> Result<bool, MemoryError> {
         Ok(self.0.compare_exchange_u64(addr, current, new)?.is_ok())
     }
+}
+
+/// [`PhysMemory::read_u64`] of an entry in a table that a memory with
+/// [`WHOLE_TABLES`](PhysMemory::WHOLE_TABLES) did not give: it reports the error, out of the
+/// walk's way.
+#[cold]
+#[inline(never)]
+fn read_outside<M: PhysMemory + ?Sized>(mem: &M, addr: u64) -> Result<u64, MemoryError> {
+    mem.read_u64(addr)
 }
