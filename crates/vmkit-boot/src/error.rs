@@ -1,7 +1,8 @@
-//! Errors of image validation and loading.
+//! Errors of image validation, loading and boot page-table building.
 
-/// Why an image could not be loaded. Boot images are untrusted input: every malformed image gets
-/// one of these, naming the problem, before anything is written to guest memory.
+/// Why an image could not be loaded or boot page tables not built. Boot images are untrusted
+/// input: every malformed image gets one of these, naming the problem, before anything is
+/// written to guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// The image is not an ELF file: it is shorter than an ELF header or lacks the ELF magic.
@@ -193,4 +194,43 @@ pub enum BootError {
     /// Writing guest memory failed: {0}.
     #[error("writing guest memory failed: {0}")]
     GuestMemory(#[source] vm_memory::GuestMemoryError),
+    /// No page size is allowed for the boot page tables: the set of page sizes is empty.
+    #[error("no page size is allowed for the boot page tables: the set of page sizes is empty")]
+    NoPageSize,
+    /// The page-table window {start:#x}..{end:#x} is empty or not 4 KiB aligned.
+    #[error("the page-table window {start:#x}..{end:#x} is empty or not 4 KiB aligned")]
+    BadPageTableWindow {
+        /// First address of the window.
+        start: u64,
+        /// One past the last address of the window.
+        end: u64,
+    },
+    /// The page-table window {start:#x}..{end:#x} does not lie in guest RAM backed by guest
+    /// memory.
+    #[error(
+        "the page-table window {start:#x}..{end:#x} does not lie in guest RAM backed by guest \
+         memory"
+    )]
+    PageTablesOutOfMemory {
+        /// First address of the window.
+        start: u64,
+        /// One past the last address of the window.
+        end: u64,
+    },
+    /// Boot page tables with {page_size} pages take {needed} frames; the window holds
+    /// {available}.
+    #[error(
+        "boot page tables with {page_size} pages take {needed} frames; the window holds {available}"
+    )]
+    PageTablesDoNotFit {
+        /// The page size the tables would use.
+        page_size: vmkit_paging::PageSize,
+        /// 4 KiB frames the tables take.
+        needed: u64,
+        /// 4 KiB frames in the window.
+        available: u64,
+    },
+    /// Building the boot page tables failed: {0}
+    #[error("building the boot page tables failed: {0}")]
+    PageTables(#[source] vmkit_paging::BuildError),
 }

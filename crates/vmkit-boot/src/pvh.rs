@@ -8,6 +8,7 @@
 //! | [`START_INFO_ADDR`] `0x6000` | `hvm_start_info` (version 1) | 56 bytes |
 //! | [`MODLIST_ADDR`] `0x6040` | `hvm_modlist_entry` × modules | ≤ [`MAX_MODULES`] × 32 bytes |
 //! | [`MEMMAP_ADDR`] `0x7000` | `hvm_memmap_table_entry` × map entries | ≤ [`MAX_MEMMAP_ENTRIES`] × 24 bytes |
+//! | [`PAGE_TABLES_START`] `0x9000` | nothing: kept free for the [boot page tables](crate::page_tables) | up to [`PAGE_TABLES_END`] `0xf000` |
 //! | [`CMDLINE_ADDR`] `0x20000` | command line, NUL-terminated | ≤ [`CMDLINE_CAPACITY`] bytes |
 //! | top of RAM below 4 GiB | modules, 4 KiB-aligned, first module highest | as given |
 //!
@@ -17,7 +18,10 @@
 //! and owns its RAM from then on (Linux copies what it needs and never allocates below 1 MiB; a
 //! firmware reads them before it allocates). The loader checks that they really lie in usable RAM
 //! backed by guest memory, and that no segment or module overlaps them. Modules lie in usable
-//! RAM too, as an initrd does; the guest finds them through the module list.
+//! RAM too, as an initrd does; the guest finds them through the module list. Modules also skip
+//! the boot page-table window, so that nothing vmkit-boot places ever lands on the tables of a
+//! 64-bit entry (a PVH guest starts with paging off and needs no tables; its segments may use
+//! the window).
 //!
 //! # Entry state
 //!
@@ -40,6 +44,7 @@ use vmkit_memory::{MemoryKind, MemoryMapEntry};
 
 use crate::elf::{ElfImage, LoadSegment};
 use crate::error::BootError;
+use crate::page_tables::{PAGE_TABLES_END, PAGE_TABLES_START};
 
 /// Guest physical address of `hvm_start_info`.
 pub const START_INFO_ADDR: GuestAddress = GuestAddress(0x6000);
@@ -77,6 +82,13 @@ const _: () = {
         MEMMAP_ADDR.0 + MAX_MEMMAP_ENTRIES as u64 * MEMMAP_ENTRY_SIZE
             <= BOOT_DATA_AREAS[0].0 + BOOT_DATA_AREAS[0].1
     );
+    // No boot structure overlaps the boot page-table window.
+    let mut i = 0;
+    while i < BOOT_DATA_AREAS.len() {
+        let (addr, size) = BOOT_DATA_AREAS[i];
+        assert!(addr + size <= PAGE_TABLES_START || PAGE_TABLES_END <= addr);
+        i += 1;
+    }
 };
 
 /// What to pass to a PVH guest besides its image.
@@ -195,6 +207,7 @@ fn load<M: GuestMemoryBackend>(
     let mut taken: Vec<(u64, u64)> = BOOT_DATA_AREAS
         .iter()
         .map(|&(addr, size)| (addr, addr + size))
+        .chain([(PAGE_TABLES_START, PAGE_TABLES_END)])
         .chain(elf.segments().iter().map(|s| (s.addr.0, s.end())))
         .collect();
     let modules = place_modules(&ram, &mut taken, config.modules)?;
@@ -304,7 +317,7 @@ impl<'m, M: GuestMemoryBackend> UsableRam<'m, M> {
 
 /// Places each module, in order, at the highest [`MODULE_ALIGN`]-aligned address below
 /// [`MODULE_LIMIT`] where it lies in usable RAM without overlapping `taken` (the boot structures,
-/// the segments and the modules placed before it).
+/// the boot page-table window, the segments and the modules placed before it).
 fn place_modules<M: GuestMemoryBackend>(
     ram: &UsableRam<'_, M>,
     taken: &mut Vec<(u64, u64)>,
