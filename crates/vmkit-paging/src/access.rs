@@ -36,36 +36,43 @@ pub struct Access {
 
 impl Access {
     /// An access of `kind` made with `privilege`.
+    #[inline]
     pub const fn new(kind: AccessKind, privilege: Privilege) -> Access {
         Access { kind, privilege }
     }
 
     /// A data read with `privilege`.
+    #[inline]
     pub const fn read(privilege: Privilege) -> Access {
         Access::new(AccessKind::Read, privilege)
     }
 
     /// A data write with `privilege`.
+    #[inline]
     pub const fn write(privilege: Privilege) -> Access {
         Access::new(AccessKind::Write, privilege)
     }
 
     /// An instruction fetch with `privilege`.
+    #[inline]
     pub const fn fetch(privilege: Privilege) -> Access {
         Access::new(AccessKind::Fetch, privilege)
     }
 
     /// Whether the access writes.
+    #[inline]
     pub const fn is_write(self) -> bool {
         matches!(self.kind, AccessKind::Write)
     }
 
     /// Whether the access is an instruction fetch.
+    #[inline]
     pub const fn is_fetch(self) -> bool {
         matches!(self.kind, AccessKind::Fetch)
     }
 
     /// Whether the access is a user-mode access (CPL = 3).
+    #[inline]
     pub const fn is_user(self) -> bool {
         matches!(self.privilege, Privilege::User)
     }

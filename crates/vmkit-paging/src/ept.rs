@@ -50,6 +50,7 @@ pub enum MemoryType {
 
 impl MemoryType {
     /// The memory type encoded as `bits`, if it is one (2, 3 and 7 are not).
+    #[inline]
     pub const fn from_bits(bits: u8) -> Option<MemoryType> {
         match bits {
             0 => Some(MemoryType::Uncacheable),
@@ -63,11 +64,13 @@ impl MemoryType {
 }
 
 /// The memory type of an EPT page entry (bits 5:3).
+#[inline]
 pub const fn memory_type(leaf: u64) -> u8 {
     ((leaf >> 3) & 0b111) as u8
 }
 
 /// Whether an EPT page entry ignores the guest PAT (bit 6).
+#[inline]
 pub const fn ignores_pat(leaf: u64) -> bool {
     leaf & IGNORE_PAT != 0
 }
@@ -94,11 +97,13 @@ impl EptFlags {
         EptFlags(READ | WRITE | EXECUTE | (MemoryType::WriteBack as u64) << 3);
 
     /// These flags with memory type `memory_type` (the default is uncacheable).
+    #[inline]
     pub const fn with_memory_type(self, memory_type: MemoryType) -> EptFlags {
         EptFlags((self.0 & !MEMORY_TYPE) | (memory_type as u64) << 3)
     }
 
     /// The flags as entry bits.
+    #[inline]
     pub const fn bits(self) -> u64 {
         self.0
     }
@@ -136,6 +141,7 @@ pub struct EptCaps {
 impl EptCaps {
     /// The capabilities an IA32_VMX_EPT_VPID_CAP value reports, with host MAXPHYADDR
     /// `max_phys_bits`.
+    #[inline]
     pub const fn from_msr(ept_vpid_cap: u64, max_phys_bits: u8) -> EptCaps {
         EptCaps {
             execute_only: ept_vpid_cap & 1 != 0,
@@ -147,6 +153,7 @@ impl EptCaps {
     }
 
     /// Every feature, with host MAXPHYADDR `max_phys_bits`.
+    #[inline]
     pub const fn all(max_phys_bits: u8) -> EptCaps {
         EptCaps {
             execute_only: true,
@@ -193,6 +200,7 @@ pub struct Ept {
 
 impl Ept {
     /// 4-level EPT rooted at `root`, accessed/dirty flags disabled.
+    #[inline]
     pub const fn new(root: u64, caps: EptCaps) -> Ept {
         Ept {
             root,
@@ -233,6 +241,7 @@ impl Ept {
     }
 
     /// The EPTP selecting these tables, write-back.
+    #[inline]
     pub const fn eptp(&self) -> u64 {
         let walk_length = if self.five_level { 4 } else { 3 };
         (self.root & ADDRESS_BITS)
@@ -262,6 +271,7 @@ impl Ept {
     }
 
     /// The entry rules of these tables, with their masks computed: what the walker runs.
+    #[inline]
     pub const fn rules(&self) -> EptRules {
         EptRules {
             reserved: reserved_phys_bits(self.caps.max_phys_bits),
@@ -297,6 +307,7 @@ impl EptRules {
 }
 
 /// Whether a page entry's memory type is 2, 3 or 7: a misconfiguration.
+#[inline]
 const fn bad_memory_type(entry: u64) -> bool {
     MemoryType::from_bits(memory_type(entry)).is_none()
 }
@@ -414,18 +425,22 @@ x86::delegate_format!(Ept, EptRules);
 impl NestedFormat for Ept {
     type Rules = EptRules;
 
+    #[inline]
     fn rules(&self) -> EptRules {
         Ept::rules(self)
     }
 
+    #[inline]
     fn root(&self) -> u64 {
         self.root & ADDRESS_BITS
     }
 
+    #[inline]
     fn kind(&self) -> NestedKind {
         NestedKind::Ept
     }
 
+    #[inline]
     fn guest_table_access(&self) -> AccessKind {
         if self.accessed_dirty {
             AccessKind::Write
@@ -438,6 +453,7 @@ impl NestedFormat for Ept {
     /// access, bits 5:3 the R/W/X rights combined over the entries used, bit 7 set when a
     /// linear address is behind the access, bit 8 set when it is the final access rather than
     /// a guest paging-structure access. A misconfiguration has no qualification: 0.
+    #[inline]
     fn exit_info(&self, cause: NestedCause, access: AccessKind, rights: u64, stage: Stage) -> u64 {
         if cause == NestedCause::Reserved {
             return 0;

@@ -89,12 +89,14 @@ pub trait PagingFormat {
 pub(crate) const ADDRESS_BITS: u64 = 0x000f_ffff_ffff_f000;
 
 /// The MAXPHYADDR-dependent reserved bits 51:`max_phys_bits` of an entry (none for 52).
+#[inline]
 pub(crate) const fn reserved_phys_bits(max_phys_bits: u8) -> u64 {
     let bits = clamp_phys_bits(max_phys_bits);
     ADDRESS_BITS & !((1u64 << bits) - 1)
 }
 
 /// MAXPHYADDR limited to what x86-64 allows: 32 to 52 bits.
+#[inline]
 pub(crate) const fn clamp_phys_bits(max_phys_bits: u8) -> u8 {
     if max_phys_bits < 32 {
         32
@@ -106,12 +108,14 @@ pub(crate) const fn clamp_phys_bits(max_phys_bits: u8) -> u8 {
 }
 
 /// Whether `addr` fits in the input width of a `levels`-level walk (48 or 57 bits).
+#[inline]
 pub(crate) const fn fits_width(addr: u64, levels: u8) -> bool {
     let bits = 12 + 9 * levels as u32;
     bits >= 64 || addr >> bits == 0
 }
 
 /// Bits `hi..=lo` set.
+#[inline]
 pub(crate) const fn bits(hi: u32, lo: u32) -> u64 {
     (u64::MAX >> (63 - hi)) & !((1u64 << lo) - 1)
 }

@@ -31,6 +31,7 @@ pub struct Npt {
 
 impl Npt {
     /// 4-level nested tables rooted at `ncr3`, NXE set, MAXPHYADDR 52, 1 GiB pages supported.
+    #[inline]
     pub const fn new(ncr3: u64) -> Npt {
         Npt {
             ncr3,
@@ -67,6 +68,7 @@ x86::delegate_format!(Npt, X86Rules);
 impl NestedFormat for Npt {
     type Rules = X86Rules;
 
+    #[inline]
     fn rules(&self) -> X86Rules {
         X86Rules::new(
             self.five_level,
@@ -77,16 +79,19 @@ impl NestedFormat for Npt {
         )
     }
 
+    #[inline]
     fn root(&self) -> u64 {
         self.ncr3 & ADDRESS_BITS & !reserved_phys_bits(self.max_phys_bits)
     }
 
+    #[inline]
     fn kind(&self) -> NestedKind {
         NestedKind::Npt
     }
 
     /// The processor may set accessed/dirty flags in any guest table it reads, so guest
     /// page-table accesses are user writes for the nested walk.
+    #[inline]
     fn guest_table_access(&self) -> AccessKind {
         AccessKind::Write
     }
@@ -94,6 +99,7 @@ impl NestedFormat for Npt {
     /// EXITINFO1 of a #VMEXIT(NPF) (APM Vol. 2, 15.25.6): the page-fault error code of the nested
     /// walk (P, RW, US always set, RSVD, ID when NXE is on) with bit 32 set for the final
     /// access and bit 33 for a guest page-table access.
+    #[inline]
     fn exit_info(&self, cause: NestedCause, access: AccessKind, _rights: u64, stage: Stage) -> u64 {
         let mut info = u64::from(x86::PageFault::USER);
         match cause {

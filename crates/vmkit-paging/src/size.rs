@@ -18,6 +18,7 @@ impl PageSize {
     pub const LARGEST_FIRST: [PageSize; 3] = [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K];
 
     /// log2 of the size in bytes.
+    #[inline]
     pub const fn shift(self) -> u32 {
         match self {
             PageSize::Size4K => 12,
@@ -27,16 +28,19 @@ impl PageSize {
     }
 
     /// The size in bytes.
+    #[inline]
     pub const fn bytes(self) -> u64 {
         1 << self.shift()
     }
 
     /// The mask of the offset bits inside a page of this size.
+    #[inline]
     pub const fn offset_mask(self) -> u64 {
         self.bytes() - 1
     }
 
     /// The paging level (1 = PTE, 2 = PDE, 3 = PDPTE) whose entries map pages of this size.
+    #[inline]
     pub const fn level(self) -> u8 {
         match self {
             PageSize::Size4K => 1,

@@ -180,6 +180,7 @@ impl Default for X86Paging {
 impl X86Paging {
     /// 4-level paging rooted at `cr3`, as a usual 64-bit kernel runs: NXE and WP set, SMEP,
     /// SMAP and AC clear, MAXPHYADDR 52, 1 GiB pages supported.
+    #[inline]
     pub const fn new(cr3: u64) -> X86Paging {
         X86Paging {
             cr3,
@@ -195,6 +196,7 @@ impl X86Paging {
     }
 
     /// The state the registers describe; MAXPHYADDR 52 and 1 GiB pages until set otherwise.
+    #[inline]
     pub const fn from_registers(cr0: u64, cr3: u64, cr4: u64, efer: u64, rflags: u64) -> Self {
         X86Paging {
             cr3,
@@ -210,30 +212,35 @@ impl X86Paging {
     }
 
     /// This state with MAXPHYADDR `bits` (clamped to 32..=52).
+    #[inline]
     pub const fn with_max_phys_bits(mut self, bits: u8) -> Self {
         self.max_phys_bits = clamp_phys_bits(bits);
         self
     }
 
     /// This state with or without 1 GiB page support.
+    #[inline]
     pub const fn with_gbpages(mut self, gbpages: bool) -> Self {
         self.gbpages = gbpages;
         self
     }
 
     /// This state with 5-level paging on or off.
+    #[inline]
     pub const fn with_five_level(mut self, five_level: bool) -> Self {
         self.five_level = five_level;
         self
     }
 
     /// The physical address of the root table (PML4 or PML5).
+    #[inline]
     pub const fn root(&self) -> u64 {
         self.cr3 & ADDRESS_BITS & !reserved_phys_bits(self.max_phys_bits)
     }
 
     /// The entry and access rules of this state, with their masks computed: what the walker
     /// runs.
+    #[inline]
     pub const fn rules(&self) -> X86Rules {
         X86Rules::new(
             self.five_level,
@@ -250,6 +257,7 @@ impl X86Paging {
     }
 
     /// Whether `addr` is canonical: bits 63:47 (63:56 with 5-level paging) all equal.
+    #[inline]
     pub const fn is_canonical(&self, addr: u64) -> bool {
         let unused = if self.five_level { 7 } else { 16 };
         (((addr << unused) as i64) >> unused) as u64 == addr
@@ -465,6 +473,7 @@ pub struct X86Rules {
 }
 
 impl X86Rules {
+    #[inline]
     pub(crate) const fn new(
         five_level: bool,
         nxe: bool,
