@@ -129,11 +129,11 @@ impl LikeForLike {
             "frames are page-aligned"
         );
         let offset = VirtAddr::from_ptr(self.mem.as_ptr()) - self.mem.base();
-        // SAFETY: the tables below the root reference only frames inside `mem` (the builder
-        // allocated them there), each at `offset + address`, 4 KiB-aligned as `PageTable`
-        // requires; `x86_64` only reads them; and nothing writes them while the walker lives:
-        // every accessed flag the walks could set is set already, and vmkit's walker (the only
-        // other user, through `&BufferMemory`) reads. Leaf addresses are computed, never read.
+        // The tables below the root reference only frames the builder allocated inside `mem`,
+        // each at `offset + address` and 4 KiB-aligned as `PageTable` requires; leaf addresses
+        // are computed, never read. Every accessed flag is set already, so no walk writes.
+        // SAFETY: every table `x86_64` reaches is valid, aligned memory that nothing writes
+        // while the returned walker lives (vmkit's walker, the only other user, only reads).
         let x86 = unsafe { OffsetPageTable::new(&mut self.root, offset) };
         (x86, &self.mem)
     }

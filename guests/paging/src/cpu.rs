@@ -91,8 +91,8 @@ pub fn cr3() -> u64 {
 /// now on (its code, stack, statics and boot data) to the physical address it has now, with
 /// the rights the program needs.
 pub unsafe fn load_cr3(root: u64) {
-    // SAFETY: the caller guarantees that the tables keep the program's own mappings. No
-    // `nomem`: the table writes must be complete before the switch, and the compiler must not
-    // move memory accesses across it.
+    // No `nomem`: the table writes must be complete before the switch, and the compiler must
+    // not move memory accesses across it.
+    // SAFETY: the caller guarantees that the tables keep the program's own mappings.
     unsafe { asm!("mov cr3, {}", in(reg) root, options(nostack, preserves_flags)) };
 }

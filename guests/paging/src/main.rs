@@ -275,11 +275,11 @@ fn main(console: &mut Console, info: &StartInfo) -> u32 {
         .hex(work)
         .str("\n");
 
-    // SAFETY: `[work, work + TABLES_LEN)` lies in usable RAM (the memory map says so, and
-    // the VMM placed no module), above the image (code, statics, stack) and the boot
-    // structures, and below 1 GiB, so guest-rt's tables identity-map it writable and the tables
-    // built here map it the same way (the "work" mapping). Nothing else in the program touches
-    // it: the alias checks use the data pages after it.
+    // `[work, work + TABLES_LEN)` lies in usable RAM (the memory map says so, and the VMM
+    // placed no module), above the image and the boot structures and below 1 GiB, so guest-rt's
+    // tables identity-map it writable and the tables built here map it the same way. The alias
+    // checks use the data pages after it.
+    // SAFETY: the range is identity-mapped RAM that nothing else in the program touches.
     let ram = unsafe { GuestRam::new(work, work + TABLES_LEN) };
     let root = match build_tables(&ram, work, image_end, sizes, &features) {
         Ok((root, tables)) => {
@@ -299,10 +299,10 @@ fn main(console: &mut Console, info: &StartInfo) -> u32 {
     };
 
     cpu::enable_nx_and_write_protect();
-    // SAFETY: the tables map the image (code, statics, the stack) and the boot structures below
-    // it to themselves, so every address the program uses from now on keeps its physical
-    // address; the console is port I/O. NXE is set (the tables use execute-disable), and the
+    // The tables map the image (code, statics, the stack) and the boot structures below it to
+    // themselves; the console is port I/O. NXE is set (the tables use execute-disable), and the
     // image is writable and executable as under guest-rt's tables.
+    // SAFETY: so every address the program uses from now on keeps its physical address.
     unsafe { cpu::load_cr3(root) };
     if cpu::cr3() != root {
         console.line().str("CR3 did not take the new root\n");
@@ -312,9 +312,9 @@ fn main(console: &mut Console, info: &StartInfo) -> u32 {
     let checks = alias_checks(work);
     for (index, &(write, read)) in (0u64..).zip(checks.iter()) {
         let value = ALIAS_PATTERN + index;
-        // SAFETY: the live tables map `write` and `read` (8-byte aligned) to the same word of
-        // the work area's data pages, which this guest owns and nothing else in the program
-        // references; `write` is writable to the supervisor (CR0.WP honoured).
+        // The live tables map `write` (writable to the supervisor, CR0.WP honoured) and `read`,
+        // both 8-byte aligned, to the same word of the work area's data pages.
+        // SAFETY: that word is guest-owned RAM that nothing else in the program references.
         let got = unsafe {
             write_volatile(write as usize as *mut u64, value);
             read_volatile(read as usize as *const u64)

@@ -39,9 +39,9 @@ pub enum NoWorkArea {
 /// `offset..offset + size_of::<T>()` must lie inside the structure, aligned for `T` (the
 /// structure itself is 8-byte aligned), and `T` must be valid for any bit pattern.
 unsafe fn start_info_field<T: Copy>(info: &StartInfo, offset: u64) -> T {
-    // SAFETY: `StartInfo::read` checked that the whole structure lies in the identity-mapped
-    // range and is 8-byte aligned; the caller keeps the read inside it and aligned. Volatile:
-    // the VMM wrote it, outside the program's knowledge.
+    // Volatile: the VMM wrote the structure, outside the program's knowledge.
+    // SAFETY: `StartInfo::read` checked that the structure lies in the identity-mapped range,
+    // 8-byte aligned; the caller keeps the read inside it and aligned.
     unsafe { core::ptr::read_volatile((info.address() + offset) as usize as *const T) }
 }
 
@@ -130,10 +130,10 @@ impl GuestRam {
         if addr < self.start || addr.checked_add(8).is_none_or(|after| after > self.end) {
             return Err(MemoryError::OutOfRange(addr));
         }
-        // SAFETY: `addr` is 8-byte aligned (the alignment of `AtomicU64`) and the 8 bytes at it
-        // lie in `[start, end)` (both checked above), which `new`'s contract makes RAM that is
-        // identity-mapped writable and that only this value accesses: no other reference
-        // aliases the word, and the RAM stays for the guest's life.
+        // `addr` is 8-byte aligned (the alignment of `AtomicU64`) and its 8 bytes lie in
+        // `[start, end)` (both checked above), which `new`'s contract makes identity-mapped,
+        // writable RAM that only this value accesses and that stays for the guest's life.
+        // SAFETY: so the reference points at valid memory no other reference aliases.
         Ok(unsafe { &*(addr as usize as *const AtomicU64) })
     }
 }
