@@ -21,14 +21,14 @@ mod common;
 use std::cell::RefCell;
 use std::sync::atomic::AtomicBool;
 
-use common::kvm_available;
+use common::{Agreed, Random, agree_with_kvm, kvm_available, max_phys_bits};
 use vmkit_boot::build_boot_page_tables;
 use vmkit_boot::page_tables::{IDENTITY_MAP_END, PAGE_TABLES_END, PAGE_TABLES_START};
 use vmkit_exits::{ExitAction, StopReason, VcpuState, VmExit};
 use vmkit_memory::GuestLayout;
 use vmkit_memory::layout::LAPIC_START;
 use vmkit_memory::vm_memory::{Bytes, GuestAddress};
-use vmkit_paging::{Access, PageSize, Privilege, WalkError, X86Paging};
+use vmkit_paging::{PageSize, X86Paging};
 use vmkit_vcpu::{Hypervisor, KvmHypervisor, LongModeEntry, LoopExit, Vcpu, Vm};
 
 /// Guest RAM: all of low RAM, up to the 32-bit MMIO hole at 3 GiB (lazily populated).
@@ -71,23 +71,6 @@ fn guest_code() -> Vec<u8> {
     code
 }
 
-/// xorshift64: a fixed, reproducible sequence.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// Sign-extends bit 47, as a canonical 4-level address has it.
-fn canonical(gva: u64) -> u64 {
-    ((gva << 16) as i64 >> 16) as u64
-}
-
 /// The addresses compared, each once.
 fn addresses() -> Vec<u64> {
     let mut out = Vec::new();
@@ -128,14 +111,6 @@ fn addresses() -> Vec<u64> {
     out.sort_unstable();
     out.dedup();
     out
-}
-
-/// MAXPHYADDR as the vCPUs see it (KVM passes leaf 0x8000_0008 through).
-fn max_phys_bits(kvm: &KvmHypervisor) -> u8 {
-    kvm.supported_cpuid()
-        .iter()
-        .find(|e| e.function == 0x8000_0008)
-        .map_or(36, |e| (e.eax & 0xff) as u8)
 }
 
 #[derive(Debug, Default)]
@@ -238,37 +213,22 @@ fn guest_runs_on_boot_page_tables_and_the_walker_agrees_with_kvm() {
         .with_max_phys_bits(max_phys_bits(&kvm))
         .with_gbpages(gbpages);
 
-    let access = Access::read(Privilege::Supervisor);
     let mut tally = Tally::default();
     for gva in addresses() {
-        let kvm = vcpu.translate(gva).unwrap();
         tally.compared += 1;
-        match paging.probe(&memory, gva, access) {
-            Ok(t) => {
-                assert_eq!(
-                    kvm,
-                    Some(t.address),
-                    "{gva:#x}: KVM {kvm:x?}, walker {t:x?}"
-                );
+        match agree_with_kvm(&vcpu, &memory, &paging, gva) {
+            Agreed::Valid(t) => {
                 assert!(gva < IDENTITY_MAP_END, "{gva:#x} translates: {t:x?}");
                 assert_eq!((t.address, t.page_size), (gva, page_size), "{gva:#x}");
                 assert!(t.rights.write && t.rights.execute && !t.rights.user);
                 tally.valid += 1;
             }
-            Err(WalkError::PageFault(fault)) => {
-                assert_eq!(kvm, None, "{gva:#x}: KVM {kvm:x?}, walker {fault}");
+            Agreed::Invalid(fault) => {
                 assert!(gva >= IDENTITY_MAP_END, "{gva:#x} faults: {fault}");
                 assert_eq!((fault.address, fault.error_code), (gva, 0));
                 tally.invalid += 1;
             }
-            Err(WalkError::NonCanonical(_)) => {
-                // The processor raises #GP before any walk. KVM_TRANSLATE does not check
-                // canonicality: it indexes the tables with bits 47:12 alone.
-                let walked = paging.probe(&memory, canonical(gva), access);
-                assert_eq!(kvm, walked.ok().map(|t| t.address), "{gva:#x}");
-                tally.non_canonical += 1;
-            }
-            Err(other) => panic!("{gva:#x}: {other}"),
+            Agreed::NonCanonical { .. } => tally.non_canonical += 1,
         }
     }
     eprintln!(

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::kvm_available;
+use common::{Agreed, Random, agree_with_kvm, canonical, kvm_available, max_phys_bits};
 use vmkit_boot::{PvhConfig, load_pvh};
 use vmkit_devices::CountingTrigger;
 use vmkit_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
@@ -184,23 +184,6 @@ fn pages(start: u64, end: u64, out: &mut Vec<u64>) {
     }
 }
 
-/// xorshift64: a fixed, reproducible sequence.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// Sign-extends bit 47, as a canonical 4-level address has it.
-fn canonical(gva: u64) -> u64 {
-    ((gva << 16) as i64 >> 16) as u64
-}
-
 /// The addresses compared, each once: around every mapping and hole, just past each one,
 /// pseudo-random ones (canonical in both halves, inside each mapping, non-canonical), and
 /// listed non-canonical ones.
@@ -349,14 +332,6 @@ impl Drop for Watchdog {
     }
 }
 
-/// MAXPHYADDR as the vCPUs see it (KVM passes leaf 0x8000_0008 through).
-fn max_phys_bits(kvm: &KvmHypervisor) -> u8 {
-    kvm.supported_cpuid()
-        .iter()
-        .find(|e| e.function == 0x8000_0008)
-        .map_or(36, |e| (e.eax & 0xff) as u8)
-}
-
 #[derive(Debug, Default)]
 struct Tally {
     compared: usize,
@@ -375,18 +350,11 @@ fn compare(
     paging: &X86Paging,
     maps: &[Mapping],
 ) -> Tally {
-    let access = Access::read(Privilege::Supervisor);
     let mut tally = Tally::default();
     for gva in addresses(maps) {
-        let kvm = vcpu.translate(gva).unwrap();
         tally.compared += 1;
-        match paging.probe(memory, gva, access) {
-            Ok(t) => {
-                assert_eq!(
-                    kvm,
-                    Some(t.address),
-                    "{gva:#x}: KVM {kvm:x?}, walker {t:x?}"
-                );
+        match agree_with_kvm(vcpu, memory, paging, gva) {
+            Agreed::Valid(t) => {
                 let m = maps
                     .iter()
                     .find(|m| m.contains(gva))
@@ -400,8 +368,7 @@ fn compare(
                 tally.valid += 1;
                 tally.sizes[usize::from(t.page_size.level()) - 1] += 1;
             }
-            Err(WalkError::PageFault(fault)) => {
-                assert_eq!(kvm, None, "{gva:#x}: KVM {kvm:x?}, walker {fault}");
+            Agreed::Invalid(fault) => {
                 assert_eq!(fault.address, gva);
                 assert_eq!(
                     fault.error_code, 0,
@@ -411,16 +378,10 @@ fn compare(
                 assert!(m.is_none(), "{gva:#x} in {m:?} does not translate");
                 tally.invalid += 1;
             }
-            Err(WalkError::NonCanonical(_)) => {
-                // The processor raises #GP before any walk. KVM_TRANSLATE does not check
-                // canonicality: it indexes the tables with bits 47:12 alone, as if bit 47 were
-                // sign-extended.
-                let walked = paging.probe(memory, canonical(gva), access);
-                assert_eq!(kvm, walked.ok().map(|t| t.address), "{gva:#x}");
+            Agreed::NonCanonical { valid } => {
                 tally.non_canonical += 1;
-                tally.non_canonical_valid += usize::from(kvm.is_some());
+                tally.non_canonical_valid += usize::from(valid);
             }
-            Err(other) => panic!("{gva:#x}: {other}"),
         }
     }
     tally

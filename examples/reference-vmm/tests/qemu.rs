@@ -5,6 +5,7 @@
 //! and `qemu-system-x86_64` (Debian's `qemu-system-x86`, which `scripts/setup.sh` installs); a
 //! missing QEMU fails the test, naming it. Every child process is killed after [`LIMIT`].
 
+#[allow(dead_code)] // each test binary uses part of the shared helpers
 mod common;
 
 use std::process::Command;

@@ -124,3 +124,83 @@ pub fn run_qemu(command: &mut Command) -> Finished {
     }
     finished
 }
+
+/// xorshift64: a fixed, reproducible sequence.
+pub struct Random(pub u64);
+
+impl Random {
+    /// The next number of the sequence.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Sign-extends bit 47, as a canonical 4-level address has it.
+pub fn canonical(gva: u64) -> u64 {
+    ((gva << 16) as i64 >> 16) as u64
+}
+
+/// MAXPHYADDR as the vCPUs see it (KVM passes leaf 0x8000_0008 through).
+pub fn max_phys_bits(kvm: &vmkit_vcpu::KvmHypervisor) -> u8 {
+    kvm.supported_cpuid()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map_or(36, |e| (e.eax & 0xff) as u8)
+}
+
+/// What the walker and `KVM_TRANSLATE` agreed on for one address.
+#[derive(Debug)]
+pub enum Agreed {
+    /// Both translate it, to the same guest-physical address.
+    Valid(vmkit_paging::Translation),
+    /// Neither translates it; the walker's page fault.
+    Invalid(vmkit_paging::PageFault),
+    /// Not canonical: the processor raises #GP before any walk. `KVM_TRANSLATE` does not check
+    /// canonicality (it indexes the tables with bits 47:12 alone), so its answer must be the
+    /// walk of the sign-extended address; `valid` says whether there is one.
+    NonCanonical {
+        /// Whether KVM (and the walk of the sign-extended address) translates it.
+        valid: bool,
+    },
+}
+
+/// Translates `gva` as a supervisor read with `paging`'s walker and with `KVM_TRANSLATE` on
+/// `vcpu`, asserts that the guest-physical address and the validity agree (KVM reports nothing
+/// else faithfully), and says what they agreed on.
+pub fn agree_with_kvm(
+    vcpu: &vmkit_vcpu::KvmVcpu,
+    memory: &vmkit_memory::vm_memory::GuestMemoryMmap,
+    paging: &vmkit_paging::X86Paging,
+    gva: u64,
+) -> Agreed {
+    use vmkit_paging::{Access, Privilege, WalkError};
+    let access = Access::read(Privilege::Supervisor);
+    let kvm = vcpu
+        .translate(gva)
+        .unwrap_or_else(|e| panic!("KVM_TRANSLATE of {gva:#x}: {e}"));
+    match paging.probe(memory, gva, access) {
+        Ok(t) => {
+            assert_eq!(
+                kvm,
+                Some(t.address),
+                "{gva:#x}: KVM {kvm:x?}, walker {t:x?}"
+            );
+            Agreed::Valid(t)
+        }
+        Err(WalkError::PageFault(fault)) => {
+            assert_eq!(kvm, None, "{gva:#x}: KVM {kvm:x?}, walker {fault}");
+            Agreed::Invalid(fault)
+        }
+        Err(WalkError::NonCanonical(_)) => {
+            let walked = paging.probe(memory, canonical(gva), access);
+            assert_eq!(kvm, walked.ok().map(|t| t.address), "{gva:#x}");
+            Agreed::NonCanonical {
+                valid: kvm.is_some(),
+            }
+        }
+        Err(other) => panic!("{gva:#x}: {other}"),
+    }
+}
