@@ -43,6 +43,10 @@ const NOTE_HEADER_SIZE: usize = 12;
 const NOTE_ALIGN: usize = 4;
 /// Owner of the PVH note, with its terminating NUL.
 const XEN_NOTE_NAME: &[u8; 4] = b"Xen\0";
+/// Xen's `XEN_ELFNOTE_GUEST_OS` note type: the guest's operating system, as a string.
+const XEN_ELFNOTE_GUEST_OS: u32 = 6;
+/// Owner of Linux's own notes (build salt, version), with its terminating NUL.
+const LINUX_NOTE_NAME: &[u8; 6] = b"Linux\0";
 
 /// A loadable (`PT_LOAD`) segment of a validated image. Its file range lies in the image, its
 /// file size does not exceed its memory size, and its memory range does not wrap around.
@@ -79,6 +83,7 @@ pub struct ElfImage {
     segments: Vec<LoadSegment>,
     pvh_entry: Option<GuestAddress>,
     elf_entry: u64,
+    linux: bool,
 }
 
 /// Little-endian field reads from a byte slice whose length the caller has checked.
@@ -196,6 +201,7 @@ impl ElfImage {
 
         let mut segments = Vec::new();
         let mut pvh_entry = None;
+        let mut linux = false;
         for (index, raw) in table.chunks_exact(PROGRAM_HEADER_SIZE).enumerate() {
             let header = ProgramHeader::read(raw);
             match header.kind {
@@ -213,7 +219,9 @@ impl ElfImage {
                             size: header.file_size,
                         },
                     )?;
-                    if let Some(entry) = parse_notes(notes, index)?
+                    let found = parse_notes(notes, index)?;
+                    linux |= found.linux;
+                    if let Some(entry) = found.pvh_entry
                         && pvh_entry.replace(entry).is_some()
                     {
                         return Err(BootError::DuplicatePvhNote);
@@ -230,6 +238,7 @@ impl ElfImage {
             segments,
             pvh_entry,
             elf_entry: u64_at(header, 24),
+            linux,
         })
     }
 
@@ -283,6 +292,13 @@ impl ElfImage {
         self.pvh_entry
     }
 
+    /// Whether the image is a Linux kernel: it carries a note owned by `"Linux"` (every
+    /// `vmlinux` has them: the build salt, the version) or a Xen `GUEST_OS` note saying
+    /// `linux`. A VMM adds Linux command-line options only to such an image.
+    pub fn is_linux(&self) -> bool {
+        self.linux
+    }
+
     /// The ELF header's entry point (`e_entry`), often a virtual address.
     pub fn elf_entry(&self) -> u64 {
         self.elf_entry
@@ -317,10 +333,19 @@ fn note_align(value: usize) -> Option<usize> {
     value.checked_next_multiple_of(NOTE_ALIGN)
 }
 
-/// Walks the notes of a `PT_NOTE` segment and returns the PVH entry note's address, if any.
-fn parse_notes(notes: &[u8], index: usize) -> Result<Option<GuestAddress>, BootError> {
+/// What the notes of one `PT_NOTE` segment say.
+struct Notes {
+    /// The PVH entry note's address, if any.
+    pvh_entry: Option<GuestAddress>,
+    /// Whether a note names the image a Linux kernel.
+    linux: bool,
+}
+
+/// Walks the notes of a `PT_NOTE` segment.
+fn parse_notes(notes: &[u8], index: usize) -> Result<Notes, BootError> {
     let bad = || BootError::BadNote { index };
     let mut entry = None;
+    let mut linux = false;
     let mut pos = 0;
     while pos < notes.len() {
         let header = notes.get(pos..pos + NOTE_HEADER_SIZE).ok_or_else(bad)?;
@@ -339,6 +364,9 @@ fn parse_notes(notes: &[u8], index: usize) -> Result<Option<GuestAddress>, BootE
             return Err(bad());
         }
         let name = &notes[name_start..name_end];
+        let desc = &notes[desc_start..desc_end];
+        linux |= name == LINUX_NOTE_NAME
+            || (name == XEN_NOTE_NAME && note_type == XEN_ELFNOTE_GUEST_OS && desc == b"linux\0");
         if note_type == XEN_ELFNOTE_PHYS32_ENTRY && name == XEN_NOTE_NAME {
             let address = pvh_address(&notes[desc_start..desc_end])?;
             if entry.replace(address).is_some() {
@@ -348,7 +376,10 @@ fn parse_notes(notes: &[u8], index: usize) -> Result<Option<GuestAddress>, BootE
         // The padding after the last descriptor may be missing.
         pos = note_align(desc_end).ok_or_else(bad)?;
     }
-    Ok(entry)
+    Ok(Notes {
+        pvh_entry: entry,
+        linux,
+    })
 }
 
 /// Decodes the PVH note descriptor: a 32-bit address in 4 bytes, or in 8 with the upper half 0.
@@ -792,6 +823,26 @@ mod tests {
             with_notes(&notes).unwrap().pvh_entry(),
             Some(GuestAddress(0x10_0004))
         );
+    }
+
+    #[test]
+    fn tells_a_linux_kernel_by_its_notes() {
+        let pvh =
+            ElfBuilder::new().note("Xen", XEN_ELFNOTE_PHYS32_ENTRY, &0x10_0000u32.to_le_bytes());
+        assert!(!with_notes(&pvh).unwrap().is_linux());
+        // Other owners and other Xen strings say nothing.
+        let other = pvh
+            .clone()
+            .note("Linu", 0x100, &[0; 4])
+            .note("Xen", XEN_ELFNOTE_GUEST_OS, b"firmware\0")
+            .note("Xen", 5, b"linux\0");
+        assert!(!with_notes(&other).unwrap().is_linux());
+        // vmlinux carries notes owned by "Linux" and, with Xen support, a GUEST_OS note.
+        let salt = pvh.clone().note("Linux", 0x100, &[0; 4]);
+        assert!(with_notes(&salt).unwrap().is_linux());
+        let guest_os = pvh.note("Xen", XEN_ELFNOTE_GUEST_OS, b"linux\0");
+        assert!(with_notes(&guest_os).unwrap().is_linux());
+        assert!(!ElfImage::parse(&image()).unwrap().is_linux());
     }
 
     #[test]

@@ -277,13 +277,13 @@ fn check_cmdline(cmdline: &str) -> Result<(), BootError> {
 }
 
 /// The usable RAM of a memory map that guest memory backs: sorted, merged `[start, end)` ranges.
-struct UsableRam<'m, M> {
-    ranges: Vec<(u64, u64)>,
+pub(crate) struct UsableRam<'m, M> {
+    pub(crate) ranges: Vec<(u64, u64)>,
     guest_mem: &'m M,
 }
 
 impl<'m, M: GuestMemoryBackend> UsableRam<'m, M> {
-    fn new(map: &[MemoryMapEntry], guest_mem: &'m M) -> Self {
+    pub(crate) fn new(map: &[MemoryMapEntry], guest_mem: &'m M) -> Self {
         let mut entries: Vec<(u64, u64)> = map
             .iter()
             .filter(|e| e.kind == MemoryKind::Ram && e.size > 0)
@@ -301,7 +301,7 @@ impl<'m, M: GuestMemoryBackend> UsableRam<'m, M> {
     }
 
     /// Whether `[addr, addr + size)` is usable RAM backed by guest memory.
-    fn contains(&self, addr: u64, size: u64) -> bool {
+    pub(crate) fn contains(&self, addr: u64, size: u64) -> bool {
         let Some(end) = addr.checked_add(size) else {
             return false;
         };
@@ -346,7 +346,12 @@ fn place_modules<M: GuestMemoryBackend>(
 }
 
 /// The highest aligned start in `[start, end)` of `size` bytes that overlaps none of `taken`.
-fn highest_fit(start: u64, mut end: u64, size: u64, taken: &[(u64, u64)]) -> Option<u64> {
+pub(crate) fn highest_fit(
+    start: u64,
+    mut end: u64,
+    size: u64,
+    taken: &[(u64, u64)],
+) -> Option<u64> {
     loop {
         let candidate = end.checked_sub(size)? & !(MODULE_ALIGN - 1);
         if candidate < start {
@@ -378,7 +383,10 @@ fn zero<M: GuestMemoryBackend>(guest_mem: &M, addr: u64, size: u64) -> Result<()
     Ok(())
 }
 
-fn write_cmdline<M: GuestMemoryBackend>(guest_mem: &M, cmdline: &str) -> Result<(), BootError> {
+pub(crate) fn write_cmdline<M: GuestMemoryBackend>(
+    guest_mem: &M,
+    cmdline: &str,
+) -> Result<(), BootError> {
     guest_mem
         .write_slice(cmdline.as_bytes(), CMDLINE_ADDR)
         .and_then(|()| {

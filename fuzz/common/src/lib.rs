@@ -4,6 +4,8 @@
 //! `fuzz_targets/` only calls it), and the module's tests replay the committed seeds in
 //! `fuzz/seeds/<target>/` on stable Rust in every `cargo test`.
 
+pub mod acpi_pm;
+pub mod bzimage;
 pub mod dispatch;
 pub mod kvm_exit;
 pub mod layout;

@@ -42,6 +42,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub const CMOS_PORT: u16 = 0x70;
 /// Ports of both banks (0x70–0x73).
 pub const CMOS_PORT_LEN: u16 = 4;
+/// The ISA IRQ of a PC's RTC, as firmware tables describe it. This model raises no interrupt
+/// (its periodic, alarm and update flags are polled), so nothing is wired to it.
+pub const RTC_IRQ: u32 = 8;
 
 /// Register index: seconds.
 pub const REG_SECONDS: u8 = 0x00;
