@@ -10,15 +10,21 @@ use clap::Parser;
 #[cfg(test)]
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
 
-/// vmkit's reference VMM: boots a PVH firmware or kernel on KVM.
+/// vmkit's reference VMM: boots a Linux kernel (bzImage or vmlinux), a PVH firmware or any PVH
+/// ELF on KVM.
 ///
 /// With no arguments it boots its built-in `hello` guest.
 #[derive(Debug, Parser)]
 #[command(name = "reference-vmm", version, about, long_about = None)]
 pub struct Cli {
-    /// A PVH ELF kernel to boot (default: the built-in `hello` guest).
+    /// A kernel to boot: a Linux bzImage, a vmlinux or any PVH ELF, told apart by the file's
+    /// contents (default: the built-in `hello` guest).
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
+
+    /// An initramfs (or initrd) for the kernel: the bzImage's ramdisk, or the first PVH module.
+    #[arg(long, value_name = "PATH", conflicts_with = "firmware")]
+    pub initramfs: Option<PathBuf>,
 
     /// A PVH ELF firmware that boots from the disks (such as rust-hypervisor-firmware), instead
     /// of a kernel.
@@ -292,6 +298,17 @@ mod tests {
         assert!(cli.firmware.is_none());
         assert!(cli.disks.is_empty());
         assert!(!cli.testdev);
+        assert!(cli.initramfs.is_none());
+    }
+
+    #[test]
+    fn initramfs_goes_with_a_kernel_not_a_firmware() {
+        let cli =
+            Cli::try_parse_from(["reference-vmm", "--kernel", "k", "--initramfs", "i"]).unwrap();
+        assert_eq!(cli.initramfs, Some(PathBuf::from("i")));
+        assert!(
+            Cli::try_parse_from(["reference-vmm", "--firmware", "f", "--initramfs", "i"]).is_err()
+        );
     }
 
     #[test]

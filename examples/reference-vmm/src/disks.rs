@@ -21,6 +21,7 @@ type BlockDevice = VirtioPciDevice<VirtioBlock<DiskImage>>;
 /// The disks on the PCI bus, kept for their statistics.
 pub struct Disks {
     devices: Vec<(String, Arc<Mutex<BlockDevice>>)>,
+    intx: Vec<(u8, u32)>,
 }
 
 /// Opens and locks every image, before anything boots: a missing, unreadable, locked or
@@ -49,6 +50,7 @@ pub fn attach(
     allocators: &mut Allocators,
 ) -> Result<Disks> {
     let mut devices = Vec::with_capacity(images.len());
+    let mut intx_routes = Vec::new();
     for (index, image) in images.into_iter().enumerate() {
         let name = disk_name(index);
         let gsi = allocators.allocate_gsi().ok();
@@ -72,9 +74,15 @@ pub fn attach(
             .add_device(&name, device.clone(), allocators)
             .with_context(|| format!("--disk {path}: cannot plug it into the PCI bus"))?;
         info!("{name}: {path} at PCI 00:{slot:02x}.0");
+        if let Some(gsi) = gsi {
+            intx_routes.push((slot, gsi));
+        }
         devices.push((name, device));
     }
-    Ok(Disks { devices })
+    Ok(Disks {
+        devices,
+        intx: intx_routes,
+    })
 }
 
 /// `vda`, `vdb`, …, `vdz`, `vdaa`, … as Linux names virtio disks.
@@ -91,6 +99,12 @@ fn disk_name(index: usize) -> String {
 }
 
 impl Disks {
+    /// The INTA# line of each disk that has one: `(PCI device number, GSI)`, for the firmware
+    /// tables' interrupt routing.
+    pub fn intx_routes(&self) -> &[(u8, u32)] {
+        &self.intx
+    }
+
     /// One line per disk with its transport and block counters.
     pub fn print_stats(&self, out: &mut dyn Write) {
         for (name, device) in &self.devices {

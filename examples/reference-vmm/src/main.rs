@@ -4,6 +4,7 @@
 //!
 //! Exit statuses are listed in [`exit_code`].
 
+mod boot;
 mod cli;
 mod disks;
 mod exit_code;

@@ -11,10 +11,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use vmkit_boot::{PvhConfig, load_pvh};
-use vmkit_devices::cmos::CmosRtc;
+use vmkit_boot::mark_acpi_memory;
+use vmkit_devices::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN, AcpiPmDevice};
+use vmkit_devices::cmos::{CMOS_PORT, CMOS_PORT_LEN, CmosRtc};
 use vmkit_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
-use vmkit_devices::i8042::{I8042_COMMAND_PORT, I8042_DATA_PORT, I8042Device};
+use vmkit_devices::i8042::{I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KEYBOARD_IRQ, I8042Device};
 use vmkit_devices::pci::PciRoot;
 use vmkit_devices::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN, SerialDevice};
 use vmkit_devices::testdev::{
@@ -25,18 +26,13 @@ use vmkit_exits::{ExitAction, IoBus, MmioBus, PioDevice, StopReason, VmExit};
 use vmkit_memory::GuestLayout;
 use vmkit_vcpu::{ExitHandler, Hypervisor, Kick, KvmHypervisor, KvmVm, LoopExit, Vcpu, Vm};
 
+use crate::boot;
 use crate::cli::{BuiltinGuest, Cli, SerialConfig};
 use crate::disks::{self, Disks};
 use crate::exit_code;
 use crate::guests::{EXITS_ELF, HELLO_ELF};
 use crate::interrupts::IrqLine;
 use crate::terminal::RawStdin;
-
-/// The CMOS index/data ports (0x70, 0x71) and the extended bank (0x72, 0x73).
-const CMOS_PORT: u16 = 0x70;
-const CMOS_PORT_LEN: u16 = 4;
-/// The i8042's keyboard interrupt.
-const I8042_IRQ: u32 = 1;
 
 type Serial = SerialDevice<IrqLine, Box<dyn Write + Send>>;
 
@@ -90,26 +86,23 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
             BuiltinGuest::Exits => ("built-in exits guest".to_string(), Cow::Borrowed(EXITS_ELF)),
         },
     };
+    let initramfs = match &cli.initramfs {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read initramfs {}", path.display()))?,
+        ),
+        None => None,
+    };
     let disk_images = disks::open_images(&cli.disks)?;
-    let layout = GuestLayout::new(cli.memory.size).context("--memory")?;
+    let mut layout = GuestLayout::new(cli.memory.size).context("--memory")?;
+    // The ACPI tables' window is reported as ACPI data in every memory map a loader writes.
+    mark_acpi_memory(&mut layout).context("cannot reserve the ACPI tables' memory")?;
     let mut allocators = layout
         .allocators()
         .context("cannot set up the address allocators")?;
     let guest_mem = layout
         .create_guest_memory()
         .context("cannot allocate guest memory")?;
-    let boot = load_pvh(
-        &guest_mem,
-        layout.memory_map(),
-        &kernel,
-        &PvhConfig {
-            cmdline: &cli.cmdline,
-            modules: &[],
-            rsdp: None,
-        },
-    )
-    .with_context(|| kernel_name.clone())?;
-    drop(kernel);
 
     let hypervisor = KvmHypervisor::new().context("cannot use KVM")?;
     let vm = Arc::new(
@@ -132,7 +125,10 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
         "debug-exit",
         Arc::new(DebugExit::new()),
     )?;
-    let i8042 = Arc::new(I8042Device::new(IrqLine::new(vm.clone(), I8042_IRQ)));
+    let i8042 = Arc::new(I8042Device::new(IrqLine::new(
+        vm.clone(),
+        I8042_KEYBOARD_IRQ,
+    )));
     register(&io_bus, I8042_DATA_PORT, 1, "i8042-data", i8042.clone())?;
     register(&io_bus, I8042_COMMAND_PORT, 1, "i8042-cmd", i8042)?;
     let (low_ram, high_ram) = ram_split(&layout);
@@ -142,6 +138,13 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
         CMOS_PORT_LEN,
         "cmos",
         Arc::new(CmosRtc::new(low_ram, high_ram)),
+    )?;
+    register(
+        &io_bus,
+        ACPI_PM_PORT,
+        ACPI_PM_PORT_LEN,
+        "acpi-pm",
+        Arc::new(AcpiPmDevice::new()),
     )?;
     if cli.testdev {
         register_testdev(&io_bus, &mmio_bus, &vm)?;
@@ -155,14 +158,41 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
         first_exit: OnceLock::new(),
     });
 
+    // The machine description, then the guest image that reads it.
+    let machine = boot::Machine {
+        layout: &layout,
+        vcpus: usize::from(cli.cpus.boot),
+        com1: serial.is_some(),
+        pci_intx: disks.intx_routes().to_vec(),
+    };
+    let rsdp = boot::write_firmware_tables(&guest_mem, &machine)?;
+    let entry = boot::load(
+        &guest_mem,
+        &layout,
+        &boot::Image {
+            name: &kernel_name,
+            bytes: &kernel,
+            firmware: cli.firmware.is_some(),
+            cmdline: &cli.cmdline,
+            initramfs: initramfs.as_deref(),
+        },
+        rsdp,
+        hypervisor.supported_page_sizes(),
+    )?;
+    drop(kernel);
+    drop(initramfs);
+
     // vCPUs: the BSP enters at the PVH entry point; application processors wait in the
     // in-kernel LAPIC for INIT/SIPI.
     let mut vcpus = vm
         .create_vcpus(u32::from(cli.cpus.boot))
         .context("cannot create the vCPUs")?;
     if let Some(bsp) = vcpus.first_mut() {
-        bsp.setup_pvh(boot.entry.0, boot.start_info.0)
-            .context("cannot set the boot vCPU's entry state")?;
+        match entry {
+            boot::Entry::Pvh { entry, start_info } => bsp.setup_pvh(entry, start_info),
+            boot::Entry::LongMode(entry) => bsp.setup_long_mode(&entry),
+        }
+        .context("cannot set the boot vCPU's entry state")?;
     }
 
     let (tx, rx) = mpsc::channel();

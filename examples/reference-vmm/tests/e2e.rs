@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use vmkit_boot::bzimage::BzImageBuilder;
 use vmkit_boot::elf::ElfBuilder;
 use vmkit_memory::vm_memory::GuestAddress;
 
@@ -305,13 +306,34 @@ fn bad_input_gets_one_line_and_a_nonzero_status() {
             .segment(GuestAddress(LOAD), SPIN_HLT, 0x1000)
             .build(),
     );
+    let old_bzimage = dir.file(
+        "old-bzimage",
+        &BzImageBuilder::new().protocol(0x020b).build(),
+    );
+    // A decompressor needing 1 GiB of room from 16 MiB cannot run in 512 MiB of RAM.
+    let greedy_bzimage = dir.file(
+        "greedy-bzimage",
+        &BzImageBuilder::new().init_size(1 << 30).build(),
+    );
     let missing = dir.0.join("missing.elf");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--kernel", missing.to_str().unwrap()],
             "cannot read kernel",
         ),
-        (vec!["--kernel", not_elf.to_str().unwrap()], "not an ELF"),
+        (
+            vec!["--kernel", not_elf.to_str().unwrap()],
+            "neither an ELF file (vmlinux, PVH) nor a Linux bzImage",
+        ),
+        (vec!["--kernel", old_bzimage.to_str().unwrap()], "2.11"),
+        (
+            vec!["--kernel", greedy_bzimage.to_str().unwrap()],
+            "init_size",
+        ),
+        (
+            vec!["--initramfs", missing.to_str().unwrap()],
+            "cannot read initramfs",
+        ),
         (vec!["--kernel", no_note.to_str().unwrap()], "PVH"),
         (vec!["--memory", "size=1M"], "--memory"),
         (vec!["--memory", "size=lots"], "--memory"),

@@ -115,6 +115,11 @@ impl StartInfo {
         self.addr
     }
 
+    /// The physical address of the ACPI RSDP (`rsdp_paddr`), 0 when the VMM gave none.
+    pub fn rsdp_paddr(&self) -> u64 {
+        self.raw.rsdp_paddr
+    }
+
     /// The number of memory-map entries (0 when the structure predates version 1 or has none).
     pub fn memmap_entries(&self) -> u32 {
         if self.raw.version >= 1 && self.raw.memmap_paddr != 0 {
