@@ -87,10 +87,14 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
         },
     };
     let initramfs = match &cli.initramfs {
-        Some(path) => Some(
-            std::fs::read(path)
-                .with_context(|| format!("cannot read initramfs {}", path.display()))?,
-        ),
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read initramfs {}", path.display()))?;
+            if bytes.is_empty() {
+                anyhow::bail!("initramfs {} is empty", path.display());
+            }
+            Some(bytes)
+        }
         None => None,
     };
     let disk_images = disks::open_images(&cli.disks)?;

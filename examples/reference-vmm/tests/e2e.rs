@@ -315,6 +315,7 @@ fn bad_input_gets_one_line_and_a_nonzero_status() {
         "greedy-bzimage",
         &BzImageBuilder::new().init_size(1 << 30).build(),
     );
+    let empty = dir.file("empty.cpio", b"");
     let missing = dir.0.join("missing.elf");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -334,6 +335,7 @@ fn bad_input_gets_one_line_and_a_nonzero_status() {
             vec!["--initramfs", missing.to_str().unwrap()],
             "cannot read initramfs",
         ),
+        (vec!["--initramfs", empty.to_str().unwrap()], "is empty"),
         (vec!["--kernel", no_note.to_str().unwrap()], "PVH"),
         (vec!["--memory", "size=1M"], "--memory"),
         (vec!["--memory", "size=lots"], "--memory"),
