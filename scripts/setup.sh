@@ -9,6 +9,10 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # mkdisk's tests cross-check its images with independent tools.
 command -v sgdisk >/dev/null 2>&1 || need_apt+=(gdisk)
 command -v mcopy >/dev/null 2>&1 || need_apt+=(mtools)
+# vmkit-boot's ACPI tests disassemble its tables with iasl; the Linux tests unpack the kernel's
+# XZ payload with xz.
+command -v iasl >/dev/null 2>&1 || need_apt+=(acpica-tools)
+command -v xz >/dev/null 2>&1 || need_apt+=(xz-utils)
 if [ "${VMKIT_SETUP_MINIMAL:-0}" = "1" ]; then need_apt=(); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"
@@ -43,4 +47,6 @@ if [ "${VMKIT_SETUP_MINIMAL:-0}" != "1" ]; then
         echo "setup: cargo install cargo-llvm-cov"
         cargo install cargo-llvm-cov --locked --quiet
     fi
+    # The Linux guest of the reference VMM's Linux tests (unpacked under target/debian/).
+    bash "$(dirname "${BASH_SOURCE[0]}")/fetch-linux.sh"
 fi

@@ -1,5 +1,7 @@
 //! Helpers shared by the reference VMM's integration tests.
 
+pub mod linux;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::thread;
