@@ -97,7 +97,7 @@ mod tests {
                     suberror: 1,
                     insn: Some(InsnBytes::new(&[0xf0, 0x48, 0x0f, 0xc7, 0x0e])),
                 },
-                "internal error: emulation failure on lock cmpxchg16b [f0 48 0f c7 0e]",
+                "internal error: emulation failure on lock cmpxchg16b [rsi] [f0 48 0f c7 0e]",
             ),
             (
                 StopReason::InternalError {

@@ -1,24 +1,49 @@
-//! The emulation assist: what to do when the backend could not emulate a guest instruction.
+//! The emulation assist: completes the instructions a backend could not emulate.
 //!
-//! The backend reports an emulation failure as an internal error with the instruction's bytes.
-//! The assist decodes them (see [`decode`](crate::decode)) in the vCPU's current mode and asks
-//! a policy whether to stop the VM — the default: an instruction nobody can emulate is a VMM or
-//! guest bug worth looking at — or to reflect it to the guest as an invalid opcode (`#UD`), as a
-//! CPU without the instruction would. It does not emulate instructions itself.
+//! A backend reports an emulation failure as an internal error with the instruction's bytes.
+//! [`EmulationAssist::handle`] decodes them with iced-x86 in the vCPU's mode, reaches memory
+//! operands through segmentation and the guest's page tables (vmkit-paging's walker) in guest
+//! memory (vm-memory), and then:
+//!
+//! - `int3`: queues `#BP` so that the frame's RIP is the byte after the `int3`
+//!   ([`SoftExceptionRip`] chooses how, per backend);
+//! - `cmpxchg8b` / `cmpxchg16b` (with or without `lock`): a real locked compare-exchange on the
+//!   host mapping of guest memory, with the architecture's ZF and RDX:RAX results, `#GP(0)` for
+//!   a misaligned 16-byte operand, and a write access (`#PF` on a read-only page, dirty bit set)
+//!   in both outcomes;
+//! - `xsave`, `xsaveopt`, `xsavec`, `xsaves`, `xrstor`, `xrstors`: converts between the guest's
+//!   standard or compacted area and the backend's standard area (see [`xsave`](mod@crate::xsave));
+//! - anything else: the policy's verdict — stop with a report (the default) or reflect `#UD`.
+//!
+//! A completed instruction advances RIP and drops the exception some backends queue together
+//! with the failure (only when one is queued); a fault the instruction raises (`#PF` with its
+//! error code and CR2, `#GP(0)`, `#SS(0)`, `#UD`) replaces it. Every outcome is counted (per
+//! mnemonic for completed instructions, see [`AssistCounts`]) and stops are logged with a report
+//! ([`AssistReport`]) at a bounded rate.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use iced_x86::{Code, Mnemonic};
 use log::warn;
+use vm_memory::GuestMemoryBackend;
 
 use crate::action::{ExitAction, StopReason};
-use crate::decode::{CpuMode, DecodedInsn, decode};
+use crate::decode::{CpuMode, DecodeError, DecodedInsn, decode_at};
 use crate::exit::{INTERNAL_ERROR_EMULATION, InsnBytes};
+use crate::guest::{Abort, GuestFault, GuestView, Unsupported};
 use crate::ratelimit::{LogLimit, MonotonicClock, RateLimiter, Suppressed};
-use crate::state::{Exception, VcpuState};
+use crate::state::{Exception, MSR_IA32_XSS, Registers, VcpuState};
+use crate::stats::AssistCounts;
+use crate::xsave::{self, XsaveLayout};
 
 /// The invalid-opcode exception vector (`#UD`).
 pub const UD_VECTOR: u8 = 6;
+/// The breakpoint exception vector (`#BP`).
+pub const BP_VECTOR: u8 = 3;
+
+const RFLAGS_ZF: u64 = 1 << 6;
+const CR4_OSXSAVE: u64 = 1 << 18;
 
 /// Queues an invalid-opcode exception (`#UD`, no error code) for the guest's next entry.
 ///
@@ -31,7 +56,7 @@ pub fn inject_ud<V: VcpuState + ?Sized>(vcpu: &mut V) -> Result<(), V::Error> {
     })
 }
 
-/// What to do with an instruction the backend could not emulate.
+/// What to do with an instruction the assist does not emulate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AssistVerdict {
     /// Stop the VM with the internal error.
@@ -40,7 +65,7 @@ pub enum AssistVerdict {
     InjectUd,
 }
 
-/// Chooses an [`AssistVerdict`] for a decoded instruction.
+/// Chooses an [`AssistVerdict`] for a decoded instruction the assist does not emulate.
 ///
 /// Closures `Fn(&DecodedInsn) -> AssistVerdict` are policies.
 pub trait AssistPolicy: Send + Sync {
@@ -54,7 +79,7 @@ impl<F: Fn(&DecodedInsn) -> AssistVerdict + Send + Sync> AssistPolicy for F {
     }
 }
 
-/// The default policy: stop on every emulation failure.
+/// The default policy: stop on every instruction the assist does not emulate.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StopAlways;
 
@@ -64,18 +89,151 @@ impl AssistPolicy for StopAlways {
     }
 }
 
-/// Reflects the named instructions (names as [`DecodedInsn::name`] gives them) and stops on
-/// the rest.
+/// Reflects the named instructions (names as [`DecodedInsn::name`] gives them, such as
+/// `"ud2"` or `"lock xadd"`) and stops on the rest.
 #[derive(Clone, Debug, Default)]
 pub struct ReflectNamed(pub Vec<&'static str>);
 
 impl AssistPolicy for ReflectNamed {
     fn verdict(&self, insn: &DecodedInsn) -> AssistVerdict {
-        if self.0.contains(&insn.name) {
+        if self.0.contains(&insn.name.as_str()) {
             AssistVerdict::InjectUd
         } else {
             AssistVerdict::Stop
         }
+    }
+}
+
+/// How the `#BP` of an emulated `int3` gets the return address the architecture defines (the
+/// byte after the `int3`).
+///
+/// A software exception's frame holds the address of the next instruction. Backends differ in
+/// who adds the instruction's length: KVM on VMX injects vector 3 as a software exception and
+/// lets the processor add the length it recorded for the last event exit, which userspace
+/// cannot set through `KVM_SET_VCPU_EVENTS`; a backend that delivers an injected exception at
+/// the current RIP adds nothing. The guest-boot test of the reference VMM (Linux's `int3`
+/// self-test checks the frame's RIP) decides which one a host needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SoftExceptionRip {
+    /// Move RIP past the `int3`, then inject `#BP` as an exception delivered at RIP: right for
+    /// backends that add nothing.
+    #[default]
+    AdvanceRip,
+    /// Leave RIP at the `int3` and inject `#BP`: right for backends that add the instruction
+    /// length themselves (an advanced RIP would skip one more instruction there).
+    BackendAddsLength,
+}
+
+/// The instructions the assist completes, the keys of its per-mnemonic counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Assisted {
+    /// `int3`.
+    Int3,
+    /// `cmpxchg8b`.
+    Cmpxchg8b,
+    /// `cmpxchg16b`.
+    Cmpxchg16b,
+    /// `xsave` (and `xsave64`).
+    Xsave,
+    /// `xsaveopt`.
+    Xsaveopt,
+    /// `xsavec`.
+    Xsavec,
+    /// `xsaves`.
+    Xsaves,
+    /// `xrstor`.
+    Xrstor,
+    /// `xrstors`.
+    Xrstors,
+}
+
+impl Assisted {
+    /// How many there are.
+    pub const COUNT: usize = 9;
+
+    /// Every one, in declaration order.
+    pub const ALL: [Assisted; Self::COUNT] = [
+        Assisted::Int3,
+        Assisted::Cmpxchg8b,
+        Assisted::Cmpxchg16b,
+        Assisted::Xsave,
+        Assisted::Xsaveopt,
+        Assisted::Xsavec,
+        Assisted::Xsaves,
+        Assisted::Xrstor,
+        Assisted::Xrstors,
+    ];
+
+    /// The mnemonic.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Assisted::Int3 => "int3",
+            Assisted::Cmpxchg8b => "cmpxchg8b",
+            Assisted::Cmpxchg16b => "cmpxchg16b",
+            Assisted::Xsave => "xsave",
+            Assisted::Xsaveopt => "xsaveopt",
+            Assisted::Xsavec => "xsavec",
+            Assisted::Xsaves => "xsaves",
+            Assisted::Xrstor => "xrstor",
+            Assisted::Xrstors => "xrstors",
+        }
+    }
+
+    fn of(mnemonic: Mnemonic) -> Option<Self> {
+        Some(match mnemonic {
+            Mnemonic::Int3 => Assisted::Int3,
+            Mnemonic::Cmpxchg8b => Assisted::Cmpxchg8b,
+            Mnemonic::Cmpxchg16b => Assisted::Cmpxchg16b,
+            Mnemonic::Xsave | Mnemonic::Xsave64 => Assisted::Xsave,
+            Mnemonic::Xsaveopt | Mnemonic::Xsaveopt64 => Assisted::Xsaveopt,
+            Mnemonic::Xsavec | Mnemonic::Xsavec64 => Assisted::Xsavec,
+            Mnemonic::Xsaves | Mnemonic::Xsaves64 => Assisted::Xsaves,
+            Mnemonic::Xrstor | Mnemonic::Xrstor64 => Assisted::Xrstor,
+            Mnemonic::Xrstors | Mnemonic::Xrstors64 => Assisted::Xrstors,
+            _ => return None,
+        })
+    }
+}
+
+/// Why the assist stopped the VM, with what a person needs to look into it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssistReport {
+    /// The instruction in Intel syntax, or why it did not decode.
+    pub insn: String,
+    /// Its bytes as the backend reported them.
+    pub bytes: InsnBytes,
+    /// The vCPU's mode.
+    pub mode: CpuMode,
+    /// The general-purpose registers (RIP at the instruction).
+    pub regs: Registers,
+    /// Why the assist did not complete it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for AssistReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.regs;
+        write!(f, "{} [", self.insn)?;
+        for (i, b) in self.bytes.as_slice().iter().enumerate() {
+            write!(f, "{}{b:02x}", if i == 0 { "" } else { " " })?;
+        }
+        write!(
+            f,
+            "] at rip {:#x} ({}): {}; rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} \
+             rdi={:#x} rbp={:#x} rsp={:#x} rflags={:#x}",
+            r.rip,
+            self.mode,
+            self.reason,
+            r.rax,
+            r.rbx,
+            r.rcx,
+            r.rdx,
+            r.rsi,
+            r.rdi,
+            r.rbp,
+            r.rsp,
+            r.rflags
+        )
     }
 }
 
@@ -85,17 +243,43 @@ pub enum AssistError<E: std::error::Error + 'static> {
     /// Reading the vCPU's registers failed: {0}
     #[error("reading the vCPU's registers failed: {0}")]
     Registers(#[source] E),
-    /// Injecting #UD failed: {0}
-    #[error("injecting #UD failed: {0}")]
+    /// Injecting an exception failed: {0}
+    #[error("injecting an exception failed: {0}")]
     Inject(#[source] E),
+    /// Updating the vCPU's state failed: {0}
+    #[error("updating the vCPU's state failed: {0}")]
+    Update(#[source] E),
 }
 
-/// Resolves emulation failures by policy, counting and (rate-limited) logging what it did.
+impl<E: std::error::Error + 'static> AssistError<E> {
+    /// The backend's error.
+    pub fn into_source(self) -> E {
+        match self {
+            AssistError::Registers(e) | AssistError::Inject(e) | AssistError::Update(e) => e,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    completed: [AtomicU64; Assisted::COUNT],
+    faulted: AtomicU64,
+    reflected: AtomicU64,
+    stopped: AtomicU64,
+}
+
+/// Completes instructions a backend could not emulate, counting and (rate-limited) logging
+/// what it did.
+///
+/// Share one between vCPU threads (`&EmulationAssist` or an `Arc`): it holds only counters, the
+/// log limiter and configuration.
 #[derive(Debug)]
 pub struct EmulationAssist<P = StopAlways> {
     policy: P,
-    reflected: AtomicU64,
-    stopped: AtomicU64,
+    soft_exception: SoftExceptionRip,
+    layout: XsaveLayout,
+    counters: Counters,
+    last_report: Mutex<Option<AssistReport>>,
     log: RateLimiter,
 }
 
@@ -105,261 +289,466 @@ impl Default for EmulationAssist<StopAlways> {
     }
 }
 
+/// The result of emulating one instruction.
+type Emulated = Result<Assisted, Abort>;
+
+/// A value, or the fault or stop that ends the instruction.
+type Guarded<T> = Result<T, Abort>;
+
 impl<P: AssistPolicy> EmulationAssist<P> {
-    /// An assist that asks `policy`, logging at the default [`LogLimit`].
+    /// An assist that asks `policy` about instructions it does not emulate, with
+    /// [`SoftExceptionRip::AdvanceRip`], the host's XSAVE layout (CPUID leaf 0xD) and logging
+    /// at the default [`LogLimit`].
     pub fn new(policy: P) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let layout = XsaveLayout::host();
+        #[cfg(not(target_arch = "x86_64"))]
+        let layout = XsaveLayout::default();
         Self {
             policy,
-            reflected: AtomicU64::new(0),
-            stopped: AtomicU64::new(0),
+            soft_exception: SoftExceptionRip::default(),
+            layout,
+            counters: Counters::default(),
+            last_report: Mutex::new(None),
             log: RateLimiter::new(LogLimit::default(), Arc::new(MonotonicClock)),
         }
+    }
+
+    /// This assist with `strategy` for the `#BP` of `int3`.
+    pub fn with_soft_exception_rip(mut self, strategy: SoftExceptionRip) -> Self {
+        self.soft_exception = strategy;
+        self
+    }
+
+    /// This assist with the XSAVE component layout `layout` (the guest's CPUID leaf 0xD).
+    pub fn with_xsave_layout(mut self, layout: XsaveLayout) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// Passes `action` through unless it stops the VM on an internal error; then
     /// [`handle`](Self::handle)s the error. Put it after
     /// [`ExitDispatcher::dispatch`](crate::ExitDispatcher::dispatch).
-    pub fn resolve<V: VcpuState + ?Sized>(
+    pub fn resolve<V, M>(
         &self,
         vcpu: &mut V,
+        memory: &M,
         action: ExitAction,
-    ) -> Result<ExitAction, AssistError<V::Error>> {
+    ) -> Result<ExitAction, AssistError<V::Error>>
+    where
+        V: VcpuState + ?Sized,
+        M: GuestMemoryBackend + ?Sized,
+    {
         match action {
             ExitAction::Stop(StopReason::InternalError { suberror, insn }) => {
-                self.handle(vcpu, suberror, insn)
+                self.handle(vcpu, memory, suberror, insn)
             }
             other => Ok(other),
         }
     }
 
-    /// Decides an internal error: for an emulation failure with instruction bytes that decode,
-    /// the policy's verdict; otherwise stop. Returns the action for the vCPU loop.
-    pub fn handle<V: VcpuState + ?Sized>(
+    /// Handles an internal error: an emulation failure with instruction bytes is completed,
+    /// faulted or reflected as the instruction and the policy say (the action is then
+    /// [`ExitAction::Resume`]); everything else stops the VM. Never panics, whatever the guest
+    /// put in its registers, page tables or memory.
+    pub fn handle<V, M>(
         &self,
         vcpu: &mut V,
+        memory: &M,
         suberror: u32,
         insn: Option<InsnBytes>,
-    ) -> Result<ExitAction, AssistError<V::Error>> {
+    ) -> Result<ExitAction, AssistError<V::Error>>
+    where
+        V: VcpuState + ?Sized,
+        M: GuestMemoryBackend + ?Sized,
+    {
         let stop = ExitAction::Stop(StopReason::InternalError { suberror, insn });
         let Some(bytes) = insn.filter(|_| suberror == INTERNAL_ERROR_EMULATION) else {
-            self.stopped.fetch_add(1, Ordering::Relaxed);
+            self.counters.stopped.fetch_add(1, Ordering::Relaxed);
             return Ok(stop);
         };
+        let regs = vcpu.registers().map_err(AssistError::Registers)?;
         let sregs = vcpu.special_registers().map_err(AssistError::Registers)?;
-        let decoded = decode(bytes.as_slice(), CpuMode::from_sregs(&sregs));
-        let verdict = decoded
-            .as_ref()
-            .map_or(AssistVerdict::Stop, |d| self.policy.verdict(d));
-        match (verdict, decoded) {
-            (AssistVerdict::InjectUd, Ok(d)) => {
-                inject_ud(vcpu).map_err(AssistError::Inject)?;
-                self.reflected.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = self.log.check() {
-                    let rip = vcpu.registers().map_err(AssistError::Registers)?.rip;
-                    warn!(
-                        "emulation failed on {d} at rip {rip:#x}: injected #UD{}",
-                        Suppressed(suppressed)
-                    );
+        let mode = CpuMode::from_sregs(&sregs);
+        let decoded = match decode_at(bytes.as_slice(), mode, regs.rip) {
+            Ok(d) => d,
+            Err(e) => {
+                self.report(bytes, mode, regs, describe_error(e), e.to_string());
+                return Ok(stop);
+            }
+        };
+        let Some(kind) = Assisted::of(decoded.instruction.mnemonic()) else {
+            return match self.policy.verdict(&decoded) {
+                AssistVerdict::InjectUd => {
+                    inject_ud(vcpu).map_err(AssistError::Inject)?;
+                    self.counters.reflected.fetch_add(1, Ordering::Relaxed);
+                    self.log_line(format_args!(
+                        "emulation failed on {} at rip {:#x}: injected #UD",
+                        decoded.text(),
+                        regs.rip
+                    ));
+                    Ok(ExitAction::Resume)
                 }
+                AssistVerdict::Stop => {
+                    let reason = Unsupported::Instruction.to_string();
+                    self.report(bytes, mode, regs, decoded.text(), reason);
+                    Ok(stop)
+                }
+            };
+        };
+        let mut emulator = Emulator {
+            view: GuestView::new(memory, regs, sregs, mode),
+            insn: &decoded,
+            layout: &self.layout,
+            soft_exception: self.soft_exception,
+        };
+        match emulator.run(vcpu) {
+            Ok(Ok(kind)) => {
+                self.counters.completed[kind as usize].fetch_add(1, Ordering::Relaxed);
                 Ok(ExitAction::Resume)
             }
-            _ => {
-                self.stopped.fetch_add(1, Ordering::Relaxed);
+            Ok(Err(Abort::Fault(fault))) => {
+                if let GuestFault::PageFault {
+                    address,
+                    error_code,
+                } = fault
+                {
+                    vcpu.inject_page_fault(address, error_code)
+                } else {
+                    vcpu.inject_exception(fault.exception())
+                }
+                .map_err(AssistError::Inject)?;
+                self.counters.faulted.fetch_add(1, Ordering::Relaxed);
+                let _ = kind;
+                Ok(ExitAction::Resume)
+            }
+            Ok(Err(Abort::Stop(why))) => {
+                self.report(bytes, mode, regs, decoded.text(), why.to_string());
                 Ok(stop)
             }
+            Err(e) => Err(e),
         }
     }
 
-    /// Emulation failures reflected to the guest as `#UD`.
+    fn log_line(&self, line: std::fmt::Arguments<'_>) {
+        if let Some(suppressed) = self.log.check() {
+            warn!("{line}{}", Suppressed(suppressed));
+        }
+    }
+
+    fn report(&self, bytes: InsnBytes, mode: CpuMode, regs: Registers, insn: String, why: String) {
+        self.counters.stopped.fetch_add(1, Ordering::Relaxed);
+        let report = AssistReport {
+            insn,
+            bytes,
+            mode,
+            regs,
+            reason: why,
+        };
+        self.log_line(format_args!("emulation failure: {report}"));
+        *self
+            .last_report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(report);
+    }
+
+    /// The report of the last stop, if any.
+    pub fn last_report(&self) -> Option<AssistReport> {
+        self.last_report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The counts so far; [`ExitStats::with_assist`](crate::ExitStats::with_assist) adds them
+    /// to a dispatcher's statistics table.
+    pub fn counts(&self) -> AssistCounts {
+        AssistCounts {
+            completed: std::array::from_fn(|i| self.counters.completed[i].load(Ordering::Relaxed)),
+            faulted: self.counters.faulted.load(Ordering::Relaxed),
+            reflected: self.counters.reflected.load(Ordering::Relaxed),
+            stopped: self.counters.stopped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Instructions reflected to the guest as `#UD` by the policy.
     pub fn reflected(&self) -> u64 {
-        self.reflected.load(Ordering::Relaxed)
+        self.counters.reflected.load(Ordering::Relaxed)
     }
 
     /// Internal errors that stopped the VM.
     pub fn stopped(&self) -> u64 {
-        self.stopped.load(Ordering::Relaxed)
+        self.counters.stopped.load(Ordering::Relaxed)
     }
+}
+
+fn describe_error(e: DecodeError) -> String {
+    match e {
+        DecodeError::Empty => "no instruction bytes".into(),
+        DecodeError::Truncated => "truncated instruction".into(),
+        DecodeError::Invalid => "invalid instruction".into(),
+    }
+}
+
+/// One instruction's emulation.
+struct Emulator<'a, M: ?Sized> {
+    view: GuestView<'a, M>,
+    insn: &'a DecodedInsn,
+    layout: &'a XsaveLayout,
+    soft_exception: SoftExceptionRip,
+}
+
+impl<M: GuestMemoryBackend + ?Sized> Emulator<'_, M> {
+    /// Emulates the instruction; the outer error is the backend's, the inner the guest's
+    /// outcome. On success the registers (RIP past the instruction) are written back and a
+    /// queued exception dropped.
+    fn run<V: VcpuState + ?Sized>(
+        &mut self,
+        vcpu: &mut V,
+    ) -> Result<Emulated, AssistError<V::Error>> {
+        let kind = match Assisted::of(self.insn.instruction.mnemonic()) {
+            Some(kind) => kind,
+            None => return Ok(Err(Unsupported::Instruction.into())),
+        };
+        let outcome = match kind {
+            Assisted::Int3 => return self.int3(vcpu),
+            Assisted::Cmpxchg8b | Assisted::Cmpxchg16b => self.cmpxchg(),
+            Assisted::Xsave | Assisted::Xsaveopt | Assisted::Xsavec | Assisted::Xsaves => {
+                self.xsave(vcpu, kind)?
+            }
+            Assisted::Xrstor | Assisted::Xrstors => self.xrstor(vcpu, kind)?,
+        };
+        if let Err(abort) = outcome {
+            return Ok(Err(abort));
+        }
+        self.advance_rip();
+        if vcpu
+            .pending_exception()
+            .map_err(AssistError::Registers)?
+            .is_some()
+        {
+            vcpu.clear_pending_exception()
+                .map_err(AssistError::Update)?;
+        }
+        vcpu.set_registers(&self.view.regs)
+            .map_err(AssistError::Update)?;
+        Ok(Ok(kind))
+    }
+
+    fn advance_rip(&mut self) {
+        let mask = match self.view.mode {
+            CpuMode::Bits16 => 0xffff,
+            CpuMode::Bits32 => 0xffff_ffff,
+            CpuMode::Bits64 => u64::MAX,
+        };
+        let rip = &mut self.view.regs.rip;
+        *rip = rip.wrapping_add(self.insn.len as u64) & mask;
+    }
+
+    fn int3<V: VcpuState + ?Sized>(
+        &mut self,
+        vcpu: &mut V,
+    ) -> Result<Emulated, AssistError<V::Error>> {
+        if self.soft_exception == SoftExceptionRip::AdvanceRip {
+            self.advance_rip();
+            vcpu.set_registers(&self.view.regs)
+                .map_err(AssistError::Update)?;
+        }
+        vcpu.inject_exception(Exception {
+            vector: BP_VECTOR,
+            error_code: None,
+        })
+        .map_err(AssistError::Inject)?;
+        Ok(Ok(Assisted::Int3))
+    }
+
+    fn cmpxchg(&mut self) -> Result<(), Abort> {
+        let wide = self.insn.instruction.code() == Code::Cmpxchg16b_m128;
+        let size: usize = if wide { 16 } else { 8 };
+        let la = self
+            .view
+            .linear(&self.insn.instruction, 0, size as u64, true)?;
+        if wide && la % 16 != 0 {
+            return Err(GuestFault::GeneralProtection.into());
+        }
+        // A write access in both outcomes: the processor writes the old value back on failure.
+        let mapped = self.view.map(la, size, true)?;
+        let Registers {
+            rax, rbx, rcx, rdx, ..
+        } = self.view.regs;
+        let swapped;
+        if wide {
+            let expected = u128::from(rax) | (u128::from(rdx) << 64);
+            let new = u128::from(rbx) | (u128::from(rcx) << 64);
+            let result = self
+                .view
+                .with_host_operand(&mapped, size, |p| cmpxchg16b(p, expected, new))??;
+            swapped = result.swapped;
+            if !swapped {
+                self.view.regs.rax = result.previous as u64;
+                self.view.regs.rdx = (result.previous >> 64) as u64;
+            }
+        } else {
+            let expected = (rax & 0xffff_ffff) | (rdx << 32);
+            let new = (rbx & 0xffff_ffff) | (rcx << 32);
+            let result = self
+                .view
+                .with_host_operand(&mapped, size, |p| cmpxchg8b(p, expected, new))??;
+            swapped = result.swapped;
+            if !swapped {
+                self.view.regs.rax = result.previous & 0xffff_ffff;
+                self.view.regs.rdx = result.previous >> 32;
+            }
+        }
+        let r = &mut self.view.regs;
+        r.rflags = if swapped {
+            r.rflags | RFLAGS_ZF
+        } else {
+            r.rflags & !RFLAGS_ZF
+        };
+        Ok(())
+    }
+
+    /// RFBM for an XSAVE-family instruction, after its `#UD`/`#GP` checks.
+    fn rfbm<V: VcpuState + ?Sized>(
+        &self,
+        vcpu: &V,
+        supervisor: bool,
+    ) -> Result<Guarded<(u64, u64)>, AssistError<V::Error>> {
+        if self.view.sregs.cr4 & CR4_OSXSAVE == 0 {
+            return Ok(Err(GuestFault::InvalidOpcode.into()));
+        }
+        if supervisor && self.view.cpl() != 0 {
+            return Ok(Err(GuestFault::GeneralProtection.into()));
+        }
+        let xcr0 = vcpu.xcr0().map_err(AssistError::Registers)?;
+        let xss = if supervisor {
+            vcpu.msr(MSR_IA32_XSS)
+                .map_err(AssistError::Registers)?
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let allowed = xcr0 | xss;
+        let r = &self.view.regs;
+        let rfbm = allowed & ((r.rax & 0xffff_ffff) | (r.rdx << 32));
+        if let Some(i) = self.layout.unrepresentable(rfbm) {
+            return Ok(Err(Unsupported::XsaveComponent(i).into()));
+        }
+        Ok(Ok((rfbm, allowed)))
+    }
+
+    fn xsave<V: VcpuState + ?Sized>(
+        &mut self,
+        vcpu: &mut V,
+        kind: Assisted,
+    ) -> Result<Result<(), Abort>, AssistError<V::Error>> {
+        let compacted = matches!(kind, Assisted::Xsavec | Assisted::Xsaves);
+        let (rfbm, _) = match self.rfbm(vcpu, kind == Assisted::Xsaves)? {
+            Ok(v) => v,
+            Err(abort) => return Ok(Err(abort)),
+        };
+        let len = xsave::area_len(self.layout, rfbm, compacted.then_some(rfbm));
+        let area = vcpu.xsave().map_err(AssistError::Registers)?;
+        Ok(self.store(&area, rfbm, len, compacted))
+    }
+
+    fn store(&self, area: &[u8], rfbm: u64, len: usize, compacted: bool) -> Result<(), Abort> {
+        let la = self
+            .view
+            .linear(&self.insn.instruction, 0, len as u64, true)?;
+        if la % 64 != 0 {
+            return Err(GuestFault::GeneralProtection.into());
+        }
+        let mapped = self.view.map(la, len, true)?;
+        let mut guest = vec![0u8; len];
+        self.view.read(&mapped, &mut guest)?;
+        xsave::store(self.layout, area, &mut guest, rfbm, compacted)
+            .ok_or(Unsupported::XsaveComponent(0))?;
+        self.view.write(&mapped, &guest)
+    }
+
+    fn xrstor<V: VcpuState + ?Sized>(
+        &mut self,
+        vcpu: &mut V,
+        kind: Assisted,
+    ) -> Result<Result<(), Abort>, AssistError<V::Error>> {
+        let supervisor = kind == Assisted::Xrstors;
+        let (rfbm, allowed) = match self.rfbm(vcpu, supervisor)? {
+            Ok(v) => v,
+            Err(abort) => return Ok(Err(abort)),
+        };
+        let mut area = vcpu.xsave().map_err(AssistError::Registers)?;
+        if let Err(abort) = self.load(&mut area, rfbm, allowed, supervisor) {
+            return Ok(Err(abort));
+        }
+        vcpu.set_xsave(&area).map_err(AssistError::Update)?;
+        Ok(Ok(()))
+    }
+
+    fn load(&self, area: &mut [u8], rfbm: u64, allowed: u64, compact: bool) -> Result<(), Abort> {
+        const HEADER_END: usize = xsave::HEADER + 64;
+        let la = self
+            .view
+            .linear(&self.insn.instruction, 0, HEADER_END as u64, false)?;
+        if la % 64 != 0 {
+            return Err(GuestFault::GeneralProtection.into());
+        }
+        let head = self.view.map(la, HEADER_END, false)?;
+        let mut guest = vec![0u8; HEADER_END];
+        self.view.read(&head, &mut guest)?;
+        let (bv, xcomp) = xsave::check_header(&guest, allowed, compact)
+            .map_err(|_| GuestFault::GeneralProtection)?;
+        if let Some(x) = xcomp
+            && let Some(i) = self.layout.unrepresentable(xsave::extended(x))
+        {
+            return Err(Unsupported::XsaveComponent(i).into());
+        }
+        let len = xsave::area_len(self.layout, rfbm, xcomp);
+        self.view
+            .linear(&self.insn.instruction, 0, len as u64, false)?;
+        let mapped = self.view.map(la, len, false)?;
+        guest.resize(len, 0);
+        self.view.read(&mapped, &mut guest)?;
+        xsave::restore(self.layout, area, &guest, rfbm, bv, xcomp)
+            .map_err(|_| GuestFault::GeneralProtection.into())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cmpxchg16b(
+    p: *mut u8,
+    expected: u128,
+    new: u128,
+) -> Result<crate::atomic::Exchanged<u128>, Abort> {
+    if !(p as usize).is_multiple_of(16) {
+        return Err(Unsupported::HostAtomic.into());
+    }
+    // SAFETY: `with_host_operand` hands a pointer valid for reads and writes of the 16 bytes
+    // of one mapped guest region for the duration of the closure; it was just checked to be
+    // 16-byte aligned. Other vCPUs may access the bytes concurrently: the locked instruction is
+    // atomic with respect to them.
+    Ok(unsafe { crate::atomic::cmpxchg16b(p, expected, new) })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cmpxchg8b(p: *mut u8, expected: u64, new: u64) -> Result<crate::atomic::Exchanged<u64>, Abort> {
+    // SAFETY: `with_host_operand` hands a pointer valid for reads and writes of the 8 bytes of
+    // one mapped guest region within one cache line for the duration of the closure;
+    // cmpxchg8b needs no alignment.
+    Ok(unsafe { crate::atomic::cmpxchg8b(p, expected, new) })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cmpxchg16b(_: *mut u8, _: u128, _: u128) -> Result<crate::atomic::Exchanged<u128>, Abort> {
+    Err(Unsupported::HostAtomic.into())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cmpxchg8b(_: *mut u8, _: u64, _: u64) -> Result<crate::atomic::Exchanged<u64>, Abort> {
+    Err(Unsupported::HostAtomic.into())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::{Registers, Segment, SpecialRegisters};
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("vcpu gone")]
-    struct Gone;
-
-    /// An in-memory vCPU in 64-bit mode.
-    #[derive(Default)]
-    struct MemVcpu {
-        regs: Registers,
-        sregs: SpecialRegisters,
-        injected: Vec<Exception>,
-        fail_sregs: bool,
-        fail_inject: bool,
-    }
-
-    impl MemVcpu {
-        fn long_mode() -> Self {
-            let mut v = Self::default();
-            v.sregs.cr0 = 0x8000_0011;
-            v.sregs.efer = 0x500;
-            v.sregs.cs = Segment {
-                l: true,
-                ..Segment::default()
-            };
-            v.regs.rip = 0xffff_ffff_8100_0000;
-            v
-        }
-    }
-
-    impl VcpuState for MemVcpu {
-        type Error = Gone;
-        fn registers(&self) -> Result<Registers, Gone> {
-            Ok(self.regs)
-        }
-        fn set_registers(&mut self, regs: &Registers) -> Result<(), Gone> {
-            self.regs = *regs;
-            Ok(())
-        }
-        fn special_registers(&self) -> Result<SpecialRegisters, Gone> {
-            if self.fail_sregs {
-                Err(Gone)
-            } else {
-                Ok(self.sregs)
-            }
-        }
-        fn set_special_registers(&mut self, sregs: &SpecialRegisters) -> Result<(), Gone> {
-            self.sregs = *sregs;
-            Ok(())
-        }
-        fn inject_exception(&mut self, exception: Exception) -> Result<(), Gone> {
-            if self.fail_inject {
-                return Err(Gone);
-            }
-            self.injected.push(exception);
-            Ok(())
-        }
-    }
-
-    fn emu(bytes: &[u8]) -> ExitAction {
-        ExitAction::Stop(StopReason::InternalError {
-            suberror: INTERNAL_ERROR_EMULATION,
-            insn: Some(InsnBytes::new(bytes)),
-        })
-    }
-
-    #[test]
-    fn inject_ud_queues_vector_6() {
-        let mut v = MemVcpu::long_mode();
-        inject_ud(&mut v).unwrap();
-        assert_eq!(
-            v.injected,
-            [Exception {
-                vector: 6,
-                error_code: None
-            }]
-        );
-    }
-
-    #[test]
-    fn policy_reflects_chosen_instructions() {
-        let assist = EmulationAssist::new(ReflectNamed(vec!["xrstor", "lock cmpxchg16b"]));
-        let mut v = MemVcpu::long_mode();
-        let before = v.regs;
-        let xrstor = emu(&[0x0f, 0xae, 0x2f]);
-        assert_eq!(assist.resolve(&mut v, xrstor).unwrap(), ExitAction::Resume);
-        assert_eq!(v.injected.len(), 1);
-        assert_eq!(v.injected[0].vector, UD_VECTOR);
-        assert_eq!(v.regs, before, "#UD is a fault: rip stays");
-
-        let cx16 = emu(&[0xf0, 0x48, 0x0f, 0xc7, 0x0e]);
-        assert_eq!(assist.resolve(&mut v, cx16).unwrap(), ExitAction::Resume);
-
-        let int3 = emu(&[0xcc]);
-        assert_eq!(assist.resolve(&mut v, int3).unwrap(), int3);
-        assert_eq!((assist.reflected(), assist.stopped()), (2, 1));
-        assert_eq!(v.injected.len(), 2);
-    }
-
-    #[test]
-    fn decoding_follows_the_vcpu_mode() {
-        // 0x48 0x0f 0xae 0x2f: in 32-bit mode 0x48 is `dec eax`, not REX.W.
-        let assist = EmulationAssist::new(|d: &DecodedInsn| {
-            if d.name == "dec" {
-                AssistVerdict::InjectUd
-            } else {
-                AssistVerdict::Stop
-            }
-        });
-        let mut v = MemVcpu::long_mode();
-        let action = emu(&[0x48, 0x0f, 0xae, 0x2f]);
-        assert_eq!(assist.resolve(&mut v, action).unwrap(), action);
-        v.sregs.cs = Segment {
-            db: true,
-            ..Segment::default()
-        };
-        v.sregs.efer = 0;
-        assert_eq!(assist.resolve(&mut v, action).unwrap(), ExitAction::Resume);
-    }
-
-    #[test]
-    fn other_actions_and_errors_stop_or_pass() {
-        let assist = EmulationAssist::new(|_: &DecodedInsn| AssistVerdict::InjectUd);
-        let mut v = MemVcpu::long_mode();
-        for a in [
-            ExitAction::Resume,
-            ExitAction::Halt,
-            ExitAction::Stop(StopReason::Reset),
-        ] {
-            assert_eq!(assist.resolve(&mut v, a).unwrap(), a);
-        }
-        let other_suberror = ExitAction::Stop(StopReason::InternalError {
-            suberror: 3,
-            insn: Some(InsnBytes::new(&[0xcc])),
-        });
-        assert_eq!(
-            assist.resolve(&mut v, other_suberror).unwrap(),
-            other_suberror
-        );
-        let no_bytes = ExitAction::Stop(StopReason::InternalError {
-            suberror: 1,
-            insn: None,
-        });
-        assert_eq!(assist.resolve(&mut v, no_bytes).unwrap(), no_bytes);
-        let undecodable = emu(&[0x66, 0x66]);
-        assert_eq!(assist.resolve(&mut v, undecodable).unwrap(), undecodable);
-        assert!(v.injected.is_empty());
-        assert_eq!(assist.stopped(), 3);
-
-        v.fail_sregs = true;
-        let err = assist.resolve(&mut v, emu(&[0xcc])).unwrap_err();
-        assert!(matches!(err, AssistError::Registers(Gone)));
-        assert_eq!(
-            err.to_string(),
-            "reading the vCPU's registers failed: vcpu gone"
-        );
-        v.fail_sregs = false;
-        v.fail_inject = true;
-        let err = assist.resolve(&mut v, emu(&[0xcc])).unwrap_err();
-        assert_eq!(err.to_string(), "injecting #UD failed: vcpu gone");
-        assert!(std::error::Error::source(&err).is_some());
-    }
-
-    #[test]
-    fn default_stops_always() {
-        let assist = EmulationAssist::default();
-        let mut v = MemVcpu::long_mode();
-        let a = emu(&[0x0f, 0x0b]);
-        assert_eq!(assist.resolve(&mut v, a).unwrap(), a);
-        assert_eq!(assist.stopped(), 1);
-        assert!(ReflectNamed::default().0.is_empty());
-        let mut regs = v.regs;
-        regs.rax = 1;
-        v.set_registers(&regs).unwrap();
-        let sregs = v.sregs;
-        v.set_special_registers(&sregs).unwrap();
-        assert_eq!(v.registers().unwrap().rax, 1);
-    }
-}
+#[path = "assist_tests.rs"]
+mod tests;

@@ -2,25 +2,30 @@
 
 pub mod action;
 pub mod assist;
+mod atomic;
 pub mod bus;
 pub mod decode;
 pub mod device;
 pub mod dispatch;
 pub mod exit;
+pub mod guest;
 pub mod ratelimit;
 pub mod state;
 pub mod stats;
+pub mod xsave;
 
 pub use action::{ExitAction, StopReason};
 pub use assist::{
-    AssistError, AssistPolicy, AssistVerdict, EmulationAssist, ReflectNamed, StopAlways, UD_VECTOR,
-    inject_ud,
+    AssistError, AssistPolicy, AssistReport, AssistVerdict, Assisted, BP_VECTOR, EmulationAssist,
+    ReflectNamed, SoftExceptionRip, StopAlways, UD_VECTOR, inject_ud,
 };
 pub use bus::{Bus, BusAddress, BusError, BusHandler, BusRange, IoBus, MmioBus, Route};
-pub use decode::{CpuMode, DecodeError, DecodedInsn, describe_insn};
+pub use decode::{CpuMode, DecodeError, DecodedInsn, decode_at, describe_insn};
 pub use device::{DeviceAction, MmioDevice, PioDevice};
 pub use dispatch::{ExitDispatcher, UNCLAIMED_BYTE, is_valid_access_size};
 pub use exit::{ExitKind, InsnBytes, SystemEvent, VmExit};
+pub use guest::{GuestFault, Unsupported};
 pub use ratelimit::{Clock, LogLimit, ManualClock, MonotonicClock, RateLimiter};
 pub use state::VcpuState;
-pub use stats::{AccessCounts, ExitStats, RangeStats};
+pub use stats::{AccessCounts, AssistCounts, ExitStats, RangeStats};
+pub use xsave::XsaveLayout;

@@ -94,7 +94,19 @@ pub struct Exception {
     pub error_code: Option<u32>,
 }
 
-/// What the emulation assist needs from a vCPU: its registers and a way to inject an exception.
+/// The page-fault vector (`#PF`).
+pub const PF_VECTOR: u8 = 14;
+
+/// The size of the standard-format XSAVE area the state trait exchanges (`KVM_GET_XSAVE`'s
+/// `struct kvm_xsave`): the legacy region, the header and the extended components up to
+/// AVX-512 in their standard offsets.
+pub const XSAVE_AREA_SIZE: usize = 4096;
+
+/// The `IA32_XSS` MSR: the supervisor state components XSAVES/XRSTORS manage.
+pub const MSR_IA32_XSS: u32 = 0xda0;
+
+/// What the emulation assist needs from a vCPU: registers, segments with their bases, control
+/// registers, the pending event, the XSAVE state, XCR0 and MSRs, and exception injection.
 ///
 /// vmkit-vcpu implements it for its backends; tests implement it in memory.
 pub trait VcpuState {
@@ -109,6 +121,45 @@ pub trait VcpuState {
     fn special_registers(&self) -> Result<SpecialRegisters, Self::Error>;
     /// Writes the segment, control and system registers.
     fn set_special_registers(&mut self, sregs: &SpecialRegisters) -> Result<(), Self::Error>;
-    /// Queues `exception` for delivery on the next entry.
+    /// Queues `exception` for delivery on the next entry, replacing any exception already
+    /// pending or injected.
     fn inject_exception(&mut self, exception: Exception) -> Result<(), Self::Error>;
+
+    /// Queues a page fault: CR2 gets `address`, then `#PF` with `error_code` is queued.
+    fn inject_page_fault(&mut self, address: u64, error_code: u32) -> Result<(), Self::Error> {
+        let mut sregs = self.special_registers()?;
+        sregs.cr2 = address;
+        self.set_special_registers(&sregs)?;
+        self.inject_exception(Exception {
+            vector: PF_VECTOR,
+            error_code: Some(error_code),
+        })
+    }
+
+    /// The exception queued for the next entry (pending or already injected), if any.
+    ///
+    /// Some backends queue `#UD` together with an emulation failure; the assist reads it here.
+    fn pending_exception(&self) -> Result<Option<Exception>, Self::Error>;
+
+    /// Drops the exception queued for the next entry, if any.
+    fn clear_pending_exception(&mut self) -> Result<(), Self::Error>;
+
+    /// The standard-format (non-compacted) XSAVE area: [`XSAVE_AREA_SIZE`] bytes as `XSAVE`
+    /// with every component requested would store them.
+    fn xsave(&self) -> Result<Vec<u8>, Self::Error>;
+
+    /// Loads a standard-format XSAVE area of [`XSAVE_AREA_SIZE`] bytes.
+    fn set_xsave(&mut self, area: &[u8]) -> Result<(), Self::Error>;
+
+    /// XCR0, the user state components XSAVE may manage.
+    fn xcr0(&self) -> Result<u64, Self::Error>;
+
+    /// Writes XCR0.
+    fn set_xcr0(&mut self, value: u64) -> Result<(), Self::Error>;
+
+    /// Reads MSR `index`; `None` when the vCPU does not have it.
+    fn msr(&self, index: u32) -> Result<Option<u64>, Self::Error>;
+
+    /// Writes MSR `index`.
+    fn set_msr(&mut self, index: u32, value: u64) -> Result<(), Self::Error>;
 }

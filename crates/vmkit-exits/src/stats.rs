@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::assist::Assisted;
 use crate::exit::ExitKind;
 
 /// The hit count of one registered bus range.
@@ -53,6 +54,40 @@ impl AccessCounts {
             ("mmio-read", self.mmio_read),
             ("mmio-write", self.mmio_write),
         ]
+    }
+}
+
+/// What an [`EmulationAssist`](crate::EmulationAssist) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AssistCounts {
+    /// Instructions completed, per [`Assisted`] mnemonic (`completed[k as usize]`).
+    pub completed: [u64; Assisted::COUNT],
+    /// Instructions that raised an exception in the guest instead (`#PF`, `#GP`, `#SS`, `#UD`).
+    pub faulted: u64,
+    /// Instructions reflected as `#UD` by the policy.
+    pub reflected: u64,
+    /// Internal errors that stopped the VM.
+    pub stopped: u64,
+}
+
+impl AssistCounts {
+    /// Completed instructions of `kind`.
+    pub fn completed(&self, kind: Assisted) -> u64 {
+        self.completed[kind as usize]
+    }
+
+    fn rows(&self) -> Vec<(&'static str, u64)> {
+        let mut rows: Vec<_> = Assisted::ALL
+            .iter()
+            .map(|k| (k.name(), self.completed(*k)))
+            .collect();
+        rows.extend([
+            ("faulted", self.faulted),
+            ("reflected", self.reflected),
+            ("stopped", self.stopped),
+        ]);
+        rows.retain(|(_, n)| *n != 0);
+        rows
     }
 }
 
@@ -124,6 +159,7 @@ impl DispatchCounters {
             bad_size: self.bad_size.snapshot(),
             log_lines,
             log_suppressed,
+            assist: AssistCounts::default(),
         }
     }
 }
@@ -148,12 +184,21 @@ pub struct ExitStats {
     pub log_lines: u64,
     /// Warning lines the rate limit suppressed.
     pub log_suppressed: u64,
+    /// What the emulation assist did, once added with [`with_assist`](Self::with_assist).
+    pub assist: AssistCounts,
 }
 
 impl ExitStats {
     /// Exits of `kind` dispatched.
     pub fn exits(&self, kind: ExitKind) -> u64 {
         self.exits[kind as usize]
+    }
+
+    /// These statistics with an emulation assist's counts (printed as `assist` rows, one per
+    /// completed mnemonic).
+    pub fn with_assist(mut self, assist: AssistCounts) -> Self {
+        self.assist = assist;
+        self
     }
 
     /// All exits dispatched.
@@ -183,6 +228,9 @@ impl ExitStats {
                     rows.push(row(label, what, "", n));
                 }
             }
+        }
+        for (what, n) in self.assist.rows() {
+            rows.push(row("assist", what, "", n));
         }
         if self.log_suppressed != 0 {
             rows.push(row("log", "suppressed", "", self.log_suppressed));

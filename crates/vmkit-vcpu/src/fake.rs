@@ -11,8 +11,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use std::collections::BTreeMap;
 use vm_memory::GuestMemoryMmap;
-use vmkit_exits::state::{Exception, Registers, SpecialRegisters};
+
+use vmkit_exits::state::{Exception, Registers, SpecialRegisters, XSAVE_AREA_SIZE};
 use vmkit_exits::{InsnBytes, SystemEvent, VcpuState, VmExit};
 use vmkit_memory::GuestLayout;
 use vmm_sys_util::eventfd::EventFd;
@@ -39,6 +41,9 @@ pub enum FakeError {
     /// Exception vector {0} cannot be injected.
     #[error("exception vector {0} cannot be injected")]
     InvalidException(u8),
+    /// An XSAVE area of {0} bytes was given where 4096 are needed.
+    #[error("an XSAVE area of {0} bytes was given where 4096 are needed")]
+    XsaveSize(usize),
     /// The entry state is invalid: {0}.
     #[error("the entry state is invalid: {0}")]
     Entry(#[from] crate::x86::EntryError),
@@ -140,6 +145,10 @@ pub struct FakeVcpu {
     regs: Cell<Registers>,
     sregs: SpecialRegisters,
     injected: Vec<Exception>,
+    pending: Option<Exception>,
+    xsave: Option<Vec<u8>>,
+    xcr0: Option<u64>,
+    msrs: BTreeMap<u32, u64>,
     halts: usize,
     runs: usize,
     kicker: FakeKicker,
@@ -168,6 +177,17 @@ impl FakeVcpu {
     /// Exceptions injected so far, oldest first.
     pub fn injected(&self) -> &[Exception] {
         &self.injected
+    }
+
+    /// The exception queued for the next entry (the last one injected, unless cleared).
+    pub fn pending(&self) -> Option<Exception> {
+        self.pending
+    }
+
+    /// Queues `exception` as a backend does together with an emulation failure (not recorded
+    /// in [`injected`](Self::injected)).
+    pub fn queue_exception(&mut self, exception: Exception) {
+        self.pending = Some(exception);
     }
 
     /// How often the vCPU was parked with [`Vcpu::halt`].
@@ -222,6 +242,54 @@ impl VcpuState for FakeVcpu {
             return Err(FakeError::InvalidException(exception.vector));
         }
         self.injected.push(exception);
+        self.pending = Some(exception);
+        Ok(())
+    }
+
+    fn pending_exception(&self) -> Result<Option<Exception>, FakeError> {
+        Ok(self.pending)
+    }
+
+    fn clear_pending_exception(&mut self) -> Result<(), FakeError> {
+        self.pending = None;
+        Ok(())
+    }
+
+    /// Reset state: FCW 0x37f, MXCSR 0x1f80 with mask 0xffff, every component initial.
+    fn xsave(&self) -> Result<Vec<u8>, FakeError> {
+        Ok(self.xsave.clone().unwrap_or_else(|| {
+            let mut area = vec![0u8; XSAVE_AREA_SIZE];
+            area[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+            area[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+            area[28..32].copy_from_slice(&0xffffu32.to_le_bytes());
+            area
+        }))
+    }
+
+    fn set_xsave(&mut self, area: &[u8]) -> Result<(), FakeError> {
+        if area.len() != XSAVE_AREA_SIZE {
+            return Err(FakeError::XsaveSize(area.len()));
+        }
+        self.xsave = Some(area.to_vec());
+        Ok(())
+    }
+
+    /// 1 (x87 only) until set.
+    fn xcr0(&self) -> Result<u64, FakeError> {
+        Ok(self.xcr0.unwrap_or(1))
+    }
+
+    fn set_xcr0(&mut self, value: u64) -> Result<(), FakeError> {
+        self.xcr0 = Some(value);
+        Ok(())
+    }
+
+    fn msr(&self, index: u32) -> Result<Option<u64>, FakeError> {
+        Ok(self.msrs.get(&index).copied())
+    }
+
+    fn set_msr(&mut self, index: u32, value: u64) -> Result<(), FakeError> {
+        self.msrs.insert(index, value);
         Ok(())
     }
 }
@@ -731,5 +799,29 @@ mod tests {
             ]
         );
         assert!(FakeError::ScriptEnded.to_string().contains("script"));
+    }
+
+    #[test]
+    fn assist_state_lives_in_memory() {
+        let mut v = FakeVcpu::new(0);
+        assert_eq!(v.xcr0().unwrap(), 1);
+        v.set_xcr0(7).unwrap();
+        assert_eq!(v.xcr0().unwrap(), 7);
+        let area = v.xsave().unwrap();
+        assert_eq!(area.len(), XSAVE_AREA_SIZE);
+        assert_eq!(area[0..2], 0x37fu16.to_le_bytes());
+        assert_eq!(v.set_xsave(&[0; 8]), Err(FakeError::XsaveSize(8)));
+        v.set_xsave(&vec![1; XSAVE_AREA_SIZE]).unwrap();
+        assert_eq!(v.xsave().unwrap()[0], 1);
+        assert_eq!(v.msr(0xda0).unwrap(), None);
+        v.set_msr(0xda0, 5).unwrap();
+        assert_eq!(v.msr(0xda0).unwrap(), Some(5));
+        assert_eq!(v.pending_exception().unwrap(), None);
+        v.inject_page_fault(0x1234, 2).unwrap();
+        assert_eq!(v.special_registers().unwrap().cr2, 0x1234);
+        assert_eq!(v.pending_exception().unwrap().map(|e| e.vector), Some(14));
+        v.clear_pending_exception().unwrap();
+        assert_eq!(v.pending(), None);
+        assert_eq!(v.injected().len(), 1);
     }
 }

@@ -5,12 +5,12 @@
 
 use std::sync::atomic::AtomicBool;
 
-use vm_memory::GuestMemoryMmap;
-use vmkit_exits::VcpuState;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vmkit_exits::{AssistPolicy, EmulationAssist, VcpuState};
 use vmkit_memory::GuestLayout;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::run::{ExitHandler, LoopExit, RunExit, run_until_stop};
+use crate::run::{ExitHandler, LoopExit, RunExit, run_until_stop, run_until_stop_with_assist};
 use crate::x86::{LongModeEntry, PageSizes};
 
 /// A hypervisor backend: creates VMs and reports what the host supports.
@@ -158,5 +158,23 @@ pub trait Vcpu: VcpuState {
         Self: Sized,
     {
         run_until_stop(self, handler, stop)
+    }
+
+    /// Runs like [`run_loop`](Vcpu::run_loop), completing emulation failures with `assist` on
+    /// `memory`; see [`run_until_stop_with_assist`].
+    fn run_loop_with_assist<H, M, P>(
+        &mut self,
+        handler: &H,
+        assist: &EmulationAssist<P>,
+        memory: &M,
+        stop: &AtomicBool,
+    ) -> Result<LoopExit, Self::Error>
+    where
+        H: ExitHandler + ?Sized,
+        M: GuestMemoryBackend + ?Sized,
+        P: AssistPolicy,
+        Self: Sized,
+    {
+        run_until_stop_with_assist(self, handler, assist, memory, stop)
     }
 }

@@ -18,5 +18,7 @@ pub mod x86;
 
 pub use hypervisor::{DataMatch, Hypervisor, IoEventAddress, Kick, Vcpu, Vm};
 pub use kvm::{Error, KvmHypervisor, KvmKicker, KvmVcpu, KvmVm};
-pub use run::{ExitHandler, Exits, LoopExit, RunExit, handle_exits, run_until_stop};
+pub use run::{
+    ExitHandler, Exits, LoopExit, RunExit, handle_exits, run_until_stop, run_until_stop_with_assist,
+};
 pub use x86::{LongModeEntry, PageSizes};

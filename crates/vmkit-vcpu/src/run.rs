@@ -13,7 +13,8 @@
 use std::slice::{ChunksExact, ChunksExactMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use vmkit_exits::{ExitAction, StopReason, VmExit};
+use vm_memory::GuestMemoryBackend;
+use vmkit_exits::{AssistPolicy, EmulationAssist, ExitAction, StopReason, VmExit};
 
 use crate::hypervisor::Vcpu;
 
@@ -210,6 +211,42 @@ where
     }
 }
 
+/// Runs `vcpu` like [`run_until_stop`], handing every emulation failure to `assist` with the
+/// vCPU's state and `memory` (the VM's guest memory): an instruction the assist completes (or
+/// turns into a guest exception) resumes the guest; one it cannot handle stops the loop with
+/// the internal error, and [`EmulationAssist::last_report`] says why.
+pub fn run_until_stop_with_assist<V, H, M, P>(
+    vcpu: &mut V,
+    handler: &H,
+    assist: &EmulationAssist<P>,
+    memory: &M,
+    stop: &AtomicBool,
+) -> Result<LoopExit, V::Error>
+where
+    V: Vcpu + ?Sized,
+    H: ExitHandler + ?Sized,
+    M: GuestMemoryBackend + ?Sized,
+    P: AssistPolicy,
+{
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Ok(LoopExit::StopRequested);
+        }
+        let action = match vcpu.run()? {
+            RunExit::Kicked => continue,
+            RunExit::Exits(exits) => handle_exits(exits, handler),
+        };
+        let action = assist
+            .resolve(vcpu, memory, action)
+            .map_err(|e| e.into_source())?;
+        match action {
+            ExitAction::Resume => {}
+            ExitAction::Halt => vcpu.halt()?,
+            ExitAction::Stop(reason) => return Ok(LoopExit::Stopped(reason)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +332,65 @@ mod tests {
         assert_eq!(
             handle_exits(Exits::one(VmExit::Hlt), &|_: VmExit<'_>| ExitAction::Resume),
             ExitAction::Resume
+        );
+    }
+
+    #[test]
+    fn the_assist_completes_emulation_failures_in_the_loop() {
+        use crate::fake::{FakeVcpu, ScriptedExit};
+        use vm_memory::{GuestAddress, GuestMemoryMmap};
+        use vmkit_exits::state::Exception;
+        use vmkit_exits::{InsnBytes, VcpuState};
+
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let assist = EmulationAssist::default();
+        let mut vcpu = FakeVcpu::new(0);
+        let ud = Exception {
+            vector: 6,
+            error_code: None,
+        };
+        vcpu.queue_exception(ud);
+        let emulation = |bytes: &[u8]| ScriptedExit::InternalError {
+            suberror: 1,
+            insn: Some(InsnBytes::new(bytes)),
+        };
+        vcpu.push(emulation(&[0xcc]))
+            .push(ScriptedExit::Hlt)
+            .push(emulation(&[0xf4]));
+        let stop = AtomicBool::new(false);
+        let handler = |exit: VmExit<'_>| {
+            vmkit_exits::ExitDispatcher::new(std::sync::Arc::default(), std::sync::Arc::default())
+                .dispatch(exit)
+        };
+        let exit =
+            run_until_stop_with_assist(&mut vcpu, &handler, &assist, &memory, &stop).unwrap();
+        assert_eq!(
+            exit,
+            LoopExit::Stopped(StopReason::InternalError {
+                suberror: 1,
+                insn: Some(InsnBytes::new(&[0xf4]))
+            }),
+            "hlt is not emulated: stop with a report"
+        );
+        assert_eq!(vcpu.registers().unwrap().rip, 1, "int3 completed");
+        assert_eq!(
+            vcpu.pending().map(|e| e.vector),
+            Some(3),
+            "#BP replaced the queued #UD"
+        );
+        assert_eq!(vcpu.halts(), 1);
+        assert!(assist.last_report().unwrap().to_string().contains("hlt"));
+        stop.store(true, Ordering::Release);
+        assert_eq!(
+            vcpu.run_loop_with_assist(&handler, &assist, &memory, &stop)
+                .unwrap(),
+            LoopExit::StopRequested
+        );
+        vcpu.push(ScriptedExit::Fail);
+        stop.store(false, Ordering::Release);
+        assert!(
+            vcpu.run_loop_with_assist(&handler, &assist, &memory, &stop)
+                .is_err()
         );
     }
 }

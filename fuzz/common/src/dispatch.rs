@@ -881,9 +881,8 @@ impl Harness {
 fn check_decoder(bytes: &[u8]) {
     for mode in [CpuMode::Bits16, CpuMode::Bits32, CpuMode::Bits64] {
         if let Ok(insn) = decode(bytes, mode) {
-            if let Some(len) = insn.len {
-                assert!(len >= 1 && len <= bytes.len() && len <= 15, "{bytes:02x?}");
-            }
+            let len = insn.len;
+            assert!(len >= 1 && len <= bytes.len() && len <= 15, "{bytes:02x?}");
             assert!(!insn.to_string().is_empty());
         }
     }

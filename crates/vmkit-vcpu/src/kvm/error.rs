@@ -151,6 +151,12 @@ pub enum Error {
     /// The entry state is invalid: {0}.
     #[error("the entry state is invalid: {0}")]
     Entry(#[from] EntryError),
+    /// The guest's XSAVE area is {0} bytes, more than the 4096 of KVM_GET/SET_XSAVE.
+    #[error("the guest's XSAVE area is {0} bytes, more than the 4096 of KVM_GET/SET_XSAVE")]
+    XsaveTooLarge(usize),
+    /// An XSAVE area of {0} bytes was given where 4096 are needed.
+    #[error("an XSAVE area of {0} bytes was given where 4096 are needed")]
+    XsaveSize(usize),
     /// Writing the boot GDT to guest memory at {0:#x} failed.
     #[error("writing the boot GDT to guest memory at {0:#x} failed")]
     WriteGdt(u64),

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use kvm_bindings::{
     CpuId, KVM_EXIT_MEMORY_FAULT, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, KVMIO, Msrs, kvm_fpu,
-    kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_run,
+    kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_run, kvm_xsave,
 };
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 use vmkit_exits::VcpuState;
-use vmkit_exits::state::{Exception, Registers, SpecialRegisters};
+use vmkit_exits::state::{Exception, Registers, SpecialRegisters, XSAVE_AREA_SIZE};
 use vmm_sys_util::ioctl_io_nr;
 
 use super::convert::{
@@ -263,6 +263,16 @@ impl KvmVcpu {
         }
     }
 
+    /// Refuses XSAVE state larger than `struct kvm_xsave` (AMX tiles enabled for the guest):
+    /// KVM_SET_XSAVE would read past it.
+    fn check_xsave_size(&self) -> Result<(), Error> {
+        let size = self.vm.fd.check_extension_int(kvm_ioctls::Cap::Xsave2);
+        match usize::try_from(size) {
+            Ok(size) if size > XSAVE_AREA_SIZE => Err(Error::XsaveTooLarge(size)),
+            _ => Ok(()),
+        }
+    }
+
     /// Makes sure the kick signal is not blocked on the calling thread (checked once per thread).
     fn prepare_thread(&self) {
         // SAFETY: `pthread_self` has no preconditions.
@@ -323,6 +333,88 @@ impl VcpuState for KvmVcpu {
         self.fd
             .set_sregs(&kvm)
             .map_err(Error::ioctl("KVM_SET_SREGS"))
+    }
+
+    fn pending_exception(&self) -> Result<Option<Exception>, Error> {
+        self.complete_pending()?;
+        let events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(Error::ioctl("KVM_GET_VCPU_EVENTS"))?;
+        let e = events.exception;
+        Ok((e.injected != 0 || e.pending != 0).then_some(Exception {
+            vector: e.nr,
+            error_code: (e.has_error_code != 0).then_some(e.error_code),
+        }))
+    }
+
+    fn clear_pending_exception(&mut self) -> Result<(), Error> {
+        self.complete_pending()?;
+        let mut events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(Error::ioctl("KVM_GET_VCPU_EVENTS"))?;
+        events.exception.injected = 0;
+        events.exception.pending = 0;
+        events.exception.has_error_code = 0;
+        events.exception.error_code = 0;
+        events.exception_has_payload = 0;
+        events.exception_payload = 0;
+        self.fd
+            .set_vcpu_events(&events)
+            .map_err(Error::ioctl("KVM_SET_VCPU_EVENTS"))
+    }
+
+    fn xsave(&self) -> Result<Vec<u8>, Error> {
+        self.complete_pending()?;
+        self.check_xsave_size()?;
+        let xsave = self.fd.get_xsave().map_err(Error::ioctl("KVM_GET_XSAVE"))?;
+        Ok(xsave.region.iter().flat_map(|w| w.to_le_bytes()).collect())
+    }
+
+    fn set_xsave(&mut self, area: &[u8]) -> Result<(), Error> {
+        if area.len() != XSAVE_AREA_SIZE {
+            return Err(Error::XsaveSize(area.len()));
+        }
+        self.complete_pending()?;
+        self.check_xsave_size()?;
+        let mut xsave = kvm_xsave::default();
+        for (w, b) in xsave.region.iter_mut().zip(area.chunks_exact(4)) {
+            *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        // SAFETY: KVM_SET_XSAVE reads the guest's XSAVE size from `xsave`, which
+        // `check_xsave_size` has just shown to be at most the 4096 bytes of `kvm_xsave`.
+        unsafe { self.fd.set_xsave(&xsave) }.map_err(Error::ioctl("KVM_SET_XSAVE"))
+    }
+
+    fn xcr0(&self) -> Result<u64, Error> {
+        self.complete_pending()?;
+        let xcrs = self.fd.get_xcrs().map_err(Error::ioctl("KVM_GET_XCRS"))?;
+        Ok(xcrs
+            .xcrs
+            .iter()
+            .take(xcrs.nr_xcrs as usize)
+            .find(|x| x.xcr == 0)
+            .map_or(1, |x| x.value))
+    }
+
+    fn set_xcr0(&mut self, value: u64) -> Result<(), Error> {
+        self.complete_pending()?;
+        let mut xcrs = self.fd.get_xcrs().map_err(Error::ioctl("KVM_GET_XCRS"))?;
+        xcrs.nr_xcrs = 1;
+        xcrs.xcrs[0].xcr = 0;
+        xcrs.xcrs[0].value = value;
+        self.fd
+            .set_xcrs(&xcrs)
+            .map_err(Error::ioctl("KVM_SET_XCRS"))
+    }
+
+    fn msr(&self, index: u32) -> Result<Option<u64>, Error> {
+        Ok(self.msrs(&[index])?.first().map(|m| m.value))
+    }
+
+    fn set_msr(&mut self, index: u32, value: u64) -> Result<(), Error> {
+        self.set_msrs(&[MsrValue { index, value }])
     }
 
     fn inject_exception(&mut self, exception: Exception) -> Result<(), Error> {

@@ -1,0 +1,539 @@
+//! Unit tests of the assist: hand-made instruction bytes on an in-memory vCPU and guest memory
+//! with page tables.
+
+use super::*;
+use crate::guest::{GP_VECTOR, SS_VECTOR};
+use crate::state::{PF_VECTOR, Segment, SpecialRegisters, XSAVE_AREA_SIZE};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmkit_paging::{BumpAllocator, PageSizes, PteFlags, TableBuilder, X86Paging};
+
+#[derive(Debug, thiserror::Error)]
+#[error("vcpu gone")]
+struct Gone;
+
+/// An in-memory vCPU.
+#[derive(Default)]
+struct MemVcpu {
+    regs: Registers,
+    sregs: SpecialRegisters,
+    injected: Vec<Exception>,
+    pending: Option<Exception>,
+    xsave: Vec<u8>,
+    xcr0: u64,
+    xss: Option<u64>,
+    fail: bool,
+}
+
+const CR3: u64 = 0x30_0000;
+const RW: u64 = 0x40_0000; // two pages -> 0x10000, 0x11000
+const RO: u64 = 0x50_0000; // -> 0x20000
+const USER: u64 = 0x60_0000; // -> 0x30000, user
+const SPLIT: u64 = 0x70_0000; // -> 0x40000, then 0x50000
+const OUTSIDE: u64 = 0x80_0000; // -> beyond RAM
+const UNMAPPED: u64 = 0x90_0000;
+
+fn memory() -> GuestMemoryMmap {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+    let frames = BumpAllocator::new(CR3, 4 << 20);
+    let mut b = TableBuilder::new(X86Paging::default(), &mem, frames, PageSizes::SMALL).unwrap();
+    assert_eq!(b.root(), CR3);
+    b.map(RW, 0x10000, 0x2000, PteFlags::WRITABLE).unwrap();
+    b.map(RO, 0x20000, 0x1000, PteFlags::EMPTY).unwrap();
+    b.map(USER, 0x30000, 0x1000, PteFlags::WRITABLE | PteFlags::USER)
+        .unwrap();
+    b.map(SPLIT, 0x40000, 0x1000, PteFlags::WRITABLE).unwrap();
+    b.map(SPLIT + 0x1000, 0x50000, 0x1000, PteFlags::WRITABLE)
+        .unwrap();
+    b.map(OUTSIDE, 0x1000_0000, 0x1000, PteFlags::WRITABLE)
+        .unwrap();
+    mem
+}
+
+impl MemVcpu {
+    fn long_mode() -> Self {
+        let mut v = Self::default();
+        v.sregs.cr0 = 0x8001_0011;
+        v.sregs.cr3 = CR3;
+        v.sregs.cr4 = 0x20 | CR4_OSXSAVE;
+        v.sregs.efer = 0xd00;
+        v.sregs.cs = Segment {
+            l: true,
+            present: true,
+            type_: 0xb,
+            s: true,
+            ..Segment::default()
+        };
+        v.regs.rip = 0xffff_ffff_8100_0000;
+        v.regs.rflags = 2;
+        v.xsave = vec![0; XSAVE_AREA_SIZE];
+        v.xcr0 = 0b111;
+        v
+    }
+
+    /// 32-bit protected mode without paging, flat 4 GiB segments.
+    fn protected() -> Self {
+        let mut v = Self::long_mode();
+        v.sregs.cr0 = 0x11;
+        v.sregs.efer = 0;
+        let flat = Segment {
+            limit: 0xffff_ffff,
+            present: true,
+            type_: 0x3,
+            s: true,
+            db: true,
+            g: true,
+            ..Segment::default()
+        };
+        v.sregs.ds = flat;
+        v.sregs.ss = flat;
+        v.sregs.es = flat;
+        v.sregs.cs = Segment { type_: 0xb, ..flat };
+        v.regs.rip = 0x1000;
+        v
+    }
+}
+
+impl VcpuState for MemVcpu {
+    type Error = Gone;
+    fn registers(&self) -> Result<Registers, Gone> {
+        if self.fail {
+            return Err(Gone);
+        }
+        Ok(self.regs)
+    }
+    fn set_registers(&mut self, regs: &Registers) -> Result<(), Gone> {
+        self.regs = *regs;
+        Ok(())
+    }
+    fn special_registers(&self) -> Result<SpecialRegisters, Gone> {
+        Ok(self.sregs)
+    }
+    fn set_special_registers(&mut self, sregs: &SpecialRegisters) -> Result<(), Gone> {
+        self.sregs = *sregs;
+        Ok(())
+    }
+    fn inject_exception(&mut self, exception: Exception) -> Result<(), Gone> {
+        self.injected.push(exception);
+        self.pending = Some(exception);
+        Ok(())
+    }
+    fn pending_exception(&self) -> Result<Option<Exception>, Gone> {
+        Ok(self.pending)
+    }
+    fn clear_pending_exception(&mut self) -> Result<(), Gone> {
+        self.pending = None;
+        Ok(())
+    }
+    fn xsave(&self) -> Result<Vec<u8>, Gone> {
+        Ok(self.xsave.clone())
+    }
+    fn set_xsave(&mut self, area: &[u8]) -> Result<(), Gone> {
+        self.xsave = area.to_vec();
+        Ok(())
+    }
+    fn xcr0(&self) -> Result<u64, Gone> {
+        Ok(self.xcr0)
+    }
+    fn set_xcr0(&mut self, value: u64) -> Result<(), Gone> {
+        self.xcr0 = value;
+        Ok(())
+    }
+    fn msr(&self, index: u32) -> Result<Option<u64>, Gone> {
+        Ok((index == MSR_IA32_XSS).then_some(self.xss.unwrap_or(0)))
+    }
+    fn set_msr(&mut self, _index: u32, value: u64) -> Result<(), Gone> {
+        self.xss = Some(value);
+        Ok(())
+    }
+}
+
+fn emu(bytes: &[u8]) -> ExitAction {
+    ExitAction::Stop(StopReason::InternalError {
+        suberror: INTERNAL_ERROR_EMULATION,
+        insn: Some(InsnBytes::new(bytes)),
+    })
+}
+
+fn assist() -> EmulationAssist {
+    EmulationAssist::default().with_xsave_layout(XsaveLayout::default())
+}
+
+const UD: Exception = Exception {
+    vector: UD_VECTOR,
+    error_code: None,
+};
+const GP: Exception = Exception {
+    vector: GP_VECTOR,
+    error_code: Some(0),
+};
+
+/// `lock cmpxchg16b [rsi]`.
+const CX16: [u8; 5] = [0xf0, 0x48, 0x0f, 0xc7, 0x0e];
+/// `lock cmpxchg8b [rsi]`.
+const CX8: [u8; 4] = [0xf0, 0x0f, 0xc7, 0x0e];
+
+fn pte(mem: &GuestMemoryMmap, va: u64) -> u64 {
+    let t = X86Paging::new(CR3)
+        .probe(
+            mem,
+            va,
+            vmkit_paging::Access::read(vmkit_paging::Privilege::Supervisor),
+        )
+        .unwrap();
+    t.leaf
+}
+
+#[test]
+fn cmpxchg16b_both_outcomes_with_a_queued_ud() {
+    let mem = memory();
+    let a = assist();
+    let mut v = MemVcpu::long_mode();
+    v.pending = Some(UD); // the backend queued #UD with the failure
+    mem.write_obj(0x1111u64, GuestAddress(0x10020)).unwrap();
+    mem.write_obj(0x2222u64, GuestAddress(0x10028)).unwrap();
+    v.regs.rsi = RW + 0x20;
+    (v.regs.rax, v.regs.rdx, v.regs.rbx, v.regs.rcx) = (0x1111, 0x2222, 0xaaaa, 0xbbbb);
+    let rip = v.regs.rip;
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&CX16)).unwrap(),
+        ExitAction::Resume
+    );
+    assert_eq!(
+        v.pending, None,
+        "no spurious #UD after a completed instruction"
+    );
+    assert!(v.injected.is_empty());
+    assert_eq!(v.regs.rip, rip + 5);
+    assert_ne!(v.regs.rflags & RFLAGS_ZF, 0);
+    assert_eq!(mem.read_obj::<u64>(GuestAddress(0x10020)).unwrap(), 0xaaaa);
+    assert_eq!(mem.read_obj::<u64>(GuestAddress(0x10028)).unwrap(), 0xbbbb);
+    assert_ne!(pte(&mem, RW) & (1 << 6), 0, "dirty");
+
+    // Failure: the accumulator gets memory, ZF clear, memory unchanged.
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&CX16)).unwrap(),
+        ExitAction::Resume
+    );
+    assert_eq!((v.regs.rax, v.regs.rdx), (0xaaaa, 0xbbbb));
+    assert_eq!(v.regs.rflags & RFLAGS_ZF, 0);
+    assert_eq!(a.counts().completed(Assisted::Cmpxchg16b), 2);
+
+    // The encoding: lock cmpxchg16b [rbp+0x20].
+    v.regs.rbp = RW + 0x100;
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&[0xf0, 0x48, 0x0f, 0xc7, 0x4d, 0x20]))
+            .unwrap(),
+        ExitAction::Resume
+    );
+    assert_eq!(mem.read_obj::<u64>(GuestAddress(0x10120)).unwrap(), 0);
+    assert_eq!(v.regs.rflags & RFLAGS_ZF, 0);
+}
+
+#[test]
+fn cmpxchg16b_faults() {
+    let mem = memory();
+    let a = assist();
+    let mut v = MemVcpu::long_mode();
+    let rip = v.regs.rip;
+    // Misaligned: #GP(0), rip stays.
+    v.regs.rsi = RW + 8;
+    a.resolve(&mut v, &mem, emu(&CX16)).unwrap();
+    assert_eq!(v.injected.pop(), Some(GP));
+    assert_eq!(v.regs.rip, rip);
+    // Read-only page: a write #PF even though the comparison fails.
+    v.regs.rsi = RO;
+    v.regs.rax = 1;
+    a.resolve(&mut v, &mem, emu(&CX16)).unwrap();
+    assert_eq!(
+        v.injected.pop(),
+        Some(Exception {
+            vector: PF_VECTOR,
+            error_code: Some(0b011)
+        })
+    );
+    assert_eq!(v.sregs.cr2, RO);
+    // Unmapped.
+    v.regs.rsi = UNMAPPED + 0x10;
+    a.resolve(&mut v, &mem, emu(&CX16)).unwrap();
+    assert_eq!(v.injected.pop().unwrap().error_code, Some(0b010));
+    assert_eq!(v.sregs.cr2, UNMAPPED + 0x10);
+    // User page from ring 3 works; supervisor page from ring 3 faults with U/S.
+    v.sregs.ss.dpl = 3;
+    v.regs.rsi = USER;
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&CX16)).unwrap(),
+        ExitAction::Resume
+    );
+    assert!(v.injected.is_empty());
+    v.regs.rsi = RW;
+    a.resolve(&mut v, &mem, emu(&CX16)).unwrap();
+    assert_eq!(v.injected.pop().unwrap().error_code, Some(0b111));
+    v.sregs.ss.dpl = 0;
+    // Non-canonical: #GP, or #SS through the stack segment.
+    v.regs.rsi = 0x8000_0000_0000_0000;
+    a.resolve(&mut v, &mem, emu(&CX16)).unwrap();
+    assert_eq!(v.injected.pop(), Some(GP));
+    v.regs.rbp = 0x8000_0000_0000_0000;
+    a.resolve(&mut v, &mem, emu(&[0xf0, 0x48, 0x0f, 0xc7, 0x4d, 0x20]))
+        .unwrap();
+    assert_eq!(v.injected.pop().unwrap().vector, SS_VECTOR);
+    assert_eq!(a.counts().faulted, 6);
+    // Outside RAM: a report, not a fault.
+    v.regs.rsi = OUTSIDE;
+    assert_eq!(a.resolve(&mut v, &mem, emu(&CX16)).unwrap(), emu(&CX16));
+    let report = a.last_report().unwrap();
+    assert!(report.reason.contains("not guest RAM"), "{report}");
+    assert!(report.to_string().contains("lock cmpxchg16b [rsi]"));
+}
+
+#[test]
+fn segment_bases() {
+    let mem = memory();
+    let a = assist();
+    let mut v = MemVcpu::long_mode();
+    // gs: lock cmpxchg16b gs:[rsi]: GS base added in 64-bit mode.
+    v.sregs.gs.base = RW;
+    v.sregs.ds.base = 0x1000; // ignored in 64-bit mode
+    v.regs.rsi = 0x40;
+    (v.regs.rbx, v.regs.rcx) = (5, 6);
+    a.resolve(&mut v, &mem, emu(&[0x65, 0xf0, 0x48, 0x0f, 0xc7, 0x0e]))
+        .unwrap();
+    assert_eq!(mem.read_obj::<u64>(GuestAddress(0x10040)).unwrap(), 5);
+    v.regs.rsi = RW + 0x60;
+    a.resolve(&mut v, &mem, emu(&CX16)).unwrap();
+    assert_eq!(mem.read_obj::<u64>(GuestAddress(0x10060)).unwrap(), 5);
+}
+
+#[test]
+fn cmpxchg8b_misaligned_straddling_and_32_bit() {
+    let mem = memory();
+    let a = assist();
+    let mut v = MemVcpu::long_mode();
+    // Misaligned within a cache line.
+    mem.write_obj(0x0000_0002_0000_0001u64, GuestAddress(0x10003))
+        .unwrap();
+    v.regs.rsi = RW + 3;
+    (v.regs.rax, v.regs.rdx, v.regs.rbx, v.regs.rcx) = (1, 2, 7, 8);
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&CX8)).unwrap(),
+        ExitAction::Resume
+    );
+    assert_eq!(
+        mem.read_obj::<u64>(GuestAddress(0x10003)).unwrap(),
+        0x0000_0008_0000_0007
+    );
+    // Failure zero-extends EDX:EAX.
+    v.regs.rax = u64::MAX;
+    a.resolve(&mut v, &mem, emu(&CX8)).unwrap();
+    assert_eq!((v.regs.rax, v.regs.rdx), (7, 8));
+    // Across a cache line: a report (the host would split-lock).
+    v.regs.rsi = RW + 0x3c;
+    assert_eq!(a.resolve(&mut v, &mem, emu(&CX8)).unwrap(), emu(&CX8));
+    assert!(a.last_report().unwrap().reason.contains("cache line"));
+    // Across pages contiguous in guest-physical memory: still a cache-line split.
+    // Across pages that are not contiguous: a report.
+    v.regs.rsi = SPLIT + 0xffc;
+    assert_eq!(a.resolve(&mut v, &mem, emu(&CX8)).unwrap(), emu(&CX8));
+    assert!(a.last_report().unwrap().reason.contains("not contiguous"));
+
+    // 32-bit protected mode without paging, DS base and limit.
+    let mut v = MemVcpu::protected();
+    v.sregs.ds.base = 0x10000;
+    v.regs.rsi = 0x80;
+    v.regs.rax = 0;
+    v.regs.rbx = 0x55;
+    let rip = v.regs.rip;
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&[0x0f, 0xc7, 0x0e])).unwrap(),
+        ExitAction::Resume
+    );
+    assert_eq!(mem.read_obj::<u64>(GuestAddress(0x10080)).unwrap(), 0x55);
+    assert_eq!(v.regs.rip, rip + 3);
+    v.sregs.ds.limit = 0x83;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xc7, 0x0e])).unwrap();
+    assert_eq!(v.injected.pop(), Some(GP), "beyond the limit");
+    v.sregs.ds.limit = 0xffff_ffff;
+    v.sregs.ds.type_ = 0x1; // read-only data
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xc7, 0x0e])).unwrap();
+    assert_eq!(v.injected.pop(), Some(GP), "read-only segment");
+    v.sregs.ds.type_ = 0x3;
+    v.sregs.cr0 |= 1 << 31; // 32-bit paging: not walked
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&[0x0f, 0xc7, 0x0e])).unwrap(),
+        emu(&[0x0f, 0xc7, 0x0e])
+    );
+}
+
+#[test]
+fn int3_strategies() {
+    let mem = memory();
+    let mut v = MemVcpu::long_mode();
+    v.pending = Some(UD);
+    let rip = v.regs.rip;
+    let a = assist();
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&[0xcc])).unwrap(),
+        ExitAction::Resume
+    );
+    let bp = Exception {
+        vector: BP_VECTOR,
+        error_code: None,
+    };
+    assert_eq!(v.pending, Some(bp), "#BP replaces the queued #UD");
+    assert_eq!(v.regs.rip, rip + 1);
+    let a = assist().with_soft_exception_rip(SoftExceptionRip::BackendAddsLength);
+    a.resolve(&mut v, &mem, emu(&[0xcc])).unwrap();
+    assert_eq!(v.regs.rip, rip + 1, "left for the backend");
+    assert_eq!(a.counts().completed(Assisted::Int3), 1);
+}
+
+fn xsave_vcpu() -> MemVcpu {
+    let mut v = MemVcpu::long_mode();
+    for (i, b) in v.xsave.iter_mut().enumerate().take(832) {
+        *b = (i % 13) as u8 + 1;
+    }
+    v.xsave[24..32].copy_from_slice(&(0x1f80u64 | 0xffff << 32).to_le_bytes());
+    v.xsave[512..576].fill(0);
+    v.xsave[512] = 0b111;
+    (v.regs.rax, v.regs.rdx) = (u64::from(u32::MAX), u64::from(u32::MAX));
+    v
+}
+
+#[test]
+fn xsaves_xrstors_round_trip_compacted() {
+    let mem = memory();
+    let a = assist();
+    let mut v = xsave_vcpu();
+    let saved = v.xsave.clone();
+    v.regs.rdi = RW + 0x40; // 64-aligned, crosses into the second page
+    // xsaves [rdi]
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&[0x0f, 0xc7, 0x2f])).unwrap(),
+        ExitAction::Resume
+    );
+    let mut hdr = [0u8; 16];
+    mem.read_slice(&mut hdr, GuestAddress(0x10040 + 512))
+        .unwrap();
+    assert_eq!(
+        u64::from_le_bytes(hdr[8..].try_into().unwrap()),
+        0b111 | 1 << 63
+    );
+    v.xsave.fill(0);
+    v.xsave[28..32].copy_from_slice(&0xffffu32.to_le_bytes()); // MXCSR_MASK: the CPU's, kept
+    // xrstors [rdi]
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&[0x0f, 0xc7, 0x1f])).unwrap(),
+        ExitAction::Resume
+    );
+    assert_eq!(v.xsave[..416], saved[..416]);
+    assert_eq!(v.xsave[512..832], saved[512..832]);
+    assert_eq!(a.counts().completed(Assisted::Xsaves), 1);
+    assert_eq!(a.counts().completed(Assisted::Xrstors), 1);
+    // xsavec too.
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&[0x0f, 0xc7, 0x27])).unwrap(),
+        ExitAction::Resume
+    );
+    // xrstors of a standard-format area: #GP.
+    mem.write_obj(0u64, GuestAddress(0x10040 + 520)).unwrap();
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xc7, 0x1f])).unwrap();
+    assert_eq!(v.injected.pop(), Some(GP));
+}
+
+#[test]
+fn xsave_xrstor_round_trip_standard_and_checks() {
+    let mem = memory();
+    let a = assist();
+    let mut v = xsave_vcpu();
+    let saved = v.xsave.clone();
+    v.regs.rdi = RW;
+    // xsave [rdi], xsaveopt [rdi]
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x27])).unwrap(),
+        ExitAction::Resume
+    );
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x37])).unwrap(),
+        ExitAction::Resume
+    );
+    v.xsave.fill(0);
+    v.xsave[28..32].copy_from_slice(&0xffffu32.to_le_bytes());
+    // xrstor [rdi]
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x2f])).unwrap(),
+        ExitAction::Resume
+    );
+    assert_eq!(v.xsave[..416], saved[..416]);
+    assert_eq!(v.xsave[512..832], saved[512..832]);
+    // Misaligned: #GP; OSXSAVE clear: #UD; XSAVES from ring 3: #GP.
+    v.regs.rdi = RW + 8;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x27])).unwrap();
+    assert_eq!(v.injected.pop(), Some(GP));
+    v.regs.rdi = RW;
+    v.sregs.cr4 &= !CR4_OSXSAVE;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x27])).unwrap();
+    assert_eq!(v.injected.pop(), Some(UD));
+    v.sregs.cr4 |= CR4_OSXSAVE;
+    v.sregs.ss.dpl = 3;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xc7, 0x2f])).unwrap();
+    assert_eq!(v.injected.pop(), Some(GP));
+    v.sregs.ss.dpl = 0;
+    // A supervisor component the standard area cannot hold: a report.
+    v.xss = Some(1 << 11);
+    let xsaves = emu(&[0x0f, 0xc7, 0x2f]);
+    assert_eq!(a.resolve(&mut v, &mem, xsaves).unwrap(), xsaves);
+    assert!(a.last_report().unwrap().reason.contains("component 11"));
+    // Reserved XSTATE_BV bits: #GP.
+    mem.write_obj(1u64 << 9, GuestAddress(0x10000 + 512))
+        .unwrap();
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x2f])).unwrap();
+    assert_eq!(v.injected.pop(), Some(GP));
+}
+
+#[test]
+fn policy_and_other_outcomes() {
+    let mem = memory();
+    let a = EmulationAssist::new(ReflectNamed(vec!["ud2"]));
+    let mut v = MemVcpu::long_mode();
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&[0x0f, 0x0b])).unwrap(),
+        ExitAction::Resume
+    );
+    assert_eq!(v.injected.pop(), Some(UD));
+    let hlt = emu(&[0xf4]);
+    assert_eq!(a.resolve(&mut v, &mem, hlt).unwrap(), hlt);
+    assert!(
+        a.last_report()
+            .unwrap()
+            .to_string()
+            .contains("hlt [f4] at rip")
+    );
+    for other in [
+        ExitAction::Resume,
+        ExitAction::Halt,
+        ExitAction::Stop(StopReason::Reset),
+    ] {
+        assert_eq!(a.resolve(&mut v, &mem, other).unwrap(), other);
+    }
+    let no_bytes = ExitAction::Stop(StopReason::InternalError {
+        suberror: 1,
+        insn: None,
+    });
+    assert_eq!(a.resolve(&mut v, &mem, no_bytes).unwrap(), no_bytes);
+    let truncated = emu(&[0x0f]);
+    assert_eq!(a.resolve(&mut v, &mem, truncated).unwrap(), truncated);
+    assert_eq!((a.reflected(), a.stopped()), (1, 3));
+    let dispatcher = crate::ExitDispatcher::new(
+        Arc::new(crate::IoBus::new()),
+        Arc::new(crate::MmioBus::new()),
+    );
+    let table = dispatcher.stats().with_assist(a.counts()).to_string();
+    assert!(table.contains("assist"), "{table}");
+    v.fail = true;
+    let err = a.resolve(&mut v, &mem, emu(&[0xcc])).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "reading the vCPU's registers failed: vcpu gone"
+    );
+    assert!(matches!(err.into_source(), Gone));
+}
