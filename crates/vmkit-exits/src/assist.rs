@@ -24,7 +24,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use iced_x86::{Code, Mnemonic};
+use iced_x86::{Code, Mnemonic, OpKind};
 use log::warn;
 use vm_memory::GuestMemoryBackend;
 
@@ -42,7 +42,12 @@ pub const UD_VECTOR: u8 = 6;
 /// The breakpoint exception vector (`#BP`).
 pub const BP_VECTOR: u8 = 3;
 
+const RFLAGS_CF: u64 = 1 << 0;
+const RFLAGS_PF: u64 = 1 << 2;
+const RFLAGS_AF: u64 = 1 << 4;
 const RFLAGS_ZF: u64 = 1 << 6;
+const RFLAGS_SF: u64 = 1 << 7;
+const RFLAGS_OF: u64 = 1 << 11;
 const CR4_OSXSAVE: u64 = 1 << 18;
 
 /// Queues an invalid-opcode exception (`#UD`, no error code) for the guest's next entry.
@@ -111,8 +116,15 @@ impl AssistPolicy for ReflectNamed {
 /// who adds the instruction's length: KVM on VMX injects vector 3 as a software exception and
 /// lets the processor add the length it recorded for the last event exit, which userspace
 /// cannot set through `KVM_SET_VCPU_EVENTS`; a backend that delivers an injected exception at
-/// the current RIP adds nothing. The guest-boot test of the reference VMM (Linux's `int3`
-/// self-test checks the frame's RIP) decides which one a host needs.
+/// the current RIP adds nothing.
+///
+/// The default is [`AdvanceRip`](Self::AdvanceRip) because that is what the KVM hosts that fail
+/// on `int3` (nested hosts emulating ring-0 code) need: they deliver the `#BP` injected after
+/// an emulation failure at the current RIP and add no length. vmkit-vcpu's KVM test
+/// (`tests/kvm_assist.rs`) checks it: a ring-0 guest's `#BP` handler records the frame's RIP,
+/// which is the byte after the `int3` with the default; with
+/// [`BackendAddsLength`](Self::BackendAddsLength) the frame points at the `int3` itself, and
+/// the handler's return runs the `int3` again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SoftExceptionRip {
     /// Move RIP past the `int3`, then inject `#BP` as an exception delivered at RIP: right for
@@ -145,11 +157,17 @@ pub enum Assisted {
     Xrstor,
     /// `xrstors`.
     Xrstors,
+    /// `popcnt`.
+    Popcnt,
+    /// `lzcnt`.
+    Lzcnt,
+    /// `tzcnt`.
+    Tzcnt,
 }
 
 impl Assisted {
     /// How many there are.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 12;
 
     /// Every one, in declaration order.
     pub const ALL: [Assisted; Self::COUNT] = [
@@ -162,6 +180,9 @@ impl Assisted {
         Assisted::Xsaves,
         Assisted::Xrstor,
         Assisted::Xrstors,
+        Assisted::Popcnt,
+        Assisted::Lzcnt,
+        Assisted::Tzcnt,
     ];
 
     /// The mnemonic.
@@ -176,6 +197,9 @@ impl Assisted {
             Assisted::Xsaves => "xsaves",
             Assisted::Xrstor => "xrstor",
             Assisted::Xrstors => "xrstors",
+            Assisted::Popcnt => "popcnt",
+            Assisted::Lzcnt => "lzcnt",
+            Assisted::Tzcnt => "tzcnt",
         }
     }
 
@@ -190,6 +214,9 @@ impl Assisted {
             Mnemonic::Xsaves | Mnemonic::Xsaves64 => Assisted::Xsaves,
             Mnemonic::Xrstor | Mnemonic::Xrstor64 => Assisted::Xrstor,
             Mnemonic::Xrstors | Mnemonic::Xrstors64 => Assisted::Xrstors,
+            Mnemonic::Popcnt => Assisted::Popcnt,
+            Mnemonic::Lzcnt => Assisted::Lzcnt,
+            Mnemonic::Tzcnt => Assisted::Tzcnt,
             _ => return None,
         })
     }
@@ -517,6 +544,7 @@ impl<M: GuestMemoryBackend + ?Sized> Emulator<'_, M> {
                 self.xsave(vcpu, kind)?
             }
             Assisted::Xrstor | Assisted::Xrstors => self.xrstor(vcpu, kind)?,
+            Assisted::Popcnt | Assisted::Lzcnt | Assisted::Tzcnt => self.bit_count(kind),
         };
         if let Err(abort) = outcome {
             return Ok(Err(abort));
@@ -560,6 +588,65 @@ impl<M: GuestMemoryBackend + ?Sized> Emulator<'_, M> {
         })
         .map_err(AssistError::Inject)?;
         Ok(Ok(Assisted::Int3))
+    }
+
+    /// `popcnt`, `lzcnt` and `tzcnt`: a 16-, 32- or 64-bit count of the source (a register or
+    /// memory) into the destination register, with the flags each defines (`popcnt`: ZF when
+    /// the source is zero, OF, SF, AF, CF and PF clear; `lzcnt`/`tzcnt`: CF when the source is
+    /// zero, ZF when the count is; their other flags are undefined and kept).
+    fn bit_count(&mut self, kind: Assisted) -> Result<(), Abort> {
+        let insn = &self.insn.instruction;
+        let dest = insn.op0_register();
+        let bits = u32::try_from(dest.size() * 8).map_err(|_| Unsupported::Instruction)?;
+        if !matches!(bits, 16 | 32 | 64) {
+            return Err(Unsupported::Instruction.into());
+        }
+        let source = match insn.op1_kind() {
+            OpKind::Register => self
+                .view
+                .gpr(insn.op1_register())
+                .ok_or(Unsupported::Instruction)?,
+            OpKind::Memory => {
+                let size = bits as usize / 8;
+                let la = self.view.linear(insn, 1, size as u64, false)?;
+                let mapped = self.view.map(la, size, false)?;
+                let mut bytes = [0u8; 8];
+                self.view.read(&mapped, &mut bytes[..size])?;
+                u64::from_le_bytes(bytes)
+            }
+            _ => return Err(Unsupported::Instruction.into()),
+        };
+        let (count, mut set, clear) = match kind {
+            Assisted::Popcnt => (
+                u64::from(source.count_ones()),
+                if source == 0 { RFLAGS_ZF } else { 0 },
+                RFLAGS_ZF | RFLAGS_OF | RFLAGS_SF | RFLAGS_AF | RFLAGS_CF | RFLAGS_PF,
+            ),
+            Assisted::Lzcnt => (
+                u64::from(source.leading_zeros() - (64 - bits)),
+                0,
+                RFLAGS_ZF | RFLAGS_CF,
+            ),
+            _ => (
+                u64::from(source.trailing_zeros().min(bits)),
+                0,
+                RFLAGS_ZF | RFLAGS_CF,
+            ),
+        };
+        if kind != Assisted::Popcnt {
+            if source == 0 {
+                set |= RFLAGS_CF;
+            }
+            if count == 0 {
+                set |= RFLAGS_ZF;
+            }
+        }
+        self.view
+            .set_gpr(dest, count)
+            .ok_or(Unsupported::Instruction)?;
+        let r = &mut self.view.regs;
+        r.rflags = (r.rflags & !clear) | set;
+        Ok(())
     }
 
     fn cmpxchg(&mut self) -> Result<(), Abort> {

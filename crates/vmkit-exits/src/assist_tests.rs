@@ -537,3 +537,81 @@ fn policy_and_other_outcomes() {
     );
     assert!(matches!(err.into_source(), Gone));
 }
+
+/// `popcnt rax, rdi`, as Linux's `__arch_hweight64` runs it.
+const POPCNT_RAX_RDI: [u8; 5] = [0xf3, 0x48, 0x0f, 0xb8, 0xc7];
+
+#[test]
+fn popcnt_counts_a_register_and_sets_only_zf() {
+    let mem = memory();
+    let a = assist();
+    let mut v = MemVcpu::long_mode();
+    v.pending = Some(UD);
+    v.regs.rdi = 0xf0f0_0000_0000_0001;
+    v.regs.rax = u64::MAX;
+    // CF, PF, AF, SF, OF set before: all cleared; ZF clear for a non-zero source.
+    v.regs.rflags = 0x2 | 0x1 | 0x4 | 0x10 | 0x80 | 0x800 | 0x40;
+    let rip = v.regs.rip;
+    assert_eq!(
+        a.resolve(&mut v, &mem, emu(&POPCNT_RAX_RDI)).unwrap(),
+        ExitAction::Resume
+    );
+    assert_eq!(v.regs.rax, 9);
+    assert_eq!(v.regs.rflags, 0x2);
+    assert_eq!(v.regs.rip, rip + 5);
+    assert_eq!(v.pending, None, "the queued #UD is dropped");
+    // A zero source sets ZF.
+    v.regs.rdi = 0;
+    a.resolve(&mut v, &mem, emu(&POPCNT_RAX_RDI)).unwrap();
+    assert_eq!((v.regs.rax, v.regs.rflags), (0, 0x2 | RFLAGS_ZF));
+    assert_eq!(a.counts().completed(Assisted::Popcnt), 2);
+}
+
+#[test]
+fn bit_counts_of_every_width_and_from_memory() {
+    let mem = memory();
+    let a = assist();
+    let mut v = MemVcpu::long_mode();
+    // popcnt ecx, [rsi]: a 32-bit write clears the upper half.
+    mem.write_obj(0x8000_0003u32, GuestAddress(0x10040))
+        .unwrap();
+    v.regs.rsi = RW + 0x40;
+    v.regs.rcx = u64::MAX;
+    a.resolve(&mut v, &mem, emu(&[0xf3, 0x0f, 0xb8, 0x0e]))
+        .unwrap();
+    assert_eq!(v.regs.rcx, 3);
+    // popcnt cx, dx: a 16-bit write keeps the other bits.
+    v.regs.rcx = 0xffff_ffff_ffff_0000;
+    v.regs.rdx = 0x1_00ff;
+    a.resolve(&mut v, &mem, emu(&[0x66, 0xf3, 0x0f, 0xb8, 0xca]))
+        .unwrap();
+    assert_eq!(v.regs.rcx, 0xffff_ffff_ffff_0008);
+    // lzcnt eax, edx and tzcnt rax, rdx: counts, CF for a zero source, ZF for a zero count.
+    v.regs.rdx = 0x0000_0100;
+    a.resolve(&mut v, &mem, emu(&[0xf3, 0x0f, 0xbd, 0xc2]))
+        .unwrap();
+    assert_eq!(v.regs.rax, 23);
+    assert_eq!(v.regs.rflags & (RFLAGS_CF | RFLAGS_ZF), 0);
+    a.resolve(&mut v, &mem, emu(&[0xf3, 0x48, 0x0f, 0xbc, 0xc2]))
+        .unwrap();
+    assert_eq!(v.regs.rax, 8);
+    v.regs.rdx = 0;
+    a.resolve(&mut v, &mem, emu(&[0xf3, 0x48, 0x0f, 0xbc, 0xc2]))
+        .unwrap();
+    assert_eq!(v.regs.rax, 64);
+    assert_eq!(v.regs.rflags & (RFLAGS_CF | RFLAGS_ZF), RFLAGS_CF);
+    v.regs.rdx = 0x8000_0000;
+    a.resolve(&mut v, &mem, emu(&[0xf3, 0x0f, 0xbd, 0xc2]))
+        .unwrap();
+    assert_eq!(v.regs.rax, 0);
+    assert_eq!(v.regs.rflags & (RFLAGS_CF | RFLAGS_ZF), RFLAGS_ZF);
+    // A memory source on an unmapped page is a #PF for a read, CR2 the address.
+    v.regs.rsi = UNMAPPED;
+    a.resolve(&mut v, &mem, emu(&[0xf3, 0x0f, 0xb8, 0x0e]))
+        .unwrap();
+    let last = *v.injected.last().unwrap();
+    assert_eq!((last.vector, last.error_code), (PF_VECTOR, Some(0)));
+    assert_eq!(v.sregs.cr2, UNMAPPED);
+    assert_eq!(a.counts().completed(Assisted::Lzcnt), 2);
+    assert_eq!(a.counts().completed(Assisted::Tzcnt), 2);
+}

@@ -172,7 +172,40 @@ impl<'a, M: GuestMemoryBackend + ?Sized> GuestView<'a, M> {
         })
     }
 
-    fn gpr(&self, reg: Register) -> Option<u64> {
+    /// Writes general-purpose register `reg` as an instruction does: a 32-bit write clears the
+    /// upper half, a 16- or 8-bit write keeps the other bits. `None` for any other register.
+    pub(crate) fn set_gpr(&mut self, reg: Register, value: u64) -> Option<()> {
+        let r = &mut self.regs;
+        let full = match reg.full_register() {
+            Register::RAX => &mut r.rax,
+            Register::RCX => &mut r.rcx,
+            Register::RDX => &mut r.rdx,
+            Register::RBX => &mut r.rbx,
+            Register::RSP => &mut r.rsp,
+            Register::RBP => &mut r.rbp,
+            Register::RSI => &mut r.rsi,
+            Register::RDI => &mut r.rdi,
+            Register::R8 => &mut r.r8,
+            Register::R9 => &mut r.r9,
+            Register::R10 => &mut r.r10,
+            Register::R11 => &mut r.r11,
+            Register::R12 => &mut r.r12,
+            Register::R13 => &mut r.r13,
+            Register::R14 => &mut r.r14,
+            Register::R15 => &mut r.r15,
+            _ => return None,
+        };
+        *full = match reg.size() {
+            8 => value,
+            4 => value & 0xffff_ffff,
+            2 => (*full & !0xffff) | (value & 0xffff),
+            _ => return None,
+        };
+        Some(())
+    }
+
+    /// Reads general-purpose register `reg` (64-, 32- or 16-bit), zero-extended.
+    pub(crate) fn gpr(&self, reg: Register) -> Option<u64> {
         let r = &self.regs;
         let full = match reg.full_register() {
             Register::RAX => r.rax,

@@ -21,6 +21,7 @@ use vmkit_devices::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN, SerialDevice};
 use vmkit_devices::testdev::{
     IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_COUNT, IRQ_LINE_PORTS, PcTestDev, REGISTER_PORTS,
 };
+use vmkit_exits::assist::{AssistReport, EmulationAssist};
 use vmkit_exits::dispatch::ExitDispatcher;
 use vmkit_exits::{ExitAction, IoBus, MmioBus, PioDevice, StopReason, VmExit};
 use vmkit_memory::GuestLayout;
@@ -36,9 +37,11 @@ use crate::terminal::RawStdin;
 
 type Serial = SerialDevice<IrqLine, Box<dyn Write + Send>>;
 
-/// The exit handler the vCPUs share: the dispatcher, plus the time of the first exit.
+/// The exit handler the vCPUs share: the dispatcher, the emulation assist that completes what
+/// the backend could not emulate, and the time of the first exit.
 struct Handler {
     dispatcher: ExitDispatcher,
+    assist: EmulationAssist,
     first_exit: OnceLock<Instant>,
 }
 
@@ -159,6 +162,7 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
     let disks = disks::attach(&pci_root, disk_images, &guest_mem, &vm, &mut allocators)?;
     let handler = Arc::new(Handler {
         dispatcher: ExitDispatcher::new(io_bus, mmio_bus),
+        assist: EmulationAssist::default(),
         first_exit: OnceLock::new(),
     });
 
@@ -206,11 +210,14 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
     for mut vcpu in vcpus {
         kickers.push(vcpu.kicker());
         let (tx, handler, stop) = (tx.clone(), handler.clone(), stop.clone());
+        let memory = guest_mem.clone();
         let id = vcpu.id();
         let thread = thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let result = vcpu.run_loop(&*handler, &stop).map_err(|e| e.to_string());
+                let result = vcpu
+                    .run_loop_with_assist(&*handler, &handler.assist, &memory, &stop)
+                    .map_err(|e| e.to_string());
                 let _ = tx.send(Event::VcpuEnded { id, result });
             })
             .context("cannot start a vCPU thread")?;
@@ -282,7 +289,7 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
         );
     }
     let outcome = outcome?;
-    Ok(report(&outcome))
+    Ok(report(&outcome, handler.assist.last_report()))
 }
 
 /// RAM below the 32-bit hole and above 4 GiB, as the CMOS memory-size registers report it.
@@ -414,7 +421,14 @@ fn print_stats(
     guest_end: Instant,
     out: &mut dyn Write,
 ) {
-    let _ = writeln!(out, "{}", handler.dispatcher.stats());
+    let _ = writeln!(
+        out,
+        "{}",
+        handler
+            .dispatcher
+            .stats()
+            .with_assist(handler.assist.counts())
+    );
     disks.print_stats(out);
     let _ = writeln!(out, "boot timeline (since process start):");
     let first_exit = handler.first_exit.get().copied();
@@ -457,7 +471,7 @@ fn monotonic_time_of(instant: Instant) -> Option<Duration> {
 }
 
 /// Says on stderr how the VM ended, unless the guest ended it itself, and returns the status.
-fn report(outcome: &Outcome) -> u8 {
+fn report(outcome: &Outcome, assist_report: Option<AssistReport>) -> u8 {
     match outcome {
         Outcome::Stopped { vcpu, reason } => {
             match reason {
@@ -468,6 +482,12 @@ fn report(outcome: &Outcome) -> u8 {
                 StopReason::TripleFault => {
                     eprintln!("reference-vmm: vCPU {vcpu} shut down (triple fault)")
                 }
+                StopReason::InternalError { .. } => match assist_report {
+                    Some(report) => {
+                        eprintln!("reference-vmm: vCPU {vcpu} stopped the VM: {report}")
+                    }
+                    None => eprintln!("reference-vmm: vCPU {vcpu} stopped the VM: {reason:?}"),
+                },
                 other => eprintln!("reference-vmm: vCPU {vcpu} stopped the VM: {other:?}"),
             }
             exit_code::for_stop(reason)
