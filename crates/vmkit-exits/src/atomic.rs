@@ -19,29 +19,31 @@ pub(crate) struct Exchanged<T> {
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn cmpxchg16b(ptr: *mut u8, expected: u128, new: u128) -> Exchanged<u128> {
     let (mut lo, mut hi) = (expected as u64, (expected >> 64) as u64);
-    let swapped: u8;
     // SAFETY: the caller guarantees that `ptr` is 16-byte aligned (cmpxchg16b raises #GP on the
-    // host otherwise) and valid for 16 bytes of reads and writes. RBX is reserved by the
-    // compiler, so the new low half is swapped into it and RBX restored before the block ends;
-    // every other register the instruction uses is declared.
+    // host otherwise) and valid for 16 bytes of reads and writes. RBX cannot be named as an
+    // operand but the compiler may allocate it to a `reg` one, so every operand but the new low
+    // half sits in a named register: the new low half is swapped into RBX and the compiler's
+    // RBX restored before the block ends (were the new low half allocated to RBX itself, the
+    // swaps are no-ops and the register is declared clobbered). No flag is read back: the
+    // comparison's outcome follows from RDX:RAX.
     unsafe {
         core::arch::asm!(
             "xchg {new_lo}, rbx",
-            "lock cmpxchg16b xmmword ptr [{ptr}]",
-            "sete {swapped}",
+            "lock cmpxchg16b xmmword ptr [rdi]",
             "mov rbx, {new_lo}",
-            ptr = in(reg) ptr,
             new_lo = inout(reg) new as u64 => _,
-            swapped = out(reg_byte) swapped,
+            in("rdi") ptr,
             inout("rax") lo,
             inout("rdx") hi,
             in("rcx") (new >> 64) as u64,
             options(nostack),
         );
     }
+    let previous = u128::from(lo) | (u128::from(hi) << 64);
+    // Equal: RDX:RAX keeps the expected value; not equal: it gets memory, which differs.
     Exchanged {
-        swapped: swapped != 0,
-        previous: u128::from(lo) | (u128::from(hi) << 64),
+        swapped: previous == expected,
+        previous,
     }
 }
 
@@ -55,29 +57,27 @@ pub(crate) unsafe fn cmpxchg16b(ptr: *mut u8, expected: u128, new: u128) -> Exch
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn cmpxchg8b(ptr: *mut u8, expected: u64, new: u64) -> Exchanged<u64> {
     let (mut lo, mut hi) = (expected & 0xffff_ffff, expected >> 32);
-    let swapped: u8;
     // SAFETY: the caller guarantees that `ptr` is valid for 8 bytes of reads and writes;
-    // cmpxchg8b has no alignment requirement. RBX is reserved by the compiler, so the new low
-    // half is swapped into it and RBX restored before the block ends; every other register the
-    // instruction uses is declared.
+    // cmpxchg8b has no alignment requirement. As for `cmpxchg16b`: every operand but the new
+    // low half sits in a named register, so none can be the RBX the new low half is swapped
+    // into (and restored from) around the instruction.
     unsafe {
         core::arch::asm!(
             "xchg {new_lo}, rbx",
-            "lock cmpxchg8b qword ptr [{ptr}]",
-            "sete {swapped}",
+            "lock cmpxchg8b qword ptr [rdi]",
             "mov rbx, {new_lo}",
-            ptr = in(reg) ptr,
             new_lo = inout(reg) new & 0xffff_ffff => _,
-            swapped = out(reg_byte) swapped,
+            in("rdi") ptr,
             inout("rax") lo,
             inout("rdx") hi,
             in("rcx") new >> 32,
             options(nostack),
         );
     }
+    let previous = (lo & 0xffff_ffff) | ((hi & 0xffff_ffff) << 32);
     Exchanged {
-        swapped: swapped != 0,
-        previous: (lo & 0xffff_ffff) | ((hi & 0xffff_ffff) << 32),
+        swapped: previous == expected,
+        previous,
     }
 }
 
@@ -112,6 +112,42 @@ mod tests {
             }
         );
         assert_eq!(m.0[..16], (u128::MAX - 1).to_le_bytes());
+    }
+
+    /// The fuzz target `emulation_assist` (seed `cmpxchg16b_into_page_table`) crashed the host
+    /// in a release build: inlined into the assist, the pointer was allocated to RBX, and the
+    /// swap of the new low half into RBX replaced it. The allocation depends on the code
+    /// around the call, so no test forces it; the operands now sit in named registers, and
+    /// this test runs both instructions with many values live around them.
+    #[test]
+    fn operands_survive_register_pressure() {
+        let mut m = Aligned([0; 32]);
+        let p = std::hint::black_box(m.0.as_mut_ptr());
+        let live: [u64; 12] = std::array::from_fn(|i| std::hint::black_box(i as u64 * 0x0101));
+        let mut sum = 0u64;
+        for round in 0..4u64 {
+            let old = u128::from(round);
+            // SAFETY: `p` is 16-aligned and the buffer holds 32 bytes.
+            let r = unsafe { cmpxchg16b(p, old, old + 1) };
+            assert_eq!(
+                r,
+                Exchanged {
+                    swapped: true,
+                    previous: old
+                }
+            );
+            // SAFETY: bytes 16..24 lie inside the buffer.
+            let r8 = unsafe { cmpxchg8b(p.add(16), round, round + 1) };
+            assert!(r8.swapped);
+            sum = live.iter().fold(sum, |a, &v| a.wrapping_add(v ^ round));
+        }
+        assert_eq!(
+            std::hint::black_box(sum),
+            (0..4u64)
+                .map(|r| live.iter().map(|&v| v ^ r).sum::<u64>())
+                .sum::<u64>()
+        );
+        assert_eq!(m.0[..16], 4u128.to_le_bytes());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `fuzz/seeds/<target>/` on stable Rust in every `cargo test`.
 
 pub mod acpi_pm;
+pub mod assist;
 pub mod bzimage;
 pub mod dispatch;
 pub mod kvm_exit;
