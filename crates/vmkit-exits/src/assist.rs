@@ -48,6 +48,13 @@ const RFLAGS_AF: u64 = 1 << 4;
 const RFLAGS_ZF: u64 = 1 << 6;
 const RFLAGS_SF: u64 = 1 << 7;
 const RFLAGS_OF: u64 = 1 << 11;
+const RFLAGS_AC: u64 = 1 << 18;
+const CR0_MP: u64 = 1 << 1;
+const CR0_TS: u64 = 1 << 3;
+/// Offset of the x87 status word in the XSAVE (FXSAVE) area.
+const FSW_OFFSET: usize = 2;
+/// FSW.ES: an unmasked x87 exception is pending.
+const FSW_ES: u16 = 1 << 7;
 const CR4_OSXSAVE: u64 = 1 << 18;
 
 /// Queues an invalid-opcode exception (`#UD`, no error code) for the guest's next entry.
@@ -163,11 +170,17 @@ pub enum Assisted {
     Lzcnt,
     /// `tzcnt`.
     Tzcnt,
+    /// `clac`.
+    Clac,
+    /// `stac`.
+    Stac,
+    /// `fwait` (`wait`).
+    Fwait,
 }
 
 impl Assisted {
     /// How many there are.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 15;
 
     /// Every one, in declaration order.
     pub const ALL: [Assisted; Self::COUNT] = [
@@ -183,6 +196,9 @@ impl Assisted {
         Assisted::Popcnt,
         Assisted::Lzcnt,
         Assisted::Tzcnt,
+        Assisted::Clac,
+        Assisted::Stac,
+        Assisted::Fwait,
     ];
 
     /// The mnemonic.
@@ -200,6 +216,9 @@ impl Assisted {
             Assisted::Popcnt => "popcnt",
             Assisted::Lzcnt => "lzcnt",
             Assisted::Tzcnt => "tzcnt",
+            Assisted::Clac => "clac",
+            Assisted::Stac => "stac",
+            Assisted::Fwait => "fwait",
         }
     }
 
@@ -217,6 +236,9 @@ impl Assisted {
             Mnemonic::Popcnt => Assisted::Popcnt,
             Mnemonic::Lzcnt => Assisted::Lzcnt,
             Mnemonic::Tzcnt => Assisted::Tzcnt,
+            Mnemonic::Clac => Assisted::Clac,
+            Mnemonic::Stac => Assisted::Stac,
+            Mnemonic::Wait => Assisted::Fwait,
             _ => return None,
         })
     }
@@ -545,6 +567,8 @@ impl<M: GuestMemoryBackend + ?Sized> Emulator<'_, M> {
             }
             Assisted::Xrstor | Assisted::Xrstors => self.xrstor(vcpu, kind)?,
             Assisted::Popcnt | Assisted::Lzcnt | Assisted::Tzcnt => self.bit_count(kind),
+            Assisted::Clac | Assisted::Stac => self.alignment_check(kind == Assisted::Stac),
+            Assisted::Fwait => self.fwait(vcpu)?,
         };
         if let Err(abort) = outcome {
             return Ok(Err(abort));
@@ -647,6 +671,41 @@ impl<M: GuestMemoryBackend + ?Sized> Emulator<'_, M> {
         let r = &mut self.view.regs;
         r.rflags = (r.rflags & !clear) | set;
         Ok(())
+    }
+
+    /// `clac` and `stac`: clear or set RFLAGS.AC, which with SMAP lets ring 0 reach user pages;
+    /// `#UD` outside ring 0.
+    fn alignment_check(&mut self, set: bool) -> Result<(), Abort> {
+        if self.view.cpl() != 0 {
+            return Err(GuestFault::InvalidOpcode.into());
+        }
+        let r = &mut self.view.regs;
+        r.rflags = if set {
+            r.rflags | RFLAGS_AC
+        } else {
+            r.rflags & !RFLAGS_AC
+        };
+        Ok(())
+    }
+
+    /// `fwait`: `#NM` when CR0.MP and CR0.TS are both set, `#MF` when the x87 status word
+    /// (in the vCPU's XSAVE area) says an unmasked exception is pending, else nothing.
+    fn fwait<V: VcpuState + ?Sized>(
+        &mut self,
+        vcpu: &mut V,
+    ) -> Result<Result<(), Abort>, AssistError<V::Error>> {
+        let cr0 = self.view.sregs.cr0;
+        if cr0 & CR0_MP != 0 && cr0 & CR0_TS != 0 {
+            return Ok(Err(GuestFault::DeviceNotAvailable.into()));
+        }
+        let area = vcpu.xsave().map_err(AssistError::Registers)?;
+        let fsw = area
+            .get(FSW_OFFSET..FSW_OFFSET + 2)
+            .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+        if fsw & FSW_ES != 0 {
+            return Ok(Err(GuestFault::FloatingPoint.into()));
+        }
+        Ok(Ok(()))
     }
 
     fn cmpxchg(&mut self) -> Result<(), Abort> {

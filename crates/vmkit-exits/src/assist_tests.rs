@@ -615,3 +615,45 @@ fn bit_counts_of_every_width_and_from_memory() {
     assert_eq!(a.counts().completed(Assisted::Lzcnt), 2);
     assert_eq!(a.counts().completed(Assisted::Tzcnt), 2);
 }
+
+#[test]
+fn clac_and_stac_flip_ac_in_ring_0_only() {
+    let mem = memory();
+    let a = assist();
+    let mut v = MemVcpu::long_mode();
+    v.regs.rflags = 0x2 | RFLAGS_AC;
+    let rip = v.regs.rip;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0x01, 0xca])).unwrap();
+    assert_eq!((v.regs.rflags, v.regs.rip), (0x2, rip + 3));
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0x01, 0xcb])).unwrap();
+    assert_eq!((v.regs.rflags, v.regs.rip), (0x2 | RFLAGS_AC, rip + 6));
+    assert_eq!(a.counts().completed(Assisted::Clac), 1);
+    assert_eq!(a.counts().completed(Assisted::Stac), 1);
+    // Ring 3: #UD, nothing changes.
+    v.sregs.cs.dpl = 3;
+    v.sregs.ss.dpl = 3;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0x01, 0xca])).unwrap();
+    assert_eq!(v.injected.last(), Some(&UD));
+    assert_eq!((v.regs.rflags, v.regs.rip), (0x2 | RFLAGS_AC, rip + 6));
+}
+
+#[test]
+fn fwait_raises_what_is_pending_and_otherwise_completes() {
+    let mem = memory();
+    let a = assist();
+    let mut v = MemVcpu::long_mode();
+    v.pending = Some(UD);
+    let rip = v.regs.rip;
+    a.resolve(&mut v, &mem, emu(&[0x9b])).unwrap();
+    assert_eq!((v.regs.rip, v.pending), (rip + 1, None));
+    assert_eq!(a.counts().completed(Assisted::Fwait), 1);
+    // An unmasked x87 exception pending: #MF at the fwait.
+    v.xsave[2] = 0x80;
+    a.resolve(&mut v, &mem, emu(&[0x9b])).unwrap();
+    assert_eq!(v.injected.last().map(|e| e.vector), Some(16));
+    assert_eq!(v.regs.rip, rip + 1);
+    // CR0.MP and CR0.TS: #NM first.
+    v.sregs.cr0 |= 0b1010;
+    a.resolve(&mut v, &mem, emu(&[0x9b])).unwrap();
+    assert_eq!(v.injected.last().map(|e| e.vector), Some(7));
+}

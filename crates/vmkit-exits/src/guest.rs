@@ -23,6 +23,10 @@ const PAGE_SIZE: u64 = 4096;
 pub const GP_VECTOR: u8 = 13;
 /// The stack-fault vector (`#SS`).
 pub const SS_VECTOR: u8 = 12;
+/// The device-not-available vector (`#NM`).
+pub const NM_VECTOR: u8 = 7;
+/// The x87 floating-point error vector (`#MF`).
+pub const MF_VECTOR: u8 = 16;
 
 /// An exception an instruction raises instead of completing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +37,10 @@ pub enum GuestFault {
     GeneralProtection,
     /// `#SS(0)`.
     StackFault,
+    /// `#NM`: a floating-point instruction with CR0.TS set.
+    DeviceNotAvailable,
+    /// `#MF`: an unmasked x87 exception is pending.
+    FloatingPoint,
     /// `#PF` with the error code the processor pushes and the address it loads into CR2.
     PageFault {
         /// CR2.
@@ -49,6 +57,8 @@ impl GuestFault {
             GuestFault::InvalidOpcode => (crate::assist::UD_VECTOR, None),
             GuestFault::GeneralProtection => (GP_VECTOR, Some(0)),
             GuestFault::StackFault => (SS_VECTOR, Some(0)),
+            GuestFault::DeviceNotAvailable => (NM_VECTOR, None),
+            GuestFault::FloatingPoint => (MF_VECTOR, None),
             GuestFault::PageFault { error_code, .. } => (crate::state::PF_VECTOR, Some(error_code)),
         };
         Exception { vector, error_code }
@@ -61,6 +71,8 @@ impl std::fmt::Display for GuestFault {
             GuestFault::InvalidOpcode => f.write_str("#UD"),
             GuestFault::GeneralProtection => f.write_str("#GP(0)"),
             GuestFault::StackFault => f.write_str("#SS(0)"),
+            GuestFault::DeviceNotAvailable => f.write_str("#NM"),
+            GuestFault::FloatingPoint => f.write_str("#MF"),
             GuestFault::PageFault {
                 address,
                 error_code,
