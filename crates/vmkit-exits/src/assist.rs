@@ -870,18 +870,17 @@ fn cmpxchg16b(
     if !(p as usize).is_multiple_of(16) {
         return Err(Unsupported::HostAtomic.into());
     }
-    // SAFETY: `with_host_operand` hands a pointer valid for reads and writes of the 16 bytes
-    // of one mapped guest region for the duration of the closure; it was just checked to be
-    // 16-byte aligned. Other vCPUs may access the bytes concurrently: the locked instruction is
-    // atomic with respect to them.
+    // Other vCPUs may access the bytes concurrently: the locked instruction is atomic with
+    // respect to them.
+    // SAFETY: `with_host_operand` hands a pointer valid for reads and writes of 16 bytes of one
+    // mapped guest region while the closure runs; it was just checked to be 16-byte aligned.
     Ok(unsafe { crate::atomic::cmpxchg16b(p, expected, new) })
 }
 
 #[cfg(target_arch = "x86_64")]
 fn cmpxchg8b(p: *mut u8, expected: u64, new: u64) -> Result<crate::atomic::Exchanged<u64>, Abort> {
-    // SAFETY: `with_host_operand` hands a pointer valid for reads and writes of the 8 bytes of
-    // one mapped guest region within one cache line for the duration of the closure;
-    // cmpxchg8b needs no alignment.
+    // SAFETY: `with_host_operand` hands a pointer valid for reads and writes of 8 bytes of one
+    // mapped guest region, within one cache line, while the closure runs (no alignment needed).
     Ok(unsafe { crate::atomic::cmpxchg8b(p, expected, new) })
 }
 

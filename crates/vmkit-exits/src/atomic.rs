@@ -19,13 +19,13 @@ pub(crate) struct Exchanged<T> {
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn cmpxchg16b(ptr: *mut u8, expected: u128, new: u128) -> Exchanged<u128> {
     let (mut lo, mut hi) = (expected as u64, (expected >> 64) as u64);
-    // SAFETY: the caller guarantees that `ptr` is 16-byte aligned (cmpxchg16b raises #GP on the
-    // host otherwise) and valid for 16 bytes of reads and writes. RBX cannot be named as an
-    // operand but the compiler may allocate it to a `reg` one, so every operand but the new low
-    // half sits in a named register: the new low half is swapped into RBX and the compiler's
-    // RBX restored before the block ends (were the new low half allocated to RBX itself, the
-    // swaps are no-ops and the register is declared clobbered). No flag is read back: the
-    // comparison's outcome follows from RDX:RAX.
+    // RBX cannot be named as an operand but the compiler may allocate it to a `reg` one, so
+    // every operand but the new low half sits in a named register: the new low half is swapped
+    // into RBX and the compiler's RBX restored before the block ends (were the new low half
+    // allocated to RBX itself, the swaps are no-ops). No flag is read back: the comparison's
+    // outcome follows from RDX:RAX.
+    // SAFETY: the caller guarantees `ptr` is 16-byte aligned and valid for 16 bytes of reads and
+    // writes; only the named registers and RBX (restored) are touched.
     unsafe {
         core::arch::asm!(
             "xchg {new_lo}, rbx",
@@ -57,10 +57,10 @@ pub(crate) unsafe fn cmpxchg16b(ptr: *mut u8, expected: u128, new: u128) -> Exch
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn cmpxchg8b(ptr: *mut u8, expected: u64, new: u64) -> Exchanged<u64> {
     let (mut lo, mut hi) = (expected & 0xffff_ffff, expected >> 32);
-    // SAFETY: the caller guarantees that `ptr` is valid for 8 bytes of reads and writes;
-    // cmpxchg8b has no alignment requirement. As for `cmpxchg16b`: every operand but the new
-    // low half sits in a named register, so none can be the RBX the new low half is swapped
-    // into (and restored from) around the instruction.
+    // As for `cmpxchg16b`: every operand but the new low half sits in a named register, so none
+    // can be the RBX the new low half is swapped into (and restored from) around the instruction.
+    // SAFETY: the caller guarantees `ptr` is valid for 8 bytes of reads and writes; cmpxchg8b
+    // has no alignment requirement, and only the named registers and RBX (restored) are touched.
     unsafe {
         core::arch::asm!(
             "xchg {new_lo}, rbx",

@@ -167,9 +167,9 @@ impl Region {
             return None;
         }
         let addr = self.addr + offset;
+        // A byte load needs no alignment; volatile assumes nothing about what the memory holds.
         // SAFETY: `addr` lies in `[self.addr, self.addr + self.len)`, which `Region::new` checked
-        // is inside the identity map guest-rt's entry code sets up; a byte load needs no
-        // alignment, and volatile makes no assumption about what the memory holds.
+        // is inside the identity map guest-rt's entry code sets up.
         Some(unsafe { core::ptr::read_volatile(addr as usize as *const u8) })
     }
 
@@ -179,9 +179,9 @@ impl Region {
         if offset.checked_add(8)? > self.len || !addr.is_multiple_of(8) {
             return None;
         }
-        // SAFETY: `[addr, addr + 8)` lies in the region (checked above), which `Region::new`
-        // checked is inside the identity map; `addr` is 8-byte aligned (checked above) and any
-        // bit pattern is a valid `u64`.
+        // Any bit pattern is a valid `u64`.
+        // SAFETY: `[addr, addr + 8)` lies in the region, inside the identity map (`Region::new`);
+        // `addr` is 8-byte aligned (both checked above).
         Some(unsafe { core::ptr::read_volatile(addr as usize as *const u64) })
     }
 
