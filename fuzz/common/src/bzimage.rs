@@ -26,6 +26,8 @@
 
 use std::cell::RefCell;
 
+pub use crate::patched_image::{Image, MAX_PATCHES, Patch};
+use crate::patched_image::{u8_at, u16_at};
 use vmkit_boot::bzimage::{
     BOOT_DATA_AREAS, BzImage, BzImageBuilder, CMDLINE_ADDR, CMDLINE_CAPACITY, KERNEL_LOAD_ADDR,
     ZERO_PAGE_ADDR,
@@ -37,8 +39,6 @@ use vmkit_memory::{GuestLayout, MemoryKind, MemoryMapEntry};
 
 /// Guest RAM of the fuzzed guest: room for the skeleton's runtime range and an initramfs.
 pub const RAM_SIZE: u64 = 8 << 20;
-/// Most patches taken from one input.
-pub const MAX_PATCHES: usize = 64;
 /// Longest command line generated (past the accepted maximum of 4095 bytes).
 pub const MAX_CMDLINE: usize = 5000;
 /// The megabyte the second memory map reports reserved.
@@ -46,7 +46,6 @@ pub const RESERVED: (u64, u64) = (6 << 20, 1 << 20);
 
 const SENTINEL: u32 = 0x5e17_1e15;
 const SENTINEL_STRIDE: u64 = 0x4000;
-const PATCH_SIZE: usize = 11;
 const MIB: u64 = 1 << 20;
 const GIB_4: u64 = 1 << 32;
 /// Initramfs sizes are capped at this many 256-byte units: just past the guest's RAM.
@@ -60,26 +59,6 @@ fn initramfs_pattern() -> &'static [u8] {
             .map(|i| (i % 253) as u8)
             .collect()
     })
-}
-
-/// One patch of the skeleton: `value`'s low `width` bytes at `offset` (modulo the image size).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Patch {
-    /// Offset in the image, taken modulo its length.
-    pub offset: u16,
-    /// Bytes written: 1, 2, 4 or 8 (`width % 4` selects).
-    pub width: u8,
-    /// The value, little-endian.
-    pub value: u64,
-}
-
-/// Where the image comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Image {
-    /// The input bytes themselves.
-    Raw(Vec<u8>),
-    /// The skeleton with patches applied in order.
-    Patched(Vec<Patch>),
 }
 
 /// A decoded input.
@@ -112,16 +91,6 @@ pub fn skeleton() -> Vec<u8> {
         .build()
 }
 
-fn u8_at(data: &[u8], pos: &mut usize) -> u8 {
-    let value = data.get(*pos).copied().unwrap_or(0);
-    *pos += 1;
-    value
-}
-
-fn u16_at(data: &[u8], pos: &mut usize) -> u16 {
-    u16::from_le_bytes([u8_at(data, pos), u8_at(data, pos)])
-}
-
 /// Decodes an input; missing bytes read as zero.
 pub fn parse(data: &[u8]) -> Input {
     let mut pos = 0;
@@ -129,20 +98,7 @@ pub fn parse(data: &[u8]) -> Input {
     let cmdline_len = u16_at(data, &mut pos) % (MAX_CMDLINE as u16 + 1);
     let initramfs_units = u16_at(data, &mut pos);
     let rest = data.get(pos..).unwrap_or(&[]);
-    let image = if flags & 1 != 0 {
-        Image::Raw(rest.to_vec())
-    } else {
-        Image::Patched(
-            rest.chunks_exact(PATCH_SIZE)
-                .take(MAX_PATCHES)
-                .map(|chunk| Patch {
-                    offset: u16::from_le_bytes([chunk[0], chunk[1]]),
-                    width: chunk[2],
-                    value: u64::from_le_bytes(chunk[3..11].try_into().unwrap_or_default()),
-                })
-                .collect(),
-        )
-    };
+    let image = Image::decode(flags & 1 != 0, rest);
     Input {
         cmdline_len,
         cmdline_nul: flags & 2 != 0,
@@ -155,7 +111,7 @@ pub fn parse(data: &[u8]) -> Input {
 
 /// Encodes an input so that [`parse`] returns it.
 pub fn encode(input: &Input) -> Vec<u8> {
-    let raw = matches!(input.image, Image::Raw(_));
+    let raw = input.image.is_raw();
     let flags = u8::from(raw)
         | u8::from(input.cmdline_nul) << 1
         | u8::from(input.rsdp) << 2
@@ -164,34 +120,13 @@ pub fn encode(input: &Input) -> Vec<u8> {
     let mut out = vec![flags];
     out.extend_from_slice(&input.cmdline_len.to_le_bytes());
     out.extend_from_slice(&input.initramfs.unwrap_or(0).to_le_bytes());
-    match &input.image {
-        Image::Raw(bytes) => out.extend_from_slice(bytes),
-        Image::Patched(patches) => {
-            for patch in patches {
-                out.extend_from_slice(&patch.offset.to_le_bytes());
-                out.push(patch.width);
-                out.extend_from_slice(&patch.value.to_le_bytes());
-            }
-        }
-    }
+    input.image.encode_into(&mut out);
     out
 }
 
 /// The image bytes of an input.
 pub fn image_bytes(image: &Image) -> Vec<u8> {
-    match image {
-        Image::Raw(bytes) => bytes.clone(),
-        Image::Patched(patches) => {
-            let mut bytes = skeleton();
-            for patch in patches {
-                let width = [1, 2, 4, 8][usize::from(patch.width % 4)];
-                let start = usize::from(patch.offset) % bytes.len();
-                let end = (start + width).min(bytes.len());
-                bytes[start..end].copy_from_slice(&patch.value.to_le_bytes()[..end - start]);
-            }
-            bytes
-        }
-    }
+    image.bytes(skeleton)
 }
 
 /// The command line of an input.

@@ -21,6 +21,8 @@
 
 use std::cell::RefCell;
 
+pub use crate::patched_image::{Image, MAX_PATCHES, Patch};
+use crate::patched_image::{u8_at, u16_at};
 use vmkit_boot::elf::{ElfBuilder, ElfImage, XEN_ELFNOTE_PHYS32_ENTRY};
 use vmkit_boot::pvh::{BOOT_DATA_AREAS, CMDLINE_ADDR, MODLIST_ADDR, MODULE_LIMIT, START_INFO_ADDR};
 use vmkit_boot::{BootError, PvhConfig, load_pvh};
@@ -29,15 +31,12 @@ use vmkit_memory::{GuestLayout, MemoryKind};
 
 /// Guest RAM of the fuzzed guest: small, so BSS zeroing stays cheap and large images miss.
 pub const RAM_SIZE: u64 = 2 << 20;
-/// Most patches taken from one input.
-pub const MAX_PATCHES: usize = 64;
 /// Longest command line generated (past the accepted maximum of 4095 bytes).
 pub const MAX_CMDLINE: usize = 5000;
 
 const TEXT: u64 = 0x10_0000;
 const DATA: u64 = 0x10_3000;
 const SENTINEL: u32 = 0x5e17_1e15;
-const PATCH_SIZE: usize = 11;
 /// Module sizes are capped at this many 256-byte units: just past the guest's RAM.
 const MODULE_UNITS_CAP: u16 = (RAM_SIZE / 256) as u16 + 1;
 
@@ -49,26 +48,6 @@ fn module_pattern() -> &'static [u8] {
             .map(|i| (i % 251) as u8)
             .collect()
     })
-}
-
-/// One patch of the skeleton: `value`'s low `width` bytes at `offset` (modulo the image size).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Patch {
-    /// Offset in the image, taken modulo its length.
-    pub offset: u16,
-    /// Bytes written: 1, 2, 4 or 8 (`width % 4` selects).
-    pub width: u8,
-    /// The value, little-endian.
-    pub value: u64,
-}
-
-/// Where the image comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Image {
-    /// The input bytes themselves.
-    Raw(Vec<u8>),
-    /// The skeleton with patches applied in order.
-    Patched(Vec<Patch>),
 }
 
 /// A decoded input.
@@ -99,16 +78,6 @@ pub fn skeleton() -> Vec<u8> {
         .build()
 }
 
-fn u8_at(data: &[u8], pos: &mut usize) -> u8 {
-    let value = data.get(*pos).copied().unwrap_or(0);
-    *pos += 1;
-    value
-}
-
-fn u16_at(data: &[u8], pos: &mut usize) -> u16 {
-    u16::from_le_bytes([u8_at(data, pos), u8_at(data, pos)])
-}
-
 /// Decodes an input; missing bytes read as zero.
 pub fn parse(data: &[u8]) -> Input {
     let mut pos = 0;
@@ -117,20 +86,7 @@ pub fn parse(data: &[u8]) -> Input {
     let count = u8_at(data, &mut pos) % 4;
     let modules = (0..count).map(|_| u16_at(data, &mut pos)).collect();
     let rest = data.get(pos..).unwrap_or(&[]);
-    let image = if flags & 1 != 0 {
-        Image::Raw(rest.to_vec())
-    } else {
-        Image::Patched(
-            rest.chunks_exact(PATCH_SIZE)
-                .take(MAX_PATCHES)
-                .map(|chunk| Patch {
-                    offset: u16::from_le_bytes([chunk[0], chunk[1]]),
-                    width: chunk[2],
-                    value: u64::from_le_bytes(chunk[3..11].try_into().unwrap_or_default()),
-                })
-                .collect(),
-        )
-    };
+    let image = Image::decode(flags & 1 != 0, rest);
     Input {
         cmdline_len,
         cmdline_nul: flags & 2 != 0,
@@ -142,7 +98,7 @@ pub fn parse(data: &[u8]) -> Input {
 
 /// Encodes an input so that [`parse`] returns it.
 pub fn encode(input: &Input) -> Vec<u8> {
-    let raw = matches!(input.image, Image::Raw(_));
+    let raw = input.image.is_raw();
     let flags = u8::from(raw) | u8::from(input.cmdline_nul) << 1 | u8::from(input.rsdp) << 2;
     let mut out = vec![flags];
     out.extend_from_slice(&input.cmdline_len.to_le_bytes());
@@ -150,34 +106,13 @@ pub fn encode(input: &Input) -> Vec<u8> {
     for size in &input.modules {
         out.extend_from_slice(&size.to_le_bytes());
     }
-    match &input.image {
-        Image::Raw(bytes) => out.extend_from_slice(bytes),
-        Image::Patched(patches) => {
-            for patch in patches {
-                out.extend_from_slice(&patch.offset.to_le_bytes());
-                out.push(patch.width);
-                out.extend_from_slice(&patch.value.to_le_bytes());
-            }
-        }
-    }
+    input.image.encode_into(&mut out);
     out
 }
 
 /// The image bytes of an input.
 pub fn image_bytes(image: &Image) -> Vec<u8> {
-    match image {
-        Image::Raw(bytes) => bytes.clone(),
-        Image::Patched(patches) => {
-            let mut bytes = skeleton();
-            for patch in patches {
-                let width = [1, 2, 4, 8][usize::from(patch.width % 4)];
-                let start = usize::from(patch.offset) % bytes.len();
-                let end = (start + width).min(bytes.len());
-                bytes[start..end].copy_from_slice(&patch.value.to_le_bytes()[..end - start]);
-            }
-            bytes
-        }
-    }
+    image.bytes(skeleton)
 }
 
 struct Guest {
