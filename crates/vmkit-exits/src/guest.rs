@@ -184,66 +184,15 @@ impl<'a, M: GuestMemoryBackend + ?Sized> GuestView<'a, M> {
         })
     }
 
-    /// Writes general-purpose register `reg` as an instruction does: a 32-bit write clears the
-    /// upper half, a 16- or 8-bit write keeps the other bits. `None` for any other register.
+    /// Writes general-purpose register `reg` as an instruction does (see
+    /// [`Registers::set_gpr`]).
     pub(crate) fn set_gpr(&mut self, reg: Register, value: u64) -> Option<()> {
-        let r = &mut self.regs;
-        let full = match reg.full_register() {
-            Register::RAX => &mut r.rax,
-            Register::RCX => &mut r.rcx,
-            Register::RDX => &mut r.rdx,
-            Register::RBX => &mut r.rbx,
-            Register::RSP => &mut r.rsp,
-            Register::RBP => &mut r.rbp,
-            Register::RSI => &mut r.rsi,
-            Register::RDI => &mut r.rdi,
-            Register::R8 => &mut r.r8,
-            Register::R9 => &mut r.r9,
-            Register::R10 => &mut r.r10,
-            Register::R11 => &mut r.r11,
-            Register::R12 => &mut r.r12,
-            Register::R13 => &mut r.r13,
-            Register::R14 => &mut r.r14,
-            Register::R15 => &mut r.r15,
-            _ => return None,
-        };
-        *full = match reg.size() {
-            8 => value,
-            4 => value & 0xffff_ffff,
-            2 => (*full & !0xffff) | (value & 0xffff),
-            _ => return None,
-        };
-        Some(())
+        self.regs.set_gpr(reg, value)
     }
 
     /// Reads general-purpose register `reg` (64-, 32- or 16-bit), zero-extended.
     pub(crate) fn gpr(&self, reg: Register) -> Option<u64> {
-        let r = &self.regs;
-        let full = match reg.full_register() {
-            Register::RAX => r.rax,
-            Register::RCX => r.rcx,
-            Register::RDX => r.rdx,
-            Register::RBX => r.rbx,
-            Register::RSP => r.rsp,
-            Register::RBP => r.rbp,
-            Register::RSI => r.rsi,
-            Register::RDI => r.rdi,
-            Register::R8 => r.r8,
-            Register::R9 => r.r9,
-            Register::R10 => r.r10,
-            Register::R11 => r.r11,
-            Register::R12 => r.r12,
-            Register::R13 => r.r13,
-            Register::R14 => r.r14,
-            Register::R15 => r.r15,
-            _ => return None,
-        };
-        Some(match reg.size() {
-            8 => full,
-            4 => full & 0xffff_ffff,
-            2 => full & 0xffff,
-            _ => return None,
-        })
+        self.regs.gpr(reg)
     }
 
     /// The linear address of `insn`'s memory operand `operand` for an access of `size` bytes,

@@ -24,6 +24,60 @@ pub struct Registers {
     pub rflags: u64,
 }
 
+impl Registers {
+    /// The 64-bit field holding general-purpose register `reg` (any width of it), or `None` for
+    /// a register that is not one of the sixteen.
+    fn full_mut(&mut self, reg: iced_x86::Register) -> Option<&mut u64> {
+        use iced_x86::Register as R;
+        Some(match reg.full_register() {
+            R::RAX => &mut self.rax,
+            R::RCX => &mut self.rcx,
+            R::RDX => &mut self.rdx,
+            R::RBX => &mut self.rbx,
+            R::RSP => &mut self.rsp,
+            R::RBP => &mut self.rbp,
+            R::RSI => &mut self.rsi,
+            R::RDI => &mut self.rdi,
+            R::R8 => &mut self.r8,
+            R::R9 => &mut self.r9,
+            R::R10 => &mut self.r10,
+            R::R11 => &mut self.r11,
+            R::R12 => &mut self.r12,
+            R::R13 => &mut self.r13,
+            R::R14 => &mut self.r14,
+            R::R15 => &mut self.r15,
+            _ => return None,
+        })
+    }
+
+    /// General-purpose register `reg` (64-, 32- or 16-bit), zero-extended; `None` for any
+    /// other register.
+    pub fn gpr(&self, reg: iced_x86::Register) -> Option<u64> {
+        let mut copy = *self;
+        let full = *copy.full_mut(reg)?;
+        match reg.size() {
+            8 => Some(full),
+            4 => Some(full & 0xffff_ffff),
+            2 => Some(full & 0xffff),
+            _ => None,
+        }
+    }
+
+    /// Writes general-purpose register `reg` as an instruction does: a 32-bit write clears the
+    /// upper half, a 16-bit write keeps the other bits. `None` (and no change) for any other
+    /// register.
+    pub fn set_gpr(&mut self, reg: iced_x86::Register, value: u64) -> Option<()> {
+        let full = self.full_mut(reg)?;
+        *full = match reg.size() {
+            8 => value,
+            4 => value & 0xffff_ffff,
+            2 => (*full & !0xffff) | (value & 0xffff),
+            _ => return None,
+        };
+        Some(())
+    }
+}
+
 /// A segment register in its hidden-part (descriptor cache) form.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Segment {
@@ -162,4 +216,32 @@ pub trait VcpuState {
 
     /// Writes MSR `index`.
     fn set_msr(&mut self, index: u32, value: u64) -> Result<(), Self::Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::Register as R;
+
+    #[test]
+    fn general_purpose_registers_by_width() {
+        let mut regs = Registers {
+            r9: 0x1122_3344_5566_7788,
+            ..Registers::default()
+        };
+        assert_eq!(regs.gpr(R::R9), Some(0x1122_3344_5566_7788));
+        assert_eq!(regs.gpr(R::R9D), Some(0x5566_7788));
+        assert_eq!(regs.gpr(R::R9W), Some(0x7788));
+        assert_eq!(regs.gpr(R::R9L), None, "byte registers are not read");
+        assert_eq!(regs.gpr(R::XMM0), None);
+        regs.set_gpr(R::R9W, 0xabcd).unwrap();
+        assert_eq!(regs.r9, 0x1122_3344_5566_abcd);
+        regs.set_gpr(R::R9D, 0xffff_ffff_0000_0001).unwrap();
+        assert_eq!(regs.r9, 1, "a 32-bit write clears the upper half");
+        regs.set_gpr(R::RSP, u64::MAX).unwrap();
+        assert_eq!(regs.rsp, u64::MAX);
+        assert_eq!(regs.set_gpr(R::AL, 1), None);
+        assert_eq!(regs.set_gpr(R::CR0, 1), None);
+        assert_eq!(regs.rax, 0);
+    }
 }

@@ -555,38 +555,11 @@ fn operand_pieces(
     len: u64,
 ) -> Vec<(u64, u64)> {
     let insn = &decoded.instruction;
-    let gpr = |reg: Register| -> Option<u64> {
-        let r = regs;
-        let full = match reg.full_register() {
-            Register::RAX => r.rax,
-            Register::RCX => r.rcx,
-            Register::RDX => r.rdx,
-            Register::RBX => r.rbx,
-            Register::RSP => r.rsp,
-            Register::RBP => r.rbp,
-            Register::RSI => r.rsi,
-            Register::RDI => r.rdi,
-            Register::R8 => r.r8,
-            Register::R9 => r.r9,
-            Register::R10 => r.r10,
-            Register::R11 => r.r11,
-            Register::R12 => r.r12,
-            Register::R13 => r.r13,
-            Register::R14 => r.r14,
-            Register::R15 => r.r15,
-            _ => return None,
-        };
-        Some(match reg.size() {
-            8 => full,
-            4 => full & 0xffff_ffff,
-            _ => full & 0xffff,
-        })
-    };
     let Some(ea) = insn.virtual_address(0, 0, |reg, _, _| {
         if reg.is_segment_register() {
             Some(0)
         } else {
-            gpr(reg)
+            regs.gpr(reg)
         }
     }) else {
         return Vec::new();
