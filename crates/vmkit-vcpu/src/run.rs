@@ -195,20 +195,7 @@ where
     V: Vcpu + ?Sized,
     H: ExitHandler + ?Sized,
 {
-    loop {
-        if stop.load(Ordering::Acquire) {
-            return Ok(LoopExit::StopRequested);
-        }
-        let action = match vcpu.run()? {
-            RunExit::Kicked => continue,
-            RunExit::Exits(exits) => handle_exits(exits, handler),
-        };
-        match action {
-            ExitAction::Resume => {}
-            ExitAction::Halt => vcpu.halt()?,
-            ExitAction::Stop(reason) => return Ok(LoopExit::Stopped(reason)),
-        }
-    }
+    drive(vcpu, handler, stop, |_, action| Ok(action))
 }
 
 /// Runs `vcpu` like [`run_until_stop`], handing every emulation failure to `assist` with the
@@ -228,6 +215,25 @@ where
     M: GuestMemoryBackend + ?Sized,
     P: AssistPolicy,
 {
+    drive(vcpu, handler, stop, |vcpu, action| {
+        assist
+            .resolve(vcpu, memory, action)
+            .map_err(|e| e.into_source())
+    })
+}
+
+/// The loop both drivers share: run, hand the exits to `handler`, let `resolve` look at the
+/// resulting action with the vCPU at hand, then resume, park or stop.
+fn drive<V, H>(
+    vcpu: &mut V,
+    handler: &H,
+    stop: &AtomicBool,
+    mut resolve: impl FnMut(&mut V, ExitAction) -> Result<ExitAction, V::Error>,
+) -> Result<LoopExit, V::Error>
+where
+    V: Vcpu + ?Sized,
+    H: ExitHandler + ?Sized,
+{
     loop {
         if stop.load(Ordering::Acquire) {
             return Ok(LoopExit::StopRequested);
@@ -236,10 +242,7 @@ where
             RunExit::Kicked => continue,
             RunExit::Exits(exits) => handle_exits(exits, handler),
         };
-        let action = assist
-            .resolve(vcpu, memory, action)
-            .map_err(|e| e.into_source())?;
-        match action {
+        match resolve(vcpu, action)? {
             ExitAction::Resume => {}
             ExitAction::Halt => vcpu.halt()?,
             ExitAction::Stop(reason) => return Ok(LoopExit::Stopped(reason)),
