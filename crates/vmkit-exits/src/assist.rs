@@ -50,6 +50,8 @@ const RFLAGS_SF: u64 = 1 << 7;
 const RFLAGS_OF: u64 = 1 << 11;
 const RFLAGS_AC: u64 = 1 << 18;
 const CR0_MP: u64 = 1 << 1;
+const CR0_EM: u64 = 1 << 2;
+const CR4_OSFXSR: u64 = 1 << 9;
 const CR0_TS: u64 = 1 << 3;
 /// Offset of the x87 status word in the XSAVE (FXSAVE) area.
 const FSW_OFFSET: usize = 2;
@@ -176,11 +178,15 @@ pub enum Assisted {
     Stac,
     /// `fwait` (`wait`).
     Fwait,
+    /// `ldmxcsr`.
+    Ldmxcsr,
+    /// `stmxcsr`.
+    Stmxcsr,
 }
 
 impl Assisted {
     /// How many there are.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 17;
 
     /// Every one, in declaration order.
     pub const ALL: [Assisted; Self::COUNT] = [
@@ -199,6 +205,8 @@ impl Assisted {
         Assisted::Clac,
         Assisted::Stac,
         Assisted::Fwait,
+        Assisted::Ldmxcsr,
+        Assisted::Stmxcsr,
     ];
 
     /// The mnemonic.
@@ -219,6 +227,8 @@ impl Assisted {
             Assisted::Clac => "clac",
             Assisted::Stac => "stac",
             Assisted::Fwait => "fwait",
+            Assisted::Ldmxcsr => "ldmxcsr",
+            Assisted::Stmxcsr => "stmxcsr",
         }
     }
 
@@ -239,6 +249,8 @@ impl Assisted {
             Mnemonic::Clac => Assisted::Clac,
             Mnemonic::Stac => Assisted::Stac,
             Mnemonic::Wait => Assisted::Fwait,
+            Mnemonic::Ldmxcsr => Assisted::Ldmxcsr,
+            Mnemonic::Stmxcsr => Assisted::Stmxcsr,
             _ => return None,
         })
     }
@@ -569,6 +581,7 @@ impl<M: GuestMemoryBackend + ?Sized> Emulator<'_, M> {
             Assisted::Popcnt | Assisted::Lzcnt | Assisted::Tzcnt => self.bit_count(kind),
             Assisted::Clac | Assisted::Stac => self.alignment_check(kind == Assisted::Stac),
             Assisted::Fwait => self.fwait(vcpu)?,
+            Assisted::Ldmxcsr | Assisted::Stmxcsr => self.mxcsr(vcpu, kind == Assisted::Ldmxcsr)?,
         };
         if let Err(abort) = outcome {
             return Ok(Err(abort));
@@ -706,6 +719,46 @@ impl<M: GuestMemoryBackend + ?Sized> Emulator<'_, M> {
             return Ok(Err(GuestFault::FloatingPoint.into()));
         }
         Ok(Ok(()))
+    }
+
+    /// `ldmxcsr` / `stmxcsr`: MXCSR from or to a 32-bit memory operand, through the vCPU's
+    /// XSAVE area. `#UD` with CR0.EM set or CR4.OSFXSR clear, `#NM` with CR0.TS set, `#GP(0)`
+    /// when a loaded value sets a bit MXCSR_MASK does not allow.
+    fn mxcsr<V: VcpuState + ?Sized>(
+        &mut self,
+        vcpu: &mut V,
+        load: bool,
+    ) -> Result<Result<(), Abort>, AssistError<V::Error>> {
+        let (cr0, cr4) = (self.view.sregs.cr0, self.view.sregs.cr4);
+        if cr0 & CR0_EM != 0 || cr4 & CR4_OSFXSR == 0 {
+            return Ok(Err(GuestFault::InvalidOpcode.into()));
+        }
+        if cr0 & CR0_TS != 0 {
+            return Ok(Err(GuestFault::DeviceNotAvailable.into()));
+        }
+        let mut area = vcpu.xsave().map_err(AssistError::Registers)?;
+        let operand = self
+            .view
+            .linear(&self.insn.instruction, 0, 4, !load)
+            .and_then(|la| self.view.map(la, 4, !load));
+        let mapped = match operand {
+            Ok(mapped) => mapped,
+            Err(abort) => return Ok(Err(abort)),
+        };
+        if load {
+            let mut bytes = [0u8; 4];
+            if let Err(abort) = self.view.read(&mapped, &mut bytes) {
+                return Ok(Err(abort));
+            }
+            if xsave::set_mxcsr(&mut area, u32::from_le_bytes(bytes)).is_err() {
+                return Ok(Err(GuestFault::GeneralProtection.into()));
+            }
+            vcpu.set_xsave(&area).map_err(AssistError::Update)?;
+            Ok(Ok(()))
+        } else {
+            let value = xsave::mxcsr(&area).to_le_bytes();
+            Ok(self.view.write(&mapped, &value))
+        }
     }
 
     fn cmpxchg(&mut self) -> Result<(), Abort> {

@@ -657,3 +657,45 @@ fn fwait_raises_what_is_pending_and_otherwise_completes() {
     a.resolve(&mut v, &mem, emu(&[0x9b])).unwrap();
     assert_eq!(v.injected.last().map(|e| e.vector), Some(7));
 }
+
+#[test]
+fn ldmxcsr_and_stmxcsr_go_through_the_xsave_area() {
+    let mem = memory();
+    let a = assist();
+    let mut v = MemVcpu::long_mode();
+    v.sregs.cr4 |= 1 << 9; // OSFXSR
+    v.xsave[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    v.xsave[28..32].copy_from_slice(&0xffffu32.to_le_bytes());
+    v.pending = Some(UD);
+    // ldmxcsr [rsi] (0f ae 16), stmxcsr [rsi+4] (0f ae 5e 04).
+    mem.write_obj(0x9fc0u32, GuestAddress(0x10040)).unwrap();
+    v.regs.rsi = RW + 0x40;
+    let rip = v.regs.rip;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x16])).unwrap();
+    assert_eq!(&v.xsave[24..28], &0x9fc0u32.to_le_bytes());
+    assert_eq!((v.regs.rip, v.pending), (rip + 3, None));
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x5e, 0x04]))
+        .unwrap();
+    assert_eq!(mem.read_obj::<u32>(GuestAddress(0x10044)).unwrap(), 0x9fc0);
+    assert_eq!(v.regs.rip, rip + 7);
+    assert_eq!(a.counts().completed(Assisted::Ldmxcsr), 1);
+    assert_eq!(a.counts().completed(Assisted::Stmxcsr), 1);
+    // A bit MXCSR_MASK does not allow: #GP(0), MXCSR unchanged.
+    mem.write_obj(0x1_0000u32, GuestAddress(0x10040)).unwrap();
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x16])).unwrap();
+    assert_eq!(v.injected.last(), Some(&GP));
+    assert_eq!(&v.xsave[24..28], &0x9fc0u32.to_le_bytes());
+    // stmxcsr to a read-only page: a write #PF.
+    v.regs.rsi = RO;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x1e])).unwrap();
+    let last = *v.injected.last().unwrap();
+    assert_eq!((last.vector, last.error_code), (PF_VECTOR, Some(0b11)));
+    // CR0.TS: #NM; CR4.OSFXSR clear: #UD.
+    v.sregs.cr0 |= 1 << 3;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x16])).unwrap();
+    assert_eq!(v.injected.last().map(|e| e.vector), Some(7));
+    v.sregs.cr0 &= !(1 << 3);
+    v.sregs.cr4 &= !(1 << 9);
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x16])).unwrap();
+    assert_eq!(v.injected.last(), Some(&UD));
+}

@@ -239,6 +239,28 @@ pub(crate) fn check_header(
     Ok((bv, Some(xcomp)))
 }
 
+/// MXCSR in a standard-format area.
+pub(crate) fn mxcsr(area: &[u8]) -> u32 {
+    u64_at(area, MXCSR) as u32
+}
+
+/// Sets MXCSR in a standard-format area, as `ldmxcsr` and `xrstor` load it: `Err` when `value`
+/// has a bit set that MXCSR_MASK (the area's, or the architectural default `0xffbf` when it is
+/// zero) does not allow (`#GP(0)`).
+pub(crate) fn set_mxcsr(area: &mut [u8], value: u32) -> Result<(), BadHeader> {
+    let mask = match u64_at(area, MXCSR) >> 32 {
+        0 => 0xffbf,
+        m => m as u32,
+    };
+    if value & !mask != 0 {
+        return Err(BadHeader);
+    }
+    area.get_mut(MXCSR..MXCSR + 4)
+        .ok_or(BadHeader)?
+        .copy_from_slice(&value.to_le_bytes());
+    Ok(())
+}
+
 /// Loads the guest's area into the backend's standard area: components of `rfbm` with their
 /// XSTATE_BV bit set are loaded, the others of `rfbm` initialised. `Err` when MXCSR has
 /// reserved bits set (`#GP(0)`).
@@ -253,17 +275,7 @@ pub(crate) fn restore(
     let load = rfbm & bv;
     let init = rfbm & !bv;
     if rfbm & 0b110 != 0 {
-        let mxcsr = u64_at(guest, MXCSR) as u32;
-        let mask = match u64_at(vcpu, MXCSR) >> 32 {
-            0 => 0xffbf,
-            m => m as u32,
-        };
-        if mxcsr & !mask != 0 {
-            return Err(BadHeader);
-        }
-        vcpu.get_mut(MXCSR..MXCSR + 4)
-            .ok_or(BadHeader)?
-            .copy_from_slice(&mxcsr.to_le_bytes());
+        set_mxcsr(vcpu, u64_at(guest, MXCSR) as u32)?;
     }
     if load & 1 != 0 {
         for (from, to) in x87_ranges() {
