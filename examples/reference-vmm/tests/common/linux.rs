@@ -401,6 +401,24 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    run(args, Some(stop_at), timeout)
+}
+
+/// Runs the reference VMM like [`run_until`], but until it exits by itself (or its
+/// `--timeout`); `reached_after` is the time to the exit.
+pub fn run_to_exit<I, S>(args: I, timeout: Duration) -> VmmRun
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run(args, None, timeout)
+}
+
+fn run<I, S>(args: I, stop_at: Option<&str>, timeout: Duration) -> VmmRun
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let scratch = Scratch::new(&format!("serial-{}", unique()));
     let serial_path = scratch.0.join("serial.log");
     File::create(&serial_path).unwrap();
@@ -428,21 +446,22 @@ where
     });
     let mut serial_file = File::open(&serial_path).unwrap();
     let mut serial = Vec::new();
-    let needle = stop_at.as_bytes();
+    let needle = stop_at.map(str::as_bytes);
+    let found = |serial: &[u8]| needle.is_some_and(|needle| find(serial, needle).is_some());
     let mut reached_after = None;
     let ending = loop {
         serial_file.read_to_end(&mut serial).unwrap();
-        if reached_after.is_none() && find(&serial, needle).is_some() {
+        if reached_after.is_none() && found(&serial) {
             reached_after = Some(start.elapsed());
         }
-        if has_complete_line(&serial, needle) {
+        if needle.is_some_and(|needle| has_complete_line(&serial, needle)) {
             break Ending::Stopped(terminate(&mut child));
         }
         if let Some(status) = child.try_wait().unwrap() {
             // Whatever it wrote before it ended: a guest that stops the VM right after the
             // wanted text may not have finished its line.
             serial_file.read_to_end(&mut serial).unwrap();
-            if reached_after.is_none() && find(&serial, needle).is_some() {
+            if reached_after.is_none() && (found(&serial) || needle.is_none()) {
                 reached_after = Some(start.elapsed());
             }
             break Ending::Exited(status.code());
@@ -460,9 +479,10 @@ where
         ending,
         reached_after,
     };
+    let what = stop_at.unwrap_or("the VMM's exit");
     match run.reached_after {
-        Some(after) => eprintln!("{stop_at:?} after {:.1} s", after.as_secs_f64()),
-        None => eprintln!("{stop_at:?} not reached: {:?}", run.ending),
+        Some(after) => eprintln!("{what:?} after {:.1} s", after.as_secs_f64()),
+        None => eprintln!("{what:?} not reached: {:?}", run.ending),
     }
     run
 }
