@@ -33,6 +33,7 @@ use crate::decode::{CpuMode, DecodeError, DecodedInsn, decode_at};
 use crate::exit::{INTERNAL_ERROR_EMULATION, InsnBytes};
 use crate::guest::{Abort, GuestFault, GuestView, Unsupported};
 use crate::ratelimit::{LogLimit, MonotonicClock, RateLimiter, Suppressed};
+use crate::simd::{self, VectorFile, VectorOp};
 use crate::state::{Exception, MSR_IA32_XSS, Registers, VcpuState};
 use crate::stats::AssistCounts;
 use crate::xsave::{self, XsaveLayout};
@@ -182,11 +183,33 @@ pub enum Assisted {
     Ldmxcsr,
     /// `stmxcsr`.
     Stmxcsr,
+    /// `movdqu`, `movups` and their VEX/EVEX forms.
+    Movdqu,
+    /// `movdqa`, `movaps` and their VEX/EVEX forms.
+    Movdqa,
+    /// `movd`, `movq` and their VEX forms.
+    Movd,
+    /// `paddd` and `vpaddd`.
+    Paddd,
+    /// `paddq` and `vpaddq`.
+    Paddq,
+    /// `pxor`, `vpxor`, `vpxord`, `vpxorq`.
+    Pxor,
+    /// `vprord`.
+    Vprord,
+    /// `pshufd` and `vpshufd`.
+    Pshufd,
+    /// `vpermi2d`.
+    Vpermi2d,
+    /// `vextracti128`.
+    Vextracti128,
+    /// `vzeroupper`.
+    Vzeroupper,
 }
 
 impl Assisted {
     /// How many there are.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 28;
 
     /// Every one, in declaration order.
     pub const ALL: [Assisted; Self::COUNT] = [
@@ -207,6 +230,17 @@ impl Assisted {
         Assisted::Fwait,
         Assisted::Ldmxcsr,
         Assisted::Stmxcsr,
+        Assisted::Movdqu,
+        Assisted::Movdqa,
+        Assisted::Movd,
+        Assisted::Paddd,
+        Assisted::Paddq,
+        Assisted::Pxor,
+        Assisted::Vprord,
+        Assisted::Pshufd,
+        Assisted::Vpermi2d,
+        Assisted::Vextracti128,
+        Assisted::Vzeroupper,
     ];
 
     /// The mnemonic.
@@ -229,6 +263,33 @@ impl Assisted {
             Assisted::Fwait => "fwait",
             Assisted::Ldmxcsr => "ldmxcsr",
             Assisted::Stmxcsr => "stmxcsr",
+            Assisted::Movdqu => "movdqu",
+            Assisted::Movdqa => "movdqa",
+            Assisted::Movd => "movd/movq",
+            Assisted::Paddd => "paddd",
+            Assisted::Paddq => "paddq",
+            Assisted::Pxor => "pxor",
+            Assisted::Vprord => "vprord",
+            Assisted::Pshufd => "pshufd",
+            Assisted::Vpermi2d => "vpermi2d",
+            Assisted::Vextracti128 => "vextracti128",
+            Assisted::Vzeroupper => "vzeroupper",
+        }
+    }
+
+    fn of_vector(op: VectorOp) -> Self {
+        match op {
+            VectorOp::MoveUnaligned => Assisted::Movdqu,
+            VectorOp::MoveAligned => Assisted::Movdqa,
+            VectorOp::MoveScalar => Assisted::Movd,
+            VectorOp::AddDwords => Assisted::Paddd,
+            VectorOp::AddQwords => Assisted::Paddq,
+            VectorOp::Xor => Assisted::Pxor,
+            VectorOp::RotateDwordsRight => Assisted::Vprord,
+            VectorOp::ShuffleDwords => Assisted::Pshufd,
+            VectorOp::PermuteTwoTables => Assisted::Vpermi2d,
+            VectorOp::Extract128 => Assisted::Vextracti128,
+            VectorOp::ZeroUpper => Assisted::Vzeroupper,
         }
     }
 
@@ -251,7 +312,7 @@ impl Assisted {
             Mnemonic::Wait => Assisted::Fwait,
             Mnemonic::Ldmxcsr => Assisted::Ldmxcsr,
             Mnemonic::Stmxcsr => Assisted::Stmxcsr,
-            _ => return None,
+            other => return VectorOp::of(other).map(Self::of_vector),
         })
     }
 }
@@ -582,6 +643,7 @@ impl<M: GuestMemoryBackend + ?Sized> Emulator<'_, M> {
             Assisted::Clac | Assisted::Stac => self.alignment_check(kind == Assisted::Stac),
             Assisted::Fwait => self.fwait(vcpu)?,
             Assisted::Ldmxcsr | Assisted::Stmxcsr => self.mxcsr(vcpu, kind == Assisted::Ldmxcsr)?,
+            _ => self.vector(vcpu)?,
         };
         if let Err(abort) = outcome {
             return Ok(Err(abort));
@@ -759,6 +821,29 @@ impl<M: GuestMemoryBackend + ?Sized> Emulator<'_, M> {
             let value = xsave::mxcsr(&area).to_le_bytes();
             Ok(self.view.write(&mapped, &value))
         }
+    }
+
+    /// A vector instruction (see [`simd`](crate::simd)), on the vector registers in the vCPU's
+    /// XSAVE area, which is written back when the instruction changed it.
+    fn vector<V: VcpuState + ?Sized>(
+        &mut self,
+        vcpu: &mut V,
+    ) -> Result<Result<(), Abort>, AssistError<V::Error>> {
+        let insn = &self.insn.instruction;
+        let Some(op) = VectorOp::of(insn.mnemonic()) else {
+            return Ok(Err(Unsupported::Instruction.into()));
+        };
+        let xcr0 = vcpu.xcr0().map_err(AssistError::Registers)?;
+        let mut area = vcpu.xsave().map_err(AssistError::Registers)?;
+        let before = area.clone();
+        let mut file = VectorFile::new(&mut area, self.layout, xcr0);
+        if let Err(abort) = simd::execute(&mut self.view, insn, op, &mut file) {
+            return Ok(Err(abort));
+        }
+        if area != before {
+            vcpu.set_xsave(&area).map_err(AssistError::Update)?;
+        }
+        Ok(Ok(()))
     }
 
     fn cmpxchg(&mut self) -> Result<(), Abort> {

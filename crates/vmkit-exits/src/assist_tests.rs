@@ -699,3 +699,233 @@ fn ldmxcsr_and_stmxcsr_go_through_the_xsave_area() {
     a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x16])).unwrap();
     assert_eq!(v.injected.last(), Some(&UD));
 }
+
+/// Register `n`'s 64 bytes in the vCPU's standard-format area (the default layout).
+fn vreg(v: &MemVcpu, n: usize) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    if n < 16 {
+        out[..16].copy_from_slice(&v.xsave[160 + 16 * n..176 + 16 * n]);
+        out[16..32].copy_from_slice(&v.xsave[576 + 16 * n..592 + 16 * n]);
+        out[32..].copy_from_slice(&v.xsave[1152 + 32 * n..1184 + 32 * n]);
+    } else {
+        out.copy_from_slice(&v.xsave[1664 + 64 * (n - 16)..1728 + 64 * (n - 16)]);
+    }
+    out
+}
+
+fn set_vreg(v: &mut MemVcpu, n: usize, value: &[u8; 64]) {
+    v.xsave[160 + 16 * n..176 + 16 * n].copy_from_slice(&value[..16]);
+    v.xsave[576 + 16 * n..592 + 16 * n].copy_from_slice(&value[16..32]);
+    v.xsave[1152 + 32 * n..1184 + 32 * n].copy_from_slice(&value[32..]);
+    v.xsave[512] |= 0b1110_0110; // XSTATE_BV: SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM
+}
+
+fn dwords_of(values: &[u32]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    for (chunk, v) in out.chunks_exact_mut(4).zip(values) {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// A long-mode vCPU with SSE, AVX and AVX-512 enabled.
+fn vector_vcpu() -> MemVcpu {
+    let mut v = MemVcpu::long_mode();
+    v.sregs.cr4 |= 1 << 9; // OSFXSR
+    v.xcr0 = 0xe7;
+    v
+}
+
+#[test]
+fn vector_moves_load_store_and_clear_the_upper_bits_as_encoded() {
+    let mem = memory();
+    let a = assist();
+    let mut v = vector_vcpu();
+    let pattern: Vec<u8> = (1..=64).collect();
+    mem.write_slice(&pattern, GuestAddress(0x10040)).unwrap();
+    set_vreg(&mut v, 0, &[0xee; 64]);
+    v.regs.rdi = RW + 0x40;
+    v.pending = Some(UD);
+    let rip = v.regs.rip;
+    // vmovdqu xmm0, [rdi]: 16 bytes, bits 128 and up cleared.
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0xfa, 0x6f, 0x07]))
+        .unwrap();
+    let mut want = [0u8; 64];
+    want[..16].copy_from_slice(&pattern[..16]);
+    assert_eq!(vreg(&v, 0), want);
+    assert_eq!((v.regs.rip, v.pending), (rip + 4, None));
+    assert_eq!(
+        v.xsave[512] & 0b110,
+        0b110,
+        "XSTATE_BV marks SSE and AVX in use"
+    );
+    // vmovdqu ymm6, [rsi]: 32 bytes.
+    v.regs.rsi = RW + 0x40;
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0xfe, 0x6f, 0x36]))
+        .unwrap();
+    assert_eq!(&vreg(&v, 6)[..32], &pattern[..32]);
+    // vmovdqa xmm10, xmm0 (register to register).
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0x79, 0x6f, 0xd0]))
+        .unwrap();
+    assert_eq!(vreg(&v, 10), want);
+    // movdqu [rdi+0x20], xmm0 (legacy store) and vmovdqu [rdi+0x30], xmm10.
+    a.resolve(&mut v, &mem, emu(&[0xf3, 0x0f, 0x7f, 0x47, 0x20]))
+        .unwrap();
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0x7a, 0x7f, 0x57, 0x30]))
+        .unwrap();
+    let mut back = [0u8; 32];
+    mem.read_slice(&mut back, GuestAddress(0x10060)).unwrap();
+    assert_eq!(&back[..16], &pattern[..16]);
+    assert_eq!(&back[16..], &pattern[..16]);
+    // A legacy SSE load keeps bits 128 and up: movdqu xmm6, [rdi].
+    set_vreg(&mut v, 6, &[0x77; 64]);
+    a.resolve(&mut v, &mem, emu(&[0xf3, 0x0f, 0x6f, 0x37]))
+        .unwrap();
+    assert_eq!(&vreg(&v, 6)[..16], &pattern[..16]);
+    assert!(vreg(&v, 6)[16..].iter().all(|&b| b == 0x77));
+    // movdqa xmm0, [rdi+8]: misaligned, #GP(0), nothing changes.
+    a.resolve(&mut v, &mem, emu(&[0x66, 0x0f, 0x6f, 0x47, 0x08]))
+        .unwrap();
+    assert_eq!(v.injected.last(), Some(&GP));
+    assert_eq!(vreg(&v, 0), want);
+    // vmovd xmm5, ecx and vmovq rax, xmm0.
+    v.regs.rcx = 0xdead_beef_1234_5678;
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0xf9, 0x6e, 0xe9]))
+        .unwrap();
+    assert_eq!(&vreg(&v, 5)[..8], &[0x78, 0x56, 0x34, 0x12, 0, 0, 0, 0]);
+    a.resolve(&mut v, &mem, emu(&[0xc4, 0xe1, 0xf9, 0x7e, 0xc0]))
+        .unwrap();
+    assert_eq!(
+        v.regs.rax,
+        u64::from_le_bytes(pattern[..8].try_into().unwrap())
+    );
+    // vzeroupper clears bits 128 and up of registers 0..=15 only.
+    set_vreg(&mut v, 3, &[0x55; 64]);
+    v.xsave[1664..1728].fill(0x44); // ZMM16
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0xf8, 0x77])).unwrap();
+    assert_eq!(&vreg(&v, 3)[..16], &[0x55; 16]);
+    assert!(vreg(&v, 3)[16..].iter().all(|&b| b == 0));
+    assert_eq!(vreg(&v, 16), [0x44; 64]);
+    assert_eq!(a.counts().completed(Assisted::Movdqu), 5);
+    assert_eq!(a.counts().completed(Assisted::Movdqa), 1);
+    assert_eq!(a.counts().completed(Assisted::Movd), 2);
+    assert_eq!(a.counts().completed(Assisted::Vzeroupper), 1);
+}
+
+#[test]
+fn vector_integer_operations_of_blake2s() {
+    let mem = memory();
+    let a = assist();
+    let mut v = vector_vcpu();
+    let x: Vec<u32> = (0..8).map(|i| 0x0101_0101 * (i + 1)).collect();
+    let y: Vec<u32> = (0..8).map(|i| 0xf000_0000 + i).collect();
+    set_vreg(&mut v, 0, &dwords_of(&x));
+    set_vreg(&mut v, 1, &dwords_of(&y));
+    // vpaddd xmm0, xmm0, xmm1: lanes wrap, bits 128 and up cleared.
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0xf9, 0xfe, 0xc1]))
+        .unwrap();
+    let sum: Vec<u32> = (0..4).map(|i| x[i].wrapping_add(y[i])).collect();
+    assert_eq!(vreg(&v, 0), dwords_of(&sum));
+    // vpxor xmm3, xmm3, xmm0 with xmm3 = y.
+    set_vreg(&mut v, 3, &dwords_of(&y));
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0xe1, 0xef, 0xd8]))
+        .unwrap();
+    let xor: Vec<u32> = (0..4).map(|i| y[i] ^ sum[i]).collect();
+    assert_eq!(vreg(&v, 3), dwords_of(&xor));
+    // vprord xmm3, xmm3, 16 (EVEX).
+    a.resolve(
+        &mut v,
+        &mem,
+        emu(&[0x62, 0xf1, 0x65, 0x08, 0x72, 0xc3, 0x10]),
+    )
+    .unwrap();
+    let rot: Vec<u32> = xor.iter().map(|d| d.rotate_right(16)).collect();
+    assert_eq!(vreg(&v, 3), dwords_of(&rot));
+    // vpshufd xmm0, xmm0, 0x93: dword i takes source dword (0x93 >> 2i) & 3 = 3, 0, 1, 2.
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0xf9, 0x70, 0xc0, 0x93]))
+        .unwrap();
+    assert_eq!(vreg(&v, 0), dwords_of(&[sum[3], sum[0], sum[1], sum[2]]));
+    // vpaddq xmm4, xmm4, xmm5.
+    set_vreg(&mut v, 4, &dwords_of(&[u32::MAX, 0, 5, 0]));
+    set_vreg(&mut v, 5, &dwords_of(&[1, 0, 7, 1]));
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0xd9, 0xd4, 0xe5]))
+        .unwrap();
+    assert_eq!(vreg(&v, 4), dwords_of(&[0, 1, 12, 1]));
+    // vpermi2d ymm8, ymm6, ymm7: index bits 0..=2 pick the element, bit 3 the table (ymm7 when
+    // set); higher bits are ignored (0x13 is element 3 of ymm6).
+    set_vreg(&mut v, 6, &dwords_of(&[10, 11, 12, 13, 14, 15, 16, 17]));
+    set_vreg(&mut v, 7, &dwords_of(&[20, 21, 22, 23, 24, 25, 26, 27]));
+    set_vreg(&mut v, 8, &dwords_of(&[0, 8, 7, 15, 1, 9, 0x13, 0xfe]));
+    a.resolve(&mut v, &mem, emu(&[0x62, 0x72, 0x4d, 0x28, 0x76, 0xc7]))
+        .unwrap();
+    assert_eq!(vreg(&v, 8), dwords_of(&[10, 20, 17, 27, 11, 21, 13, 26]));
+    // vextracti128 xmm8, ymm8, 1.
+    a.resolve(&mut v, &mem, emu(&[0xc4, 0x43, 0x7d, 0x39, 0xc0, 0x01]))
+        .unwrap();
+    assert_eq!(vreg(&v, 8), dwords_of(&[11, 21, 13, 26]));
+    // Legacy two-operand forms: paddd xmm1, xmm1 and pxor xmm1, xmm1.
+    a.resolve(&mut v, &mem, emu(&[0x66, 0x0f, 0xfe, 0xc9]))
+        .unwrap();
+    let doubled: Vec<u32> = (0..4).map(|i| y[i].wrapping_mul(2)).collect();
+    assert_eq!(&vreg(&v, 1)[..16], &dwords_of(&doubled)[..16]);
+    assert_eq!(
+        &vreg(&v, 1)[16..32],
+        &dwords_of(&y)[16..32],
+        "SSE keeps the upper bits"
+    );
+    a.resolve(&mut v, &mem, emu(&[0x66, 0x0f, 0xef, 0xc9]))
+        .unwrap();
+    assert_eq!(&vreg(&v, 1)[..16], &[0; 16]);
+    for kind in [
+        Assisted::Paddd,
+        Assisted::Pxor,
+        Assisted::Vprord,
+        Assisted::Pshufd,
+        Assisted::Paddq,
+        Assisted::Vpermi2d,
+        Assisted::Vextracti128,
+    ] {
+        assert!(a.counts().completed(kind) >= 1, "{kind:?}");
+    }
+    assert!(v.injected.is_empty());
+}
+
+#[test]
+fn vector_instructions_fault_as_the_processor_does() {
+    let mem = memory();
+    let a = assist();
+    // AVX-512 state not enabled in XCR0: an EVEX instruction is #UD.
+    let mut v = vector_vcpu();
+    v.xcr0 = 0b111;
+    a.resolve(
+        &mut v,
+        &mem,
+        emu(&[0x62, 0xf1, 0x65, 0x08, 0x72, 0xc3, 0x10]),
+    )
+    .unwrap();
+    assert_eq!(v.injected.last(), Some(&UD));
+    // CR4.OSXSAVE clear: VEX is #UD; CR0.TS: #NM.
+    let mut v = vector_vcpu();
+    v.sregs.cr4 &= !CR4_OSXSAVE;
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0xf9, 0xfe, 0xc1]))
+        .unwrap();
+    assert_eq!(v.injected.last(), Some(&UD));
+    let mut v = vector_vcpu();
+    v.sregs.cr0 |= 1 << 3;
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0xf9, 0xfe, 0xc1]))
+        .unwrap();
+    assert_eq!(v.injected.last().map(|e| e.vector), Some(7));
+    // A store to a read-only page: write #PF, memory unchanged.
+    let mut v = vector_vcpu();
+    v.regs.rdi = RO;
+    a.resolve(&mut v, &mem, emu(&[0xc5, 0xfa, 0x7f, 0x07]))
+        .unwrap();
+    let last = *v.injected.last().unwrap();
+    assert_eq!((last.vector, last.error_code), (PF_VECTOR, Some(0b11)));
+    // A masked EVEX form is reported, not completed: vpaddd xmm0{k1}, xmm0, xmm1.
+    let mut v = vector_vcpu();
+    let action = a
+        .resolve(&mut v, &mem, emu(&[0x62, 0xf1, 0x7d, 0x09, 0xfe, 0xc1]))
+        .unwrap();
+    assert!(matches!(action, ExitAction::Stop(_)));
+}

@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod exit;
 pub mod guest;
 pub mod ratelimit;
+mod simd;
 pub mod state;
 pub mod stats;
 pub mod xsave;

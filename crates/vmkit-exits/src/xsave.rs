@@ -81,7 +81,7 @@ impl XsaveLayout {
         Self { components }
     }
 
-    fn component(&self, i: usize) -> Component {
+    pub(crate) fn component(&self, i: usize) -> Component {
         self.components.get(i).copied().unwrap_or_default()
     }
 
