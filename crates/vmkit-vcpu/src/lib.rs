@@ -4,7 +4,8 @@
 //!
 //! - [`hypervisor`]: the [`Hypervisor`] / [`Vm`] / [`Vcpu`] trait family and [`Kick`].
 //! - [`run`]: [`RunExit`] and [`Exits`] (one [`VmExit`](vmkit_exits::VmExit) per string-I/O
-//!   element), the [`ExitHandler`] trait and the [`run_until_stop`] driver.
+//!   element), the [`ExitHandler`] trait, the [`run_until_stop`] driver and
+//!   [`run_until_stop_with_assist`], which hands emulation failures to the emulation assist.
 //! - [`x86`]: backend-neutral entry state (PVH, 64-bit Linux), boot MSRs, page sizes.
 //! - [`kvm`]: the KVM backend, its CPUID, kick protocol and the fuzzable
 //!   [`convert_exit`](kvm::exit::convert_exit).

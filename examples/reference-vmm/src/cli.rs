@@ -31,8 +31,9 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", conflicts_with = "kernel")]
     pub firmware: Option<PathBuf>,
 
-    /// Boot a built-in guest instead of a kernel: `hello` (the default) or `exits` (port-I/O and
-    /// MMIO round trips through the test device; add --testdev).
+    /// Boot a built-in guest instead of a kernel: `hello` (the default), `exits` (port-I/O and
+    /// MMIO round trips through the test device; add --testdev) or `assist` (ring-0 checks of
+    /// the instructions the emulation assist completes).
     #[arg(
         long,
         value_name = "NAME",
@@ -89,6 +90,9 @@ pub enum BuiltinGuest {
     Hello,
     /// Port-I/O and MMIO round trips through the test device (`exits.n=N` on the command line).
     Exits,
+    /// Ring-0 checks of the instructions the emulation assist completes (add --stats to see
+    /// which ones it did).
+    Assist,
 }
 
 /// `--memory`.

@@ -9,3 +9,9 @@ pub const HELLO_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hello.elf
 /// device (`exits.n=N` on the command line, default 100), reported over COM1; status 0 when every
 /// value read back as written, 1 on a mismatch (no test device), 4 on a malformed `exits.n`.
 pub const EXITS_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/exits.elf"));
+
+/// The `assist` PVH guest: runs in ring 0 the instructions a backend may fail to emulate
+/// (`int3`, `cmpxchg8b`/`cmpxchg16b`, the XSAVE family, `popcnt`/`lzcnt`/`tzcnt`, `stac`/`clac`,
+/// `fwait`, `ldmxcsr`/`stmxcsr`) and prints one line per check over COM1; status 0 when every
+/// result matches the architecture, 1 on a mismatch, 4 on an exception no check expected.
+pub const ASSIST_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/assist.elf"));

@@ -31,7 +31,7 @@ use crate::boot;
 use crate::cli::{BuiltinGuest, Cli, SerialConfig};
 use crate::disks::{self, Disks};
 use crate::exit_code;
-use crate::guests::{EXITS_ELF, HELLO_ELF};
+use crate::guests::{ASSIST_ELF, EXITS_ELF, HELLO_ELF};
 use crate::interrupts::IrqLine;
 use crate::terminal::RawStdin;
 
@@ -87,6 +87,10 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
         None => match cli.builtin.unwrap_or(BuiltinGuest::Hello) {
             BuiltinGuest::Hello => ("built-in hello guest".to_string(), Cow::Borrowed(HELLO_ELF)),
             BuiltinGuest::Exits => ("built-in exits guest".to_string(), Cow::Borrowed(EXITS_ELF)),
+            BuiltinGuest::Assist => (
+                "built-in assist guest".to_string(),
+                Cow::Borrowed(ASSIST_ELF),
+            ),
         },
     };
     let initramfs = match &cli.initramfs {
