@@ -205,11 +205,13 @@ pub enum Assisted {
     Vextracti128,
     /// `vzeroupper`.
     Vzeroupper,
+    /// `xgetbv`.
+    Xgetbv,
 }
 
 impl Assisted {
     /// How many there are.
-    pub const COUNT: usize = 28;
+    pub const COUNT: usize = 29;
 
     /// Every one, in declaration order.
     pub const ALL: [Assisted; Self::COUNT] = [
@@ -241,6 +243,7 @@ impl Assisted {
         Assisted::Vpermi2d,
         Assisted::Vextracti128,
         Assisted::Vzeroupper,
+        Assisted::Xgetbv,
     ];
 
     /// The mnemonic.
@@ -274,6 +277,7 @@ impl Assisted {
             Assisted::Vpermi2d => "vpermi2d",
             Assisted::Vextracti128 => "vextracti128",
             Assisted::Vzeroupper => "vzeroupper",
+            Assisted::Xgetbv => "xgetbv",
         }
     }
 
@@ -312,6 +316,7 @@ impl Assisted {
             Mnemonic::Wait => Assisted::Fwait,
             Mnemonic::Ldmxcsr => Assisted::Ldmxcsr,
             Mnemonic::Stmxcsr => Assisted::Stmxcsr,
+            Mnemonic::Xgetbv => Assisted::Xgetbv,
             other => return VectorOp::of(other).map(Self::of_vector),
         })
     }
@@ -643,6 +648,7 @@ impl<M: GuestMemoryBackend + ?Sized> Emulator<'_, M> {
             Assisted::Clac | Assisted::Stac => self.alignment_check(kind == Assisted::Stac),
             Assisted::Fwait => self.fwait(vcpu)?,
             Assisted::Ldmxcsr | Assisted::Stmxcsr => self.mxcsr(vcpu, kind == Assisted::Ldmxcsr)?,
+            Assisted::Xgetbv => self.xgetbv(vcpu)?,
             _ => self.vector(vcpu)?,
         };
         if let Err(abort) = outcome {
@@ -821,6 +827,30 @@ impl<M: GuestMemoryBackend + ?Sized> Emulator<'_, M> {
             let value = xsave::mxcsr(&area).to_le_bytes();
             Ok(self.view.write(&mapped, &value))
         }
+    }
+
+    /// `xgetbv`: EDX:EAX = XCR0 for ECX = 0, XCR0 & XINUSE (the components not in their
+    /// initial state, as the XSAVE area's XSTATE_BV says) for ECX = 1; `#GP(0)` for other ECX,
+    /// `#UD` with CR4.OSXSAVE clear.
+    fn xgetbv<V: VcpuState + ?Sized>(
+        &mut self,
+        vcpu: &mut V,
+    ) -> Result<Result<(), Abort>, AssistError<V::Error>> {
+        if self.view.sregs.cr4 & CR4_OSXSAVE == 0 {
+            return Ok(Err(GuestFault::InvalidOpcode.into()));
+        }
+        let xcr0 = vcpu.xcr0().map_err(AssistError::Registers)?;
+        let value = match self.view.regs.rcx & 0xffff_ffff {
+            0 => xcr0,
+            1 => {
+                let area = vcpu.xsave().map_err(AssistError::Registers)?;
+                xcr0 & xsave::header(&area).0
+            }
+            _ => return Ok(Err(GuestFault::GeneralProtection.into())),
+        };
+        self.view.regs.rax = value & 0xffff_ffff;
+        self.view.regs.rdx = value >> 32;
+        Ok(Ok(()))
     }
 
     /// A vector instruction (see [`simd`](crate::simd)), on the vector registers in the vCPU's

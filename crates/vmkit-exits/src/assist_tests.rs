@@ -673,6 +673,11 @@ fn ldmxcsr_and_stmxcsr_go_through_the_xsave_area() {
     let rip = v.regs.rip;
     a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x16])).unwrap();
     assert_eq!(&v.xsave[24..28], &0x9fc0u32.to_le_bytes());
+    assert_eq!(
+        v.xsave[512] & 0b10,
+        0b10,
+        "XSTATE_BV marks SSE in use, MXCSR with it"
+    );
     assert_eq!((v.regs.rip, v.pending), (rip + 3, None));
     a.resolve(&mut v, &mem, emu(&[0x0f, 0xae, 0x5e, 0x04]))
         .unwrap();
@@ -928,4 +933,27 @@ fn vector_instructions_fault_as_the_processor_does() {
         .resolve(&mut v, &mem, emu(&[0x62, 0xf1, 0x7d, 0x09, 0xfe, 0xc1]))
         .unwrap();
     assert!(matches!(action, ExitAction::Stop(_)));
+}
+
+#[test]
+fn xgetbv_reads_xcr0_and_the_components_in_use() {
+    let mem = memory();
+    let a = assist();
+    let mut v = vector_vcpu();
+    v.regs.rax = u64::MAX;
+    v.regs.rdx = u64::MAX;
+    let rip = v.regs.rip;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0x01, 0xd0])).unwrap();
+    assert_eq!((v.regs.rax, v.regs.rdx, v.regs.rip), (0xe7, 0, rip + 3));
+    v.xsave[512] = 0b11; // x87 and SSE in use
+    v.regs.rcx = 1;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0x01, 0xd0])).unwrap();
+    assert_eq!(v.regs.rax, 0b11);
+    v.regs.rcx = 2;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0x01, 0xd0])).unwrap();
+    assert_eq!(v.injected.last(), Some(&GP));
+    v.sregs.cr4 &= !CR4_OSXSAVE;
+    a.resolve(&mut v, &mem, emu(&[0x0f, 0x01, 0xd0])).unwrap();
+    assert_eq!(v.injected.last(), Some(&UD));
+    assert_eq!(a.counts().completed(Assisted::Xgetbv), 2);
 }

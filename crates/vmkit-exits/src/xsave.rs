@@ -258,6 +258,12 @@ pub(crate) fn set_mxcsr(area: &mut [u8], value: u32) -> Result<(), BadHeader> {
     area.get_mut(MXCSR..MXCSR + 4)
         .ok_or(BadHeader)?
         .copy_from_slice(&value.to_le_bytes());
+    // MXCSR belongs to the SSE component: with its XSTATE_BV bit clear a backend loads the
+    // initial MXCSR instead (the XMM registers of an initial component are zeros either way).
+    let bv = u64_at(area, HEADER) | 1 << 1;
+    area.get_mut(HEADER..HEADER + 8)
+        .ok_or(BadHeader)?
+        .copy_from_slice(&bv.to_le_bytes());
     Ok(())
 }
 
