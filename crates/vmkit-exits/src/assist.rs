@@ -34,7 +34,7 @@ use crate::exit::{INTERNAL_ERROR_EMULATION, InsnBytes};
 use crate::guest::{Abort, GuestFault, GuestView, Unsupported};
 use crate::ratelimit::{LogLimit, MonotonicClock, RateLimiter, Suppressed};
 use crate::simd::{self, VectorFile, VectorOp};
-use crate::state::{Exception, MSR_IA32_XSS, Registers, VcpuState};
+use crate::state::{Exception, MSR_IA32_XSS, Registers, SpecialRegisters, VcpuState};
 use crate::stats::AssistCounts;
 use crate::xsave::{self, XsaveLayout};
 
@@ -50,6 +50,9 @@ const RFLAGS_ZF: u64 = 1 << 6;
 const RFLAGS_SF: u64 = 1 << 7;
 const RFLAGS_OF: u64 = 1 << 11;
 const RFLAGS_AC: u64 = 1 << 18;
+const RFLAGS_TF: u64 = 1 << 8;
+/// The most vector instructions completed after the one an exit was for, in that exit.
+pub const MAX_VECTOR_RUN: usize = 256;
 const CR0_MP: u64 = 1 << 1;
 const CR0_EM: u64 = 1 << 2;
 const CR4_OSFXSR: u64 = 1 << 9;
@@ -532,6 +535,8 @@ impl<P: AssistPolicy> EmulationAssist<P> {
         match emulator.run(vcpu) {
             Ok(Ok(kind)) => {
                 self.counters.completed[kind as usize].fetch_add(1, Ordering::Relaxed);
+                let after = emulator.view.regs;
+                self.continue_vector_run(vcpu, memory, regs.rip, after, sregs, mode)?;
                 Ok(ExitAction::Resume)
             }
             Ok(Err(Abort::Fault(fault))) => {
@@ -555,6 +560,59 @@ impl<P: AssistPolicy> EmulationAssist<P> {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// After a completed instruction, completes the vector instructions that follow it on the
+    /// page the backend fetched it from, in the same exit, up to [`MAX_VECTOR_RUN`]: ring-0
+    /// SIMD code (BLAKE2s) is hundreds of such instructions in a row, each of which would
+    /// otherwise cost a VM exit.
+    /// Stops, leaving the vCPU at that instruction, at anything else: a non-vector instruction,
+    /// one that would fault or that the assist reports, the end of the page (the next one may
+    /// not be executable), or single-stepping (RFLAGS.TF). Whatever stops the run has had no
+    /// effect; the guest then executes it (or exits for it) as usual.
+    fn continue_vector_run<V, M>(
+        &self,
+        vcpu: &mut V,
+        memory: &M,
+        first_rip: u64,
+        mut regs: Registers,
+        sregs: SpecialRegisters,
+        mode: CpuMode,
+    ) -> Result<(), AssistError<V::Error>>
+    where
+        V: VcpuState + ?Sized,
+        M: GuestMemoryBackend + ?Sized,
+    {
+        let page = first_rip >> 12;
+        for _ in 0..MAX_VECTOR_RUN {
+            if regs.rflags & RFLAGS_TF != 0 || regs.rip >> 12 != page {
+                break;
+            }
+            let view = GuestView::new(memory, regs, sregs, mode);
+            let Some(bytes) = view.instruction_bytes_on_page() else {
+                break;
+            };
+            let Ok(decoded) = decode_at(&bytes, mode, regs.rip) else {
+                break;
+            };
+            if VectorOp::of(decoded.instruction.mnemonic()).is_none() {
+                break;
+            }
+            let mut emulator = Emulator {
+                view,
+                insn: &decoded,
+                layout: &self.layout,
+                soft_exception: self.soft_exception,
+            };
+            match emulator.run(vcpu)? {
+                Ok(kind) => {
+                    self.counters.completed[kind as usize].fetch_add(1, Ordering::Relaxed);
+                    regs = emulator.view.regs;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     fn log_line(&self, line: std::fmt::Arguments<'_>) {

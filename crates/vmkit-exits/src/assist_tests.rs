@@ -957,3 +957,56 @@ fn xgetbv_reads_xcr0_and_the_components_in_use() {
     assert_eq!(v.injected.last(), Some(&UD));
     assert_eq!(a.counts().completed(Assisted::Xgetbv), 2);
 }
+
+/// `vpaddd xmm0, xmm0, xmm1`, `vpxor xmm3, xmm3, xmm0`.
+const VPADDD: [u8; 4] = [0xc5, 0xf9, 0xfe, 0xc1];
+const VPXOR: [u8; 4] = [0xc5, 0xe1, 0xef, 0xd8];
+
+#[test]
+fn vector_instructions_that_follow_are_completed_in_the_same_exit() {
+    let mem = memory();
+    let a = assist();
+    let mut v = vector_vcpu();
+    // Code in the RW page (guest-physical 0x10000): vpaddd, vpxor, then mov eax, 1.
+    let code = [&VPADDD[..], &VPXOR, &[0xb8, 1, 0, 0, 0]].concat();
+    mem.write_slice(&code, GuestAddress(0x10100)).unwrap();
+    v.regs.rip = RW + 0x100;
+    set_vreg(&mut v, 0, &dwords_of(&[1, 2, 3, 4]));
+    set_vreg(&mut v, 1, &dwords_of(&[10, 20, 30, 40]));
+    set_vreg(&mut v, 3, &dwords_of(&[0xff, 0xff, 0xff, 0xff]));
+    a.resolve(&mut v, &mem, emu(&VPADDD)).unwrap();
+    // Both vector instructions ran; the guest resumes at the mov.
+    assert_eq!(v.regs.rip, RW + 0x108);
+    assert_eq!(vreg(&v, 0), dwords_of(&[11, 22, 33, 44]));
+    assert_eq!(
+        vreg(&v, 3),
+        dwords_of(&[0xff ^ 11, 0xff ^ 22, 0xff ^ 33, 0xff ^ 44])
+    );
+    assert_eq!(a.counts().completed(Assisted::Paddd), 1);
+    assert_eq!(a.counts().completed(Assisted::Pxor), 1);
+
+    // A following instruction that would fault ends the run without effect: vmovdqa xmm0, [rsi]
+    // with RSI misaligned is left to the guest.
+    let code = [&VPADDD[..], &[0xc5, 0xf9, 0x6f, 0x06]].concat();
+    mem.write_slice(&code, GuestAddress(0x10200)).unwrap();
+    v.regs.rip = RW + 0x200;
+    v.regs.rsi = RW + 0x41;
+    a.resolve(&mut v, &mem, emu(&VPADDD)).unwrap();
+    assert_eq!(v.regs.rip, RW + 0x204);
+    assert!(v.injected.is_empty());
+    assert_eq!(vreg(&v, 0), dwords_of(&[21, 42, 63, 84]));
+
+    // Single-stepping (TF): one instruction per exit.
+    v.regs.rip = RW + 0x100;
+    v.regs.rflags |= 1 << 8;
+    a.resolve(&mut v, &mem, emu(&VPADDD)).unwrap();
+    assert_eq!(v.regs.rip, RW + 0x104);
+    v.regs.rflags &= !(1 << 8);
+
+    // The next instruction on another page is not fetched here: vpaddd ends at the page end.
+    mem.write_slice(&VPADDD, GuestAddress(0x10ffc)).unwrap();
+    mem.write_slice(&VPXOR, GuestAddress(0x11000)).unwrap();
+    v.regs.rip = RW + 0xffc;
+    a.resolve(&mut v, &mem, emu(&VPADDD)).unwrap();
+    assert_eq!(v.regs.rip, RW + 0x1000);
+}

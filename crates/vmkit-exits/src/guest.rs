@@ -337,6 +337,23 @@ impl<'a, M: GuestMemoryBackend + ?Sized> GuestView<'a, M> {
         Ok(Mapped { linear: la, pieces })
     }
 
+    /// The bytes at RIP up to the longest instruction (15) or the end of RIP's page, whichever
+    /// comes first, read through the page tables; `None` when they cannot be read (a fault the
+    /// CPU would report on its own fetch).
+    pub(crate) fn instruction_bytes_on_page(&self) -> Option<Vec<u8>> {
+        let seg_base = match self.mode {
+            CpuMode::Bits64 => 0,
+            _ => self.sregs.cs.base,
+        };
+        let la = seg_base.wrapping_add(self.regs.rip);
+        let to_page_end = (PAGE_SIZE - la % PAGE_SIZE) as usize;
+        let len = to_page_end.min(15);
+        let mapped = self.map(la, len, false).ok()?;
+        let mut bytes = vec![0u8; len];
+        self.read(&mapped, &mut bytes).ok()?;
+        Some(bytes)
+    }
+
     /// Reads a mapped range into `buf` (as long as the range).
     pub(crate) fn read(&self, mapped: &Mapped, buf: &mut [u8]) -> Result<(), Abort> {
         let mut at = 0;
