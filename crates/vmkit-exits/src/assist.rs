@@ -51,7 +51,8 @@ const RFLAGS_SF: u64 = 1 << 7;
 const RFLAGS_OF: u64 = 1 << 11;
 const RFLAGS_AC: u64 = 1 << 18;
 const RFLAGS_TF: u64 = 1 << 8;
-/// The most vector instructions completed after the one an exit was for, in that exit.
+/// The most vector instructions completed after the one an exit was for, in that exit, by
+/// default ([`EmulationAssist::with_max_vector_run`]).
 pub const MAX_VECTOR_RUN: usize = 256;
 const CR0_MP: u64 = 1 << 1;
 const CR0_EM: u64 = 1 << 2;
@@ -408,6 +409,7 @@ pub struct EmulationAssist<P = StopAlways> {
     policy: P,
     soft_exception: SoftExceptionRip,
     layout: XsaveLayout,
+    max_vector_run: usize,
     counters: Counters,
     last_report: Mutex<Option<AssistReport>>,
     log: RateLimiter,
@@ -437,6 +439,7 @@ impl<P: AssistPolicy> EmulationAssist<P> {
         Self {
             policy,
             soft_exception: SoftExceptionRip::default(),
+            max_vector_run: MAX_VECTOR_RUN,
             layout,
             counters: Counters::default(),
             last_report: Mutex::new(None),
@@ -447,6 +450,13 @@ impl<P: AssistPolicy> EmulationAssist<P> {
     /// This assist with `strategy` for the `#BP` of `int3`.
     pub fn with_soft_exception_rip(mut self, strategy: SoftExceptionRip) -> Self {
         self.soft_exception = strategy;
+        self
+    }
+
+    /// This assist completing at most `count` vector instructions after the one an exit was
+    /// for, in the same exit (default [`MAX_VECTOR_RUN`]; 0: one instruction per exit).
+    pub fn with_max_vector_run(mut self, count: usize) -> Self {
+        self.max_vector_run = count;
         self
     }
 
@@ -584,7 +594,7 @@ impl<P: AssistPolicy> EmulationAssist<P> {
         M: GuestMemoryBackend + ?Sized,
     {
         let page = first_rip >> 12;
-        for _ in 0..MAX_VECTOR_RUN {
+        for _ in 0..self.max_vector_run {
             if regs.rflags & RFLAGS_TF != 0 || regs.rip >> 12 != page {
                 break;
             }

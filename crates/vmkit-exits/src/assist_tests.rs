@@ -1003,6 +1003,12 @@ fn vector_instructions_that_follow_are_completed_in_the_same_exit() {
     assert_eq!(v.regs.rip, RW + 0x104);
     v.regs.rflags &= !(1 << 8);
 
+    // With runs off, one instruction per exit.
+    let single = assist().with_max_vector_run(0);
+    v.regs.rip = RW + 0x100;
+    single.resolve(&mut v, &mem, emu(&VPADDD)).unwrap();
+    assert_eq!(v.regs.rip, RW + 0x104);
+
     // The next instruction on another page is not fetched here: vpaddd ends at the page end.
     mem.write_slice(&VPADDD, GuestAddress(0x10ffc)).unwrap();
     mem.write_slice(&VPXOR, GuestAddress(0x11000)).unwrap();
