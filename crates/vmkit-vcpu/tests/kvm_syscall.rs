@@ -141,7 +141,25 @@ struct Variant {
     user_entry_page: bool,
     /// Ring 3 runs with IF set (as Linux's user space does).
     user_if: bool,
+    /// What the VMM asks of `KVM_SET_GUEST_DEBUG`.
+    debug: GuestDebug,
 }
+
+/// How the VMM watches the guest through `KVM_SET_GUEST_DEBUG`: the only way a VMM can ask for
+/// an exit on guest instructions that would not exit by themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GuestDebug {
+    Off,
+    /// `KVM_GUESTDBG_SINGLESTEP`: a debug exit after every guest instruction.
+    SingleStep,
+    /// `KVM_GUESTDBG_USE_HW_BP` with DR0 an execution breakpoint on the entry handler: a debug
+    /// exit before its first instruction runs (code breakpoints take priority over the fetch's
+    /// `#PF`). The run stops at the first debug exit.
+    EntryBreakpoint,
+}
+
+/// Most debug exits an outcome records.
+const MAX_DEBUG_PCS: usize = 10_000;
 
 /// What Linux sets up where CPUID offers neither SMEP, SMAP nor PCID (as KVM's supported CPUID
 /// on a nested host may not): global kernel pages, the kernel in the higher half, the SYSCALL
@@ -156,6 +174,7 @@ const LINUX: Variant = Variant {
     guest_msrs: true,
     user_entry_page: false,
     user_if: false,
+    debug: GuestDebug::Off,
 };
 
 /// The plainest set-up: no SMEP/SMAP/PCID/global pages, all identity-mapped, MSRs from the VMM.
@@ -169,6 +188,7 @@ const PLAIN: Variant = Variant {
     guest_msrs: false,
     user_entry_page: false,
     user_if: false,
+    debug: GuestDebug::Off,
 };
 
 impl Variant {
@@ -227,6 +247,11 @@ impl fmt::Display for Variant {
             (self.guest_msrs, "guest-wrmsr"),
             (self.user_entry_page, "user-entry-page"),
             (self.user_if, "user-if"),
+            (self.debug == GuestDebug::SingleStep, "single-step"),
+            (
+                self.debug == GuestDebug::EntryBreakpoint,
+                "entry-breakpoint",
+            ),
         ] {
             if on {
                 write!(f, " +{name}")?;
@@ -429,6 +454,9 @@ struct Outcome {
     /// RIP and CS when the run ended.
     final_rip: u64,
     final_cs: u16,
+    /// The guest RIP of every debug exit (the first `MAX_DEBUG_PCS`), and how many there were.
+    debug_pcs: Vec<u64>,
+    debug_exits: usize,
 }
 
 impl Outcome {
@@ -496,6 +524,15 @@ impl fmt::Display for Outcome {
         }
         if !self.other.is_empty() {
             write!(f, "; other exits {:?}", self.other)?;
+        }
+        if self.debug_exits > 0 {
+            let user = self.debug_pcs.iter().filter(|pc| is_user(**pc)).count();
+            write!(
+                f,
+                "; {} debug exits ({user} in the user page), the first at {:#x}",
+                self.debug_exits,
+                self.debug_pcs.first().copied().unwrap_or_default()
+            )?;
         }
         write!(f, "; stopped at {:#x}:{:#x}", self.final_cs, self.final_rip)
     }
@@ -600,10 +637,37 @@ fn run_variant(v: &Variant, assisted: bool) -> Option<Outcome> {
         .unwrap();
     }
 
+    if v.debug != GuestDebug::Off {
+        let mut debug = kvm_bindings::kvm_guest_debug {
+            control: kvm_bindings::KVM_GUESTDBG_ENABLE,
+            ..Default::default()
+        };
+        if v.debug == GuestDebug::SingleStep {
+            debug.control |= kvm_bindings::KVM_GUESTDBG_SINGLESTEP;
+        } else {
+            debug.control |= kvm_bindings::KVM_GUESTDBG_USE_HW_BP;
+            debug.arch.debugreg[0] = v.entry_virt();
+            // DR7: L0, an execution breakpoint (R/W0 = 00, LEN0 = 00).
+            debug.arch.debugreg[7] = 1;
+        }
+        vcpu.fd().set_guest_debug(&debug).unwrap();
+    }
+
     let outcome = RefCell::new(Outcome::default());
     let handler = |exit: VmExit<'_>| {
         let mut o = outcome.borrow_mut();
         match exit {
+            VmExit::Debug { pc, .. } => {
+                o.debug_exits += 1;
+                if o.debug_pcs.len() < MAX_DEBUG_PCS {
+                    o.debug_pcs.push(pc);
+                }
+                if v.debug == GuestDebug::EntryBreakpoint {
+                    ExitAction::Stop(StopReason::Unhandled(u32::MAX))
+                } else {
+                    ExitAction::Resume
+                }
+            }
             VmExit::IoOut { port, data } if port == DONE_PORT => {
                 ExitAction::Stop(StopReason::GuestExit(u32::from(data[0])))
             }
@@ -678,6 +742,11 @@ fn run_variant(v: &Variant, assisted: bool) -> Option<Outcome> {
     Some(o)
 }
 
+/// Whether `pc` lies in the user 2 MiB page.
+fn is_user(pc: u64) -> bool {
+    (USER_PAGE..USER_PAGE + 0x20_0000).contains(&pc)
+}
+
 /// Runs `v` both ways and prints what happened.
 fn run_both(v: &Variant) -> Option<[Outcome; 2]> {
     let assisted = run_variant(v, true)?;
@@ -707,8 +776,11 @@ fn assert_round_trip(v: &Variant) {
 /// init on its first system call. With the entry page user-accessible the handler runs, at
 /// CPL 3. No guest-visible set-up changes it: SMEP, SMAP, global pages, a higher-half kernel,
 /// `EFER`/`STAR`/`LSTAR`/`SFMASK` written by the guest or by the VMM, IF in ring 3 (CR4.PCIDE is
-/// refused by `KVM_SET_SREGS` there, as the CPUID has no PCID). Run with `--ignored` to check a
-/// host.
+/// refused by `KVM_SET_SREGS` there, as the CPUID has no PCID). Nor can the VMM catch it: the
+/// `syscall` and the faulting fetch cause no exit, `KVM_GUESTDBG_SINGLESTEP` gives a debug exit
+/// per ring-0 instruction but none in ring 3, and a `KVM_GUESTDBG_USE_HW_BP` execution
+/// breakpoint on `LSTAR` never fires (`syscall_variants_on_this_host` prints both). Run with
+/// `--ignored` to check a host.
 #[test]
 #[ignore = "a host that emulates ring 0 leaves `syscall` at CPL 3; see the doc comment"]
 fn syscall_reaches_lstar_at_cpl_0_and_sysret_returns() {
@@ -788,14 +860,62 @@ fn syscall_variants_on_this_host() {
             variants.push(Variant { entry, ..v });
         }
     }
+    for debug in [GuestDebug::SingleStep, GuestDebug::EntryBreakpoint] {
+        for v in [LINUX, PLAIN] {
+            variants.push(Variant { debug, ..v });
+        }
+    }
     for v in variants {
         let Some(outcomes) = run_both(&v) else {
             return;
         };
         for o in &outcomes {
+            let at_breakpoint =
+                v.debug == GuestDebug::EntryBreakpoint && o.debug_pcs == [v.entry_virt()];
             assert!(
-                o.round_trip() || o.exception().is_some() || o.refused.is_some(),
+                o.round_trip() || o.exception().is_some() || o.refused.is_some() || at_breakpoint,
                 "{v}: {o}"
+            );
+        }
+    }
+}
+
+/// Single-stepping (`KVM_GUESTDBG_SINGLESTEP`) gives one debug exit per ring-0 instruction, and
+/// the guest still makes its ring 3 → ring 0 → ring 3 round trip through a fault. What it shows
+/// of ring 3 is printed: a debug exit per user instruction where the backend honours guest
+/// debugging there, none on a host that runs ring-3 code natively (PVM-style) — which is why
+/// no VMM can catch the `syscall` that goes wrong on such a host (see
+/// `syscall_reaches_lstar_at_cpl_0_and_sysret_returns`).
+#[test]
+fn single_step_exits_after_every_ring_0_instruction() {
+    for v in [LINUX, PLAIN] {
+        let v = Variant {
+            entry: Entry::Fault,
+            debug: GuestDebug::SingleStep,
+            ..v
+        };
+        let Some(outcomes) = run_both(&v) else {
+            return;
+        };
+        for (o, how) in outcomes.iter().zip(["assisted", "plain"]) {
+            assert!(o.round_trip(), "{v}, {how}: {o}");
+            let in_kernel: Vec<u64> = o
+                .debug_pcs
+                .iter()
+                .copied()
+                .filter(|pc| !is_user(*pc))
+                .collect();
+            // kernel_main alone runs more than 20 instructions before its `iretq` (every
+            // address outside the user page is kernel code).
+            assert!(in_kernel.len() > 20, "{v}, {how}: {o}");
+            assert!(
+                in_kernel.windows(2).all(|w| w[0] != w[1]),
+                "{v}, {how}: one exit per instruction: {in_kernel:#x?}"
+            );
+            let user = o.debug_pcs.iter().filter(|pc| is_user(**pc)).count();
+            eprintln!(
+                "{v}, {how}: {} single-step exits in ring 0, {user} in ring 3",
+                in_kernel.len()
             );
         }
     }
