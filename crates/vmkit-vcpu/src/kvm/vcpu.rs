@@ -6,8 +6,10 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use kvm_bindings::{
-    CpuId, KVM_EXIT_MEMORY_FAULT, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, KVMIO, Msrs, kvm_fpu,
-    kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_run, kvm_xsave,
+    CpuId, KVM_EXIT_HYPERCALL, KVM_EXIT_IO, KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO,
+    KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR, KVM_EXIT_XEN, KVM_MP_STATE_HALTED,
+    KVM_MP_STATE_RUNNABLE, KVMIO, Msrs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    kvm_run, kvm_xsave,
 };
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
@@ -78,7 +80,8 @@ pub struct KvmVcpu {
     kick: Arc<KickState>,
     id: u32,
     /// Whether the last `KVM_RUN` ended in an exit whose operation KVM completes on the next
-    /// entry (the data of an `in` or an MMIO read, the instruction pointer of an `out`).
+    /// entry (the data of an `in` or an MMIO read, the instruction pointer of an `out`):
+    /// [`completes_on_entry`].
     needs_completion: Cell<bool>,
     /// The thread on which the kick signal was last made sure to be unblocked.
     signal_thread: Cell<Option<libc::pthread_t>>,
@@ -437,6 +440,22 @@ impl VcpuState for KvmVcpu {
     }
 }
 
+/// Whether KVM finishes the operation behind an exit of this reason only on the next entry
+/// (`complete_userspace_io` in KVM): port I/O, MMIO, the user-space MSR exits and hypercalls.
+/// Every other exit (an emulation failure, `hlt`, a debug exit, ...) leaves nothing pending, so
+/// reading or writing registers after it needs no extra `KVM_RUN`.
+fn completes_on_entry(reason: u32) -> bool {
+    matches!(
+        reason,
+        KVM_EXIT_IO
+            | KVM_EXIT_MMIO
+            | KVM_EXIT_X86_RDMSR
+            | KVM_EXIT_X86_WRMSR
+            | KVM_EXIT_HYPERCALL
+            | KVM_EXIT_XEN
+    )
+}
+
 impl Vcpu for KvmVcpu {
     type Kicker = KvmKicker;
 
@@ -465,7 +484,8 @@ impl Vcpu for KvmVcpu {
                 _ => Err(Error::Run(err)),
             };
         }
-        self.needs_completion.set(true);
+        self.needs_completion
+            .set(completes_on_entry(self.run.exit_reason()));
         Ok(convert_exit(self.run.bytes_mut())?)
     }
 
