@@ -6,7 +6,9 @@
 //! range holds all of it, with the right base and offset, or is answered as unclaimed (reads all
 //! ones, no device called); bus errors are exactly the model's; each exit yields the model's
 //! action; and the statistics (per exit kind, per range, unclaimed, bad sizes, log lines) agree
-//! with the model's counts.
+//! with the model's counts. The work of each exit is bounded whatever the guest asks: at most
+//! [`MAX_DEVICE_CALLS_PER_EXIT`] device call carrying no more than the access's bytes, and at most
+//! [`MAX_LOG_LINES_PER_EXIT`] log line, let through or suppressed.
 //!
 //! The input is a sequence of [`Op`]s in a small byte format (tags and little-endian integers,
 //! read with `arbitrary`'s primitives), so [`Op::encode`] can write seeds that decode to exactly
@@ -27,6 +29,11 @@ pub const MAX_OPS: usize = 256;
 
 /// Longest access or instruction byte string an operation carries.
 const MAX_DATA: usize = 20;
+
+/// Most device calls one exit makes: the dispatcher hands an access to one device, once.
+pub const MAX_DEVICE_CALLS_PER_EXIT: usize = 1;
+/// Most log lines one exit produces (let through or suppressed by the limiter).
+pub const MAX_LOG_LINES_PER_EXIT: u64 = 1;
 
 /// An address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -579,6 +586,22 @@ impl Harness {
         }
     }
 
+    /// Log lines so far, let through or suppressed.
+    fn log_lines(&self) -> u64 {
+        let s = self.dispatcher.stats();
+        s.log_lines + s.log_suppressed
+    }
+
+    /// Takes the device calls of the exit just dispatched and checks its work against the
+    /// bound: `lines` is the log count before the exit, `size` the access's bytes.
+    fn exit_work(&self, lines: u64, size: usize) -> Vec<Hit> {
+        let calls = self.take_log();
+        assert!(calls.len() <= MAX_DEVICE_CALLS_PER_EXIT, "{calls:?}");
+        assert!(calls.iter().all(|hit| hit.len <= size), "{calls:?}");
+        assert!(self.log_lines() - lines <= MAX_LOG_LINES_PER_EXIT);
+        calls
+    }
+
     fn take_log(&self) -> Vec<Hit> {
         self.log
             .lock()
@@ -726,9 +749,10 @@ impl Harness {
             ),
         };
         self.model.exits[kind as usize] += 1;
+        let lines = self.log_lines();
         assert_eq!(self.dispatcher.dispatch(exit), ExitAction::Resume);
         let expected = self.expect_access(space, addr, size, false);
-        let log = self.take_log();
+        let log = self.exit_work(lines, size);
         match expected {
             Some(r) => {
                 let offset = addr - r.base;
@@ -773,9 +797,10 @@ impl Harness {
             Space::Mmio => (VmExit::MmioWrite { addr, data }, ExitKind::MmioWrite),
         };
         self.model.exits[kind as usize] += 1;
+        let lines = self.log_lines();
         let action = self.dispatcher.dispatch(exit);
         let expected = self.expect_access(space, addr, data.len(), true);
-        let log = self.take_log();
+        let log = self.exit_work(lines, data.len());
         match expected {
             Some(r) => {
                 assert_eq!(
@@ -842,13 +867,14 @@ impl Harness {
             ),
         };
         self.model.exits[vm_exit.kind() as usize] += 1;
+        let lines = self.log_lines();
         let action = self.dispatcher.dispatch(vm_exit);
         assert_eq!(action, want);
         if let ExitAction::Stop(reason) = action {
             assert!(!reason.to_string().is_empty());
         }
         assert!(
-            self.take_log().is_empty(),
+            self.exit_work(lines, 0).is_empty(),
             "a non-access exit reached a device"
         );
     }

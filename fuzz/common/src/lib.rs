@@ -18,5 +18,6 @@ pub mod pci_config;
 pub mod pvh;
 #[cfg(test)]
 mod seed_files;
+pub mod testdev;
 pub mod virtio_blk;
 pub mod virtio_pci;

@@ -1,27 +1,36 @@
 //! Fuzz surface `virtio_blk`: arbitrary descriptor tables, available rings, request headers and
-//! guest memory contents for a live virtio-blk device on an in-memory disk, over guest memory
-//! with a hole, with notifications, ring corruption, resets and a failing disk.
+//! guest memory contents for a live virtio-blk device, on an in-memory disk or on a sparse file
+//! of realistic size ([`FILE_DISK_BYTES`]), over guest memory with a hole, with notifications,
+//! ring corruption, resets and a failing disk.
 //!
 //! Checked after every operation: nothing panics or hangs; the device never takes more chains
-//! than were published (unless the available index was overwritten); the disk keeps its size, never changes when read-only, and
-//! changes only when a write succeeded; the device's counters add up; a request the harness
-//! built well-formed completes inside the notification with a defined status.
+//! than were published (unless the available index was overwritten); the disk keeps its size,
+//! never changes when read-only, and changes only when a write succeeded; every disk call lies
+//! inside the disk; the device's counters add up; a request the harness built well-formed
+//! completes inside the notification with a defined status; `EVENT_IDX` is never negotiated.
+//! And the work of each notification is bounded, whatever the ring holds (data landing on the
+//! ring or on other requests' headers included): at most the queue size of chains (and at most
+//! [`MAX_CHAINS_PER_NOTIFY`]), each at most [`MAX_DISK_CALLS_PER_CHAIN`] disk calls moving at
+//! most [`MAX_REQUEST_BYTES`].
 //!
 //! The input starts with a [`Setup`] (disk size, read-only, features, queue size, memory
 //! layout) and continues with [`Op`]s, both in a small byte format read with `arbitrary`'s
 //! primitives, so [`encode`] writes seeds that decode to exactly the intended operations.
 
+mod disk;
+
 use arbitrary::{Arbitrary, Unstructured};
 use vmkit_devices::pci::PciDevice;
 use vmkit_devices::virtio::block::{
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    MAX_CHAINS_PER_NOTIFY, MAX_DISK_CALLS_PER_CHAIN, MAX_REQUEST_BYTES, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use vmkit_devices::virtio::{
     F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, STATUS_ACKNOWLEDGE,
     STATUS_DEVICE_NEEDS_RESET as STATUS_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK,
     STATUS_FEATURES_OK, VirtioPciInterrupts,
 };
-use vmkit_devices::{MemDisk, VirtioBlock, VirtioPciDevice};
+use vmkit_devices::{VirtioBlock, VirtioPciDevice};
 use vmkit_memory::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Most operations taken from one input.
@@ -46,14 +55,19 @@ const KINDS: [u32; 6] = [
     11,
 ];
 
+pub use disk::{DiskCalls, FILE_DISK_BYTES, FileTurn, FuzzDisk};
+
 /// The device and memory an input runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Setup {
-    /// Disk size in sectors (1..=64).
+    /// Size of the in-memory disk in sectors (1..=64).
     pub sectors: u8,
+    /// The disk is the shared sparse file of [`FILE_DISK_BYTES`] instead.
+    pub file_backed: bool,
     /// Whether the disk is read-only.
     pub read_only: bool,
-    /// Negotiate `EVENT_IDX`.
+    /// Ask for `EVENT_IDX` first: the device does not offer it, so `FEATURES_OK` must be
+    /// refused, and the driver negotiates again without it.
     pub event_idx: bool,
     /// Negotiate `INDIRECT_DESC`.
     pub indirect: bool,
@@ -65,10 +79,11 @@ pub struct Setup {
 
 impl Setup {
     fn read(u: &mut Unstructured<'_>) -> arbitrary::Result<Self> {
-        let sectors = u8::arbitrary(u)? % 64 + 1;
+        let disk = u8::arbitrary(u)?;
         let flags = u8::arbitrary(u)?;
         Ok(Self {
-            sectors,
+            sectors: disk % 64 + 1,
+            file_backed: disk & 0x80 != 0,
             read_only: flags & 1 != 0,
             event_idx: flags & 2 != 0,
             indirect: flags & 4 != 0,
@@ -78,7 +93,7 @@ impl Setup {
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.sectors - 1);
+        out.push((self.sectors - 1) | u8::from(self.file_backed) << 7);
         out.push(
             u8::from(self.read_only)
                 | u8::from(self.event_idx) << 1
@@ -316,9 +331,9 @@ pub fn encode(setup: &Setup, ops: &[Op]) -> Vec<u8> {
 
 struct Harness {
     setup: Setup,
-    dev: VirtioPciDevice<VirtioBlock<MemDisk>>,
+    dev: VirtioPciDevice<VirtioBlock<FuzzDisk>>,
     memory: GuestMemoryMmap,
-    disk_size: usize,
+    disk_size: u64,
     /// Driver view of the ring.
     avail_idx: u16,
     next_desc: u16,
@@ -329,10 +344,29 @@ struct Harness {
     /// The available index in memory stopped being the harness's (the guest, or a request's
     /// data, overwrote it): the device may take chains nobody published.
     corrupted: bool,
+    /// The shared file's turn, for a file-backed disk; released after the device (and its
+    /// disk) are dropped.
+    _turn: Option<FileTurn>,
 }
 
-fn write_bar(dev: &mut VirtioPciDevice<VirtioBlock<MemDisk>>, offset: u64, data: &[u8]) {
+fn write_bar(dev: &mut VirtioPciDevice<VirtioBlock<FuzzDisk>>, offset: u64, data: &[u8]) {
     dev.bar_write(0, offset, data);
+}
+
+/// Resets the device and negotiates `features`; returns the status read back after
+/// `FEATURES_OK`.
+fn negotiate(dev: &mut VirtioPciDevice<VirtioBlock<FuzzDisk>>, features: u64) -> u8 {
+    write_bar(dev, 0x14, &[0]);
+    write_bar(dev, 0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER]);
+    write_bar(dev, 0x08, &0u32.to_le_bytes());
+    write_bar(dev, 0x0C, &(features as u32).to_le_bytes());
+    write_bar(dev, 0x08, &1u32.to_le_bytes());
+    write_bar(dev, 0x0C, &((features >> 32) as u32).to_le_bytes());
+    let status = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+    write_bar(dev, 0x14, &[status]);
+    let mut back = [0u8];
+    dev.bar_read(0, 0x14, &mut back);
+    back[0]
 }
 
 impl Harness {
@@ -342,12 +376,18 @@ impl Harness {
             ranges.push((GuestAddress(HIGH.0), (HIGH.1 - HIGH.0) as usize));
         }
         let memory = GuestMemoryMmap::from_ranges(&ranges).expect("small guest memory");
-        let disk: Vec<u8> = (0..usize::from(setup.sectors) * 512)
-            .map(|i| (i % 251) as u8)
-            .collect();
-        let disk_size = disk.len();
+        let (disk, turn) = if setup.file_backed {
+            let (disk, turn) = FuzzDisk::file(setup.read_only);
+            (disk, Some(turn))
+        } else {
+            let data: Vec<u8> = (0..usize::from(setup.sectors) * 512)
+                .map(|i| (i % 251) as u8)
+                .collect();
+            (FuzzDisk::memory(data, setup.read_only), None)
+        };
+        let disk_size = vmkit_devices::DiskBackend::size(&disk);
         let dev = VirtioPciDevice::new(
-            VirtioBlock::new(MemDisk::new(disk, setup.read_only)),
+            VirtioBlock::new(disk),
             memory.clone(),
             VirtioPciInterrupts::default(),
         )
@@ -362,6 +402,7 @@ impl Harness {
             published: 0,
             popped_base: 0,
             corrupted: false,
+            _turn: turn,
         };
         h.init();
         h
@@ -370,25 +411,18 @@ impl Harness {
     fn init(&mut self) {
         let _ = self.memory.write_slice(&[0; 0x3000], GuestAddress(DESC));
         let features = F_VERSION_1
-            | if self.setup.event_idx {
-                F_RING_EVENT_IDX
-            } else {
-                0
-            }
             | if self.setup.indirect {
                 F_RING_INDIRECT_DESC
             } else {
                 0
             };
+        if self.setup.event_idx {
+            let refused = negotiate(&mut self.dev, features | F_RING_EVENT_IDX);
+            assert_eq!(refused & STATUS_FEATURES_OK, 0, "EVENT_IDX negotiated");
+        }
+        assert_ne!(negotiate(&mut self.dev, features) & STATUS_FEATURES_OK, 0);
         let d = &mut self.dev;
-        write_bar(d, 0x14, &[0]);
-        write_bar(d, 0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER]);
-        write_bar(d, 0x08, &0u32.to_le_bytes());
-        write_bar(d, 0x0C, &(features as u32).to_le_bytes());
-        write_bar(d, 0x08, &1u32.to_le_bytes());
-        write_bar(d, 0x0C, &((features >> 32) as u32).to_le_bytes());
         let status = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
-        write_bar(d, 0x14, &[status]);
         write_bar(d, 0x18, &self.setup.queue_size().to_le_bytes());
         write_bar(d, 0x20, &DESC.to_le_bytes());
         write_bar(d, 0x28, &AVAIL.to_le_bytes());
@@ -403,10 +437,10 @@ impl Harness {
         self.corrupted = false;
     }
 
-    /// Chains the device took: completed with a status or dropped.
+    /// Chains the device took: completed with a status, dropped, or with a head out of range.
     fn popped(&self) -> u64 {
         let s = self.dev.device().stats();
-        s.requests + s.dropped
+        s.requests + s.dropped + s.invalid_heads
     }
 
     /// Whether the device is live and not waiting for a reset.
@@ -449,13 +483,27 @@ impl Harness {
         let idx: u16 = self.memory.read_obj(GuestAddress(AVAIL + 2)).unwrap_or(0);
         self.corrupted |= idx != self.avail_idx;
         let writes = self.dev.device().stats().writes;
-        let before = self.dev.device().disk().data().to_vec();
+        let popped = self.popped();
+        let calls = self.dev.device().disk().counts();
+        let before = self.dev.device().disk().memory_data().map(<[u8]>::to_vec);
         write_bar(&mut self.dev, 0x3000, &0u16.to_le_bytes());
-        let after = self.dev.device().disk().data();
-        assert_eq!(after.len(), self.disk_size);
+        let disk = self.dev.device().disk();
+        // The bound of one exit.
+        let chains = self.popped() - popped;
+        let done = disk.counts();
+        let most = u64::from(self.setup.queue_size()).min(MAX_CHAINS_PER_NOTIFY);
+        assert!(chains <= most, "one notification took {chains} chains");
+        assert!(done.calls - calls.calls <= chains * MAX_DISK_CALLS_PER_CHAIN);
+        assert!(done.bytes - calls.bytes <= chains * MAX_REQUEST_BYTES);
+        // The disk changes only through a write request that succeeded.
+        assert_eq!(vmkit_devices::DiskBackend::size(disk), self.disk_size);
         if self.setup.read_only || self.dev.device().stats().writes == writes {
+            assert_eq!(
+                done.writes, calls.writes,
+                "the disk changed without a write"
+            );
             assert!(
-                after == before.as_slice(),
+                disk.memory_data().map(<[u8]>::to_vec) == before,
                 "the disk changed without a write"
             );
         }
@@ -593,15 +641,75 @@ pub fn run(data: &[u8]) {
     let _ = PciDevice::config_space(&h.dev);
 }
 
+/// The ring attack on a queue of 4 and a disk of 16 sectors: sector `k` is first written to
+/// hold an available ring that publishes one more chain and a request header that reads sector
+/// `k + 1`; then one chain reads sector 0 into the available ring and its own header. Each
+/// completion publishes the next request, so a device that served until the ring looked empty
+/// would take 17 chains in one notification.
+fn ring_overlap_attack() -> Vec<Op> {
+    let mut ops = Vec::new();
+    for k in 0..16u64 {
+        // 16 requests before the attack chain, which is the 17th: sector k's completion makes
+        // the index 17 + k + 1.
+        let mut ring = vec![0u8; 12];
+        ring[2..4].copy_from_slice(&(18 + k as u16).to_le_bytes());
+        ops.push(Op::Memory {
+            addr: DATA as u16,
+            data: ring,
+        });
+        let mut header = vec![0u8; 16];
+        header[8..].copy_from_slice(&(k + 1).to_le_bytes());
+        ops.push(Op::Memory {
+            addr: DATA as u16 + 256,
+            data: header,
+        });
+        ops.push(Op::Request {
+            kind: 1,
+            sector: k,
+            sectors: 1,
+            layout: 0,
+        });
+    }
+    let desc = |index, addr: u64, len, flags, next| Op::Desc {
+        index,
+        addr: Addr::Ram(addr as u16),
+        len,
+        flags,
+        next,
+    };
+    ops.extend([
+        Op::Header {
+            addr: HDR as u16,
+            kind: 0,
+            sector: 0,
+        },
+        desc(0, HDR, 16, 1, 1),
+        desc(1, AVAIL, 256, 3, 2),
+        desc(2, HDR, 256, 3, 3),
+        desc(3, STATUS, 1, 2, 0),
+        Op::Publish { head: 0 },
+        Op::Notify,
+        Op::Notify,
+        Op::Notify,
+    ]);
+    ops
+}
+
 /// Named seed inputs: small, meaningful scenarios.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let setup = Setup {
         sectors: 16,
+        file_backed: false,
         read_only: false,
         event_idx: false,
         indirect: false,
         size_log: 4,
         two_regions: true,
+    };
+    let capacity = FILE_DISK_BYTES / 512;
+    let attack_setup = Setup {
+        size_log: 2,
+        ..setup
     };
     let req = |kind, sector, sectors, layout| Op::Request {
         kind,
@@ -704,6 +812,36 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 req(0, 3, 1, 0),
             ],
         ),
+        ("ring_overlap_attack", attack_setup, ring_overlap_attack()),
+        (
+            "file_backed",
+            Setup {
+                file_backed: true,
+                ..setup
+            },
+            vec![
+                req(1, capacity - 2, 2, 0),
+                req(0, capacity - 2, 2, 0),
+                req(0, capacity - 1, 2, 1),
+                req(1, capacity, 1, 0),
+                req(0, u64::MAX / 512, 1, 0),
+                req(2, 0, 0, 0),
+                req(3, 0, 0, 2),
+                Op::FailDisk(true),
+                req(1, 0, 1, 0),
+                Op::FailDisk(false),
+                req(0, 0, 7, 0),
+            ],
+        ),
+        (
+            "file_backed_read_only",
+            Setup {
+                file_backed: true,
+                read_only: true,
+                ..setup
+            },
+            vec![req(1, 0, 1, 0), req(0, capacity - 1, 1, 0), req(2, 0, 0, 0)],
+        ),
         (
             "corrupt_ring_and_reinit",
             setup,
@@ -748,7 +886,8 @@ mod tests {
             .write_slice(&[0x42; 1024], GuestAddress(DATA))
             .unwrap();
         assert_eq!(h.request(1, 2, 2, 0), (1, Some(0)));
-        assert_eq!(&h.dev.device().disk().data()[1024..2048], &[0x42; 1024][..]);
+        let disk = h.dev.device().disk().memory_data().unwrap();
+        assert_eq!(&disk[1024..2048], &[0x42; 1024][..]);
         assert_eq!(h.request(0, 16, 1, 0), (1, Some(1)), "past the end");
         assert_eq!(h.request(5, 0, 0, 0), (1, Some(2)), "unsupported");
         assert_eq!(
@@ -763,6 +902,64 @@ mod tests {
     #[test]
     fn committed_seeds_replay() {
         seed_files::replay("virtio_blk", &seeds(), true, run);
+    }
+
+    #[test]
+    fn file_backed_runs_use_the_file_and_leave_it_as_found() {
+        let (setup, _) = parse(&seeds().remove(0).1).unwrap();
+        let setup = Setup {
+            file_backed: true,
+            ..setup
+        };
+        let last = FILE_DISK_BYTES / 512 - 1;
+        let sector = |h: &Harness| {
+            let mut data = vec![0u8; 512];
+            h.memory.read_slice(&mut data, GuestAddress(DATA)).unwrap();
+            data
+        };
+        {
+            let mut h = Harness::new(setup);
+            assert_eq!(h.disk_size, FILE_DISK_BYTES);
+            h.memory
+                .write_slice(&[0x5A; 512], GuestAddress(DATA))
+                .unwrap();
+            assert_eq!(h.request(1, last, 1, 0), (1, Some(0)));
+            h.memory.write_slice(&[0; 512], GuestAddress(DATA)).unwrap();
+            assert_eq!(h.request(0, last, 1, 0), (1, Some(0)));
+            assert_eq!(sector(&h), [0x5A; 512]);
+            let counts = h.dev.device().disk().counts();
+            assert_eq!((counts.calls, counts.bytes, counts.writes), (2, 1024, 1));
+        }
+        let mut h = Harness::new(setup);
+        h.memory
+            .write_slice(&[0xFF; 512], GuestAddress(DATA))
+            .unwrap();
+        assert_eq!(h.request(0, last, 1, 0), (1, Some(0)));
+        assert_eq!(sector(&h), [0; 512], "the last run's write was undone");
+    }
+
+    /// The attack seed does what it says: each completion publishes the next chain, and each
+    /// notification serves one.
+    #[test]
+    fn the_ring_attack_publishes_one_chain_per_completion() {
+        let (_, bytes) = seeds()
+            .into_iter()
+            .find(|(n, _)| *n == "ring_overlap_attack")
+            .unwrap();
+        let (setup, ops) = parse(&bytes).unwrap();
+        let mut h = Harness::new(setup);
+        let mut taken = Vec::new();
+        for op in ops {
+            let before = h.popped();
+            let notify = op == Op::Notify;
+            apply(&mut h, op);
+            if notify {
+                let idx: u16 = h.memory.read_obj(GuestAddress(AVAIL + 2)).unwrap();
+                taken.push((h.popped() - before, idx));
+            }
+        }
+        assert_eq!(taken, [(1, 18), (1, 19), (1, 20)]);
+        assert!(h.healthy());
     }
 
     #[test]

@@ -70,10 +70,13 @@ pub const STATUS_FAILED: u8 = 128;
 pub const F_VERSION_1: u64 = 1 << 32;
 /// Feature: descriptors may point to indirect descriptor tables.
 pub const F_RING_INDIRECT_DESC: u64 = 1 << 28;
-/// Feature: `used_event`/`avail_event` suppress notifications.
+/// Feature: `used_event`/`avail_event` suppress notifications. The transport handles it, but
+/// only a device that lists it in its own features offers it: with it, a device that serves a
+/// bounded number of chains per notification could leave a chain published meanwhile without a
+/// notification to come (virtio-blk does not offer it).
 pub const F_RING_EVENT_IDX: u64 = 1 << 29;
 /// Features the transport adds to every device's: the queue implementation handles them.
-pub const TRANSPORT_FEATURES: u64 = F_VERSION_1 | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX;
+pub const TRANSPORT_FEATURES: u64 = F_VERSION_1 | F_RING_INDIRECT_DESC;
 
 /// ISR bit: a queue has used buffers.
 pub const ISR_QUEUE: u8 = 1;
@@ -207,6 +210,10 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
 
     /// The driver notified queue `index`: process what it made available.
+    ///
+    /// This runs inside the guest's exit: its work must be bounded by a constant no guest value
+    /// can raise (virtio-blk serves only the chains published before the call, each read up to
+    /// a fixed number of descriptors).
     fn process_queue(&mut self, index: u16) -> Result<(), QueueError>;
 
     /// The driver reset the device: drop the queues, memory and interrupt, back to the state

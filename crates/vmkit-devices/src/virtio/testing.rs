@@ -118,18 +118,6 @@ impl Ring {
             self.mem.read_obj(base.unchecked_add(4)).unwrap(),
         )
     }
-
-    /// Sets `used_event` (the driver's interrupt threshold with EVENT_IDX).
-    pub(crate) fn set_used_event(&self, value: u16) {
-        let addr = self.avail + 4 + 2 * u64::from(self.size);
-        self.mem.write_obj(value, GuestAddress(addr)).unwrap();
-    }
-
-    /// `avail_event` as the device last wrote it.
-    pub(crate) fn avail_event(&self) -> u16 {
-        let addr = self.used + 4 + 8 * u64::from(self.size);
-        self.mem.read_obj(GuestAddress(addr)).unwrap()
-    }
 }
 
 /// BAR 0 register access on a transport.

@@ -8,6 +8,17 @@
 //! request says can reach outside the disk or guest memory: ranges are checked with overflow
 //! checks before any I/O, and every failure is a status (or, when the chain has no status byte,
 //! a counted drop).
+//!
+//! One notification does work bounded by constants no guest value can raise. It reads
+//! `avail.idx` once and serves only the chains published before that read, at most
+//! [`MAX_CHAINS_PER_NOTIFY`], even when a request's data lands on the available ring or on the
+//! headers of other requests and so publishes more: those wait for the next notification, which
+//! the driver sends because the device never asks it not to (it offers no `EVENT_IDX` and never
+//! sets `VRING_USED_F_NO_NOTIFY`), so nothing an honest driver queued is left waiting. Each chain
+//! costs at most [`MAX_DESCRIPTORS`] descriptor reads (those of an indirect table included, plus
+//! the descriptor pointing at it), [`MAX_REQUEST_BYTES`] moved and [`MAX_DISK_CALLS_PER_CHAIN`]
+//! disk calls. A head index out of range is consumed and counted
+//! ([`BlockStats::invalid_heads`]), without a log line.
 
 mod disk;
 mod request;
@@ -16,7 +27,7 @@ use std::sync::Arc;
 
 use log::debug;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{ActivateError, QueueError, TYPE_BLOCK, VirtioDevice, VirtioInterrupt};
 use request::{Completion, Executor, Framed, Kind};
@@ -46,6 +57,12 @@ pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 pub const SIZE_MAX: u32 = 128 << 10;
 /// Most data one request moves.
 pub const MAX_REQUEST_BYTES: u64 = SEG_MAX as u64 * SIZE_MAX as u64;
+/// Most chains one notification serves: those published before it, which the queue size
+/// bounds (a driver claiming more breaks the ring, and the transport asks for a reset).
+pub const MAX_CHAINS_PER_NOTIFY: u64 = QUEUE_SIZE as u64;
+/// Most disk calls one chain makes: one per data segment, plus one per [`SIZE_MAX`] bytes moved
+/// (a flush makes one).
+pub const MAX_DISK_CALLS_PER_CHAIN: u64 = MAX_DESCRIPTORS as u64 + SEG_MAX as u64;
 /// Bytes of configuration space (`struct virtio_blk_config` up to `num_queues`).
 pub const CONFIG_LEN: usize = 0x24;
 
@@ -66,8 +83,11 @@ pub struct BlockStats {
     pub unsupported: u64,
     /// Requests that failed (bad framing, out of range, outside memory, read-only, I/O error).
     pub errors: u64,
-    /// Chains dropped without a status (looping, truncated, no writable status byte).
+    /// Chains dropped without a status (looping, truncated, too long, no writable status byte).
     pub dropped: u64,
+    /// Available-ring entries whose head index is out of range: consumed and counted, with
+    /// nothing to give back.
+    pub invalid_heads: u64,
     /// Bytes read from the disk.
     pub bytes_read: u64,
     /// Bytes written to the disk.
@@ -85,26 +105,20 @@ struct Active {
 /// `VRING_AVAIL_F_NO_INTERRUPT`: the driver does not want used-buffer notifications.
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
-/// Whether the driver wants a used-buffer notification now (virtio 1.x, 2.7.7 and 2.7.10).
-///
-/// With `VIRTIO_F_EVENT_IDX` the queue's `used_event` decides; without it the driver may set
-/// `VRING_AVAIL_F_NO_INTERRUPT`, which virtio-queue does not read, so the device does: a
-/// polling driver then costs no interrupt per request.
-fn wants_interrupt(active: &mut Active) -> Result<bool, virtio_queue::Error> {
-    if !active.queue.event_idx_enabled() {
-        // Order the used-ring writes before the read of the driver's flags.
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        let flags = active
-            .memory
-            .read_obj::<u16>(GuestAddress(active.queue.avail_ring()))
-            .map(u16::from_le)
-            // The ring was validated at DRIVER_OK; an unreadable flag word interrupts.
-            .unwrap_or(0);
-        if flags & AVAIL_F_NO_INTERRUPT != 0 {
-            return Ok(false);
-        }
-    }
-    active.queue.needs_notification(&active.memory)
+/// Whether the driver wants a used-buffer notification now (virtio 1.x, 2.7.7): unless it set
+/// `VRING_AVAIL_F_NO_INTERRUPT`, which virtio-queue does not read, so the device does. A polling
+/// driver then costs no interrupt per request. (`EVENT_IDX` is not offered, so `used_event`
+/// plays no part.)
+fn wants_interrupt(active: &Active) -> bool {
+    // Order the used-ring writes before the read of the driver's flags.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    let flags = active
+        .memory
+        .read_obj::<u16>(GuestAddress(active.queue.avail_ring()))
+        .map(u16::from_le)
+        // The ring was validated at DRIVER_OK; an unreadable flag word interrupts.
+        .unwrap_or(0);
+    flags & AVAIL_F_NO_INTERRUPT == 0
 }
 
 /// A virtio-blk device with one request queue.
@@ -185,55 +199,52 @@ impl<B: DiskBackend> VirtioBlock<B> {
     pub fn stats(&self) -> BlockStats {
         self.stats
     }
+}
 
-    /// Pops and completes every available request: how many chains it took, and whether any
-    /// went to the used ring.
-    fn drain(&mut self) -> Result<(usize, bool), virtio_queue::Error> {
-        let Some(active) = self.active.as_mut() else {
-            return Ok((0, false));
-        };
-        let memory = &active.memory;
-        let mut used = false;
-        let mut popped = 0;
-        loop {
-            let chain = active.queue.iter(memory)?.next();
-            let Some(chain) = chain else {
-                return Ok((popped, used));
-            };
-            popped += 1;
-            let head = chain.head_index();
-            let used_len = match Framed::parse(chain, memory) {
-                Ok(framed) => {
-                    let completion = Executor {
-                        disk: &mut self.disk,
-                        memory,
-                        bounce: &mut self.bounce,
-                        max_request: MAX_REQUEST_BYTES,
-                        serial: self.serial,
-                    }
-                    .execute(&framed);
-                    if completion.status != VIRTIO_BLK_S_OK {
-                        debug!("virtio-blk: request {head} failed: {completion:?}");
-                    }
-                    // Framing checked that the status byte is guest memory.
-                    let _ = memory.write_obj(completion.status, framed.status_address());
-                    count(&mut self.stats, &completion);
-                    completion.used_len
-                }
-                Err(reason) => {
-                    debug!("virtio-blk: chain at {head} dropped: {reason:?}");
-                    self.stats.dropped += 1;
-                    0
-                }
-            };
-            match active.queue.add_used(memory, head, used_len) {
-                Ok(()) => used = true,
-                // A head index out of range: nothing to give back.
-                Err(virtio_queue::Error::InvalidDescriptorIndex) => {}
-                Err(err) => return Err(err),
-            }
+/// Serves the chains the driver published before this call: `avail.idx` is read once, so at
+/// most the queue size of chains, however the requests rewrite the ring while they run (a
+/// chain published later comes with its own notification: the device never suppresses them).
+/// Returns whether any chain went to the used ring.
+///
+/// Generic over the memory so that tests can count every access.
+fn serve<B: DiskBackend, M: GuestMemoryBackend>(
+    queue: &mut Queue,
+    executor: &mut Executor<'_, B, M>,
+    stats: &mut BlockStats,
+) -> Result<bool, virtio_queue::Error> {
+    let memory = executor.memory;
+    // The iterator reads `avail.idx` once and every head up to it now, before any request
+    // runs: nothing the requests write to the ring can lengthen this batch.
+    let chains: Vec<_> = queue.iter(memory)?.collect();
+    let mut used = false;
+    for chain in chains {
+        let head = chain.head_index();
+        if head >= queue.size() {
+            // Nothing to give back, and virtio-queue would log each one: count it only.
+            stats.invalid_heads += 1;
+            continue;
         }
+        let used_len = match Framed::parse(chain, memory) {
+            Ok(framed) => {
+                let completion = executor.execute(&framed);
+                if completion.status != VIRTIO_BLK_S_OK {
+                    debug!("virtio-blk: request {head} failed: {completion:?}");
+                }
+                // Framing checked that the status byte is guest memory.
+                let _ = memory.write_obj(completion.status, framed.status_address());
+                count(stats, &completion);
+                completion.used_len
+            }
+            Err(reason) => {
+                debug!("virtio-blk: chain at {head} dropped: {reason:?}");
+                stats.dropped += 1;
+                0
+            }
+        };
+        queue.add_used(memory, head, used_len)?;
+        used = true;
     }
+    Ok(used)
 }
 
 fn count(s: &mut BlockStats, completion: &Completion) {
@@ -312,39 +323,26 @@ impl<B: DiskBackend> VirtioDevice for VirtioBlock<B> {
     }
 
     fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {
-        if index != 0 || self.active.is_none() {
+        let Some(active) = self.active.as_mut().filter(|_| index == 0) else {
             return Err(QueueError::NotActive(index));
-        }
+        };
         let broken = |source| QueueError::Broken { index, source };
-        loop {
-            let Some(active) = self.active.as_mut() else {
-                return Err(QueueError::NotActive(index));
-            };
-            active
-                .queue
-                .disable_notification(&active.memory)
-                .map_err(broken)?;
-            let (popped, used) = self.drain().map_err(broken)?;
-            let Some(active) = self.active.as_mut() else {
-                return Err(QueueError::NotActive(index));
-            };
-            if used && wants_interrupt(active).map_err(broken)? {
+        let mut executor = Executor {
+            disk: &mut self.disk,
+            memory: &active.memory,
+            bounce: &mut self.bounce,
+            max_request: MAX_REQUEST_BYTES,
+            serial: self.serial,
+        };
+        let used = serve(&mut active.queue, &mut executor, &mut self.stats).map_err(broken)?;
+        if used {
+            if wants_interrupt(active) {
                 active.interrupt.signal_used_queue(index);
-            } else if used {
+            } else {
                 self.stats.interrupts_suppressed += 1;
             }
-            let more = active
-                .queue
-                .enable_notification(&active.memory)
-                .map_err(broken)?;
-            if !more {
-                return Ok(());
-            }
-            if popped == 0 {
-                // The ring says more is available but nothing could be taken: a broken ring.
-                return Err(broken(virtio_queue::Error::InvalidAvailRingIndex));
-            }
         }
+        Ok(())
     }
 
     fn reset(&mut self) {
@@ -354,3 +352,6 @@ impl<B: DiskBackend> VirtioDevice for VirtioBlock<B> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod work_tests;

@@ -4,15 +4,15 @@
 //! assuming how the driver split it into descriptors: the device-readable bytes are the 16-byte
 //! header followed by the data to write; the device-writable bytes are the data to read followed
 //! by the status byte, which is the last byte of the chain. A chain whose end cannot be trusted
-//! (looping, a bad `next` index, an unreadable descriptor) or whose last byte is not a writable
-//! byte of guest memory has no status to report and is dropped; every other problem is answered
-//! in the status byte.
+//! (looping, a bad `next` index, an unreadable descriptor, longer than [`MAX_DESCRIPTORS`], where
+//! reading stops) or whose last byte is not a writable byte of guest memory has no status to
+//! report and is dropped; every other problem is answered in the status byte.
 
 use std::io;
 
 use virtio_queue::DescriptorChain;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::disk::{DiskBackend, SECTOR_SIZE, SERIAL_LEN};
 
@@ -33,18 +33,21 @@ pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
 /// Bytes of the request header (`type`, `reserved`, `sector`).
 pub const HEADER_LEN: u64 = 16;
-/// Most descriptors of one chain the device looks at; a longer chain fails (Linux uses at most
-/// `seg_max` + 2 = 256).
+/// Most descriptors of one chain the device reads, counting those of an indirect table (plus the
+/// one pointing at the table); a longer chain is dropped without a status, since its end is
+/// never read (Linux uses at most `seg_max` + 2 = 256).
 pub const MAX_DESCRIPTORS: usize = 1024;
 
 /// Why a chain was dropped without a status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dropped {
-    /// The head index is out of range, or the first descriptor unreadable.
+    /// The first descriptor is unreadable (or an indirect table invalid).
     Empty,
     /// The chain ends on a descriptor that still points to a next one: a loop, a `next` index
     /// out of range, or an unreadable descriptor.
     Truncated,
+    /// The chain goes on past [`MAX_DESCRIPTORS`].
+    TooLong,
     /// The last descriptor is not device-writable, or is empty, or its last byte is not guest
     /// memory.
     NoStatus,
@@ -63,15 +66,15 @@ pub(crate) struct Framed {
     readable: Vec<Segment>,
     writable: Vec<Segment>,
     status: GuestAddress,
-    /// A readable descriptor came after a writable one, or there were too many descriptors.
+    /// A readable descriptor came after a writable one.
     malformed: bool,
 }
 
 impl Framed {
     /// Frames `chain`, or says why it has no status byte.
-    pub(crate) fn parse(
-        chain: DescriptorChain<&GuestMemoryMmap>,
-        memory: &GuestMemoryMmap,
+    pub(crate) fn parse<M: GuestMemoryBackend>(
+        chain: DescriptorChain<&M>,
+        memory: &M,
     ) -> Result<Self, Dropped> {
         let mut framed = Framed {
             readable: Vec::new(),
@@ -80,26 +83,28 @@ impl Framed {
             malformed: false,
         };
         let mut last: Option<Descriptor> = None;
-        for (count, desc) in chain.enumerate() {
-            if count < MAX_DESCRIPTORS {
-                let segment = Segment {
-                    addr: desc.addr(),
-                    len: desc.len().into(),
-                };
-                if desc.is_write_only() {
-                    framed.writable.push(segment);
-                } else {
-                    framed.malformed |= !framed.writable.is_empty();
-                    framed.readable.push(segment);
-                }
+        // Reading stops at the limit, so a table of 65 535 entries costs no more than this.
+        for desc in chain.take(MAX_DESCRIPTORS) {
+            let segment = Segment {
+                addr: desc.addr(),
+                len: desc.len().into(),
+            };
+            if desc.is_write_only() {
+                framed.writable.push(segment);
             } else {
-                framed.malformed = true;
+                framed.malformed |= !framed.writable.is_empty();
+                framed.readable.push(segment);
             }
             last = Some(desc);
         }
         let last = last.ok_or(Dropped::Empty)?;
         if last.has_next() {
-            return Err(Dropped::Truncated);
+            let read = framed.readable.len() + framed.writable.len();
+            return Err(if read == MAX_DESCRIPTORS {
+                Dropped::TooLong
+            } else {
+                Dropped::Truncated
+            });
         }
         if !last.is_write_only() || last.len() == 0 {
             return Err(Dropped::NoStatus);
@@ -110,11 +115,9 @@ impl Framed {
             .filter(|&a| memory.check_range(a, 1))
             .ok_or(Dropped::NoStatus)?;
         framed.status = status;
-        // The status byte is not data: take it off the last writable segment (which is the
-        // last descriptor, unless the chain was too long to record).
-        if !framed.malformed
-            && let Some(segment) = framed.writable.last_mut()
-        {
+        // The status byte is not data: take it off the last writable segment (the last
+        // descriptor).
+        if let Some(segment) = framed.writable.last_mut() {
             segment.len -= 1;
             if segment.len == 0 {
                 framed.writable.pop();
@@ -173,9 +176,9 @@ impl Completion {
 }
 
 /// What a request may do: the device's limits and its disk.
-pub(crate) struct Executor<'a, B: DiskBackend> {
+pub(crate) struct Executor<'a, B: DiskBackend, M: GuestMemoryBackend> {
     pub(crate) disk: &'a mut B,
-    pub(crate) memory: &'a GuestMemoryMmap,
+    pub(crate) memory: &'a M,
     pub(crate) bounce: &'a mut Vec<u8>,
     pub(crate) max_request: u64,
     pub(crate) serial: [u8; SERIAL_LEN],
@@ -185,7 +188,7 @@ fn total(segments: &[Segment]) -> u64 {
     segments.iter().map(|s| s.len).sum()
 }
 
-impl<B: DiskBackend> Executor<'_, B> {
+impl<B: DiskBackend, M: GuestMemoryBackend> Executor<'_, B, M> {
     /// Carries out `framed` and reports how it went (the caller writes the status).
     pub(crate) fn execute(&mut self, framed: &Framed) -> Completion {
         if framed.malformed {

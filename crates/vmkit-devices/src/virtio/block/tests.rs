@@ -10,22 +10,30 @@ use crate::virtio::testing::{
     init, memory, notify,
 };
 use crate::virtio::{
-    F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, MsiRecorder, STATUS_DEVICE_NEEDS_RESET,
-    VirtioPciDevice, VirtioPciInterrupts,
+    F_RING_INDIRECT_DESC, F_VERSION_1, MsiRecorder, STATUS_DEVICE_NEEDS_RESET, VirtioPciDevice,
+    VirtioPciInterrupts,
 };
 
-const HDR: u64 = 0x1_0000;
-const DATA: u64 = 0x2_0000;
-const STATUS: u64 = 0x8_0000;
+pub(super) const HDR: u64 = 0x1_0000;
+pub(super) const DATA: u64 = 0x2_0000;
+pub(super) const STATUS: u64 = 0x8_0000;
 
-struct Blk<B: DiskBackend> {
-    dev: VirtioPciDevice<VirtioBlock<B>>,
-    ring: Ring,
-    intx: Arc<CountingTrigger>,
+pub(super) struct Blk<B: DiskBackend> {
+    pub(super) dev: VirtioPciDevice<VirtioBlock<B>>,
+    pub(super) ring: Ring,
+    pub(super) intx: Arc<CountingTrigger>,
 }
 
-fn blk<B: DiskBackend>(disk: B, features: u64) -> Blk<B> {
-    let mem = memory();
+pub(super) fn blk<B: DiskBackend>(disk: B, features: u64) -> Blk<B> {
+    blk_on(disk, features, memory())
+}
+
+/// A live device over `mem` (with the test rings' layout).
+pub(super) fn blk_on<B: DiskBackend>(
+    disk: B,
+    features: u64,
+    mem: vm_memory::GuestMemoryMmap,
+) -> Blk<B> {
     let intx = Arc::new(CountingTrigger::new());
     let mut dev = VirtioPciDevice::new(
         VirtioBlock::new(disk),
@@ -50,29 +58,29 @@ fn image(sectors: u64) -> TempFile {
     file
 }
 
-fn mem_disk(sectors: usize) -> MemDisk {
+pub(super) fn mem_disk(sectors: usize) -> MemDisk {
     MemDisk::new((0..sectors * 512).map(|i| (i % 253) as u8).collect(), false)
 }
 
 impl<B: DiskBackend> Blk<B> {
-    fn mem(&self) -> &vm_memory::GuestMemoryMmap {
+    pub(super) fn mem(&self) -> &vm_memory::GuestMemoryMmap {
         &self.ring.mem
     }
 
-    fn header(&self, addr: u64, kind: u32, sector: u64) {
+    pub(super) fn header(&self, addr: u64, kind: u32, sector: u64) {
         let mut h = [0u8; 16];
         h[..4].copy_from_slice(&kind.to_le_bytes());
         h[8..].copy_from_slice(&sector.to_le_bytes());
         self.mem().write_slice(&h, GuestAddress(addr)).unwrap();
     }
 
-    fn status_at(&self, addr: u64) -> u8 {
+    pub(super) fn status_at(&self, addr: u64) -> u8 {
         self.mem().read_obj(GuestAddress(addr)).unwrap()
     }
 
     /// Submits a chain, notifies, and returns the used element (the request completes inside
     /// the notifying write).
-    fn submit(&mut self, buffers: &[(u64, u32, bool)]) -> (u32, u32) {
+    pub(super) fn submit(&mut self, buffers: &[(u64, u32, bool)]) -> (u32, u32) {
         let before = self.ring.used_idx();
         let head = self.ring.add(buffers);
         notify(&mut self.dev, 0);
@@ -97,7 +105,7 @@ impl<B: DiskBackend> Blk<B> {
         (self.status_at(STATUS), len)
     }
 
-    fn read(&mut self, sector: u64, addr: u64, len: u32) -> (u8, u32) {
+    pub(super) fn read(&mut self, sector: u64, addr: u64, len: u32) -> (u8, u32) {
         self.request(VIRTIO_BLK_T_IN, sector, &[(addr, len, true)])
     }
 
@@ -111,13 +119,13 @@ impl<B: DiskBackend> Blk<B> {
             .unwrap();
     }
 
-    fn bytes(&self, addr: u64, len: usize) -> Vec<u8> {
+    pub(super) fn bytes(&self, addr: u64, len: usize) -> Vec<u8> {
         let mut v = vec![0; len];
         self.mem().read_slice(&mut v, GuestAddress(addr)).unwrap();
         v
     }
 
-    fn stats(&self) -> BlockStats {
+    pub(super) fn stats(&self) -> BlockStats {
         self.dev.device().stats()
     }
 }
@@ -141,8 +149,7 @@ fn configuration_and_features() {
         | VIRTIO_BLK_F_SEG_MAX
         | VIRTIO_BLK_F_BLK_SIZE
         | VIRTIO_BLK_F_FLUSH
-        | F_RING_INDIRECT_DESC
-        | F_RING_EVENT_IDX;
+        | F_RING_INDIRECT_DESC;
     assert_eq!(features, expected);
     let ro = image(8);
     let mut r = blk(
@@ -371,7 +378,8 @@ fn chains_without_a_status_are_dropped() {
     b.ring.publish(500);
     notify(&mut b.dev, 0);
     assert_eq!(b.ring.used_idx(), 5);
-    assert_eq!(b.stats().dropped, 6);
+    assert_eq!(b.stats().dropped, 5);
+    assert_eq!(b.stats().invalid_heads, 1);
     assert_eq!(b.stats().requests, 0);
     // The device carries on.
     assert_eq!(b.ring.used_idx(), 5);
@@ -424,17 +432,25 @@ fn indirect_descriptors() {
     assert_eq!(b.ring.used_elem(0), (0, 1025));
     assert_eq!(b.status_at(STATUS), VIRTIO_BLK_S_OK);
     assert_eq!(b.bytes(DATA, 1024), mem_disk(16).data()[2048..3072]);
-    // More descriptors than the device looks at: an error, still answered.
-    let n = MAX_DESCRIPTORS as u64 + 4;
+    // More descriptors than the device reads: its end is never seen, so it is dropped.
+    let n = MAX_DESCRIPTORS as u64 + 1;
     for i in 0..n - 1 {
         desc(i, HDR, if i == 0 { 16 } else { 0 }, NEXT, (i + 1) as u16);
     }
     desc(n - 1, STATUS, 1, WRITE, 0);
+    b.mem().write_obj(0xEEu8, GuestAddress(STATUS)).unwrap();
     b.ring.set_desc(1, table, (16 * n) as u32, INDIRECT, 0);
     b.ring.publish(1);
     notify(&mut b.dev, 0);
-    assert_eq!(b.ring.used_elem(1), (1, 1));
-    assert_eq!(b.status_at(STATUS), VIRTIO_BLK_S_IOERR);
+    assert_eq!(b.ring.used_elem(1), (1, 0));
+    assert_eq!(b.status_at(STATUS), 0xEE, "no status written");
+    assert_eq!(b.stats().dropped, 1);
+    // Exactly the limit is a request like any other.
+    desc(n - 2, STATUS, 1, WRITE, 0);
+    b.ring.publish(1);
+    notify(&mut b.dev, 0);
+    assert_eq!(b.ring.used_elem(2), (1, 1));
+    assert_eq!(b.status_at(STATUS), VIRTIO_BLK_S_OK);
 }
 
 #[test]
@@ -489,20 +505,8 @@ fn request_size_is_capped() {
 }
 
 #[test]
-fn interrupts_follow_event_idx() {
-    let mut b = blk(mem_disk(16), F_RING_EVENT_IDX);
-    // used_event = 0: interrupt after the first completion only.
-    b.ring.set_used_event(0);
-    assert_eq!(b.read(0, DATA, 512).0, VIRTIO_BLK_S_OK);
-    assert_eq!(b.intx.asserts(), 1);
-    assert_eq!(b.read(0, DATA, 512).0, VIRTIO_BLK_S_OK);
-    assert_eq!(b.intx.asserts(), 1, "suppressed");
-    // The device publishes where it wants the next notification.
-    assert_eq!(b.ring.avail_event(), 2);
-    b.ring.set_used_event(2);
-    assert_eq!(b.read(0, DATA, 512).0, VIRTIO_BLK_S_OK);
-    assert_eq!(b.intx.asserts(), 2);
-    // Without EVENT_IDX every completion interrupts.
+fn interrupts_follow_the_avail_flags() {
+    // Every completion interrupts...
     let mut c = blk(mem_disk(16), 0);
     c.read(0, DATA, 512);
     c.read(0, DATA, 512);
@@ -575,7 +579,7 @@ fn a_corrupt_ring_needs_a_reset_and_reinit_recovers() {
     ring.desc = 0x5000;
     ring.avail = 0x6000;
     ring.used = 0x7000;
-    init(&mut b.dev, F_RING_EVENT_IDX, &ring);
+    init(&mut b.dev, F_RING_INDIRECT_DESC, &ring);
     assert_eq!(b.dev.status() & STATUS_DEVICE_NEEDS_RESET, 0);
     b.ring = ring;
     assert_eq!(b.read(2, DATA, 512), (VIRTIO_BLK_S_OK, 513));
@@ -838,7 +842,7 @@ fn firmware_then_linux_over_real_buses() {
     dev.w32(MSIX_TABLE_OFFSET + 28, 0);
     let status = crate::virtio::testing::negotiate(
         &mut dev,
-        F_VERSION_1 | F_RING_EVENT_IDX | F_RING_INDIRECT_DESC | VIRTIO_BLK_F_FLUSH,
+        F_VERSION_1 | F_RING_INDIRECT_DESC | VIRTIO_BLK_F_FLUSH,
     );
     let mut ring = Ring::new(&mem, 256);
     ring.desc = 0x4_0000;

@@ -56,8 +56,9 @@ impl VirtioDevice for Dummy {
     fn queue_max_sizes(&self) -> &[u16] {
         &self.sizes
     }
+    /// A device that handles `EVENT_IDX` offers it itself (the transport does not).
     fn features(&self) -> u64 {
-        1 << 3
+        (1 << 3) | F_RING_EVENT_IDX
     }
     fn config_len(&self) -> usize {
         self.config_len
