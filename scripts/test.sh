@@ -31,8 +31,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
-step "no_std build of vmkit-paging"
+step "no_std builds of vmkit-paging (walker and builder; with alloc: the shadow MMU and the TLB)"
 cargo build -p vmkit-paging --no-default-features --target x86_64-unknown-none --locked
+cargo build -p vmkit-paging --no-default-features --features alloc --target x86_64-unknown-none --locked
 
 step "tests (under coverage)"
 # cargo-llvm-cov ignores every file under an `examples/` directory by default, which would hide the

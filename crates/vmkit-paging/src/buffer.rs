@@ -51,6 +51,26 @@ impl BufferMemory {
         Ok(BufferMemory { base, frames })
     }
 
+    /// A buffer from physical address 0 holding `words` (whole frames: a partial last frame is
+    /// dropped), built frame by frame without a per-word bounds check.
+    #[cfg(any(test, feature = "reference"))]
+    pub(crate) fn from_words(words: &[u64]) -> BufferMemory {
+        let frames = words
+            .chunks_exact(TABLE_ENTRIES)
+            .map(|chunk| Frame(core::array::from_fn(|i| AtomicU64::new(chunk[i]))))
+            .collect();
+        BufferMemory { base: 0, frames }
+    }
+
+    /// Every word of the buffer, in address order.
+    #[cfg(any(test, feature = "reference"))]
+    pub(crate) fn words(&self) -> Vec<u64> {
+        self.frames
+            .iter()
+            .flat_map(|frame| frame.0.iter().map(|word| word.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// The physical address of the first byte.
     pub fn base(&self) -> u64 {
         self.base

@@ -7,6 +7,9 @@
 //! - [`ept`] and [`npt`]: the nested formats; [`nested`]: GPA → HPA translation and the
 //!   two-dimensional walk.
 //! - [`TableBuilder`]: tables for given mappings in any format, largest page size first.
+//! - [`shadow`] (feature `alloc`): the shadow MMU, GVA → HPA tables kept from the guest's
+//!   tables and a GPA → HPA map; [`tlb`] (feature `alloc`): a set-associative TLB tagged by
+//!   VPID, EPTP and PCID with the architectural invalidations.
 //! - [`PhysMemory`]: how everything reaches memory; `BufferMemory` (feature `alloc`), and vm-memory's
 //!   `GuestMemoryMmap` behind the `vm-memory` feature.
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -33,6 +36,10 @@ mod walk;
 pub mod ept;
 pub mod nested;
 pub mod npt;
+#[cfg(feature = "alloc")]
+pub mod shadow;
+#[cfg(feature = "alloc")]
+pub mod tlb;
 pub mod x86;
 
 #[cfg(any(test, feature = "reference"))]
@@ -49,7 +56,14 @@ pub use format::{EntryKind, PagingFormat, Rights};
 pub use memory::{MemoryError, PhysMemory};
 pub use nested::{NestedFault, NestedFormat, NestedTranslation};
 pub use npt::Npt;
+#[cfg(feature = "alloc")]
+pub use shadow::{
+    GpaMap, GpaRanges, ShadowConfig, ShadowError, ShadowMmu, ShadowStats, ShadowTranslation,
+    SyncPolicy,
+};
 pub use size::{PageSize, PageSizes};
+#[cfg(feature = "alloc")]
+pub use tlb::{Tag, Tlb, TlbConfig, TlbEntry};
 #[cfg(feature = "vm-memory")]
 pub use vm_memory::GuestMemoryPhys;
 pub use walk::{MAX_RETRIES, Translation};

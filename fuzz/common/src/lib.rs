@@ -13,6 +13,7 @@ pub mod layout;
 pub mod legacy;
 pub mod ops;
 pub mod paging;
+pub mod paging_shadow;
 pub mod patched_image;
 pub mod pci_config;
 pub mod pvh;

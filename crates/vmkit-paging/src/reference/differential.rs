@@ -24,7 +24,9 @@ use crate::{
 
 /// Decodes `data` into a scenario and checks it; `Err` describes the first disagreement.
 pub fn check(data: &[u8]) -> Result<(), String> {
-    check_scenario(&Scenario::from_bytes(data))
+    let mut scenario = Scenario::from_bytes(data);
+    let words = core::mem::take(&mut scenario.words);
+    check_with(&scenario, words)
 }
 
 /// The crate's view of a scenario's nested paging.
@@ -344,18 +346,26 @@ fn composition<N: NestedFormat>(
 
 /// Checks one scenario; `Err` describes the first disagreement.
 pub fn check_scenario(scenario: &Scenario) -> Result<(), String> {
+    check_with(scenario, scenario.words.clone())
+}
+
+/// [`check_scenario`] with the scenario's memory given apart (`scenario.words` is not used):
+/// one copy fewer per input.
+fn check_with(scenario: &Scenario, words: Vec<u64>) -> Result<(), String> {
     let guest = guest_paging(scenario);
     let host = host_paging(scenario);
-    let mut reference = naive::Memory {
-        words: scenario.words.clone(),
+    let mut reference = naive::Memory { words };
+    let mut walked_words = reference.words.clone();
+    // The composition runs only with nested paging.
+    let mut composed_words = match host {
+        Host::None => Vec::new(),
+        _ => reference.words.clone(),
     };
-    let mut walked_words = scenario.words.clone();
-    let mut composed_words = scenario.words.clone();
     let walked = CellMemory(Cell::from_mut(walked_words.as_mut_slice()).as_slice_of_cells());
     let composed = CellMemory(Cell::from_mut(composed_words.as_mut_slice()).as_slice_of_cells());
     // The same memory as a `BufferMemory`, whose walks take the whole-table fast path
     // (`PhysMemory::table`), when it can have exactly the same extent.
-    let buffered = buffer_of(&scenario.words);
+    let buffered = buffer_of(&reference.words);
     for (step, spec) in scenario.accesses.iter().enumerate() {
         let access = access_of(spec.kind, spec.mode);
         let expected = naive::translate(
@@ -414,9 +424,7 @@ pub fn check_scenario(scenario: &Scenario) -> Result<(), String> {
         }
     }
     if let Some(buffer) = &buffered {
-        let words: Vec<u64> = (0..walked_words.len() as u64)
-            .map(|i| buffer.read_u64(i * 8).unwrap_or(!0))
-            .collect();
+        let words = buffer.words();
         if words != walked_words {
             return Err(first_difference("buffer walk", &words, &walked_words));
         }
@@ -443,11 +451,7 @@ fn buffer_of(words: &[u64]) -> Option<BufferMemory> {
     if !words.len().is_multiple_of(512) {
         return None;
     }
-    let buffer = BufferMemory::new(0, words.len() as u64 * 8).ok()?;
-    for (i, &word) in words.iter().enumerate() {
-        buffer.write_u64(i as u64 * 8, word).ok()?;
-    }
-    Some(buffer)
+    Some(BufferMemory::from_words(words))
 }
 
 fn first_difference(what: &str, got: &[u64], expected: &[u64]) -> String {

@@ -5,11 +5,14 @@
 //! with the crate's formats; [`scenario`] decodes bytes into paging scenarios;
 //! [`differential::check`] runs every access of a scenario through the reference, the crate's
 //! walk and, with nested paging, the composition of the guest walker and the GPA map, and
-//! compares outcomes and memory.
+//! compares outcomes and memory. [`shadow::check`] runs guest page-table writes,
+//! invalidations and mode changes through the shadow MMU and checks every translation against
+//! a fresh walk, with the staleness the architecture allows modelled.
 
 pub mod differential;
 pub mod naive;
 pub mod scenario;
+pub mod shadow;
 
 #[cfg(test)]
 mod tests;

@@ -11,8 +11,9 @@ use alloc::vec::Vec;
 
 use super::naive::{Guest, Kind, Mode, Nested};
 
-/// Host memory pages of a scenario (host-physical addresses `0..PAGES * 4096`).
-pub const PAGES: u64 = 64;
+/// Host memory pages a scenario may use (host-physical addresses `0..PAGES * 4096`); its memory
+/// ends after the last page the generator handed out.
+pub const PAGES: u64 = 32;
 
 /// One access to translate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,10 +122,17 @@ impl Build<'_> {
         self.words.get((addr / 8) as usize).copied().unwrap_or(0)
     }
 
+    /// Sets the word at `addr` inside the first `PAGES` pages, growing the memory to its page:
+    /// memory holds only the pages written so far, so that a small scenario stays small.
     fn set(&mut self, addr: u64, value: u64) {
-        if let Some(slot) = self.words.get_mut((addr / 8) as usize) {
-            *slot = value;
+        let index = (addr / 8) as usize;
+        if addr >= PAGES * 4096 {
+            return;
         }
+        if index >= self.words.len() {
+            self.words.resize((index | 511) + 1, 0);
+        }
+        self.words[index] = value;
     }
 
     /// A host page: a fresh one, or now and then (and when memory is full) one in use, which
@@ -483,7 +491,8 @@ impl Scenario {
         let host_maxphyaddr = MAXPHYADDRS[src.below(6) as usize];
         let mut build = Build {
             src,
-            words: alloc::vec![0; (PAGES * 512) as usize],
+            // Room for every page, touched only as pages are written: no regrowth copies.
+            words: Vec::with_capacity((PAGES * 512) as usize),
             next_page: 0,
             guest,
             nested: Nested::None,
@@ -539,8 +548,12 @@ impl Scenario {
             };
             accesses.push(AccessSpec { gva, kind, mode });
         }
+        // Memory ends after the last page handed out: the pages above were never linked, and
+        // a smaller memory keeps each check cheap (the fuzz target copies and compares it).
+        let mut words = build.words;
+        words.resize((build.next_page.max(1) * 512) as usize, 0);
         Scenario {
-            words: build.words,
+            words,
             guest: build.guest,
             nested: build.nested,
             accesses,

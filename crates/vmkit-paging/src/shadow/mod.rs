@@ -1,0 +1,1189 @@
+//! The shadow MMU: GVA → HPA tables built lazily from the guest's tables and a GPA → HPA map,
+//! as a hypervisor without EPT/NPT (or a nested or software hypervisor) must keep them.
+//!
+//! The design is Linux KVM's shadow MMU:
+//!
+//! - **Lazily built.** [`ShadowMmu::translate`] first walks the shadow tables; a miss (or an
+//!   access the shadow entry does not allow) is a *shadow fault*: the MMU walks the guest's
+//!   tables with the crate's walker (which sets the guest's accessed and dirty flags exactly as
+//!   the processor does) and, if the guest allows the access, installs the shadow entries of the
+//!   whole path. A guest that does not allow it gets its page fault, with the walker's error
+//!   code, to inject.
+//! - **Keyed by a role.** Each shadow page shadows one guest table (or, *direct*, one guest
+//!   large page split into smaller host pages) under one [`Role`]: its level, the access rights
+//!   the upper levels grant, and the paging-mode bits that change what an entry means (CR0.WP,
+//!   CR4.SMEP, CR4.SMAP, EFER.NXE, 4/5-level). The same guest table used under two roles has
+//!   two shadows, as in KVM's `kvm_mmu_page_role`.
+//! - **Guest tables write-protected.** No shadow entry lets the guest write a page that holds a
+//!   guest table the MMU shadows; such a write reaches the MMU as a write fault
+//!   ([`ShadowError::PageTableWrite`]), the VMM emulates it through [`ShadowMmu::write_guest`],
+//!   and the MMU invalidates exactly the shadow entries derived from the written guest entry.
+//!   With [`SyncPolicy::Unsync`], a last-level table the guest writes is instead unprotected
+//!   ("unsync"): the guest writes it freely, and its shadow is brought back in sync at the next
+//!   INVLPG of an address it maps or the next CR3 load, the points where the architecture lets
+//!   a TLB hold stale entries until.
+//! - **Guest accessed and dirty flags** are set when a shadow entry is first installed (the
+//!   walk that builds it sets them); a shadow entry for a guest page whose dirty flag is clear
+//!   does not allow writes, so the first write faults and sets it.
+//! - **Bounded.** At most [`ShadowConfig::max_pages`] shadow pages exist; creating one beyond
+//!   that evicts the oldest page no shadow table links (an orphan kept for reuse), else the
+//!   oldest page that is not the current root.
+//!
+//! Shadow tables here are the MMU's own memory (the hardware walks them in a real hypervisor);
+//! their entries carry the host-physical page, the rights the guest grants, and whether a write
+//! needs no fault.
+
+mod map;
+
+pub use map::{GpaMap, GpaRanges, RangeError};
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::access::Access;
+use crate::error::WalkError;
+use crate::format::{ADDRESS_BITS, EntryKind, PagingFormat, Rights};
+use crate::memory::{MemoryError, PhysMemory};
+use crate::size::PageSize;
+use crate::tlb::Invpcid;
+use crate::x86::{
+    self, CR0_WP, CR4_LA57, CR4_SMAP, CR4_SMEP, DIRTY, EFER_NXE, NO_EXECUTE, PageFault, USER,
+    WRITABLE, X86Paging, X86Rules, X86Walker,
+};
+
+/// CR4.PGE: global pages enabled.
+pub const CR4_PGE: u64 = 1 << 7;
+/// CR4.PCIDE: process-context identifiers enabled.
+pub const CR4_PCIDE: u64 = 1 << 17;
+/// CR3 bit 63 with CR4.PCIDE set: keep the TLB entries of the new PCID.
+pub const CR3_NO_FLUSH: u64 = 1 << 63;
+
+/// The fewest shadow pages an MMU keeps: enough for one path of a 5-level walk with a split
+/// large page.
+pub const MIN_SHADOW_PAGES: usize = 8;
+
+/// How the MMU keeps write-protected guest tables in step with the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SyncPolicy {
+    /// Every guest table stays write-protected; every write to one is a write fault that the
+    /// VMM emulates ([`ShadowError::PageTableWrite`]) and that invalidates the entries derived
+    /// from the written guest entry at once.
+    Resync,
+    /// A last-level guest table the guest writes becomes unsync: unprotected, written without
+    /// faults, and compared with its shadow at the next INVLPG of an address it maps or the
+    /// next CR3 load. Fewer faults for a guest that writes its tables in bursts (fork, exec),
+    /// more work at those points.
+    Unsync,
+}
+
+/// The MMU's limits and policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShadowConfig {
+    /// The most shadow pages (4 KiB tables) in use at once; at least [`MIN_SHADOW_PAGES`].
+    pub max_pages: usize,
+    /// How guest table writes are tracked.
+    pub policy: SyncPolicy,
+}
+
+impl Default for ShadowConfig {
+    /// 4096 shadow pages (16 MiB of tables), [`SyncPolicy::Resync`].
+    fn default() -> Self {
+        ShadowConfig {
+            max_pages: 4096,
+            policy: SyncPolicy::Resync,
+        }
+    }
+}
+
+/// Access bits of a [`Role`]: what the entries above a shadow page allow.
+pub mod access {
+    /// Writes allowed (R/W set above).
+    pub const WRITE: u8 = 1 << 0;
+    /// User accesses allowed (U/S set above).
+    pub const USER: u8 = 1 << 1;
+    /// Fetches allowed (XD clear above).
+    pub const EXEC: u8 = 1 << 2;
+    /// Direct pages only: the guest's large page is dirty, so its host pages may be written.
+    pub const DIRTY: u8 = 1 << 3;
+    /// Everything a root allows.
+    pub const ALL: u8 = WRITE | USER | EXEC;
+}
+
+/// What a shadow page shadows and under which rules: one guest table (or guest large page) has
+/// one shadow per role it is used under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Role {
+    /// The level of the shadow page (1 = it maps 4 KiB pages).
+    pub level: u8,
+    /// The page maps part of a guest large page with smaller host pages instead of shadowing a
+    /// guest table.
+    pub direct: bool,
+    /// The rights the upper levels grant ([`access`] bits).
+    pub access: u8,
+    /// CR0.WP.
+    pub wp: bool,
+    /// CR4.SMEP.
+    pub smep: bool,
+    /// CR4.SMAP.
+    pub smap: bool,
+    /// EFER.NXE.
+    pub nxe: bool,
+    /// CR4.LA57.
+    pub five_level: bool,
+}
+
+/// A successful shadow translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowTranslation {
+    /// The guest-physical address the guest's tables give.
+    pub gpa: u64,
+    /// The host-physical address.
+    pub hpa: u64,
+    /// The size of the guest's page (the shadow may map it with smaller host pages).
+    pub page_size: PageSize,
+    /// The rights the guest's tables grant.
+    pub rights: Rights,
+    /// Memory references: shadow entries read for a hit; for a fill, those plus the guest
+    /// walk's.
+    pub refs: u32,
+    /// Whether a shadow fault served it (a guest walk that may have set accessed and dirty
+    /// flags, then shadow entries installed); `false` for a hit, which touches no guest memory.
+    pub filled: bool,
+}
+
+/// Why a shadow translation gives no host address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ShadowError {
+    /// The guest takes a page fault, to be injected: {0}.
+    #[error("The guest takes a page fault, to be injected: {0}.")]
+    GuestPageFault(PageFault),
+    /// Linear address {gva:#x} maps GPA {gpa:#x}, which no memory backs (MMIO or a hole).
+    #[error("Linear address {gva:#x} maps GPA {gpa:#x}, which no memory backs (MMIO or a hole).")]
+    NoBacking {
+        /// The linear address.
+        gva: u64,
+        /// The guest-physical address.
+        gpa: u64,
+    },
+    /// The write to linear address {gva:#x} hits the write-protected guest page table at GPA
+    /// {gpa:#x}: emulate it through `write_guest`.
+    #[error(
+        "The write to linear address {gva:#x} hits the write-protected guest page table at GPA \
+         {gpa:#x}: emulate it through `write_guest`."
+    )]
+    PageTableWrite {
+        /// The linear address written.
+        gva: u64,
+        /// The guest-physical address written.
+        gpa: u64,
+    },
+    /// The guest walk failed without a page fault: {0}
+    #[error("The guest walk failed without a page fault: {0}")]
+    Walk(WalkError),
+}
+
+/// The MMU's costs since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShadowStats {
+    /// Translations asked.
+    pub translations: u64,
+    /// Translations served by the shadow tables alone.
+    pub hits: u64,
+    /// Shadow faults: misses (or accesses a shadow entry refused) that the guest allows, served
+    /// by a guest walk and a fill.
+    pub shadow_faults: u64,
+    /// Writes to write-protected guest tables (emulated, or unsyncing the table).
+    pub write_protect_faults: u64,
+    /// Guest page faults reported.
+    pub guest_faults: u64,
+    /// Translations to guest-physical addresses nothing backs.
+    pub no_backing: u64,
+    /// Guest tables (or single entries, at INVLPG) compared with their shadows and brought
+    /// back in sync.
+    pub syncs: u64,
+    /// Guest tables made unsync.
+    pub unsyncs: u64,
+    /// Shadow entries invalidated.
+    pub zaps: u64,
+    /// Shadow pages created.
+    pub pages_created: u64,
+    /// Shadow pages evicted to stay within the bound.
+    pub evictions: u64,
+    /// Shadow pages in use now.
+    pub pages_in_use: usize,
+    /// The most shadow pages in use at once.
+    pub max_pages_in_use: usize,
+}
+
+/// Shadow entry bits (x86-64 positions where the meaning is the same).
+const S_PRESENT: u64 = x86::PRESENT;
+/// A write needs no fault: the guest's page is dirty and holds no shadowed guest table.
+const S_WRITABLE: u64 = x86::WRITABLE;
+/// The guest grants user accesses.
+const S_USER: u64 = x86::USER;
+/// A leaf above level 1.
+const S_LARGE: u64 = x86::PAGE_SIZE;
+/// The guest grants writes.
+const S_GUEST_WRITE: u64 = 1 << 9;
+/// The guest denies fetches.
+const S_NO_EXEC: u64 = x86::NO_EXECUTE;
+/// Bits 11:10: the level of the guest's leaf (for reporting its page size).
+const S_GUEST_LEVEL_SHIFT: u32 = 10;
+
+type PageId = usize;
+
+/// The smallest role, to start a range of the pages of one guest frame.
+const MIN_ROLE: Role = Role {
+    level: 0,
+    direct: false,
+    access: 0,
+    wp: false,
+    smep: false,
+    smap: false,
+    nxe: false,
+    five_level: false,
+};
+
+/// One shadow page: a 4 KiB table of shadow entries.
+struct ShadowPage {
+    /// The guest table's frame, or for a direct page the first guest frame it maps.
+    gfn: u64,
+    role: Role,
+    entries: Box<[u64; 512]>,
+    /// For each entry: the guest entry it was derived from (indirect pages).
+    guest: Box<[u64; 512]>,
+    /// For each leaf entry: the guest-physical base of the page it maps.
+    gpa: Box<[u64; 512]>,
+    /// The shadow entries that link this page.
+    parents: Vec<(PageId, usize)>,
+    /// Creation order, for eviction.
+    seq: u64,
+}
+
+/// Invalidations requested and not yet carried out: syncs read guest memory, which the next
+/// translation has.
+#[derive(Debug, Default)]
+struct Pending {
+    all: bool,
+    gvas: Vec<u64>,
+}
+
+/// The most single-address invalidations kept before they become a full resync.
+const MAX_PENDING_GVAS: usize = 16;
+
+/// A shadow MMU for one vCPU's address spaces; see the [module documentation](self).
+pub struct ShadowMmu {
+    config: ShadowConfig,
+    paging: X86Paging,
+    walker: X86Walker,
+    rules: X86Rules,
+    pge: bool,
+    pcide: bool,
+    pcid: u16,
+    pages: Vec<Option<ShadowPage>>,
+    free: Vec<PageId>,
+    /// Every page by (gfn, role).
+    hash: BTreeMap<(u64, Role), PageId>,
+    /// Every page by creation order.
+    order: BTreeMap<u64, PageId>,
+    /// 4 KiB shadow leaves by the guest frame they map.
+    rmap: BTreeMap<u64, Vec<(PageId, usize)>>,
+    /// Large shadow leaves by the first guest frame they map.
+    large_rmap: BTreeMap<u64, Vec<(PageId, usize)>>,
+    /// Guest tables made unsync.
+    unsync: BTreeSet<u64>,
+    root: Option<PageId>,
+    pending: Pending,
+    seq: u64,
+    stats: ShadowStats,
+}
+
+impl fmt::Debug for ShadowMmu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShadowMmu")
+            .field("config", &self.config)
+            .field("paging", &self.paging)
+            .field("pcid", &self.pcid)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The [`access`] bits an x86-64 entry grants.
+fn entry_access(entry: u64) -> u8 {
+    let mut bits = 0;
+    if entry & WRITABLE != 0 {
+        bits |= access::WRITE;
+    }
+    if entry & USER != 0 {
+        bits |= access::USER;
+    }
+    if entry & NO_EXECUTE == 0 {
+        bits |= access::EXEC;
+    }
+    bits
+}
+
+/// The index of `addr` in a table at `level`.
+fn index(addr: u64, level: u8) -> usize {
+    ((addr >> (12 + 9 * u32::from(level - 1))) & 0x1ff) as usize
+}
+
+/// The size a leaf at `level` maps; levels without leaves give 4 KiB (never used).
+fn size_of_level(level: u8) -> PageSize {
+    PageSize::from_level(level).unwrap_or(PageSize::Size4K)
+}
+
+impl ShadowMmu {
+    /// An MMU for a guest in the paging state `paging` (CR4.PGE and CR4.PCIDE clear until
+    /// [`write_cr4`](Self::write_cr4) sets them), with no shadow page yet.
+    pub fn new(paging: X86Paging, config: ShadowConfig) -> ShadowMmu {
+        let config = ShadowConfig {
+            max_pages: config.max_pages.max(MIN_SHADOW_PAGES),
+            ..config
+        };
+        ShadowMmu {
+            config,
+            paging,
+            walker: paging.walker(),
+            rules: paging.rules(),
+            pge: false,
+            pcide: false,
+            pcid: 0,
+            pages: Vec::new(),
+            free: Vec::new(),
+            hash: BTreeMap::new(),
+            order: BTreeMap::new(),
+            rmap: BTreeMap::new(),
+            large_rmap: BTreeMap::new(),
+            unsync: BTreeSet::new(),
+            root: None,
+            pending: Pending::default(),
+            seq: 0,
+            stats: ShadowStats::default(),
+        }
+    }
+
+    /// The guest's paging state as the MMU knows it.
+    pub fn paging(&self) -> &X86Paging {
+        &self.paging
+    }
+
+    /// The configuration (with `max_pages` raised to [`MIN_SHADOW_PAGES`] if it was lower).
+    pub fn config(&self) -> &ShadowConfig {
+        &self.config
+    }
+
+    /// The current PCID (0 without CR4.PCIDE).
+    pub fn pcid(&self) -> u16 {
+        self.pcid
+    }
+
+    /// The costs so far.
+    pub fn stats(&self) -> ShadowStats {
+        ShadowStats {
+            pages_in_use: self.hash.len(),
+            ..self.stats
+        }
+    }
+
+    /// The roles under which guest table `gfn` is shadowed now.
+    pub fn roles_of(&self, gfn: u64) -> Vec<Role> {
+        self.pages_of(gfn)
+            .filter_map(|id| self.page(id).map(|page| page.role))
+            .collect()
+    }
+
+    /// Whether guest table `gfn` is unsync.
+    pub fn is_unsync(&self, gfn: u64) -> bool {
+        self.unsync.contains(&gfn)
+    }
+
+    /// The role of the current root.
+    fn root_role(&self) -> Role {
+        self.role(
+            if self.paging.five_level { 5 } else { 4 },
+            false,
+            access::ALL,
+        )
+    }
+
+    fn role(&self, level: u8, direct: bool, access: u8) -> Role {
+        Role {
+            level,
+            direct,
+            access,
+            wp: self.paging.wp,
+            smep: self.paging.smep,
+            smap: self.paging.smap,
+            nxe: self.paging.nxe,
+            five_level: self.paging.five_level,
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Guest state changes and invalidations.
+
+    /// A new paging state with the same CR3: the walker is prepared again and, if a bit of the
+    /// role changed, the next translation starts from another root.
+    fn set_paging(&mut self, paging: X86Paging) {
+        let old_role = self.root_role();
+        self.paging = paging;
+        self.walker = paging.walker();
+        self.rules = paging.rules();
+        if self.root_role() != old_role {
+            self.root = None;
+            self.pending.all = true;
+        }
+    }
+
+    /// MOV to CR3. With CR4.PCIDE, bits 11:0 are the new PCID and bit 63
+    /// ([`CR3_NO_FLUSH`]) asks to keep its TLB entries.
+    ///
+    /// The MMU switches to the shadow root of the new table (shadow pages of tables shared
+    /// between address spaces, such as a kernel's, are reused as they are) and resyncs unsync
+    /// tables before the next translation, no-flush or not: a resync is never staler than the
+    /// architecture allows, and the no-flush bit is for the TLB (see [`crate::tlb`]).
+    pub fn write_cr3(&mut self, cr3: u64) {
+        let value = if self.pcide { cr3 & !CR3_NO_FLUSH } else { cr3 };
+        self.pcid = if self.pcide {
+            (value & 0xfff) as u16
+        } else {
+            0
+        };
+        self.set_paging(X86Paging {
+            cr3: value,
+            ..self.paging
+        });
+        self.root = None;
+        self.pending.all = true;
+    }
+
+    /// MOV to CR0: CR0.WP changes the role.
+    pub fn write_cr0(&mut self, cr0: u64) {
+        self.set_paging(X86Paging {
+            wp: cr0 & CR0_WP != 0,
+            ..self.paging
+        });
+    }
+
+    /// MOV to CR4: SMEP, SMAP and LA57 change the role; toggling PGE, or clearing PCIDE,
+    /// flushes everything (global translations included), which for the MMU is a resync.
+    pub fn write_cr4(&mut self, cr4: u64) {
+        let pge = cr4 & CR4_PGE != 0;
+        let pcide = cr4 & CR4_PCIDE != 0;
+        if pge != self.pge || (self.pcide && !pcide) {
+            self.pending.all = true;
+        }
+        self.pge = pge;
+        self.pcide = pcide;
+        if !pcide {
+            self.pcid = 0;
+        }
+        self.set_paging(X86Paging {
+            smep: cr4 & CR4_SMEP != 0,
+            smap: cr4 & CR4_SMAP != 0,
+            five_level: cr4 & CR4_LA57 != 0,
+            ..self.paging
+        });
+    }
+
+    /// WRMSR to EFER: NXE changes the role.
+    pub fn write_efer(&mut self, efer: u64) {
+        self.set_paging(X86Paging {
+            nxe: efer & EFER_NXE != 0,
+            ..self.paging
+        });
+    }
+
+    /// RFLAGS.AC (STAC, CLAC, POPF): applied to each access, no invalidation.
+    pub fn set_ac(&mut self, ac: bool) {
+        self.set_paging(X86Paging { ac, ..self.paging });
+    }
+
+    /// INVLPG `gva`: the shadow entry that maps it, if its table is unsync, is compared with
+    /// the guest's entry before the next translation.
+    pub fn invlpg(&mut self, gva: u64) {
+        if self.pending.gvas.len() < MAX_PENDING_GVAS {
+            self.pending.gvas.push(gva);
+        } else {
+            self.pending.all = true;
+        }
+    }
+
+    /// INVPCID of `kind`. Translations of another PCID than the current one need nothing now:
+    /// the CR3 load that makes it current resyncs.
+    pub fn invpcid(&mut self, kind: Invpcid) {
+        match kind {
+            Invpcid::Address { pcid, gva } if pcid == self.pcid => self.invlpg(gva),
+            Invpcid::SingleContext { pcid } if pcid == self.pcid => self.pending.all = true,
+            Invpcid::Address { .. } | Invpcid::SingleContext { .. } => {}
+            Invpcid::AllIncludingGlobal | Invpcid::AllNonGlobal => self.pending.all = true,
+        }
+    }
+
+    /// Writes `value` to the guest-physical word at `gpa` (8-byte aligned) for the guest or the
+    /// VMM — the completion of a [`ShadowError::PageTableWrite`], a device's DMA, or a guest
+    /// table change observed from outside — and invalidates the shadow entries derived from
+    /// it.
+    pub fn write_guest<M: PhysMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        gpa: u64,
+        value: u64,
+    ) -> Result<(), MemoryError> {
+        mem.write_u64(gpa, value)?;
+        self.guest_wrote(gpa);
+        Ok(())
+    }
+
+    /// The guest-physical word at `gpa` has changed (written by other means than
+    /// [`write_guest`](Self::write_guest)): invalidates exactly the shadow entries derived from
+    /// it, in every shadow of the guest table that holds it.
+    pub fn guest_wrote(&mut self, gpa: u64) {
+        let gfn = gpa >> 12;
+        let slot = ((gpa & 0xfff) / 8) as usize;
+        let shadows: Vec<PageId> = self.pages_of(gfn).collect();
+        for id in shadows {
+            self.zap_entry(id, slot);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Translation.
+
+    /// Translates `gva` for `access`: a hit in the shadow tables, else a shadow fault (a guest
+    /// walk, then a fill). `mem` is guest-physical memory (where the guest's tables are), `map`
+    /// the host backing.
+    ///
+    /// Errors: the guest's page fault to inject, [`ShadowError::NoBacking`],
+    /// [`ShadowError::PageTableWrite`] (a write to a write-protected guest table, to emulate),
+    /// or the walk's other errors (non-canonical address, tables outside memory).
+    pub fn translate<M, G>(
+        &mut self,
+        mem: &M,
+        map: &G,
+        gva: u64,
+        access: Access,
+    ) -> Result<ShadowTranslation, ShadowError>
+    where
+        M: PhysMemory + ?Sized,
+        G: GpaMap + ?Sized,
+    {
+        self.stats.translations += 1;
+        if self.pending.all || !self.pending.gvas.is_empty() {
+            self.run_pending(mem);
+        }
+        if let Some(hit) = self.lookup(gva)
+            && self.rules.permits(hit.rights(), access)
+            && (!access.is_write() || hit.entry & S_WRITABLE != 0)
+        {
+            self.stats.hits += 1;
+            return Ok(hit.translation(gva, &self.rules));
+        }
+        self.shadow_fault(mem, map, gva, access)
+    }
+
+    /// The shadow leaf that maps `gva`, if any.
+    fn lookup(&self, gva: u64) -> Option<Hit> {
+        if !self.paging.is_canonical(gva) {
+            return None;
+        }
+        let mut id = self.root?;
+        let levels = self.levels();
+        for level in (1..=levels).rev() {
+            let page = self.page(id)?;
+            let slot = index(gva, level);
+            let entry = page.entries[slot];
+            let refs = u32::from(levels - level) + 1;
+            if entry & S_PRESENT == 0 {
+                return None;
+            }
+            if level == 1 || entry & S_LARGE != 0 {
+                return Some(Hit {
+                    entry,
+                    level,
+                    gpa_base: page.gpa[slot],
+                    refs,
+                });
+            }
+            id = (entry >> 12) as PageId;
+        }
+        None
+    }
+
+    fn levels(&self) -> u8 {
+        if self.paging.five_level { 5 } else { 4 }
+    }
+
+    fn shadow_fault<M, G>(
+        &mut self,
+        mem: &M,
+        map: &G,
+        gva: u64,
+        access: Access,
+    ) -> Result<ShadowTranslation, ShadowError>
+    where
+        M: PhysMemory + ?Sized,
+        G: GpaMap + ?Sized,
+    {
+        let walked = match self.walker.translate(mem, gva, access) {
+            Ok(walked) => walked,
+            Err(WalkError::PageFault(fault)) => {
+                self.stats.guest_faults += 1;
+                return Err(ShadowError::GuestPageFault(fault));
+            }
+            Err(err) => return Err(ShadowError::Walk(err)),
+        };
+        let gpa = walked.address;
+        let gfn = gpa >> 12;
+        if access.is_write() && self.is_tracked(gfn) {
+            self.stats.write_protect_faults += 1;
+            if !self.try_unsync(gfn) {
+                return Err(ShadowError::PageTableWrite { gva, gpa });
+            }
+        }
+        let Some((hpa, _)) = map.lookup(gpa) else {
+            self.stats.no_backing += 1;
+            return Err(ShadowError::NoBacking { gva, gpa });
+        };
+        self.stats.shadow_faults += 1;
+        let shadow_refs = self.fill(mem, map, gva, gpa, walked.page_size);
+        // The fill may have made the written page a shadowed table: the guest writing the
+        // table that maps the write (its own root, a self-map) is emulated too.
+        if access.is_write() && self.is_tracked(gfn) && !self.try_unsync(gfn) {
+            self.stats.write_protect_faults += 1;
+            return Err(ShadowError::PageTableWrite { gva, gpa });
+        }
+        Ok(ShadowTranslation {
+            gpa,
+            hpa,
+            page_size: walked.page_size,
+            rights: walked.rights,
+            refs: walked.refs + shadow_refs,
+            filled: true,
+        })
+    }
+
+    /// Installs the shadow entries of `gva`'s path after a successful guest walk that gave
+    /// `gpa` in a page of `size`, reading the guest's entries again (now with their accessed
+    /// and dirty flags). Returns the shadow entries written. Installs nothing if the tables no
+    /// longer give that translation (another vCPU changed them) or cannot be read.
+    fn fill<M, G>(&mut self, mem: &M, map: &G, gva: u64, gpa: u64, size: PageSize) -> u32
+    where
+        M: PhysMemory + ?Sized,
+        G: GpaMap + ?Sized,
+    {
+        let levels = self.levels();
+        self.make_room(usize::from(levels) + 2);
+        let root = match self.root {
+            Some(root) => root,
+            None => {
+                let root = self.get_page(mem, self.paging.root() >> 12, self.root_role());
+                self.root = Some(root);
+                root
+            }
+        };
+        let (mut id, mut table, mut acc, mut written) = (root, self.paging.root(), access::ALL, 0);
+        for level in (1..=levels).rev() {
+            let slot = index(gva, level);
+            let Ok(entry) = mem.read_u64(table + slot as u64 * 8) else {
+                return written;
+            };
+            written += 1;
+            match self.rules.decode(entry, level) {
+                EntryKind::Table(next) if level > 1 => {
+                    acc &= entry_access(entry);
+                    let role = self.role(level - 1, false, acc);
+                    let child = match self.linked(id, slot, next >> 12, role) {
+                        // Already linked: reused as it is (an unsync table stays unsync).
+                        Some(child) => {
+                            if let Some(page) = self.page_mut(id) {
+                                page.guest[slot] = entry;
+                            }
+                            child
+                        }
+                        None => {
+                            let child = self.get_page(mem, next >> 12, role);
+                            self.link(id, slot, child, entry);
+                            child
+                        }
+                    };
+                    (id, table) = (child, next);
+                }
+                EntryKind::Page(base) => {
+                    let Some(leaf_size) = PageSize::from_level(level) else {
+                        return written;
+                    };
+                    if leaf_size != size || base | (gva & size.offset_mask()) != gpa {
+                        return written;
+                    }
+                    let leaf = Leaf {
+                        rights: acc & entry_access(entry),
+                        dirty: entry & DIRTY != 0,
+                        guest_level: level,
+                        guest_entry: entry,
+                    };
+                    return written + self.install(map, id, slot, level, base, gva, leaf);
+                }
+                _ => return written,
+            }
+        }
+        written
+    }
+
+    /// Maps the guest page at `base` (or the part of it around `gva`) from entry `slot` of
+    /// shadow page `id` at `level`: with one shadow leaf if the host backs the whole page
+    /// contiguously and aligned and it holds no write-protected guest table, else through a
+    /// direct shadow page one level down.
+    #[allow(clippy::too_many_arguments)]
+    fn install<G: GpaMap + ?Sized>(
+        &mut self,
+        map: &G,
+        id: PageId,
+        slot: usize,
+        level: u8,
+        base: u64,
+        gva: u64,
+        leaf: Leaf,
+    ) -> u32 {
+        let size = size_of_level(level);
+        let Some((hpa, contiguous)) = map.lookup(base) else {
+            return 0;
+        };
+        let frames = size.bytes() >> 12;
+        let whole = level == 1
+            || (hpa & size.offset_mask() == 0
+                && contiguous >= size.bytes()
+                && !self.any_tracked(base >> 12, frames));
+        if whole {
+            let writable = leaf.dirty && (level > 1 || !self.is_tracked(base >> 12));
+            let mut entry = (hpa & ADDRESS_BITS)
+                | S_PRESENT
+                | (u64::from(leaf.guest_level) << S_GUEST_LEVEL_SHIFT);
+            if level > 1 {
+                entry |= S_LARGE;
+            }
+            if writable {
+                entry |= S_WRITABLE;
+            }
+            if leaf.rights & access::WRITE != 0 {
+                entry |= S_GUEST_WRITE;
+            }
+            if leaf.rights & access::USER != 0 {
+                entry |= S_USER;
+            }
+            if leaf.rights & access::EXEC == 0 {
+                entry |= S_NO_EXEC;
+            }
+            self.set_leaf(id, slot, entry, leaf.guest_entry, base, level);
+            return 1;
+        }
+        let dirty = if leaf.dirty { access::DIRTY } else { 0 };
+        let role = self.role(level - 1, true, leaf.rights | dirty);
+        let child = self.get_direct_page(base >> 12, role);
+        self.link(id, slot, child, leaf.guest_entry);
+        let sub_level = level - 1;
+        let sub_size = size_of_level(sub_level);
+        let sub_base = base | (gva & size.offset_mask() & !sub_size.offset_mask());
+        1 + self.install(
+            map,
+            child,
+            index(gva, sub_level),
+            sub_level,
+            sub_base,
+            gva,
+            leaf,
+        )
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Shadow pages.
+
+    fn page(&self, id: PageId) -> Option<&ShadowPage> {
+        self.pages.get(id).and_then(Option::as_ref)
+    }
+
+    fn page_mut(&mut self, id: PageId) -> Option<&mut ShadowPage> {
+        self.pages.get_mut(id).and_then(Option::as_mut)
+    }
+
+    /// The shadow pages of guest table `gfn` (not the direct pages of a large page there).
+    fn pages_of(&self, gfn: u64) -> impl Iterator<Item = PageId> + '_ {
+        self.hash
+            .range((gfn, MIN_ROLE)..)
+            .take_while(move |((page_gfn, _), _)| *page_gfn == gfn)
+            .filter(|((_, role), _)| !role.direct)
+            .map(|(_, &id)| id)
+    }
+
+    /// Whether writes to guest frame `gfn` must fault: it holds a shadowed guest table that
+    /// is not unsync.
+    fn is_tracked(&self, gfn: u64) -> bool {
+        !self.unsync.contains(&gfn) && self.pages_of(gfn).next().is_some()
+    }
+
+    /// Whether any of the `count` frames from `gfn` on is tracked.
+    fn any_tracked(&self, gfn: u64, count: u64) -> bool {
+        self.hash
+            .range((gfn, MIN_ROLE)..)
+            .take_while(|((page_gfn, _), _)| *page_gfn < gfn.saturating_add(count))
+            .any(|((page_gfn, role), _)| !role.direct && !self.unsync.contains(page_gfn))
+    }
+
+    /// The child that entry `slot` of `id` links, if it is the shadow of `gfn` under `role`.
+    fn linked(&self, id: PageId, slot: usize, gfn: u64, role: Role) -> Option<PageId> {
+        let entry = self.page(id)?.entries[slot];
+        if entry & S_PRESENT == 0 || entry & S_LARGE != 0 {
+            return None;
+        }
+        let child = (entry >> 12) as PageId;
+        let page = self.page(child)?;
+        (page.gfn == gfn && page.role == role).then_some(child)
+    }
+
+    /// The shadow page of guest table `gfn` under `role`, created (and its table
+    /// write-protected) if there is none. An unsync table is synced first, as KVM does when it
+    /// links one anew: entries reached through the new link must be current.
+    fn get_page<M: PhysMemory + ?Sized>(&mut self, mem: &M, gfn: u64, role: Role) -> PageId {
+        if self.unsync.contains(&gfn) {
+            self.sync_table(mem, gfn);
+        }
+        if let Some(&id) = self.hash.get(&(gfn, role)) {
+            return id;
+        }
+        let id = self.create(gfn, role);
+        self.write_protect(gfn);
+        id
+    }
+
+    /// The direct shadow page for the guest frames from `gfn` on under `role`.
+    fn get_direct_page(&mut self, gfn: u64, role: Role) -> PageId {
+        match self.hash.get(&(gfn, role)) {
+            Some(&id) => id,
+            None => self.create(gfn, role),
+        }
+    }
+
+    fn create(&mut self, gfn: u64, role: Role) -> PageId {
+        self.seq += 1;
+        let page = ShadowPage {
+            gfn,
+            role,
+            entries: Box::new([0; 512]),
+            guest: Box::new([0; 512]),
+            gpa: Box::new([0; 512]),
+            parents: Vec::new(),
+            seq: self.seq,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                if let Some(slot) = self.pages.get_mut(id) {
+                    *slot = Some(page);
+                }
+                id
+            }
+            None => {
+                self.pages.push(Some(page));
+                self.pages.len() - 1
+            }
+        };
+        self.hash.insert((gfn, role), id);
+        self.order.insert(self.seq, id);
+        self.stats.pages_created += 1;
+        self.stats.max_pages_in_use = self.stats.max_pages_in_use.max(self.hash.len());
+        id
+    }
+
+    /// Evicts pages until `needed` more fit in the bound: the oldest orphan first (a page no
+    /// shadow table links, kept for reuse), else the oldest page; never the current root.
+    fn make_room(&mut self, needed: usize) {
+        while self.hash.len() + needed > self.config.max_pages {
+            let victim = {
+                let mut candidates = self
+                    .order
+                    .values()
+                    .copied()
+                    .filter(|&id| Some(id) != self.root);
+                let oldest = candidates.clone().next();
+                candidates
+                    .find(|&id| self.page(id).is_some_and(|page| page.parents.is_empty()))
+                    .or(oldest)
+            };
+            let Some(victim) = victim else {
+                return;
+            };
+            self.free_page(victim);
+            self.stats.evictions += 1;
+        }
+    }
+
+    fn free_page(&mut self, id: PageId) {
+        for slot in 0..512 {
+            self.zap_entry(id, slot);
+        }
+        let Some(page) = self.pages.get_mut(id).and_then(Option::take) else {
+            return;
+        };
+        for &(parent, slot) in &page.parents {
+            if let Some(parent) = self.pages.get_mut(parent).and_then(Option::as_mut) {
+                parent.entries[slot] = 0;
+                self.stats.zaps += 1;
+            }
+        }
+        self.hash.remove(&(page.gfn, page.role));
+        self.order.remove(&page.seq);
+        if !page.role.direct && self.pages_of(page.gfn).next().is_none() {
+            self.unsync.remove(&page.gfn);
+        }
+        if self.root == Some(id) {
+            self.root = None;
+        }
+        self.free.push(id);
+    }
+
+    /// Points entry `slot` of `id` at `child`, derived from guest entry `guest_entry`.
+    fn link(&mut self, id: PageId, slot: usize, child: PageId, guest_entry: u64) {
+        let Some(page) = self.page(id) else {
+            return;
+        };
+        let current = page.entries[slot];
+        let is_link = current & S_PRESENT != 0 && page.role.level > 1 && current & S_LARGE == 0;
+        if is_link && (current >> 12) as PageId == child {
+            if let Some(page) = self.page_mut(id) {
+                page.guest[slot] = guest_entry;
+            }
+            return;
+        }
+        self.zap_entry(id, slot);
+        if let Some(page) = self.page_mut(id) {
+            page.entries[slot] = ((child as u64) << 12) | S_PRESENT | S_WRITABLE | S_USER;
+            page.guest[slot] = guest_entry;
+        }
+        if let Some(child) = self.page_mut(child) {
+            child.parents.push((id, slot));
+        }
+    }
+
+    fn set_leaf(
+        &mut self,
+        id: PageId,
+        slot: usize,
+        entry: u64,
+        guest_entry: u64,
+        base: u64,
+        level: u8,
+    ) {
+        self.zap_entry(id, slot);
+        let Some(page) = self.page_mut(id) else {
+            return;
+        };
+        page.entries[slot] = entry;
+        page.guest[slot] = guest_entry;
+        page.gpa[slot] = base;
+        let rmap = if level == 1 {
+            &mut self.rmap
+        } else {
+            &mut self.large_rmap
+        };
+        rmap.entry(base >> 12).or_default().push((id, slot));
+    }
+
+    /// Invalidates entry `slot` of `id`: a leaf leaves the reverse map, a link leaves its
+    /// child's parents (the child stays, an orphan, for reuse).
+    fn zap_entry(&mut self, id: PageId, slot: usize) {
+        let Some(page) = self.page_mut(id) else {
+            return;
+        };
+        let entry = page.entries[slot];
+        if entry & S_PRESENT == 0 {
+            return;
+        }
+        page.entries[slot] = 0;
+        let level = page.role.level;
+        let gfn = page.gpa[slot] >> 12;
+        self.stats.zaps += 1;
+        if level == 1 || entry & S_LARGE != 0 {
+            let rmap = if level == 1 {
+                &mut self.rmap
+            } else {
+                &mut self.large_rmap
+            };
+            if let Some(users) = rmap.get_mut(&gfn) {
+                users.retain(|&user| user != (id, slot));
+                if users.is_empty() {
+                    rmap.remove(&gfn);
+                }
+            }
+        } else if let Some(child) = self.page_mut((entry >> 12) as PageId) {
+            child.parents.retain(|&parent| parent != (id, slot));
+        }
+    }
+
+    /// Guest frame `gfn` now holds a tracked table: no 4 KiB shadow leaf may write it, and no
+    /// large shadow leaf may map it.
+    fn write_protect(&mut self, gfn: u64) {
+        if let Some(users) = self.rmap.get(&gfn) {
+            for &(id, slot) in users.clone().iter() {
+                if let Some(page) = self.page_mut(id) {
+                    page.entries[slot] &= !S_WRITABLE;
+                }
+            }
+        }
+        let mut covering = Vec::new();
+        for size in [PageSize::Size2M, PageSize::Size1G] {
+            let base = gfn & !((size.bytes() >> 12) - 1);
+            if let Some(users) = self.large_rmap.get(&base) {
+                for &(id, slot) in users {
+                    let level = self.page(id).map_or(0, |page| page.role.level);
+                    if gfn < base + (size_of_level(level).bytes() >> 12) {
+                        covering.push((id, slot));
+                    }
+                }
+            }
+        }
+        for (id, slot) in covering {
+            self.zap_entry(id, slot);
+        }
+    }
+
+    /// With [`SyncPolicy::Unsync`], makes guest table `gfn` unsync if it is shadowed only as a
+    /// last-level table; returns whether it is unsync now.
+    fn try_unsync(&mut self, gfn: u64) -> bool {
+        if self.config.policy != SyncPolicy::Unsync {
+            return false;
+        }
+        let last_level_only = self
+            .pages_of(gfn)
+            .all(|id| self.page(id).is_some_and(|page| page.role.level == 1));
+        if last_level_only && self.unsync.insert(gfn) {
+            self.stats.unsyncs += 1;
+        }
+        last_level_only
+    }
+
+    /// Compares every shadow of unsync guest table `gfn` with the table, invalidates the
+    /// entries whose guest entry changed, and protects the table again.
+    fn sync_table<M: PhysMemory + ?Sized>(&mut self, mem: &M, gfn: u64) {
+        let shadows: Vec<PageId> = self.pages_of(gfn).collect();
+        for id in shadows {
+            for slot in 0..512 {
+                self.sync_entry(mem, id, slot);
+            }
+        }
+        self.unsync.remove(&gfn);
+        self.write_protect(gfn);
+        self.stats.syncs += 1;
+    }
+
+    /// Invalidates entry `slot` of `id` if the guest entry it came from changed.
+    fn sync_entry<M: PhysMemory + ?Sized>(&mut self, mem: &M, id: PageId, slot: usize) {
+        let Some(page) = self.page(id) else {
+            return;
+        };
+        if page.entries[slot] & S_PRESENT == 0 {
+            return;
+        }
+        let addr = (page.gfn << 12) + slot as u64 * 8;
+        if mem.read_u64(addr).ok() != Some(page.guest[slot]) {
+            self.zap_entry(id, slot);
+        }
+    }
+
+    /// Carries out the pending invalidations: a resync of every unsync table, or of the
+    /// entries mapping the addresses invalidated one by one.
+    fn run_pending<M: PhysMemory + ?Sized>(&mut self, mem: &M) {
+        let pending = core::mem::take(&mut self.pending);
+        if pending.all {
+            let tables: Vec<u64> = self.unsync.iter().copied().collect();
+            for gfn in tables {
+                self.sync_table(mem, gfn);
+            }
+            return;
+        }
+        for gva in pending.gvas {
+            let Some(id) = self.last_level_page(gva) else {
+                continue;
+            };
+            if self
+                .page(id)
+                .is_some_and(|page| !page.role.direct && self.unsync.contains(&page.gfn))
+            {
+                self.sync_entry(mem, id, index(gva, 1));
+                self.stats.syncs += 1;
+            }
+        }
+    }
+
+    /// The level-1 shadow page on `gva`'s path, if the path reaches one.
+    fn last_level_page(&self, gva: u64) -> Option<PageId> {
+        let mut id = self.root?;
+        for level in (2..=self.levels()).rev() {
+            let entry = self.page(id)?.entries[index(gva, level)];
+            if entry & S_PRESENT == 0 || entry & S_LARGE != 0 {
+                return None;
+            }
+            id = (entry >> 12) as PageId;
+        }
+        Some(id)
+    }
+}
+
+/// What a guest leaf grants, for [`ShadowMmu::install`].
+#[derive(Debug, Clone, Copy)]
+struct Leaf {
+    /// The [`access`] bits over the whole path.
+    rights: u8,
+    /// The guest's dirty flag (after the walk).
+    dirty: bool,
+    /// The level of the guest's leaf.
+    guest_level: u8,
+    /// The guest's leaf entry.
+    guest_entry: u64,
+}
+
+/// A shadow leaf found for an address.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    entry: u64,
+    level: u8,
+    gpa_base: u64,
+    refs: u32,
+}
+
+impl Hit {
+    /// The rights in the walker's combined form (XD inverted).
+    fn rights(&self) -> u64 {
+        let mut rights = 0;
+        if self.entry & S_GUEST_WRITE != 0 {
+            rights |= WRITABLE;
+        }
+        if self.entry & S_USER != 0 {
+            rights |= USER;
+        }
+        if self.entry & S_NO_EXEC == 0 {
+            rights |= NO_EXECUTE;
+        }
+        rights
+    }
+
+    fn translation(&self, gva: u64, rules: &X86Rules) -> ShadowTranslation {
+        let size = size_of_level(self.level);
+        let guest_level = ((self.entry >> S_GUEST_LEVEL_SHIFT) & 3) as u8;
+        let guest_size = size_of_level(guest_level);
+        let offset = gva & size.offset_mask();
+        ShadowTranslation {
+            gpa: self.gpa_base | offset,
+            hpa: (self.entry & ADDRESS_BITS & !size.offset_mask()) | offset,
+            page_size: guest_size,
+            rights: rules.rights(self.rights()),
+            refs: self.refs,
+            filled: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
