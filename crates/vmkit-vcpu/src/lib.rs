@@ -5,7 +5,10 @@
 //! - [`hypervisor`]: the [`Hypervisor`] / [`Vm`] / [`Vcpu`] trait family and [`Kick`].
 //! - [`run`]: [`RunExit`] and [`Exits`] (one [`VmExit`](vmkit_exits::VmExit) per string-I/O
 //!   element), the [`ExitHandler`] trait, the [`run_until_stop`] driver and
-//!   [`run_until_stop_with_assist`], which hands emulation failures to the emulation assist.
+//!   [`run_until_stop_with_assist`], which hands emulation failures to the emulation assist,
+//!   and their `_inspected` variants.
+//! - [`pause`]: [`Inspector`] and [`PauseHandle`], pausing a running vCPU from another thread to
+//!   inspect it between two entries (registers, `KVM_TRANSLATE`, guest memory).
 //! - [`x86`]: backend-neutral entry state (PVH, 64-bit Linux), boot MSRs, page sizes.
 //! - [`kvm`]: the KVM backend, its CPUID, kick protocol and the fuzzable
 //!   [`convert_exit`](kvm::exit::convert_exit).
@@ -14,12 +17,15 @@
 pub mod fake;
 pub mod hypervisor;
 pub mod kvm;
+pub mod pause;
 pub mod run;
 pub mod x86;
 
 pub use hypervisor::{DataMatch, Hypervisor, IoEventAddress, Kick, Vcpu, Vm};
 pub use kvm::{Error, KvmHypervisor, KvmKicker, KvmVcpu, KvmVm};
+pub use pause::{Inspector, PauseHandle};
 pub use run::{
-    ExitHandler, Exits, LoopExit, RunExit, handle_exits, run_until_stop, run_until_stop_with_assist,
+    ExitHandler, Exits, LoopExit, RunExit, handle_exits, run_until_stop, run_until_stop_inspected,
+    run_until_stop_with_assist, run_until_stop_with_assist_inspected,
 };
 pub use x86::{LongModeEntry, PageSizes};

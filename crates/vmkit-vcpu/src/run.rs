@@ -9,7 +9,11 @@
 //! [`run_until_stop`] is the driver: it runs the vCPU, hands every exit to an [`ExitHandler`]
 //! (the `vmkit-exits` dispatcher, or any closure), parks the vCPU on [`ExitAction::Halt`] and
 //! returns when a handler stops the VM or the caller's stop flag is set.
+//! [`run_until_stop_inspected`] and [`run_until_stop_with_assist_inspected`] also pause the vCPU
+//! between two entries whenever another thread asks, for an [`Inspector`]'s inspection (see
+//! [`pause`](crate::pause)).
 
+use std::ops::ControlFlow;
 use std::slice::{ChunksExact, ChunksExactMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,6 +21,7 @@ use vm_memory::GuestMemoryBackend;
 use vmkit_exits::{AssistPolicy, EmulationAssist, ExitAction, StopReason, VmExit};
 
 use crate::hypervisor::Vcpu;
+use crate::pause::Inspector;
 
 /// How one entry into the guest ended.
 #[derive(Debug)]
@@ -195,7 +200,7 @@ where
     V: Vcpu + ?Sized,
     H: ExitHandler + ?Sized,
 {
-    drive(vcpu, handler, stop, |_, action| Ok(action))
+    drive(vcpu, handler, stop, no_pause, |_, action| Ok(action))
 }
 
 /// Runs `vcpu` like [`run_until_stop`], handing every emulation failure to `assist` with the
@@ -215,19 +220,80 @@ where
     M: GuestMemoryBackend + ?Sized,
     P: AssistPolicy,
 {
-    drive(vcpu, handler, stop, |vcpu, action| {
+    drive(vcpu, handler, stop, no_pause, |vcpu, action| {
         assist
             .resolve(vcpu, memory, action)
             .map_err(|e| e.into_source())
     })
 }
 
-/// The loop both drivers share: run, hand the exits to `handler`, let `resolve` look at the
-/// resulting action with the vCPU at hand, then resume, park or stop.
+/// The pause check of the loops without an inspector: none.
+fn no_pause<V: ?Sized>(_: &mut V) -> ControlFlow<()> {
+    ControlFlow::Continue(())
+}
+
+/// Runs `vcpu` like [`run_until_stop`], pausing it for `inspector`'s inspection whenever one of
+/// its [`PauseHandle`](crate::pause::PauseHandle)s asks: before the next entry, on this thread,
+/// with the vCPU's state as the last exit left it (completed). An inspection that returns
+/// [`ControlFlow::Break`] ends the loop with [`LoopExit::StopRequested`].
+pub fn run_until_stop_inspected<V, H, F>(
+    vcpu: &mut V,
+    handler: &H,
+    stop: &AtomicBool,
+    inspector: &mut Inspector<F>,
+) -> Result<LoopExit, V::Error>
+where
+    V: Vcpu + ?Sized,
+    H: ExitHandler + ?Sized,
+    F: FnMut(&mut V) -> ControlFlow<()>,
+{
+    drive(
+        vcpu,
+        handler,
+        stop,
+        |vcpu| inspector.poll(vcpu),
+        |_, action| Ok(action),
+    )
+}
+
+/// Runs `vcpu` like [`run_until_stop_with_assist`], pausing it for `inspector` as
+/// [`run_until_stop_inspected`] does.
+pub fn run_until_stop_with_assist_inspected<V, H, M, P, F>(
+    vcpu: &mut V,
+    handler: &H,
+    assist: &EmulationAssist<P>,
+    memory: &M,
+    stop: &AtomicBool,
+    inspector: &mut Inspector<F>,
+) -> Result<LoopExit, V::Error>
+where
+    V: Vcpu + ?Sized,
+    H: ExitHandler + ?Sized,
+    M: GuestMemoryBackend + ?Sized,
+    P: AssistPolicy,
+    F: FnMut(&mut V) -> ControlFlow<()>,
+{
+    drive(
+        vcpu,
+        handler,
+        stop,
+        |vcpu| inspector.poll(vcpu),
+        |vcpu, action| {
+            assist
+                .resolve(vcpu, memory, action)
+                .map_err(|e| e.into_source())
+        },
+    )
+}
+
+/// The loop every driver shares: check `stop`, let `pause` inspect the vCPU, run, hand the exits
+/// to `handler`, let `resolve` look at the resulting action with the vCPU at hand, then resume,
+/// park or stop.
 fn drive<V, H>(
     vcpu: &mut V,
     handler: &H,
     stop: &AtomicBool,
+    mut pause: impl FnMut(&mut V) -> ControlFlow<()>,
     mut resolve: impl FnMut(&mut V, ExitAction) -> Result<ExitAction, V::Error>,
 ) -> Result<LoopExit, V::Error>
 where
@@ -235,7 +301,7 @@ where
     H: ExitHandler + ?Sized,
 {
     loop {
-        if stop.load(Ordering::Acquire) {
+        if stop.load(Ordering::Acquire) || pause(vcpu).is_break() {
             return Ok(LoopExit::StopRequested);
         }
         let action = match vcpu.run()? {
@@ -253,6 +319,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmkit_exits::VcpuState;
 
     #[test]
     fn one_exit_yields_once() {
@@ -342,8 +409,8 @@ mod tests {
     fn the_assist_completes_emulation_failures_in_the_loop() {
         use crate::fake::{FakeVcpu, ScriptedExit};
         use vm_memory::{GuestAddress, GuestMemoryMmap};
+        use vmkit_exits::InsnBytes;
         use vmkit_exits::state::Exception;
-        use vmkit_exits::{InsnBytes, VcpuState};
 
         let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         let assist = EmulationAssist::default();
@@ -395,5 +462,134 @@ mod tests {
             vcpu.run_loop_with_assist(&handler, &assist, &memory, &stop)
                 .is_err()
         );
+    }
+
+    /// A handler that asks for a pause while it handles an exit (as another thread would while
+    /// the guest runs): the inspection runs once, before the next entry, with `&mut` access, and
+    /// the loop then goes on; several requests run it once.
+    #[test]
+    fn a_requested_pause_inspects_the_vcpu_between_two_entries() {
+        use crate::fake::{FakeVcpu, ScriptedExit};
+        use std::cell::RefCell;
+
+        let mut vcpu = FakeVcpu::new(0);
+        vcpu.push(ScriptedExit::IoOut {
+            port: 0x3f8,
+            size: 1,
+            data: vec![b'a'],
+        })
+        .push(ScriptedExit::IoOut {
+            port: 0x3f8,
+            size: 1,
+            data: vec![b'b'],
+        })
+        .push(ScriptedExit::Shutdown);
+        let events = RefCell::new(Vec::new());
+        let mut inspector = Inspector::new(|vcpu: &mut FakeVcpu| {
+            let mut regs = vcpu.registers().unwrap();
+            events
+                .borrow_mut()
+                .push(format!("inspect rip={}", regs.rip));
+            regs.rip = 0x1234;
+            vcpu.set_registers(&regs).unwrap();
+            ControlFlow::Continue(())
+        });
+        let pause = inspector.handle(vcpu.kicker());
+        assert!(!pause.is_pending());
+        let handler = |exit: VmExit<'_>| match exit {
+            VmExit::IoOut { data, .. } => {
+                events
+                    .borrow_mut()
+                    .push(format!("out {}", char::from(data[0])));
+                if data == b"a" {
+                    pause.pause();
+                    pause.pause();
+                }
+                ExitAction::Resume
+            }
+            VmExit::Shutdown => ExitAction::Stop(StopReason::TripleFault),
+            other => panic!("unexpected {other:?}"),
+        };
+        let stop = AtomicBool::new(false);
+        assert_eq!(
+            run_until_stop_inspected(&mut vcpu, &handler, &stop, &mut inspector),
+            Ok(LoopExit::Stopped(StopReason::TripleFault))
+        );
+        assert_eq!(*events.borrow(), ["out a", "inspect rip=0", "out b"]);
+        assert!(!pause.is_pending(), "the inspection consumed the request");
+        assert_eq!(
+            vcpu.registers().unwrap().rip,
+            0x1234,
+            "inspections may write"
+        );
+        // The kick that came with the request cost one extra run, no exit.
+        assert_eq!(vcpu.runs(), 4);
+    }
+
+    /// An inspection that breaks ends the loop before the guest runs again; a set stop flag wins
+    /// over a pending request, which stays pending; the assist's loop inspects too.
+    #[test]
+    fn an_inspection_can_end_the_loop_and_stop_comes_first() {
+        use crate::fake::{FakeVcpu, ScriptedExit};
+        use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+        let mut vcpu = FakeVcpu::new(0);
+        vcpu.push(ScriptedExit::Hlt);
+        let mut inspections = 0;
+        let mut inspector = Inspector::new(|_: &mut FakeVcpu| {
+            inspections += 1;
+            ControlFlow::Break(())
+        });
+        let pause = inspector.handle(vcpu.kicker());
+        let handler = |_: VmExit<'_>| ExitAction::Resume;
+        let stop = AtomicBool::new(true);
+        pause.pause();
+        assert_eq!(
+            run_until_stop_inspected(&mut vcpu, &handler, &stop, &mut inspector),
+            Ok(LoopExit::StopRequested)
+        );
+        assert!(pause.is_pending(), "stop was checked first");
+
+        stop.store(false, Ordering::Release);
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let assist = EmulationAssist::default();
+        assert_eq!(
+            run_until_stop_with_assist_inspected(
+                &mut vcpu,
+                &handler,
+                &assist,
+                &memory,
+                &stop,
+                &mut inspector
+            ),
+            Ok(LoopExit::StopRequested)
+        );
+        assert!(!pause.is_pending());
+        assert_eq!(vcpu.runs(), 0, "the guest never ran");
+        assert_eq!(vcpu.remaining(), 1);
+        drop(inspector);
+        assert_eq!(inspections, 1);
+    }
+
+    /// Without a request the inspected loop behaves as the plain one.
+    #[test]
+    fn an_idle_inspector_changes_nothing() {
+        use crate::fake::{FakeVcpu, ScriptedExit};
+
+        let mut vcpu = FakeVcpu::new(0);
+        vcpu.push(ScriptedExit::Hlt).push(ScriptedExit::Shutdown);
+        let mut inspector = Inspector::new(|_: &mut FakeVcpu| -> ControlFlow<()> {
+            panic!("nobody asked for a pause")
+        });
+        let handler = |exit: VmExit<'_>| match exit {
+            VmExit::Hlt => ExitAction::Halt,
+            _ => ExitAction::Stop(StopReason::TripleFault),
+        };
+        let stop = AtomicBool::new(false);
+        assert_eq!(
+            run_until_stop_inspected(&mut vcpu, &handler, &stop, &mut inspector),
+            Ok(LoopExit::Stopped(StopReason::TripleFault))
+        );
+        assert_eq!((vcpu.runs(), vcpu.halts()), (2, 1));
     }
 }
