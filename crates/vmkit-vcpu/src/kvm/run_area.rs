@@ -96,10 +96,21 @@ impl Drop for RunArea {
 pub(crate) struct ImmediateExit(*mut u8);
 
 // SAFETY: the pointer is only dereferenced through `set`, an atomic store whose callers prove the
-// mapping alive: its owner, or a kicker under the kick lock while the owner is inside `KVM_RUN`.
+// mapping alive: its owner, or a kicker the owner waits for before it leaves its kick window.
 unsafe impl Send for ImmediateExit {}
 
 impl ImmediateExit {
+    /// The byte's address, for the kick state to publish to kickers.
+    pub(crate) fn as_ptr(self) -> *mut u8 {
+        self.0
+    }
+
+    /// The byte at `ptr` (an address [`ImmediateExit::as_ptr`] returned); only [`set`](Self::set),
+    /// whose callers prove the mapping alive, dereferences it.
+    pub(crate) fn from_ptr(ptr: *mut u8) -> Self {
+        Self(ptr)
+    }
+
     /// Stores `value` (1 makes the next or current `KVM_RUN` return `EINTR` at once).
     ///
     /// # Safety
