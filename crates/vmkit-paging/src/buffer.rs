@@ -55,11 +55,43 @@ impl BufferMemory {
     /// dropped), built frame by frame without a per-word bounds check.
     #[cfg(any(test, feature = "reference"))]
     pub(crate) fn from_words(words: &[u64]) -> BufferMemory {
-        let frames = words
-            .chunks_exact(TABLE_ENTRIES)
-            .map(|chunk| Frame(core::array::from_fn(|i| AtomicU64::new(chunk[i]))))
-            .collect();
-        BufferMemory { base: 0, frames }
+        let mut buffer = BufferMemory {
+            base: 0,
+            frames: Vec::new(),
+        };
+        buffer.load_words(words);
+        buffer
+    }
+
+    /// Makes this buffer hold `words` from physical address 0 (whole frames: a partial last
+    /// frame is dropped), reusing its frames: refilling a buffer per input allocates nothing
+    /// once it has grown.
+    #[cfg(any(test, feature = "reference"))]
+    pub(crate) fn load_words(&mut self, words: &[u64]) {
+        let chunks = words.chunks_exact(TABLE_ENTRIES);
+        self.base = 0;
+        self.frames.truncate(chunks.len());
+        let reused = self.frames.len();
+        for (frame, chunk) in self.frames.iter_mut().zip(chunks.clone()) {
+            for (word, value) in frame.0.iter_mut().zip(chunk) {
+                *word.get_mut() = *value;
+            }
+        }
+        self.frames.extend(
+            chunks
+                .skip(reused)
+                .map(|chunk| Frame(core::array::from_fn(|i| AtomicU64::new(chunk[i])))),
+        );
+    }
+
+    /// Sets every word to zero, keeping the frames.
+    #[cfg(any(test, feature = "reference"))]
+    pub(crate) fn zero(&mut self) {
+        for frame in &mut self.frames {
+            for word in &mut frame.0 {
+                *word.get_mut() = 0;
+            }
+        }
     }
 
     /// Every word of the buffer, in address order.
@@ -69,6 +101,23 @@ impl BufferMemory {
             .iter()
             .flat_map(|frame| frame.0.iter().map(|word| word.load(Ordering::Relaxed)))
             .collect()
+    }
+
+    /// Whether the buffer holds exactly `words`, without collecting its own.
+    #[cfg(any(test, feature = "reference"))]
+    pub(crate) fn holds_words(&self, words: &[u64]) -> bool {
+        self.frames.len() * TABLE_ENTRIES == words.len()
+            && self
+                .frames
+                .iter()
+                .zip(words.chunks_exact(TABLE_ENTRIES))
+                .all(|(frame, chunk)| {
+                    frame
+                        .0
+                        .iter()
+                        .zip(chunk)
+                        .all(|(word, value)| word.load(Ordering::Relaxed) == *value)
+                })
     }
 
     /// The physical address of the first byte.

@@ -14,11 +14,21 @@
 //! [`seeds`]), the rest drive the table generator, which continues from a generator seeded by
 //! the input when the bytes run out.
 
-use vmkit_paging::reference::differential;
+use std::cell::RefCell;
+
+use vmkit_paging::reference::differential::{self, Scratch};
+
+thread_local! {
+    /// The memories of the last input, reused by the next: a fresh allocation per input costs
+    /// more than the walks under the sanitizer (its quarantine hands out new pages each time).
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
 
 /// Target body: any disagreement between the walks is a bug.
 pub fn run(data: &[u8]) {
-    if let Err(mismatch) = differential::check(data) {
+    if let Err(mismatch) =
+        SCRATCH.with_borrow_mut(|scratch| differential::check_reusing(data, scratch))
+    {
         panic!("paging walks disagree: {mismatch}");
     }
 }

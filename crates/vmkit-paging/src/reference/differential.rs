@@ -24,9 +24,43 @@ use crate::{
 
 /// Decodes `data` into a scenario and checks it; `Err` describes the first disagreement.
 pub fn check(data: &[u8]) -> Result<(), String> {
-    let mut scenario = Scenario::from_bytes(data);
-    let words = core::mem::take(&mut scenario.words);
-    check_with(&scenario, words)
+    check_reusing(data, &mut Scratch::default())
+}
+
+/// The memories one check works on, kept between checks by [`check_reusing`]: a fuzzer that
+/// checks input after input then allocates (and page-faults in) none of them again.
+pub struct Scratch {
+    /// The scenario's memory, then the reference's.
+    words: Vec<u64>,
+    /// The crate walk's copy.
+    walked: Vec<u64>,
+    /// The composition's copy (nested paging only).
+    composed: Vec<u64>,
+    /// The copy the whole-table fast path walks.
+    buffer: BufferMemory,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            words: Vec::new(),
+            walked: Vec::new(),
+            composed: Vec::new(),
+            buffer: BufferMemory::from_words(&[]),
+        }
+    }
+}
+
+/// [`check`] with the memories of `scratch`, left in it for the next input; nothing of one input
+/// reaches the next.
+pub fn check_reusing(data: &[u8], scratch: &mut Scratch) -> Result<(), String> {
+    let mut scenario = Scenario::from_bytes_in(data, core::mem::take(&mut scratch.words));
+    let mut reference = naive::Memory {
+        words: core::mem::take(&mut scenario.words),
+    };
+    let result = check_with(&scenario, &mut reference, scratch);
+    scratch.words = reference.words;
+    result
 }
 
 /// The crate's view of a scenario's nested paging.
@@ -346,30 +380,42 @@ fn composition<N: NestedFormat>(
 
 /// Checks one scenario; `Err` describes the first disagreement.
 pub fn check_scenario(scenario: &Scenario) -> Result<(), String> {
-    check_with(scenario, scenario.words.clone())
+    let mut reference = naive::Memory {
+        words: scenario.words.clone(),
+    };
+    check_with(scenario, &mut reference, &mut Scratch::default())
 }
 
-/// [`check_scenario`] with the scenario's memory given apart (`scenario.words` is not used):
-/// one copy fewer per input.
-fn check_with(scenario: &Scenario, words: Vec<u64>) -> Result<(), String> {
+/// [`check_scenario`] with the scenario's memory given apart as `reference` (`scenario.words` is
+/// not used), and the other memories built in `scratch`.
+fn check_with(
+    scenario: &Scenario,
+    reference: &mut naive::Memory,
+    scratch: &mut Scratch,
+) -> Result<(), String> {
     let guest = guest_paging(scenario);
     let host = host_paging(scenario);
-    let mut reference = naive::Memory { words };
-    let mut walked_words = reference.words.clone();
+    let walked_words = &mut scratch.walked;
+    walked_words.clear();
+    walked_words.extend_from_slice(&reference.words);
     // The composition runs only with nested paging.
-    let mut composed_words = match host {
-        Host::None => Vec::new(),
-        _ => reference.words.clone(),
-    };
+    let composed_words = &mut scratch.composed;
+    composed_words.clear();
+    if !matches!(host, Host::None) {
+        composed_words.extend_from_slice(&reference.words);
+    }
     let walked = CellMemory(Cell::from_mut(walked_words.as_mut_slice()).as_slice_of_cells());
     let composed = CellMemory(Cell::from_mut(composed_words.as_mut_slice()).as_slice_of_cells());
     // The same memory as a `BufferMemory`, whose walks take the whole-table fast path
     // (`PhysMemory::table`), when it can have exactly the same extent.
-    let buffered = buffer_of(&reference.words);
+    let buffered = reference.words.len().is_multiple_of(512).then(|| {
+        scratch.buffer.load_words(&reference.words);
+        &scratch.buffer
+    });
     for (step, spec) in scenario.accesses.iter().enumerate() {
         let access = access_of(spec.kind, spec.mode);
         let expected = naive::translate(
-            &mut reference,
+            reference,
             &scenario.guest,
             &scenario.nested,
             spec.gva,
@@ -423,35 +469,31 @@ fn check_with(scenario: &Scenario, words: Vec<u64>) -> Result<(), String> {
             ));
         }
     }
-    if let Some(buffer) = &buffered {
-        let words = buffer.words();
-        if words != walked_words {
-            return Err(first_difference("buffer walk", &words, &walked_words));
-        }
+    let walked_words: &[u64] = walked_words;
+    if let Some(buffer) = buffered
+        && !buffer.holds_words(walked_words)
+    {
+        return Err(first_difference(
+            "buffer walk",
+            &buffer.words(),
+            walked_words,
+        ));
     }
     if walked_words != reference.words {
         return Err(first_difference(
             "crate walk",
-            &walked_words,
+            walked_words,
             &reference.words,
         ));
     }
-    if !matches!(host, Host::None) && composed_words != reference.words {
+    if !matches!(host, Host::None) && *composed_words != reference.words {
         return Err(first_difference(
             "composition",
-            &composed_words,
+            composed_words,
             &reference.words,
         ));
     }
     Ok(())
-}
-
-/// `words` from address 0 in a [`BufferMemory`], if they fill whole frames.
-fn buffer_of(words: &[u64]) -> Option<BufferMemory> {
-    if !words.len().is_multiple_of(512) {
-        return None;
-    }
-    Some(BufferMemory::from_words(words))
 }
 
 fn first_difference(what: &str, got: &[u64], expected: &[u64]) -> String {

@@ -473,6 +473,15 @@ const MAXPHYADDRS: [u8; 6] = [36, 39, 40, 46, 48, 52];
 impl Scenario {
     /// The scenario `data` describes.
     pub fn from_bytes(data: &[u8]) -> Scenario {
+        Self::from_bytes_in(data, Vec::new())
+    }
+
+    /// [`from_bytes`](Self::from_bytes) with the scenario's memory built in `words` (cleared
+    /// first), so that a caller decoding input after input reuses one allocation.
+    pub fn from_bytes_in(data: &[u8], mut words: Vec<u64>) -> Scenario {
+        // Room for every page, touched only as pages are written: no regrowth copies.
+        words.clear();
+        words.reserve((PAGES * 512) as usize);
         let mut src = Source::new(data);
         let mode = src.byte();
         let flags = src.byte();
@@ -491,8 +500,7 @@ impl Scenario {
         let host_maxphyaddr = MAXPHYADDRS[src.below(6) as usize];
         let mut build = Build {
             src,
-            // Room for every page, touched only as pages are written: no regrowth copies.
-            words: Vec::with_capacity((PAGES * 512) as usize),
+            words,
             next_page: 0,
             guest,
             nested: Nested::None,

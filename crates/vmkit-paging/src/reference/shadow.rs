@@ -192,14 +192,14 @@ impl PhysMemory for Overlay<'_> {
 }
 
 /// The run of one input.
-struct Run {
-    mem: BufferMemory,
+struct Run<'a> {
+    mem: &'a BufferMemory,
     map: GpaRanges,
     mmu: ShadowMmu,
     policy: SyncPolicy,
     /// Every write to guest memory, in order: (address, old value). A moment is a length of
     /// it: the memory after that many writes.
-    history: Vec<(u64, u64)>,
+    history: &'a mut Vec<(u64, u64)>,
     /// The moment of the last invalidation of everything.
     barrier: usize,
     /// The moment of the last invalidation of a page.
@@ -217,7 +217,7 @@ pub struct Coverage {
     pub stale_hits: u64,
 }
 
-impl Run {
+impl Run<'_> {
     fn record(&mut self, log: &[(u64, u64, u64)]) {
         for &(addr, old, _) in log {
             self.history.push((addr, old));
@@ -255,7 +255,7 @@ impl Run {
                 undo.insert(addr, old);
             }
             let then = Overlay {
-                mem: &self.mem,
+                mem: self.mem,
                 undo: undo.clone(),
             };
             if let Ok(walked) = walker.probe(&then, gva, access)
@@ -269,7 +269,7 @@ impl Run {
     }
 
     fn access(&mut self, gva: u64, access: Access) -> Result<Option<u64>, String> {
-        let logged = Logged::new(&self.mem);
+        let logged = Logged::new(self.mem);
         let got = self.mmu.translate(&logged, &self.map, gva, access);
         let shadow_writes = logged.log.into_inner();
         let walker = self.mmu.paging().walker();
@@ -279,7 +279,7 @@ impl Run {
             if !shadow_writes.is_empty() {
                 return Err(format!("hit of {gva:#x} wrote {shadow_writes:x?}"));
             }
-            let fresh = Logged::new(&self.mem);
+            let fresh = Logged::new(self.mem);
             let walked = walker.translate(&fresh, gva, access);
             let fresh_writes = fresh.log.into_inner();
             let current = matches!(&walked, Ok(walked) if self.same(hit, walked));
@@ -307,7 +307,7 @@ impl Run {
         for &(addr, old, _) in shadow_writes.iter().rev() {
             let _ = self.mem.write_u64(addr, old);
         }
-        let fresh = Logged::new(&self.mem);
+        let fresh = Logged::new(self.mem);
         let walked = walker.translate(&fresh, gva, access);
         let fresh_writes = fresh.log.into_inner();
         self.record(&fresh_writes);
@@ -363,6 +363,40 @@ pub fn check(data: &[u8]) -> Result<(), String> {
 
 /// [`check`], returning what the run went through.
 pub fn run(data: &[u8]) -> Result<Coverage, String> {
+    run_reusing(data, &mut Scratch::default())
+}
+
+/// The guest memory and write history one run works on, kept between runs by [`run_reusing`]: a
+/// fuzzer that runs input after input then allocates (and page-faults in) neither again.
+#[derive(Default)]
+pub struct Scratch {
+    mem: Option<BufferMemory>,
+    history: Vec<(u64, u64)>,
+}
+
+/// [`run`] with the memories of `scratch` (cleared first, and left in it for the next input).
+pub fn run_reusing(data: &[u8], scratch: &mut Scratch) -> Result<Coverage, String> {
+    let mem = match &mut scratch.mem {
+        Some(mem) => {
+            mem.zero();
+            mem
+        }
+        empty => {
+            empty.insert(BufferMemory::new(0, TABLE_PAGES << 12).map_err(|err| format!("{err}"))?)
+        }
+    };
+    let mut history = core::mem::take(&mut scratch.history);
+    history.clear();
+    let result = run_in(data, mem, &mut history);
+    scratch.history = history;
+    result
+}
+
+fn run_in(
+    data: &[u8],
+    mem: &BufferMemory,
+    history: &mut Vec<(u64, u64)>,
+) -> Result<Coverage, String> {
     let seed = data
         .iter()
         .fold(0x9e37_79b9_7f4a_7c15u64 ^ data.len() as u64, |h, &b| {
@@ -380,7 +414,6 @@ pub fn run(data: &[u8]) -> Result<Coverage, String> {
     } else {
         SyncPolicy::Resync
     };
-    let mem = BufferMemory::new(0, TABLE_PAGES << 12).map_err(|err| format!("{err}"))?;
     // Tables: entries at the indices addresses use, in every page.
     for page in 0..TABLE_PAGES {
         for index in [0u64, 1, 2, 511] {
@@ -408,7 +441,7 @@ pub fn run(data: &[u8]) -> Result<Coverage, String> {
         map: gpa_map(),
         mmu,
         policy,
-        history: Vec::new(),
+        history,
         barrier: 0,
         page_barriers: BTreeMap::new(),
         stale_hits: 0,
@@ -439,7 +472,7 @@ pub fn run(data: &[u8]) -> Result<Coverage, String> {
                 let store = Access::write(Privilege::Supervisor);
                 match run.access(gva, store).map_err(fail)? {
                     Some(gpa) if gpa & 1 == 1 => {
-                        let logged = Logged::new(&run.mem);
+                        let logged = Logged::new(run.mem);
                         let _ = run.mmu.write_guest(&logged, gpa & !1, value);
                         let log = logged.log.into_inner();
                         run.record(&log);
@@ -453,7 +486,7 @@ pub fn run(data: &[u8]) -> Result<Coverage, String> {
                 let gpa = (src.below(TABLE_PAGES as u32) << 12)
                     + [0u64, 8, 16, 4088][src.below(4) as usize];
                 let value = entry(&mut src);
-                let logged = Logged::new(&run.mem);
+                let logged = Logged::new(run.mem);
                 let _ = run.mmu.write_guest(&logged, gpa, value);
                 let log = logged.log.into_inner();
                 run.record(&log);
