@@ -5,6 +5,13 @@
 //! (LSR reads THR-empty and transmitter-idle), so a guest polling LSR before each byte never
 //! waits. A wider access is split into byte accesses at consecutive registers; offsets past the
 //! eight registers read [`OPEN_BUS`] and ignore writes.
+//!
+//! The output is written under the UART's lock, on the thread of the vCPU whose `out` sent the
+//! byte, so it must never block: a write that waits for the host (stdout a pipe nobody reads, a
+//! terminal on hold) stalls that vCPU and every other one that touches the UART. Give it a
+//! bounded buffer drained by a thread of the VMM's own, which refuses bytes when full (the
+//! reference VMM does): a refused byte is counted ([`SerialDevice::bytes_lost`]) and the guest
+//! runs on.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -65,11 +65,13 @@ pub struct Cli {
     #[arg(long, value_name = "boot=N", default_value = "boot=1", value_parser = parse_cpus)]
     pub cpus: CpusConfig,
 
-    /// Where the guest's COM1 goes: `tty` (stdin/stdout), `file=<path>`, `null` or `off`.
+    /// Where the guest's COM1 goes: `tty` (stdin/stdout), `file=<path>[,limit=<size>]` (at
+    /// most `size` bytes, K/M/G/T suffixes allowed, appended), `null` or `off`. Output the host
+    /// does not take in time is dropped and counted (--stats), never waited for.
     #[arg(long, value_name = "MODE", default_value = "tty", value_parser = parse_serial)]
     pub serial: SerialConfig,
 
-    /// Stop the VM after this many seconds (fractions allowed).
+    /// Stop the VM after this many seconds (fractions allowed, at most 1e9).
     #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
 
@@ -81,6 +83,17 @@ pub struct Cli {
     /// lines at ports 0x2000-0x2017, 64 KiB of scratch memory at 0xff000000.
     #[arg(long)]
     pub testdev: bool,
+
+    /// Confine each VMM thread to the system calls it needs (seccomp): `true` (a call outside
+    /// its list ends the VMM with status 159), `log` (allowed, and logged by the kernel) or
+    /// `false`.
+    #[arg(
+        long,
+        value_name = "true|false|log",
+        default_value = "true",
+        value_parser = reference_vmm_seccomp::parse_mode
+    )]
+    pub seccomp: reference_vmm_seccomp::SeccompMode,
 }
 
 /// `--builtin`: the guests built into the binary.
@@ -128,7 +141,12 @@ pub enum SerialConfig {
     /// Output to stdout, input from stdin.
     Tty,
     /// Output appended to a file.
-    File(PathBuf),
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The most bytes this run appends; the rest is dropped and counted.
+        limit: Option<u64>,
+    },
     /// Output discarded; the UART still exists.
     Null,
     /// No UART at all.
@@ -228,17 +246,37 @@ fn parse_serial(s: &str) -> anyhow::Result<SerialConfig> {
         "tty" => SerialConfig::Tty,
         "null" => SerialConfig::Null,
         "off" => SerialConfig::Off,
-        _ => match s.strip_prefix("file=") {
-            Some(path) if !path.is_empty() => SerialConfig::File(PathBuf::from(path)),
-            _ => bail!("expected tty, null, off or file=<path>, got {s:?}"),
-        },
+        _ if s.starts_with("file=") => {
+            let (mut path, mut limit) = (None, None);
+            for (k, v) in options(s, &["file", "limit"])? {
+                match k {
+                    "file" if v.is_empty() => bail!("empty file="),
+                    "file" => path = Some(PathBuf::from(v)),
+                    _ => match parse_size(v)? {
+                        0 => bail!("limit must be at least 1 byte (--serial null drops all)"),
+                        n => limit = Some(n),
+                    },
+                }
+            }
+            SerialConfig::File {
+                path: path.context("missing file=")?,
+                limit,
+            }
+        }
+        _ => bail!("expected tty, null, off or file=<path>[,limit=<size>], got {s:?}"),
     })
 }
+
+/// The longest `--timeout`, in seconds (about 31 years): any later deadline is representable.
+pub const MAX_TIMEOUT_SECS: u64 = 1_000_000_000;
 
 fn parse_timeout(s: &str) -> anyhow::Result<Duration> {
     let secs: f64 = s
         .parse()
         .with_context(|| format!("invalid number of seconds {s:?}"))?;
+    if secs > MAX_TIMEOUT_SECS as f64 {
+        bail!("timeout must be at most {MAX_TIMEOUT_SECS} seconds, got {s:?}");
+    }
     Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|d| !d.is_zero())
@@ -280,15 +318,37 @@ mod tests {
         assert_eq!(parse_serial("null").unwrap(), SerialConfig::Null);
         assert_eq!(
             parse_serial("file=/tmp/x").unwrap(),
-            SerialConfig::File("/tmp/x".into())
+            SerialConfig::File {
+                path: "/tmp/x".into(),
+                limit: None
+            }
+        );
+        assert_eq!(
+            parse_serial("file=/tmp/x,limit=2M").unwrap(),
+            SerialConfig::File {
+                path: "/tmp/x".into(),
+                limit: Some(2 << 20)
+            }
         );
         assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("file=x,limit=0").is_err());
+        assert!(parse_serial("file=x,limit=lots").is_err());
+        assert!(parse_serial("file=x,limit=99999999999T").is_err());
+        assert!(parse_serial("file=x,size=1M").is_err());
         assert!(parse_serial("pty").is_err());
         assert_eq!(parse_timeout("1.5").unwrap(), Duration::from_millis(1500));
         assert!(parse_timeout("0").is_err());
         assert!(parse_timeout("-3").is_err());
         assert!(parse_timeout("inf").is_err());
         assert!(parse_timeout("nan").is_err());
+        // Past the limit: `Instant + Duration` would overflow.
+        assert!(parse_timeout("1e19").is_err());
+        assert!(parse_timeout("1e300").is_err());
+        assert!(parse_timeout("1000000001").is_err());
+        assert_eq!(
+            parse_timeout("1000000000").unwrap(),
+            Duration::from_secs(MAX_TIMEOUT_SECS)
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use log::info;
@@ -25,7 +26,8 @@ pub struct Disks {
 }
 
 /// Opens and locks every image, before anything boots: a missing, unreadable, locked or
-/// wrongly sized image is an error naming it.
+/// wrongly sized image, or one that is neither a regular file nor a block device, is an error
+/// naming it.
 pub fn open_images(configs: &[DiskConfig]) -> Result<Vec<DiskImage>> {
     if configs.len() > MAX_DISKS {
         bail!(
@@ -35,7 +37,10 @@ pub fn open_images(configs: &[DiskConfig]) -> Result<Vec<DiskImage>> {
     }
     configs
         .iter()
-        .map(|c| DiskImage::open(&c.path, c.readonly).context("--disk"))
+        .map(|c| {
+            crate::files::check_disk(&c.path).context("--disk")?;
+            DiskImage::open(&c.path, c.readonly).context("--disk")
+        })
         .collect()
 }
 
@@ -105,12 +110,14 @@ impl Disks {
         &self.intx
     }
 
-    /// One line per disk with its transport and block counters.
-    pub fn print_stats(&self, out: &mut dyn Write) {
+    /// One line per disk with its transport and block counters; a disk whose lock a thread
+    /// still holds at `deadline` (one that did not stop) is said to be busy.
+    pub fn print_stats(&self, out: &mut dyn Write, deadline: Instant) {
         for (name, device) in &self.devices {
-            let device = device
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(device) = crate::lifecycle::lock_until(device, deadline) else {
+                let _ = writeln!(out, "  {name}: busy (held by a thread that did not stop)");
+                continue;
+            };
             let pci = device.stats();
             let blk = device.device().stats();
             let _ = writeln!(

@@ -6,10 +6,12 @@
 //! | 100 | the guest asked for a reset (the reference VMM does not reboot) |
 //! | 101 | a vCPU shut down: triple fault |
 //! | 102 | the guest crashed or stopped in a way the VMM cannot continue: crash event, failed entry, internal/emulation error, an unhandled exit |
+//! | 123 | a VMM thread panicked (a bug in the VMM); one line names the thread |
 //! | 124 | `--timeout` expired |
 //! | 125 | VMM error: bad command line or file, or a failure of the VMM itself |
 //! | 130 | stopped by SIGINT |
 //! | 143 | stopped by SIGTERM |
+//! | 159 | a VMM thread made a system call outside its seccomp list (`--seccomp true`, the default); one line names the thread and the call |
 
 use vmkit_exits::StopReason;
 
@@ -21,6 +23,8 @@ pub const RESET: u8 = 100;
 pub const TRIPLE_FAULT: u8 = 101;
 /// The guest crashed or hit an exit the VMM cannot continue from.
 pub const GUEST_FAILURE: u8 = 102;
+/// A thread of the VMM panicked.
+pub const VMM_PANIC: u8 = 123;
 /// The timeout expired.
 pub const TIMEOUT: u8 = 124;
 /// The VMM itself failed (including bad user input).
@@ -29,6 +33,9 @@ pub const VMM_ERROR: u8 = 125;
 pub const SIGINT: u8 = 130;
 /// Stopped by SIGTERM.
 pub const SIGTERM: u8 = 143;
+/// A thread made a system call outside its seccomp list: 128 + SIGSYS, as a shell reports a
+/// process that signal ended.
+pub const SECCOMP_VIOLATION: u8 = 128 + libc::SIGSYS as u8;
 
 /// The exit status for a VM that stopped for `reason`.
 pub fn for_stop(reason: &StopReason) -> u8 {
@@ -62,10 +69,12 @@ mod tests {
             RESET,
             TRIPLE_FAULT,
             GUEST_FAILURE,
+            VMM_PANIC,
             TIMEOUT,
             VMM_ERROR,
             SIGINT,
             SIGTERM,
+            SECCOMP_VIOLATION,
         ];
         for (i, a) in all.iter().enumerate() {
             assert!(u32::from(*a) > GUEST_STATUS_MAX);

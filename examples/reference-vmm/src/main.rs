@@ -8,9 +8,13 @@ mod boot;
 mod cli;
 mod disks;
 mod exit_code;
+mod files;
 mod guests;
 mod interrupts;
+mod lifecycle;
 mod logger;
+mod serial_output;
+mod stderr;
 mod terminal;
 mod vm;
 
@@ -38,11 +42,19 @@ fn main() -> ExitCode {
             return ExitCode::from(exit_code::VMM_ERROR);
         }
     };
-    match vm::run(&cli, process_start) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("reference-vmm: {e:#}");
+    // A panic on any thread is one line naming the thread and a status of its own.
+    lifecycle::install_panic_hook();
+    match std::panic::catch_unwind(|| vm::run(&cli, process_start)) {
+        Ok(Ok(code)) => ExitCode::from(code),
+        Ok(Err(e)) => {
+            stderr::line(format_args!("{e:#}"));
             ExitCode::from(exit_code::VMM_ERROR)
+        }
+        Err(payload) => {
+            terminal::restore();
+            let panic = lifecycle::ThreadPanic::caught("main", payload.as_ref());
+            stderr::line(format_args!("{panic}; VM stopped"));
+            ExitCode::from(exit_code::VMM_PANIC)
         }
     }
 }

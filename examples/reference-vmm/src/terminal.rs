@@ -3,10 +3,27 @@
 use std::io::IsTerminal;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
+use std::sync::{Mutex, PoisonError};
+
+/// The settings [`RawStdin::enable`] replaced, until they are restored.
+static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
 
 /// Restores the terminal's original settings when dropped.
 pub struct RawStdin {
-    saved: libc::termios,
+    _private: (),
+}
+
+/// Restores the terminal settings [`RawStdin::enable`] replaced, if it did and nobody restored
+/// them yet: the guard's drop does, and so does a VMM that exits at once (a second signal).
+pub fn restore() {
+    let saved = SAVED.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(saved) = saved {
+        // SAFETY: stdin is open for the life of the process and `saved` is the termios read from
+        // it in `enable`; a failure leaves the terminal as it was and is not actionable here.
+        unsafe {
+            libc::tcsetattr(std::io::stdin().as_raw_fd(), libc::TCSANOW, &saved);
+        }
+    }
 }
 
 impl RawStdin {
@@ -35,16 +52,13 @@ impl RawStdin {
         if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
             return None;
         }
-        Some(Self { saved })
+        *SAVED.lock().unwrap_or_else(PoisonError::into_inner) = Some(saved);
+        Some(Self { _private: () })
     }
 }
 
 impl Drop for RawStdin {
     fn drop(&mut self) {
-        // SAFETY: stdin is open for the life of the process and `saved` is the termios read from
-        // it in `enable`; a failure leaves the terminal as it was and is not actionable here.
-        unsafe {
-            libc::tcsetattr(std::io::stdin().as_raw_fd(), libc::TCSANOW, &self.saved);
-        }
+        restore();
     }
 }

@@ -1,7 +1,7 @@
 //! Builds the VM from the command line, runs it, and turns how it ended into an exit status.
 
 use std::borrow::Cow;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use reference_vmm_seccomp::{Filters, ThreadKind};
 use vmkit_boot::mark_acpi_memory;
 use vmkit_devices::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN, AcpiPmDevice};
 use vmkit_devices::cmos::{CMOS_PORT, CMOS_PORT_LEN, CmosRtc};
@@ -31,11 +32,18 @@ use crate::boot;
 use crate::cli::{BuiltinGuest, Cli, SerialConfig};
 use crate::disks::{self, Disks};
 use crate::exit_code;
+use crate::files;
 use crate::guests::{ASSIST_ELF, EXITS_ELF, HELLO_ELF};
 use crate::interrupts::IrqLine;
-use crate::terminal::RawStdin;
+use crate::lifecycle::{self, REPORT_GRACE, STOP_GRACE, ThreadPanic};
+use crate::serial_output::{self, SerialDrain, SerialOutput};
+use crate::stderr;
+use crate::terminal::{self, RawStdin};
 
 type Serial = SerialDevice<IrqLine, Box<dyn Write + Send>>;
+
+/// The two ends of COM1's output buffer: the UART's, and the serial output thread's.
+type SerialBuffer = (SerialOutput, SerialDrain);
 
 /// The exit handler the vCPUs share: the dispatcher, the emulation assist that completes what
 /// the backend could not emulate, and the time of the first exit.
@@ -60,12 +68,36 @@ enum Event {
         result: Result<LoopExit, String>,
     },
     Signal(i32),
+    Panicked(ThreadPanic),
+    /// A thread could not start its work (it could not install its seccomp list).
+    Failed(String),
 }
 
 enum Outcome {
     Stopped { vcpu: u32, reason: StopReason },
     Timeout(Duration),
     Signal(i32),
+    Panicked(ThreadPanic),
+}
+
+/// What a thread of the VMM does when it panics: tells the main loop, which ends the VM.
+fn report_panic(tx: mpsc::Sender<Event>) -> impl FnOnce(ThreadPanic) + Send + 'static {
+    move |panic| {
+        let _ = tx.send(Event::Panicked(panic));
+    }
+}
+
+/// Confines the calling thread to `kind`'s seccomp list, the first thing every thread does; when
+/// it cannot, tells the main loop (which ends the VM) and returns `false`.
+fn confine(filters: &Filters, kind: ThreadKind, tx: &mpsc::Sender<Event>) -> bool {
+    match filters.apply(kind) {
+        Ok(()) => true,
+        Err(e) => {
+            let thread = thread::current().name().unwrap_or("unnamed").to_string();
+            let _ = tx.send(Event::Failed(format!("thread {thread}: {e}")));
+            false
+        }
+    }
 }
 
 /// Boots the VM `cli` describes and waits until it ends; returns the process exit status.
@@ -79,10 +111,7 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
     let (kernel_name, kernel): (String, Cow<'_, [u8]>) = match image {
         Some((what, path)) => (
             format!("{what} {}", path.display()),
-            Cow::Owned(
-                std::fs::read(path)
-                    .with_context(|| format!("cannot read {what} {}", path.display()))?,
-            ),
+            Cow::Owned(files::read_image(what, path)?),
         ),
         None => match cli.builtin.unwrap_or(BuiltinGuest::Hello) {
             BuiltinGuest::Hello => ("built-in hello guest".to_string(), Cow::Borrowed(HELLO_ELF)),
@@ -95,8 +124,7 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
     };
     let initramfs = match &cli.initramfs {
         Some(path) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("cannot read initramfs {}", path.display()))?;
+            let bytes = files::read_image("initramfs", path)?;
             if bytes.is_empty() {
                 anyhow::bail!("initramfs {} is empty", path.display());
             }
@@ -125,7 +153,7 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
     // Devices on the port-I/O bus.
     let io_bus = Arc::new(IoBus::new());
     let mmio_bus = Arc::new(MmioBus::new());
-    let serial = serial_device(&cli.serial, &vm)?;
+    let (serial, serial_output) = serial_device(&cli.serial, &vm)?;
     if let Some(serial) = &serial {
         register(&io_bus, COM1_PORT, SERIAL_PORT_LEN, "com1", serial.clone())?;
     }
@@ -207,37 +235,64 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
         .context("cannot set the boot vCPU's entry state")?;
     }
 
+    // One seccomp list per kind of thread: each thread spawned below installs its own first
+    // thing, and this thread installs the main list once they all run.
+    let filters = Filters::new(cli.seccomp, exit_code::SECCOMP_VIOLATION).context("--seccomp")?;
     let (tx, rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
+    // The guest's serial output, drained to the host by a thread of its own.
+    let serial_output = match serial_output {
+        Some((output, drain)) => {
+            let (filters, failed) = (filters.clone(), tx.clone());
+            let thread =
+                lifecycle::spawn("serial-out".into(), report_panic(tx.clone()), move || {
+                    if confine(&filters, ThreadKind::SerialOutput, &failed) {
+                        drain.run()
+                    }
+                })
+                .context("cannot start the serial output thread")?;
+            Some((output, thread))
+        }
+        None => None,
+    };
     let mut kickers = Vec::with_capacity(vcpus.len());
     let mut threads = Vec::with_capacity(vcpus.len());
     for mut vcpu in vcpus {
         kickers.push(vcpu.kicker());
         let (tx, handler, stop) = (tx.clone(), handler.clone(), stop.clone());
         let memory = guest_mem.clone();
+        let filters = filters.clone();
         let id = vcpu.id();
-        let thread = thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || {
-                let result = vcpu
-                    .run_loop_with_assist(&*handler, &handler.assist, &memory, &stop)
-                    .map_err(|e| e.to_string());
-                let _ = tx.send(Event::VcpuEnded { id, result });
-            })
-            .context("cannot start a vCPU thread")?;
+        let thread = lifecycle::spawn(format!("vcpu{id}"), report_panic(tx.clone()), move || {
+            if !confine(&filters, ThreadKind::Vcpu, &tx) {
+                return;
+            }
+            let result = vcpu
+                .run_loop_with_assist(&*handler, &handler.assist, &memory, &stop)
+                .map_err(|e| e.to_string());
+            let _ = tx.send(Event::VcpuEnded { id, result });
+        })
+        .context("cannot start a vCPU thread")?;
         threads.push(thread);
     }
-    spawn_signal_thread(tx)?;
+    spawn_signal_thread(tx.clone(), stop.clone(), filters.clone())?;
     let _raw_stdin = match (&cli.serial, &serial) {
         (SerialConfig::Tty, Some(serial)) => {
-            spawn_stdin_thread(serial.clone())?;
+            spawn_stdin_thread(serial.clone(), tx, filters.clone())?;
             RawStdin::enable()
         }
         _ => None,
     };
+    // Last, this thread's own list: every other thread runs under its own by now.
+    filters
+        .apply(ThreadKind::Main)
+        .context("--seccomp: cannot confine the main thread")?;
 
-    // Wait for the first vCPU to stop the VM, a signal, or the timeout.
-    let deadline = cli.timeout.map(|t| (Instant::now() + t, t));
+    // Wait for the first vCPU to stop the VM, a signal, a panic, or the timeout. A timeout too
+    // far away to represent (the command line refuses those) is no timeout.
+    let deadline = cli
+        .timeout
+        .and_then(|t| Some((Instant::now().checked_add(t)?, t)));
     let outcome = loop {
         let event = match deadline {
             Some((at, limit)) => {
@@ -268,32 +323,66 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
                 break Err(anyhow::anyhow!("vCPU {id}: {e}"));
             }
             Event::Signal(signal) => break Ok(Outcome::Signal(signal)),
+            Event::Panicked(panic) => break Ok(Outcome::Panicked(panic)),
+            Event::Failed(e) => break Err(anyhow::anyhow!(e)),
         }
     };
     let guest_end = Instant::now();
 
-    // Stop every vCPU: set the flag, kick them out of KVM_RUN, join them.
+    // Stop every vCPU: set the flag, kick them out of KVM_RUN and join them; then let the
+    // serial output thread write what the guest left in the buffer. A thread still running at
+    // the deadline is abandoned: the process exits without it.
+    let stop_by = guest_end.checked_add(STOP_GRACE).unwrap_or(guest_end);
     stop.store(true, Ordering::Release);
     for kicker in &kickers {
         kicker.kick();
     }
-    for thread in threads {
-        let _ = thread.join();
-    }
+    let mut abandoned = lifecycle::join_until(threads, stop_by);
+    let output_stats = serial_output.map(|(output, thread)| {
+        output.close();
+        abandoned.extend(lifecycle::join_until(vec![thread], stop_by));
+        output
+    });
     drop(_raw_stdin);
+    // A thread that panicked while the VM stopped ends it as a panic too.
+    let outcome = match rx.try_iter().find_map(|event| match event {
+        Event::Panicked(panic) => Some(panic),
+        _ => None,
+    }) {
+        Some(panic) => Ok(Outcome::Panicked(panic)),
+        None => outcome,
+    };
 
+    // The last lines: abandoned threads, the statistics, how the VM ended, each within the
+    // deadline (stderr may be a pipe nobody reads).
+    let report_by = Instant::now()
+        .checked_add(REPORT_GRACE)
+        .unwrap_or_else(Instant::now);
+    if !abandoned.is_empty() {
+        stderr::line_until(
+            format_args!(
+                "abandoned {} (still running {} s after the VM stopped)",
+                abandoned.join(", "),
+                STOP_GRACE.as_secs_f64()
+            ),
+            report_by,
+        );
+    }
     if cli.stats {
+        let mut text = Vec::new();
         print_stats(
             &handler,
             serial.as_deref(),
+            output_stats.as_ref(),
             &disks,
-            process_start,
-            guest_end,
-            &mut io::stderr(),
+            (process_start, guest_end),
+            report_by,
+            &mut text,
         );
+        stderr::write_until(&text, report_by);
     }
     let outcome = outcome?;
-    Ok(report(&outcome, handler.assist.last_report()))
+    Ok(report(&outcome, handler.assist.last_report(), report_by))
 }
 
 /// RAM below the 32-bit hole and above 4 GiB, as the CMOS memory-size registers report it.
@@ -344,69 +433,105 @@ fn register_testdev(io_bus: &IoBus, mmio_bus: &MmioBus, vm: &Arc<KvmVm>) -> Resu
         .with_context(|| format!("cannot register testdev-iomem at {IOMEM_BASE:#x}"))
 }
 
-fn serial_device(config: &SerialConfig, vm: &Arc<KvmVm>) -> Result<Option<Arc<Serial>>> {
-    let output: Box<dyn Write + Send> = match config {
-        SerialConfig::Off => return Ok(None),
+/// COM1, and the buffer its output goes through to stdout or a file (drained by the serial
+/// output thread, so a host that does not read never blocks the vCPU writing to the UART).
+fn serial_device(
+    config: &SerialConfig,
+    vm: &Arc<KvmVm>,
+) -> Result<(Option<Arc<Serial>>, Option<SerialBuffer>)> {
+    let (sink, limit): (Box<dyn Write + Send>, _) = match config {
+        SerialConfig::Off => return Ok((None, None)),
         // An unbuffered handle: guest output appears as the guest writes it.
-        SerialConfig::Tty => Box::new(File::from(
-            io::stdout()
-                .as_fd()
-                .try_clone_to_owned()
-                .context("cannot duplicate stdout")?,
-        )),
-        SerialConfig::File(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("--serial: cannot open {}", path.display()))?,
+        SerialConfig::Tty => (
+            Box::new(File::from(
+                io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .context("cannot duplicate stdout")?,
+            )),
+            None,
         ),
-        SerialConfig::Null => Box::new(io::sink()),
+        SerialConfig::File { path, limit } => (
+            Box::new(
+                files::open_output(path)
+                    .with_context(|| format!("--serial: cannot open {}", path.display()))?,
+            ),
+            *limit,
+        ),
+        SerialConfig::Null => {
+            let irq = IrqLine::new(vm.clone(), COM1_IRQ);
+            let output: Box<dyn Write + Send> = Box::new(io::sink());
+            return Ok((Some(Arc::new(SerialDevice::new(irq, output))), None));
+        }
     };
+    let (output, drain) = serial_output::channel(sink, serial_output::BUFFER_SIZE, limit);
     let irq = IrqLine::new(vm.clone(), COM1_IRQ);
-    Ok(Some(Arc::new(SerialDevice::new(irq, output))))
+    let uart_output: Box<dyn Write + Send> = Box::new(output.clone());
+    Ok((
+        Some(Arc::new(SerialDevice::new(irq, uart_output))),
+        Some((output, drain)),
+    ))
 }
 
-/// Forwards SIGINT and SIGTERM to the main loop.
-fn spawn_signal_thread(tx: mpsc::Sender<Event>) -> Result<()> {
+/// Forwards SIGINT and SIGTERM to the main loop. A second one, or one that arrives while the VM
+/// is already stopping, ends the process at once.
+fn spawn_signal_thread(
+    tx: mpsc::Sender<Event>,
+    stopping: Arc<AtomicBool>,
+    filters: Filters,
+) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .context("cannot install signal handlers")?;
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                if tx.send(Event::Signal(signal)).is_err() {
-                    break;
-                }
+    lifecycle::spawn("signals".into(), report_panic(tx.clone()), move || {
+        if !confine(&filters, ThreadKind::Signal, &tx) {
+            return;
+        }
+        let mut forwarded = false;
+        for signal in signals.forever() {
+            if forwarded || stopping.load(Ordering::Acquire) {
+                let (name, code) = signal_status(signal);
+                terminal::restore();
+                stderr::line(format_args!("{name} received again; exiting at once"));
+                std::process::exit(code.into());
             }
-        })
-        .context("cannot start the signal thread")?;
+            forwarded = true;
+            if tx.send(Event::Signal(signal)).is_err() {
+                break;
+            }
+        }
+    })
+    .context("cannot start the signal thread")?;
     Ok(())
 }
 
 /// Feeds stdin to the guest's UART, waiting while its receive FIFO is full.
-fn spawn_stdin_thread(serial: Arc<Serial>) -> Result<()> {
-    thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let mut stdin = io::stdin();
-            let mut buf = [0u8; 64];
-            while let Ok(n) = stdin.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let mut rest = &buf[..n];
-                while !rest.is_empty() {
-                    let taken = serial.enqueue_input(rest);
-                    rest = &rest[taken..];
-                    if taken == 0 {
-                        thread::sleep(Duration::from_millis(1));
-                    }
+fn spawn_stdin_thread(
+    serial: Arc<Serial>,
+    tx: mpsc::Sender<Event>,
+    filters: Filters,
+) -> Result<()> {
+    lifecycle::spawn("stdin".into(), report_panic(tx.clone()), move || {
+        if !confine(&filters, ThreadKind::Stdin, &tx) {
+            return;
+        }
+        let mut stdin = io::stdin();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let taken = serial.enqueue_input(rest);
+                rest = &rest[taken..];
+                if taken == 0 {
+                    thread::sleep(Duration::from_millis(1));
                 }
             }
-        })
-        .context("cannot start the stdin thread")?;
+        }
+    })
+    .context("cannot start the stdin thread")?;
     Ok(())
 }
 
@@ -417,12 +542,15 @@ fn millis(from: Instant, to: Instant) -> String {
     )
 }
 
+/// The `--stats` report: exit statistics, disks, serial output, log lines lost, boot timeline.
+/// A disk still locked by a thread that did not stop at `deadline` is reported busy.
 fn print_stats(
     handler: &Handler,
     serial: Option<&Serial>,
+    output: Option<&SerialOutput>,
     disks: &Disks,
-    process_start: Instant,
-    guest_end: Instant,
+    (process_start, guest_end): (Instant, Instant),
+    deadline: Instant,
     out: &mut dyn Write,
 ) {
     let _ = writeln!(
@@ -433,7 +561,27 @@ fn print_stats(
             .stats()
             .with_assist(handler.assist.counts())
     );
-    disks.print_stats(out);
+    disks.print_stats(out, deadline);
+    if let Some(output) = output {
+        let o = output.stats();
+        let _ = writeln!(
+            out,
+            "  com1 output: {} bytes written, {} dropped ({} while the host did not read, {} over \
+             the limit, {} refused by the host), {} not written by the end",
+            o.written,
+            o.dropped(),
+            o.dropped_full,
+            o.dropped_limit,
+            o.failed,
+            o.pending
+        );
+    }
+    let log = crate::logger::stats();
+    let _ = writeln!(
+        out,
+        "  log: {} lines suppressed by the rate limiter, {} not taken by stderr",
+        log.suppressed, log.unwritten
+    );
     let _ = writeln!(out, "boot timeline (since process start):");
     let first_exit = handler.first_exit.get().copied();
     let first_byte = serial.and_then(|s| s.first_output_at());
@@ -474,43 +622,87 @@ fn monotonic_time_of(instant: Instant) -> Option<Duration> {
     now.checked_sub(since)
 }
 
+/// The name of a stopping signal and its exit status.
+fn signal_status(signal: i32) -> (&'static str, u8) {
+    if signal == signal_hook::consts::SIGINT {
+        ("SIGINT", exit_code::SIGINT)
+    } else {
+        ("SIGTERM", exit_code::SIGTERM)
+    }
+}
+
 /// Says on stderr how the VM ended, unless the guest ended it itself, and returns the status.
-fn report(outcome: &Outcome, assist_report: Option<AssistReport>) -> u8 {
+/// The line is given up if stderr does not take it by `deadline`.
+fn report(outcome: &Outcome, assist_report: Option<AssistReport>, deadline: Instant) -> u8 {
+    let say = |message: std::fmt::Arguments<'_>| {
+        stderr::line_until(message, deadline);
+    };
     match outcome {
         Outcome::Stopped { vcpu, reason } => {
             match reason {
                 StopReason::GuestExit(_) | StopReason::PowerOff => {}
-                StopReason::Reset => {
-                    eprintln!("reference-vmm: the guest requested a reset (vCPU {vcpu}); stopping")
-                }
+                StopReason::Reset => say(format_args!(
+                    "the guest requested a reset (vCPU {vcpu}); stopping"
+                )),
                 StopReason::TripleFault => {
-                    eprintln!("reference-vmm: vCPU {vcpu} shut down (triple fault)")
+                    say(format_args!("vCPU {vcpu} shut down (triple fault)"))
                 }
                 StopReason::InternalError { .. } => match assist_report {
-                    Some(report) => {
-                        eprintln!("reference-vmm: vCPU {vcpu} stopped the VM: {report}")
-                    }
-                    None => eprintln!("reference-vmm: vCPU {vcpu} stopped the VM: {reason:?}"),
+                    Some(report) => say(format_args!("vCPU {vcpu} stopped the VM: {report}")),
+                    None => say(format_args!("vCPU {vcpu} stopped the VM: {reason:?}")),
                 },
-                other => eprintln!("reference-vmm: vCPU {vcpu} stopped the VM: {other:?}"),
+                other => say(format_args!("vCPU {vcpu} stopped the VM: {other:?}")),
             }
             exit_code::for_stop(reason)
         }
         Outcome::Timeout(limit) => {
-            eprintln!(
-                "reference-vmm: timeout after {}s; VM stopped",
+            say(format_args!(
+                "timeout after {}s; VM stopped",
                 limit.as_secs_f64()
-            );
+            ));
             exit_code::TIMEOUT
         }
         Outcome::Signal(signal) => {
-            let (name, code) = if *signal == signal_hook::consts::SIGINT {
-                ("SIGINT", exit_code::SIGINT)
-            } else {
-                ("SIGTERM", exit_code::SIGTERM)
-            };
-            eprintln!("reference-vmm: {name} received; VM stopped");
+            let (name, code) = signal_status(*signal);
+            say(format_args!("{name} received; VM stopped"));
             code
         }
+        Outcome::Panicked(panic) => {
+            say(format_args!("{panic}; VM stopped"));
+            exit_code::VMM_PANIC
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_thread_ends_the_vm_with_the_panic_status() {
+        let (tx, rx) = mpsc::channel();
+        let thread =
+            lifecycle::spawn("vcpu1".into(), report_panic(tx), || panic!("a device bug")).unwrap();
+        let Ok(Event::Panicked(panic)) = rx.recv_timeout(Duration::from_secs(30)) else {
+            panic!("the panic was not reported");
+        };
+        assert_eq!(panic.thread, "vcpu1");
+        assert!(panic.to_string().ends_with("a device bug"), "{panic}");
+        // The thread itself ended: nothing is left to abandon.
+        let abandoned =
+            lifecycle::join_until(vec![thread], Instant::now() + Duration::from_secs(30));
+        assert!(abandoned.is_empty());
+        let status = report(&Outcome::Panicked(panic), None, Instant::now());
+        assert_eq!(status, exit_code::VMM_PANIC);
+        assert_ne!(status, exit_code::TRIPLE_FAULT);
+    }
+
+    #[test]
+    fn each_stopping_signal_has_its_status() {
+        assert_eq!(signal_status(libc::SIGINT), ("SIGINT", exit_code::SIGINT));
+        assert_eq!(
+            signal_status(libc::SIGTERM),
+            ("SIGTERM", exit_code::SIGTERM)
+        );
     }
 }

@@ -9,7 +9,7 @@
 #[allow(dead_code)] // each test binary uses part of the shared helpers
 mod common;
 
-use common::kvm_available;
+use common::{Finished, kvm_available, run_with_limit};
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -282,6 +282,171 @@ fn sigint_stops_the_vm() {
     }
 }
 
+/// Floods COM1: `rep outsb` of 4 KiB (the guest's own code page) to port 0x3f8, forever.
+const SERIAL_FLOOD: &[u8] = &[
+    0xBE, 0x00, 0x00, 0x10, 0x00, // mov esi, 0x100000
+    0xB9, 0x00, 0x10, 0x00, 0x00, // mov ecx, 0x1000
+    0x66, 0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+    0xF3, 0x6E, // rep outsb
+    0xEB, 0xEE, // jmp to the start
+];
+
+/// The number before `what` in the `com1 output:` line of `--stats`.
+fn com1_count(stderr: &str, what: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("com1 output:"))
+        .unwrap_or_else(|| panic!("no com1 output line in {stderr}"));
+    let at = line
+        .find(what)
+        .unwrap_or_else(|| panic!("no {what:?} in {line:?}"));
+    let number = line[..at].split_whitespace().last().unwrap();
+    number
+        .trim_start_matches('(')
+        .parse()
+        .unwrap_or_else(|_| panic!("{line:?}"))
+}
+
+/// A VMM whose stdout is a pipe that nobody reads (its read end kept open, and shrunk to one
+/// page so that it fills after 4 KiB), with stderr collected by a thread.
+struct UnreadStdout {
+    child: Child,
+    _read_end: std::fs::File,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+fn spawn_unread_stdout(args: &[&str]) -> UnreadStdout {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 succeeded: both descriptors are open and owned by nothing else.
+    let (read_end, write_end) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    // SAFETY: F_SETPIPE_SZ only resizes the pipe behind the open descriptor.
+    let resized = unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(resized >= 4096, "F_SETPIPE_SZ: {resized}");
+    let mut child = vmm(args)
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    UnreadStdout {
+        child,
+        _read_end: read_end,
+        stderr,
+    }
+}
+
+/// A guest flooding COM1 while nobody reads stdout: the vCPU never waits for the host, so
+/// `--timeout` stops the VM on time; the bytes the host did not take are dropped and counted,
+/// and the serial output thread, blocked in its write, is abandoned and named.
+#[test]
+fn serial_flood_nobody_reads_timeout_still_stops_the_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("flood");
+    let kernel = dir.file("k.elf", &guest(SERIAL_FLOOD));
+    let start = Instant::now();
+    let mut vmm = spawn_unread_stdout(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--timeout",
+        "2",
+        "--stats",
+    ]);
+    // The timeout, then the documented bound (1 s for the threads, 0.5 s for the last lines),
+    // with plenty of slack for a loaded machine and the VMM's start-up.
+    let status = wait_with_limit(&mut vmm.child, Duration::from_secs(2 + 10));
+    let elapsed = start.elapsed();
+    let stderr = vmm.stderr.join().unwrap();
+    assert_eq!(status.code(), Some(TIMEOUT), "{stderr}");
+    assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+    assert!(stderr.contains("timeout after 2s; VM stopped"), "{stderr}");
+    assert!(stderr.contains("abandoned serial-out"), "{stderr}");
+    assert!(
+        com1_count(&stderr, "while the host did not read") > 0,
+        "{stderr}"
+    );
+    assert!(com1_count(&stderr, " dropped") > 0, "{stderr}");
+}
+
+/// `--serial file=PATH,limit=SIZE`: the file gets exactly SIZE bytes of the flood, the rest is
+/// dropped and counted.
+#[test]
+fn serial_file_limit_caps_the_output() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("limit");
+    let kernel = dir.file("k.elf", &guest(SERIAL_FLOOD));
+    let log = dir.0.join("serial.log");
+    let serial = format!("file={},limit=10K", log.display());
+    let out = run_with_limit(
+        &mut vmm(&[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--serial",
+            &serial,
+            "--timeout",
+            "1",
+            "--stats",
+        ]),
+        Duration::from_secs(60),
+        "the VMM",
+    );
+    assert_eq!(out.status, Some(TIMEOUT), "{}", out.stderr);
+    let written = std::fs::read(&log).unwrap();
+    assert_eq!(written.len(), 10 << 10);
+    // The guest's code page, repeated.
+    assert_eq!(&written[..SERIAL_FLOOD.len()], SERIAL_FLOOD);
+    assert_eq!(com1_count(&out.stderr, "bytes written"), 10 << 10);
+    assert!(
+        com1_count(&out.stderr, "over the limit") > 0,
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("abandoned"), "{}", out.stderr);
+}
+
+/// A second signal while the VM is stopping ends the VMM at once, with that signal's status.
+/// The stop is held up by the serial output thread, blocked on a stdout nobody reads, which the
+/// VMM would otherwise wait a second for.
+#[test]
+fn a_second_signal_ends_the_vmm_at_once() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("second-signal");
+    let kernel = dir.file("k.elf", &guest(SERIAL_FLOOD));
+    let mut vmm = spawn_unread_stdout(&["--kernel", kernel.to_str().unwrap()]);
+    // Let the flood fill the pipe.
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = vmm.child.id() as libc::pid_t;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `pid` is a child this test spawned and has not yet reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+    let status = wait_with_limit(&mut vmm.child, Duration::from_secs(30));
+    let stderr = vmm.stderr.join().unwrap();
+    assert_eq!(status.code(), Some(SIGTERM), "{stderr}");
+    assert!(
+        stderr.contains("SIGTERM received again; exiting at once"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn four_vcpus_boot_hello_and_exit_promptly() {
     if !kvm_available() {
@@ -292,7 +457,29 @@ fn four_vcpus_boot_hello_and_exit_promptly() {
     assert_eq!(out.status.code(), Some(0));
 }
 
+/// One line on stderr, naming the VMM, and no panic.
+fn one_line(out: &Finished) -> &str {
+    let stderr = out.stderr.as_str();
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "expected one line on stderr, got {stderr:?}"
+    );
+    assert!(stderr.starts_with("reference-vmm: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that lives for the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
 /// Bad user input: one line on stderr naming the problem, status 125, no panic. No KVM needed.
+/// Every case runs under a time limit: a special file that made the VMM wait (a FIFO nobody
+/// writes) fails the test instead of hanging it.
 #[test]
 fn bad_input_gets_one_line_and_a_nonzero_status() {
     let dir = TempDir::new("bad");
@@ -317,6 +504,20 @@ fn bad_input_gets_one_line_and_a_nonzero_status() {
     );
     let empty = dir.file("empty.cpio", b"");
     let missing = dir.0.join("missing.elf");
+    let fifo = dir.0.join("fifo");
+    mkfifo(&fifo);
+    let fifo = fifo.to_str().unwrap();
+    // One byte over the documented 1 GiB limit, sparse: nothing is written, nothing read.
+    let huge = dir.0.join("huge");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len((1 << 30) + 1)
+        .unwrap();
+    let huge = huge.to_str().unwrap();
+    let fifo_disk = format!("path={fifo}");
+    let zero_disk = "path=/dev/zero".to_string();
+    let serial_limit_zero = format!("file={}/serial.log,limit=0", dir.0.display());
+    let serial_limit_huge = format!("file={}/serial.log,limit=99999999999T", dir.0.display());
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--kernel", missing.to_str().unwrap()],
@@ -344,13 +545,45 @@ fn bad_input_gets_one_line_and_a_nonzero_status() {
         (vec!["--serial", "pty"], "--serial"),
         (vec!["--no-such-flag"], "--no-such-flag"),
         (vec!["stray"], "stray"),
+        // Special files: refused without reading (a character device never ends) or waiting
+        // (a FIFO nobody writes).
+        (
+            vec!["--kernel", "/dev/zero"],
+            "kernel /dev/zero is a character device, not a regular file",
+        ),
+        (
+            vec!["--initramfs", "/dev/zero"],
+            "initramfs /dev/zero is a character device",
+        ),
+        (vec!["--kernel", fifo], "is a FIFO, not a regular file"),
+        (vec!["--firmware", fifo], "is a FIFO, not a regular file"),
+        (vec!["--initramfs", fifo], "is a FIFO, not a regular file"),
+        (
+            vec!["--disk", &fifo_disk],
+            "is a FIFO, not a regular file or a block device",
+        ),
+        (
+            vec!["--disk", &zero_disk],
+            "/dev/zero is a character device, not a regular file or a block device",
+        ),
+        // Over the size limit.
+        (vec!["--kernel", huge], "more than the 1073741824 bytes"),
+        (vec!["--initramfs", huge], "more than the 1073741824 bytes"),
+        // Numbers that overflow are refused when the command line is parsed.
+        (vec!["--timeout", "1e19"], "at most 1000000000 seconds"),
+        (vec!["--timeout", "inf"], "--timeout"),
+        (vec!["--memory", "size=99999999999T"], "too large"),
+        (vec!["--serial", &serial_limit_huge], "too large"),
+        (
+            vec!["--serial", &serial_limit_zero],
+            "limit must be at least 1 byte",
+        ),
     ];
     for (args, needle) in cases {
-        let out = run(&args);
-        assert_eq!(out.status.code(), Some(VMM_ERROR), "{args:?}");
-        let line = stderr_line(&out);
+        let out = run_with_limit(&mut vmm(&args), Duration::from_secs(60), "the VMM");
+        assert_eq!(out.status, Some(VMM_ERROR), "{args:?}: {out:?}");
+        let line = one_line(&out);
         assert!(line.contains(needle), "{args:?}: {line:?} lacks {needle:?}");
-        assert!(line.starts_with("reference-vmm: "), "{line}");
     }
 }
 
