@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 const GUEST_TARGET: &str = "x86_64-unknown-none";
 
 /// Guest packages built here, each copied to `$OUT_DIR/<name>.elf`.
-const GUESTS: &[&str] = &["hello", "exits", "blk", "paging", "assist"];
+const GUESTS: &[&str] = &["hello", "exits", "blk", "paging", "assist", "hostile"];
 
 /// Host crates (relative to the guest workspace) that guests depend on by path: the `paging`
 /// guest builds its page tables with vmkit-paging's `no_std` core.

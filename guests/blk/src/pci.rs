@@ -32,8 +32,10 @@ const MAX_MEMMAP: u32 = 128;
 /// One function on bus 0.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Function {
-    slot: u8,
-    function: u8,
+    /// The device number (0..=31).
+    pub slot: u8,
+    /// The function number (0..=7).
+    pub function: u8,
 }
 
 impl Function {
@@ -108,23 +110,30 @@ fn functions() -> impl Iterator<Item = Function> {
     })
 }
 
+/// Every function on bus 0 with this vendor and device ID, in slot order.
+pub fn find_all(vendor: u16, device: u16) -> impl Iterator<Item = Function> {
+    let id = u32::from(vendor) | u32::from(device) << 16;
+    functions().filter(move |f| f.read(0) == id)
+}
+
 /// The first function on bus 0 with this vendor and device ID.
 pub fn find(vendor: u16, device: u16) -> Option<Function> {
-    let id = u32::from(vendor) | u32::from(device) << 16;
-    functions().find(|f| f.read(0) == id)
+    find_all(vendor, device).next()
 }
 
 /// A memory BAR: its register offset, whether it is 64-bit, and its address.
 #[derive(Clone, Copy)]
-struct MemoryBar {
+pub struct MemoryBar {
     register: u8,
-    wide: bool,
-    address: u64,
+    /// A 64-bit BAR (it takes two registers).
+    pub wide: bool,
+    /// The address it holds (0 when unassigned).
+    pub address: u64,
 }
 
 impl MemoryBar {
     /// BAR `index` of `f`, or `None` for an I/O BAR or an index past the last register.
-    fn read(f: Function, index: u8) -> Option<Self> {
+    pub fn read(f: Function, index: u8) -> Option<Self> {
         if index > 5 {
             return None;
         }
@@ -146,7 +155,7 @@ impl MemoryBar {
     }
 
     /// Sizes the BAR (decode must be off) and puts the address back; 0 when unimplemented.
-    fn size(&self, f: Function) -> u64 {
+    pub fn size(&self, f: Function) -> u64 {
         let write = |address: u64| {
             f.write(self.register, address as u32);
             if self.wide {
@@ -173,7 +182,7 @@ impl MemoryBar {
 }
 
 /// Runs `body` with `f`'s memory decode off, then restores its command register.
-fn with_decode_off<T>(f: Function, body: impl FnOnce() -> T) -> T {
+pub fn with_decode_off<T>(f: Function, body: impl FnOnce() -> T) -> T {
     let command = f.read(COMMAND) & 0xffff;
     f.write(COMMAND, command & !COMMAND_MEMORY);
     let result = body();

@@ -1,6 +1,9 @@
 //! A polling virtio-blk driver over the modern virtio-pci transport (virtio 1.x): one queue of
 //! [`QUEUE_SIZE`] entries and one request in flight, a fixed three-descriptor chain (header,
 //! data, status) whose data descriptor is rewritten per request.
+//!
+//! [`Transport`] is the part below the queue (capabilities, reset, feature negotiation, queue
+//! set-up at addresses the caller chooses), for guests that lay out their rings themselves.
 
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{Ordering, fence};
@@ -10,9 +13,9 @@ use guest_rt::{Console, StartInfo};
 use crate::pci::{self, COMMAND, COMMAND_BUS_MASTER, COMMAND_MEMORY};
 
 /// virtio's PCI vendor ID.
-const VENDOR: u16 = 0x1af4;
+pub const VENDOR: u16 = 0x1af4;
 /// The modern virtio-blk device ID (0x1040 + device type 2).
-const DEVICE_BLOCK: u16 = 0x1042;
+pub const DEVICE_BLOCK: u16 = 0x1042;
 /// Vendor-specific capability ID.
 const CAP_VENDOR: u8 = 0x09;
 /// `cfg_type`s of the virtio capabilities.
@@ -36,7 +39,7 @@ const DEVICE_FEATURE_SELECT: u64 = 0x00;
 const DEVICE_FEATURE: u64 = 0x04;
 const DRIVER_FEATURE_SELECT: u64 = 0x08;
 const DRIVER_FEATURE: u64 = 0x0c;
-const DEVICE_STATUS: u64 = 0x14;
+pub const DEVICE_STATUS: u64 = 0x14;
 const QUEUE_SELECT: u64 = 0x16;
 const QUEUE_SIZE_REG: u64 = 0x18;
 const QUEUE_ENABLE: u64 = 0x1c;
@@ -60,10 +63,10 @@ pub const ID_LEN: usize = 20;
 /// Entries of the queue (one request of three descriptors in flight).
 const QUEUE_SIZE: u16 = 4;
 /// Descriptor flags.
-const DESC_NEXT: u16 = 1;
-const DESC_WRITE: u16 = 2;
+pub const DESC_NEXT: u16 = 1;
+pub const DESC_WRITE: u16 = 2;
 /// `VIRTQ_AVAIL_F_NO_INTERRUPT`: the driver polls.
-const AVAIL_NO_INTERRUPT: u16 = 1;
+pub const AVAIL_NO_INTERRUPT: u16 = 1;
 /// TSC cycles a request may take before it counts as lost (2^35: 13 s at 2.6 GHz).
 const POLL_CYCLES: u64 = 1 << 35;
 
@@ -223,21 +226,32 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// A set-up virtio-blk device.
-pub struct Block {
-    common: u64,
-    notify: u64,
-    device_cfg: u64,
-    features: u64,
-    next_avail: u16,
+/// The virtio structures of a virtio-blk function, found through its capabilities, with the
+/// device reset and its features negotiated (status `FEATURES_OK`); a driver then sets up its
+/// queue with [`Transport::start`].
+pub struct Transport {
+    /// The common configuration structure.
+    pub common: u64,
+    /// The notification structure.
+    pub notify: u64,
+    /// `notify_off_multiplier`: bytes between the notify addresses of consecutive queues.
+    pub multiplier: u64,
+    /// The device configuration structure.
+    pub device_cfg: u64,
+    /// The features the device offers.
+    pub features: u64,
 }
 
-impl Block {
-    /// Finds the device on bus 0 and brings it to `DRIVER_OK` with `VIRTIO_F_VERSION_1` alone
-    /// negotiated and queue 0 enabled, polled. With `place`, the device's BARs are moved as if
-    /// no firmware had placed them (see [`pci::memory_bar`]).
-    pub fn open(info: &StartInfo, place: bool) -> Result<Self, SetupError> {
-        let f = pci::find(VENDOR, DEVICE_BLOCK).ok_or(SetupError::NotFound)?;
+impl Transport {
+    /// Finds the virtio structures of `f` (placing its BARs with `place`, see
+    /// [`pci::memory_bar`]), enables memory decode and bus mastering, resets the device and
+    /// negotiates `VIRTIO_F_VERSION_1` plus whichever of the features in `wanted` it offers.
+    pub fn open(
+        f: pci::Function,
+        info: &StartInfo,
+        place: bool,
+        wanted: u64,
+    ) -> Result<Self, SetupError> {
         let mut bars = [None; 6];
         let mut region = |cfg_type: u8| -> Result<(u64, u8), SetupError> {
             let error = SetupError::Capability(cfg_type);
@@ -274,24 +288,79 @@ impl Block {
         if features & F_VERSION_1 == 0 {
             return Err(SetupError::NoVersion1);
         }
+        let negotiated = F_VERSION_1 | (features & wanted);
         for half in 0..2u32 {
             write32(common + DRIVER_FEATURE_SELECT, half);
-            write32(common + DRIVER_FEATURE, (F_VERSION_1 >> (32 * half)) as u32);
+            write32(common + DRIVER_FEATURE, (negotiated >> (32 * half)) as u32);
         }
         write8(common + DEVICE_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
         if read8(common + DEVICE_STATUS) & FEATURES_OK == 0 {
             return Err(SetupError::FeaturesRefused);
         }
+        Ok(Self {
+            common,
+            notify,
+            multiplier,
+            device_cfg,
+            features,
+        })
+    }
 
+    /// Sets up queue 0 with `size` entries whose descriptor table, available ring and used
+    /// ring are at the guest-physical addresses `desc`, `avail` and `used`, enables it and
+    /// sets `DRIVER_OK`; returns queue 0's notify address.
+    pub fn start(&self, size: u16, desc: u64, avail: u64, used: u64) -> Result<u64, SetupError> {
+        let common = self.common;
         write16(common + QUEUE_SELECT, 0);
-        if read16(common + QUEUE_SIZE_REG) < QUEUE_SIZE {
+        if read16(common + QUEUE_SIZE_REG) < size {
             return Err(SetupError::Queue);
         }
-        write16(common + QUEUE_SIZE_REG, QUEUE_SIZE);
+        write16(common + QUEUE_SIZE_REG, size);
+        write64(common + QUEUE_DESC, desc);
+        write64(common + QUEUE_DRIVER, avail);
+        write64(common + QUEUE_DEVICE, used);
+        write16(common + QUEUE_ENABLE, 1);
+        let notify = self.notify + u64::from(read16(common + QUEUE_NOTIFY_OFF)) * self.multiplier;
+        write8(
+            common + DEVICE_STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        Ok(notify)
+    }
+
+    /// The device status register.
+    pub fn status(&self) -> u8 {
+        read8(self.common + DEVICE_STATUS)
+    }
+}
+
+/// A set-up virtio-blk device.
+pub struct Block {
+    transport: Transport,
+    notify: u64,
+    next_avail: u16,
+}
+
+impl Block {
+    /// Finds the first virtio-blk device on bus 0 and opens it (see [`Block::open_function`]).
+    pub fn open(info: &StartInfo, place: bool) -> Result<Self, SetupError> {
+        let f = pci::find(VENDOR, DEVICE_BLOCK).ok_or(SetupError::NotFound)?;
+        Self::open_function(f, info, place)
+    }
+
+    /// Brings the virtio-blk device at `f` to `DRIVER_OK` with `VIRTIO_F_VERSION_1` alone
+    /// negotiated and queue 0 enabled, polled. With `place`, the device's BARs are moved as if
+    /// no firmware had placed them (see [`pci::memory_bar`]).
+    pub fn open_function(
+        f: pci::Function,
+        info: &StartInfo,
+        place: bool,
+    ) -> Result<Self, SetupError> {
+        let transport = Transport::open(f, info, place, F_VERSION_1)?;
         let s = shared();
         // SAFETY: `s` points at the static `SHARED`, which only this single-threaded guest
         // touches (the device only after `queue_enable`); raw field pointers make no references.
-        unsafe {
+        let (desc, avail, used) = unsafe {
             let header = &raw mut (*s).header;
             let data = &raw mut (*s).data;
             let status = &raw mut (*s).status;
@@ -314,38 +383,34 @@ impl Block {
                 next: 0,
             };
             (*s).avail.flags = AVAIL_NO_INTERRUPT;
-            write64(common + QUEUE_DESC, &raw const (*s).desc as u64);
-            write64(common + QUEUE_DRIVER, &raw const (*s).avail as u64);
-            write64(common + QUEUE_DEVICE, &raw const (*s).used as u64);
-        }
-        write16(common + QUEUE_ENABLE, 1);
-        let notify = notify + u64::from(read16(common + QUEUE_NOTIFY_OFF)) * multiplier;
-        write8(
-            common + DEVICE_STATUS,
-            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
-        );
+            (
+                &raw const (*s).desc as u64,
+                &raw const (*s).avail as u64,
+                &raw const (*s).used as u64,
+            )
+        };
+        let notify = transport.start(QUEUE_SIZE, desc, avail, used)?;
         Ok(Self {
-            common,
+            transport,
             notify,
-            device_cfg,
-            features,
             next_avail: 0,
         })
     }
 
     /// The features the device offers.
     pub fn features(&self) -> u64 {
-        self.features
+        self.transport.features
     }
 
     /// The capacity in sectors (`virtio_blk_config.capacity`).
     pub fn capacity(&self) -> u64 {
-        u64::from(read32(self.device_cfg)) | u64::from(read32(self.device_cfg + 4)) << 32
+        let device_cfg = self.transport.device_cfg;
+        u64::from(read32(device_cfg)) | u64::from(read32(device_cfg + 4)) << 32
     }
 
     /// The device status register.
     pub fn status(&self) -> u8 {
-        read8(self.common + DEVICE_STATUS)
+        self.transport.status()
     }
 
     /// The data buffer the requests move data through.
