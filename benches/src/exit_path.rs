@@ -1,6 +1,7 @@
-//! One exit round trip, two ways: through vmkit's full path, and through a raw kvm-ioctls loop.
+//! One exit round trip, three ways: through vmkit's full path (with seccomp off, and on a thread
+//! confined by the reference VMM's vCPU list), and through a raw kvm-ioctls loop.
 //!
-//! Both run the same guest code ([`exit_loop`](crate::guest::exit_loop)) in the same kind of
+//! All run the same guest code ([`exit_loop`](crate::guest::exit_loop)) in the same kind of
 //! VM (vmkit-memory's guest memory, an in-kernel irqchip, one vCPU in the PVH entry state).
 //!
 //! - [`FullPath`]: vmkit-vcpu's `KvmVcpu` run loop (`run_until_stop`: `Vcpu::run`, which
@@ -8,21 +9,28 @@
 //!   statistics always on) → `IoBus`/`MmioBus` → the `PcTestDev` registered on it.
 //! - [`RawPath`]: `VcpuFd::run()` in a loop matching `VcpuExit::IoOut`/`MmioWrite` and keeping
 //!   the byte written, the least a VMM can do.
+//! - [`ConfinedFullPath`]: the full path on a thread of its own that has installed the reference
+//!   VMM's vCPU seccomp list (`--seccomp true`), as every vCPU thread of the VMM does.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use reference_vmm_seccomp::{Filters, SeccompMode, ThreadKind};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmkit_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
 use vmkit_devices::testdev::{IOMEM_BASE, IOMEM_SIZE, PcTestDev, REGISTER_PORTS, TestDevStats};
+use vmkit_exits::VcpuState;
 use vmkit_exits::dispatch::ExitDispatcher;
 use vmkit_exits::{ExitStats, IoBus, MmioBus, StopReason};
 use vmkit_memory::GuestLayout;
 use vmkit_memory::layout::{KVM_TSS_START, MIN_RAM_SIZE};
+use vmkit_vcpu::x86::pvh_registers;
 use vmkit_vcpu::{Hypervisor, KvmHypervisor, KvmVcpu, KvmVm, LoopExit, Vcpu, Vm};
 
 use crate::BenchError;
@@ -89,6 +97,18 @@ impl FullPath {
     pub fn run(&mut self, code: &[u8]) -> Result<Duration, BenchError> {
         write_code(&self.memory, code)?;
         self.vcpu.setup_pvh(CODE_ADDR, 0)?;
+        self.run_loop()
+    }
+
+    /// Runs the code the last [`FullPath::run`] loaded again, from its first instruction: only
+    /// the registers are reset (`KVM_SET_REGS`, which a vCPU's seccomp list allows; the rest of
+    /// the entry state is as the guest left it, as [`RawPath::run`] does it).
+    pub fn rerun(&mut self) -> Result<Duration, BenchError> {
+        self.vcpu.set_registers(&pvh_registers(CODE_ADDR, 0))?;
+        self.run_loop()
+    }
+
+    fn run_loop(&mut self) -> Result<Duration, BenchError> {
         let start = Instant::now();
         let exit = self.vcpu.run_loop(&self.dispatcher, &self.stop)?;
         let elapsed = start.elapsed();
@@ -106,6 +126,83 @@ impl FullPath {
     /// The dispatcher's exit statistics.
     pub fn exit_stats(&self) -> ExitStats {
         self.dispatcher.stats()
+    }
+}
+
+/// The status a call outside the vCPU list ends the benchmark with: the reference VMM's
+/// (128 + SIGSYS).
+pub const SECCOMP_VIOLATION_STATUS: u8 = 159;
+
+/// vmkit's full path on a thread confined by the reference VMM's vCPU seccomp list, which
+/// cannot be lifted: the thread is this path's for its whole life, and runs when told to.
+pub struct ConfinedFullPath {
+    go: Option<mpsc::Sender<()>>,
+    done: mpsc::Receiver<Result<Duration, BenchError>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl ConfinedFullPath {
+    /// Loads `code` into `full` and sets its vCPU up on this thread (the set-up calls are not
+    /// on a vCPU's list), then hands it to a new thread that installs the vCPU list and, on each
+    /// [`ConfinedFullPath::run`], runs the code again ([`FullPath::rerun`]).
+    pub fn start(mut full: FullPath, code: &[u8]) -> Result<Self, BenchError> {
+        write_code(&full.memory, code)?;
+        full.vcpu.setup_pvh(CODE_ADDR, 0)?;
+        let filters = Filters::new(SeccompMode::Trap, SECCOMP_VIOLATION_STATUS)
+            .map_err(|e| BenchError::Seccomp(e.to_string()))?;
+        let (go, wait) = mpsc::channel::<()>();
+        let (report, done) = mpsc::channel();
+        let worker = thread::Builder::new()
+            .name("vcpu-seccomp".into())
+            .spawn(move || {
+                let installed = filters
+                    .apply(ThreadKind::Vcpu)
+                    .map(|()| Duration::ZERO)
+                    .map_err(|e| BenchError::Seccomp(e.to_string()));
+                let ok = installed.is_ok();
+                if report.send(installed).is_err() || !ok {
+                    return;
+                }
+                while wait.recv().is_ok() {
+                    if report.send(full.rerun()).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| BenchError::Seccomp(format!("cannot start the thread: {e}")))?;
+        let confined = Self {
+            go: Some(go),
+            done,
+            worker: Some(worker),
+        };
+        confined.wait()?;
+        Ok(confined)
+    }
+
+    /// Runs the loaded code once on the confined thread; returns the time from the first entry
+    /// to the stop.
+    pub fn run(&mut self) -> Result<Duration, BenchError> {
+        let sent = self.go.as_ref().map(|go| go.send(()));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(BenchError::Seccomp("the confined thread has ended".into()));
+        }
+        self.wait()
+    }
+
+    fn wait(&self) -> Result<Duration, BenchError> {
+        self.done
+            .recv()
+            .map_err(|_| BenchError::Seccomp("the confined thread has ended".into()))?
+    }
+}
+
+impl Drop for ConfinedFullPath {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop; the path (vCPU, VM, memory) drops there.
+        self.go = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
     }
 }
 
@@ -238,6 +335,19 @@ mod tests {
         assert_eq!((stats.pio.writes, stats.mmio.writes), (25, 25));
         let text = full.exit_stats().to_string();
         assert!(text.contains("testdev-iomem"), "{text}");
+    }
+
+    /// A call outside the vCPU list would end this process (status 159).
+    #[test]
+    fn the_full_path_runs_on_a_thread_confined_by_the_vcpu_list() {
+        let Some(kvm) = kvm_available() else { return };
+        for kind in [ExitKind::PortWrite, ExitKind::MmioWrite] {
+            let full = FullPath::new(&kvm).unwrap();
+            let mut confined = ConfinedFullPath::start(full, &exit_loop(kind, 25)).unwrap();
+            for _ in 0..3 {
+                confined.run().unwrap();
+            }
+        }
     }
 
     #[test]

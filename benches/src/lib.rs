@@ -68,6 +68,9 @@ pub enum BenchError {
         /// The error.
         source: std::io::Error,
     },
+    /// Cannot confine a thread with the reference VMM's vCPU seccomp list: {0}
+    #[error("cannot confine a thread with the reference VMM's vCPU seccomp list: {0}")]
+    Seccomp(String),
     /// Cannot write the guest image {path}: {source}
     #[error("cannot write the guest image {path}: {source}")]
     WriteImage {

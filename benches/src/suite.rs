@@ -7,7 +7,7 @@ use std::time::Duration;
 use vmkit_vcpu::KvmHypervisor;
 
 use crate::BenchError;
-use crate::exit_path::{FullPath, RawPath};
+use crate::exit_path::{ConfinedFullPath, FullPath, RawPath};
 use crate::guest::{ExitKind, exit_loop, first_out_elf, idle_elf};
 use crate::process::Vmm;
 use crate::summary::{Row, Unit};
@@ -60,9 +60,10 @@ fn micros_per_exit(run: Duration, exits: u32) -> f64 {
     run.as_secs_f64() * 1e6 / f64::from(exits.max(1))
 }
 
-/// Exit round trips of `kind` through vmkit's full path and through raw KVM, `runs` interleaved
-/// runs of `exits` exits each (after one warm-up run of each): per-exit medians and the median
-/// of the per-pair ratios full / raw.
+/// Exit round trips of `kind` through vmkit's full path (with seccomp off, and on a thread
+/// confined by the reference VMM's vCPU list) and through raw KVM, `runs` interleaved runs of
+/// `exits` exits each (after one warm-up run of each): per-exit medians and the medians of the
+/// per-run ratios full / raw, seccomp off and on.
 pub fn exit_round_trips(
     kvm: &KvmHypervisor,
     kind: ExitKind,
@@ -72,26 +73,33 @@ pub fn exit_round_trips(
     let mut full = FullPath::new(kvm)?;
     let mut raw = RawPath::new()?;
     let code = exit_loop(kind, exits);
+    let mut confined = ConfinedFullPath::start(FullPath::new(kvm)?, &code)?;
     full.run(&code)?;
     raw.run(&code)?;
-    let (mut full_us, mut raw_us, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    confined.run()?;
+    let (mut full_us, mut confined_us, mut raw_us) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ratios, mut confined_ratios) = (Vec::new(), Vec::new());
     for run in 0..runs {
-        // Alternate which path goes first, so that neither always inherits the other's caches.
-        let (full_time, (raw_time, raw_exits)) = if run % 2 == 0 {
-            let full_time = full.run(&code)?;
-            (full_time, raw.run(&code)?)
-        } else {
-            let raw_result = raw.run(&code)?;
-            (full.run(&code)?, raw_result)
-        };
+        // Rotate which path goes first, so that none always inherits another's caches.
+        let (mut times, mut raw_exits) = ([Duration::ZERO; 3], 0);
+        for path in 0..3 {
+            match (run + path) % 3 {
+                0 => times[0] = full.run(&code)?,
+                1 => times[1] = confined.run()?,
+                _ => (times[2], raw_exits) = raw.run(&code)?,
+            }
+        }
+        let [full_time, confined_time, raw_time] = times;
         if raw_exits != u64::from(exits.max(1)) {
             return Err(BenchError::Guest(format!(
                 "the raw loop saw {raw_exits} exits, not {exits}"
             )));
         }
         full_us.push(micros_per_exit(full_time, exits));
+        confined_us.push(micros_per_exit(confined_time, exits));
         raw_us.push(micros_per_exit(raw_time, exits));
         ratios.push(full_time.as_secs_f64() / raw_time.as_secs_f64());
+        confined_ratios.push(confined_time.as_secs_f64() / raw_time.as_secs_f64());
     }
     let name = kind.name();
     let mut table = rows(
@@ -99,6 +107,11 @@ pub fn exit_round_trips(
         Unit::Micros,
         [
             (&format!("{name} exit: vmkit full path"), full_us, None),
+            (
+                &format!("{name} exit: full path, seccomp on"),
+                confined_us,
+                None,
+            ),
             (&format!("{name} exit: raw kvm-ioctls"), raw_us, None),
         ],
     )?;
@@ -106,7 +119,14 @@ pub fn exit_round_trips(
     table.extend(rows(
         &format!("{runs} run pairs"),
         Unit::Ratio,
-        [(&format!("{name} exit: full / raw"), ratios, target)],
+        [
+            (&format!("{name} exit: full / raw"), ratios, target),
+            (
+                &format!("{name} exit: full, seccomp on / raw"),
+                confined_ratios,
+                target,
+            ),
+        ],
     )?);
     Ok(table)
 }
