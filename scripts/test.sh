@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# vmkit's full test suite: formatting, lints, docs, the no_std build, every test (under coverage),
+# vmkit's full test suite: formatting, lints, docs (and their README links), the library crates
+# packaged and built from their .crate files, the no_std build, every test (under coverage),
 # the coverage floors, the fuzz-seed replays and every fuzz target for a fixed time.
 #
 #   FUZZ_SECONDS=N   seconds per fuzz target (default 20)
@@ -30,6 +31,18 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+# A crate's README is both its crates.io page and its crate docs: every link must resolve in both.
+python3 scripts/check-readme-links.py --doc-dir target/doc
+
+step "packages (each library crate built from its .crate alone)"
+for crate in crates/*/; do
+    for license in LICENSE-APACHE LICENSE-BSD-3-Clause; do
+        cmp "$license" "$crate$license" || { echo "$crate$license differs from $license"; exit 1; }
+    done
+done
+# Packages the library crates together over a local registry, so their unpublished vmkit
+# dependencies resolve, then builds each from its .crate.
+cargo package --workspace --exclude reference-vmm --exclude vmkit-benches --exclude mkdisk --locked
 
 step "no_std builds of vmkit-paging (walker and builder; with alloc: the shadow MMU and the TLB)"
 cargo build -p vmkit-paging --no-default-features --target x86_64-unknown-none --locked
