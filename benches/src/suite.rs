@@ -283,12 +283,15 @@ mod tests {
             return;
         };
         let rows = exit_round_trips(&kvm, ExitKind::PortWrite, 10, 2).unwrap();
-        assert_eq!(rows.len(), 3);
-        assert!(rows[0].name.contains("full path") && rows[1].name.contains("raw"));
-        assert_eq!(rows[2].target, Some(EXIT_RATIO_TARGET));
+        assert_eq!(rows.len(), 5);
+        assert!(rows[0].name.contains("full path"));
+        assert!(rows[1].name.contains("seccomp on") && rows[2].name.contains("raw"));
+        assert!(rows[3].name.contains("full / raw") && rows[4].name.contains("seccomp on / raw"));
+        assert_eq!(rows[3].target, Some(EXIT_RATIO_TARGET));
+        assert_eq!(rows[4].target, Some(EXIT_RATIO_TARGET));
         assert!(rows.iter().all(|r| r.median > 0.0));
         let mmio = exit_round_trips(&kvm, ExitKind::MmioWrite, 10, 1).unwrap();
-        assert_eq!(mmio[2].target, None);
+        assert_eq!((mmio[3].target, mmio[4].target), (None, None));
     }
 
     #[test]
