@@ -79,6 +79,16 @@ pub struct Cli {
     #[arg(long)]
     pub stats: bool,
 
+    /// Log more: `-v` info, `-vv` debug, `-vvv` trace (default: warnings and errors, or
+    /// `VMKIT_LOG`'s level when no `-v` is given).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Write the log lines to this file (appended, created; a regular file or a character
+    /// device) instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
     /// Add QEMU's `pc-testdev` test device: scratch register at ports 0xe0-0xeb, interrupt
     /// lines at ports 0x2000-0x2017, 64 KiB of scratch memory at 0xff000000.
     #[arg(long)]

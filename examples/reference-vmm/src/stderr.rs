@@ -20,7 +20,6 @@ static WRITER: Mutex<()> = Mutex::new(());
 
 /// Writes all of `bytes` to stderr unless the deadline passes first; returns whether it did.
 pub fn write_until(bytes: &[u8], deadline: Instant) -> bool {
-    let _writer = WRITER.lock().unwrap_or_else(PoisonError::into_inner);
     write_fd_until(libc::STDERR_FILENO, bytes, deadline)
 }
 
@@ -37,8 +36,14 @@ pub fn line_until(message: impl std::fmt::Display, deadline: Instant) -> bool {
     write_until(format!("reference-vmm: {message}\n").as_bytes(), deadline)
 }
 
-/// [`write_until`] on any descriptor (the tests use a pipe).
-fn write_fd_until(fd: libc::c_int, mut bytes: &[u8], deadline: Instant) -> bool {
+/// [`write_until`] on any descriptor (the log file; the tests use a pipe), under the same lock.
+pub fn write_fd_until(fd: libc::c_int, bytes: &[u8], deadline: Instant) -> bool {
+    let _writer = WRITER.lock().unwrap_or_else(PoisonError::into_inner);
+    write_unlocked(fd, bytes, deadline)
+}
+
+/// Writes `bytes` to `fd` unless `deadline` passes first; the caller holds the lock.
+fn write_unlocked(fd: libc::c_int, mut bytes: &[u8], deadline: Instant) -> bool {
     while !bytes.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         let timeout = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);

@@ -102,7 +102,7 @@ fn confine(filters: &Filters, kind: ThreadKind, tx: &mpsc::Sender<Event>) -> boo
 
 /// Boots the VM `cli` describes and waits until it ends; returns the process exit status.
 pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
-    crate::logger::init()?;
+    crate::logger::init(cli.verbose, cli.log_file.as_deref(), process_start)?;
     let image = match (&cli.kernel, &cli.firmware) {
         (Some(path), _) => Some(("kernel", path)),
         (None, Some(path)) => Some(("firmware", path)),
@@ -579,7 +579,7 @@ fn print_stats(
     let log = crate::logger::stats();
     let _ = writeln!(
         out,
-        "  log: {} lines suppressed by the rate limiter, {} not taken by stderr",
+        "  log: {} lines suppressed by the rate limiter, {} not taken by the log output",
         log.suppressed, log.unwritten
     );
     let _ = writeln!(out, "boot timeline (since process start):");

@@ -122,6 +122,99 @@ fn default_guest_prints_banner_and_exits_zero() {
     );
 }
 
+/// Whether `line` has the log-line shape `reference-vmm: 1.234567ms: <thread> LEVEL:target: msg`.
+fn is_log_line(line: &str, level: &str) -> bool {
+    let Some(rest) = line.strip_prefix("reference-vmm: ") else {
+        return false;
+    };
+    let Some((elapsed, rest)) = rest.split_once(": <") else {
+        return false;
+    };
+    let Some((_thread, rest)) = rest.split_once("> ") else {
+        return false;
+    };
+    elapsed.ends_with('s')
+        && elapsed.starts_with(|c: char| c.is_ascii_digit())
+        && rest.starts_with(&format!("{level}:"))
+}
+
+#[test]
+fn verbosity_chooses_the_log_level_and_wins_over_the_environment() {
+    if !kvm_available() {
+        return;
+    }
+    // The default (warn) says nothing for an honest guest; -vv shows the loaders' debug lines,
+    // even when VMKIT_LOG asks for none; VMKIT_LOG alone still works.
+    let cases: [(&[&str], Option<&str>, bool); 4] = [
+        (&[], None, false),
+        (&["-vv"], Some("off"), true),
+        (&["-v", "-v"], None, true),
+        (&[], Some("debug"), true),
+    ];
+    for (args, env, debug_lines) in cases {
+        let mut cmd = vmm(args);
+        cmd.env_remove("VMKIT_LOG");
+        if let Some(level) = env {
+            cmd.env("VMKIT_LOG", level);
+        }
+        let out = run_with_limit(&mut cmd, Duration::from_secs(60), "the VMM");
+        assert_eq!(out.status, Some(0), "{args:?} {env:?}: {out:?}");
+        let debug = out
+            .stderr
+            .lines()
+            .filter(|line| is_log_line(line, "DEBUG"))
+            .count();
+        assert_eq!(debug > 0, debug_lines, "{args:?} {env:?}: {}", out.stderr);
+        if debug_lines {
+            assert!(
+                out.stderr
+                    .contains("<main> DEBUG:vmkit_boot::pvh: PVH image loaded")
+            );
+        } else {
+            assert_eq!(out.stderr, "", "{args:?} {env:?}");
+        }
+    }
+}
+
+#[test]
+fn log_file_takes_the_lines_stderr_gets_none() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("log-file");
+    let log = dir.0.join("vmm.log");
+    std::fs::write(&log, "an earlier line\n").unwrap();
+    let out = run_with_limit(
+        &mut vmm(&["-vv", "--log-file", log.to_str().unwrap()]),
+        Duration::from_secs(60),
+        "the VMM",
+    );
+    assert_eq!(out.status, Some(0), "{out:?}");
+    assert_eq!(out.stderr, "");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("an earlier line"),
+        "appended, not truncated"
+    );
+    let rest: Vec<&str> = lines.collect();
+    assert!(rest.iter().all(|line| is_log_line(line, "DEBUG")), "{text}");
+    assert!(text.contains("PVH image loaded"), "{text}");
+    // The vCPU thread's lines name it.
+    assert!(
+        text.contains("<vcpu0> DEBUG:vmkit_devices::debug_exit"),
+        "{text}"
+    );
+    // A character device is a log file too.
+    let out = run_with_limit(
+        &mut vmm(&["-vv", "--log-file", "/dev/null"]),
+        Duration::from_secs(60),
+        "the VMM",
+    );
+    assert_eq!((out.status, out.stderr.as_str()), (Some(0), ""), "{out:?}");
+}
+
 #[test]
 fn cmdline_memory_and_serial_file_reach_the_guest() {
     if !kvm_available() {
@@ -514,6 +607,7 @@ fn bad_input_gets_one_line_and_a_nonzero_status() {
         .set_len((1 << 30) + 1)
         .unwrap();
     let huge = huge.to_str().unwrap();
+    let dir_path = dir.0.to_str().unwrap();
     let fifo_disk = format!("path={fifo}");
     let zero_disk = "path=/dev/zero".to_string();
     let serial_limit_zero = format!("file={}/serial.log,limit=0", dir.0.display());
@@ -565,6 +659,11 @@ fn bad_input_gets_one_line_and_a_nonzero_status() {
         (
             vec!["--disk", &zero_disk],
             "/dev/zero is a character device, not a regular file or a block device",
+        ),
+        (vec!["--log-file", fifo], "is a FIFO, not a regular file"),
+        (
+            vec!["--log-file", dir_path],
+            "is a directory, not a regular file",
         ),
         // Over the size limit.
         (vec!["--kernel", huge], "more than the 1073741824 bytes"),
