@@ -13,7 +13,9 @@
 //!   large page split into smaller host pages) under one [`Role`]: its level, the access rights
 //!   the upper levels grant, and the paging-mode bits that change what an entry means (CR0.WP,
 //!   CR4.SMEP, CR4.SMAP, EFER.NXE, 4/5-level). The same guest table used under two roles has
-//!   two shadows, as in KVM's `kvm_mmu_page_role`.
+//!   two shadows, as in KVM's `kvm_mmu_page_role`. A direct page's role also holds the level
+//!   of the guest's large page, whose size its leaves report: the 4 KiB pages of a 2 MiB guest
+//!   page and those of a 1 GiB guest page at the same frames are two shadows, not one.
 //! - **Guest tables write-protected.** No shadow entry lets the guest write a page that holds a
 //!   guest table the MMU shadows; such a write reaches the MMU as a write fault
 //!   ([`ShadowError::PageTableWrite`]), the VMM emulates it through [`ShadowMmu::write_guest`],
@@ -120,6 +122,9 @@ pub struct Role {
     /// The page maps part of a guest large page with smaller host pages instead of shadowing a
     /// guest table.
     pub direct: bool,
+    /// For a direct page, the level of the guest's large page (2 for 2 MiB, 3 for 1 GiB); 0
+    /// for a page that shadows a guest table.
+    pub guest_level: u8,
     /// The rights the upper levels grant ([`access`] bits).
     pub access: u8,
     /// CR0.WP.
@@ -238,6 +243,7 @@ type PageId = usize;
 const MIN_ROLE: Role = Role {
     level: 0,
     direct: false,
+    guest_level: 0,
     access: 0,
     wp: false,
     smep: false,
@@ -403,23 +409,31 @@ impl ShadowMmu {
 
     /// The role of the current root.
     fn root_role(&self) -> Role {
-        self.role(
-            if self.paging.five_level { 5 } else { 4 },
-            false,
-            access::ALL,
-        )
+        self.role(if self.paging.five_level { 5 } else { 4 }, access::ALL)
     }
 
-    fn role(&self, level: u8, direct: bool, access: u8) -> Role {
+    /// The role of the shadow of a guest table at `level` reached with `access`.
+    fn role(&self, level: u8, access: u8) -> Role {
         Role {
             level,
-            direct,
+            direct: false,
+            guest_level: 0,
             access,
             wp: self.paging.wp,
             smep: self.paging.smep,
             smap: self.paging.smap,
             nxe: self.paging.nxe,
             five_level: self.paging.five_level,
+        }
+    }
+
+    /// The role of a direct page at `level` that maps part of a guest page of `guest_level`
+    /// with `access`.
+    fn direct_role(&self, level: u8, guest_level: u8, access: u8) -> Role {
+        Role {
+            direct: true,
+            guest_level,
+            ..self.role(level, access)
         }
     }
 
@@ -696,7 +710,7 @@ impl ShadowMmu {
             match self.rules.decode(entry, level) {
                 EntryKind::Table(next) if level > 1 => {
                     acc &= entry_access(entry);
-                    let role = self.role(level - 1, false, acc);
+                    let role = self.role(level - 1, acc);
                     let child = match self.linked(id, slot, next >> 12, role) {
                         // Already linked: reused as it is (an unsync table stays unsync).
                         Some(child) => {
@@ -782,7 +796,7 @@ impl ShadowMmu {
             return 1;
         }
         let dirty = if leaf.dirty { access::DIRTY } else { 0 };
-        let role = self.role(level - 1, true, leaf.rights | dirty);
+        let role = self.direct_role(level - 1, leaf.guest_level, leaf.rights | dirty);
         let child = self.get_direct_page(base >> 12, role);
         self.link(id, slot, child, leaf.guest_entry);
         let sub_level = level - 1;
@@ -844,19 +858,59 @@ impl ShadowMmu {
         (page.gfn == gfn && page.role == role).then_some(child)
     }
 
-    /// The shadow page of guest table `gfn` under `role`, created (and its table
-    /// write-protected) if there is none. An unsync table is synced first, as KVM does when it
-    /// links one anew: entries reached through the new link must be current.
+    /// The shadow page of guest table `gfn` under `role`, to be linked anew, created (and its
+    /// table write-protected) if there is none. An unsync table is synced first, as KVM does
+    /// when it links one anew: entries reached through the new link must be current. So are
+    /// the unsync tables below an existing page, which the new link reaches as well.
     fn get_page<M: PhysMemory + ?Sized>(&mut self, mem: &M, gfn: u64, role: Role) -> PageId {
         if self.unsync.contains(&gfn) {
             self.sync_table(mem, gfn);
         }
         if let Some(&id) = self.hash.get(&(gfn, role)) {
+            self.sync_below(mem, id);
             return id;
         }
         let id = self.create(gfn, role);
         self.write_protect(gfn);
         id
+    }
+
+    /// Syncs the unsync tables shadowed below shadow page `id` (KVM's `unsync_children`): a new
+    /// link to `id` makes their entries reachable through linear addresses that never used
+    /// them, and no TLB can hold a stale translation of an address it never translated.
+    fn sync_below<M: PhysMemory + ?Sized>(&mut self, mem: &M, id: PageId) {
+        let below: Vec<u64> = self
+            .unsync
+            .iter()
+            .copied()
+            .filter(|&gfn| self.pages_of(gfn).any(|page| self.descends_from(page, id)))
+            .collect();
+        for gfn in below {
+            self.sync_table(mem, gfn);
+        }
+    }
+
+    /// Whether shadow page `page` is reached through links from shadow page `ancestor` (each
+    /// link goes one level down, so the search up from `page` ends at `ancestor`'s level).
+    fn descends_from(&self, page: PageId, ancestor: PageId) -> bool {
+        let (Some(bottom), Some(top)) = (self.page(page), self.page(ancestor)) else {
+            return false;
+        };
+        let mut frontier = alloc::vec![page];
+        for _ in bottom.role.level..top.role.level {
+            let mut parents: Vec<PageId> = frontier
+                .iter()
+                .filter_map(|&id| self.page(id))
+                .flat_map(|page| page.parents.iter().map(|&(parent, _)| parent))
+                .collect();
+            parents.sort_unstable();
+            parents.dedup();
+            if parents.contains(&ancestor) {
+                return true;
+            }
+            frontier = parents;
+        }
+        false
     }
 
     /// The direct shadow page for the guest frames from `gfn` on under `role`.

@@ -417,3 +417,57 @@ fn the_access_kind_is_checked_on_hits() {
             .is_ok()
     );
 }
+
+#[test]
+fn a_store_that_makes_a_1g_page_is_not_served_by_the_split_of_a_2m_page() {
+    let mut g = guest(SyncPolicy::Resync);
+    // PD entry 4 is a 2 MiB page at GPA 0: it holds the guest's tables, so a direct shadow page
+    // maps it with 4 KiB host pages, each leaf reporting the guest's 2 MiB.
+    g.mem
+        .write_u64(PD + 4 * 8, RWU | PAGE_SIZE | ACCESSED | DIRTY)
+        .unwrap();
+    for gva in [0x80_5000, 0x80_6000] {
+        let t = g.go(gva, WRITE).unwrap();
+        assert_eq!((t.gpa, t.page_size), (gva - 0x80_0000, PageSize::Size2M));
+    }
+    // The guest store turns PDPT entry 0, which linked the PD, into a 1 GiB page at GPA 0: the
+    // same frames under the same rights, split the same way one level further down.
+    g.mmu
+        .write_guest(&g.mem, PDPT, RWU | PAGE_SIZE | ACCESSED | DIRTY)
+        .unwrap();
+    for gva in [0x5000, 0x6000, 0x6008] {
+        let t = g.go(gva, WRITE).unwrap();
+        assert_eq!((t.gpa, t.page_size), (gva, PageSize::Size1G), "{gva:#x}");
+    }
+    assert!(!g.go(0x6010, WRITE).unwrap().filled);
+    // And back: the entry links the PD again, and the 2 MiB page is not served by the leaves
+    // of the 1 GiB page either.
+    g.go(0x7000, WRITE).unwrap();
+    g.mmu
+        .write_guest(&g.mem, PDPT, PD | RWU | ACCESSED)
+        .unwrap();
+    for gva in [0x80_6000, 0x80_7000] {
+        let t = g.go(gva, WRITE).unwrap();
+        assert_eq!((t.gpa, t.page_size), (gva - 0x80_0000, PageSize::Size2M));
+    }
+}
+
+#[test]
+fn a_shadow_linked_anew_brings_the_unsync_tables_below_it_in_sync() {
+    let mut g = guest(SyncPolicy::Unsync);
+    g.go(SMALL + 0x1000, READ).unwrap();
+    g.go(SMALL + 0x2000, READ).unwrap();
+    g.go(SELF_MAP + 8, WRITE).unwrap();
+    assert!(g.mmu.is_unsync(PT >> 12));
+    // The guest rewrites two PT entries natively: SMALL's translations may stay stale.
+    g.mem.write_u64(PT + 8, 0x30_1000 | RWU).unwrap();
+    g.mem.write_u64(PT + 2 * 8, 0x30_2000 | RWU).unwrap();
+    // PDPT entry 1 links the PD too: a new linear range over the same tables, which no TLB
+    // has seen, so it must see them as they are now.
+    g.mmu.write_guest(&g.mem, PDPT + 8, PD | RWU).unwrap();
+    const ALIAS: u64 = (1 << 30) + SMALL;
+    for (gva, gpa) in [(ALIAS + 0x1000, 0x30_1000), (ALIAS + 0x2000, 0x30_2000)] {
+        assert_eq!(g.go(gva, READ).unwrap().gpa, gpa, "{gva:#x}");
+    }
+    assert!(!g.go(ALIAS + 0x2008, READ).unwrap().filled);
+}
