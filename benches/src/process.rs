@@ -6,6 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+
 use crate::BenchError;
 
 /// The longest a measured VMM process may live before it is killed.
@@ -26,7 +28,7 @@ pub fn monotonic_now() -> Duration {
     )
 }
 
-/// The boot timeline the reference VMM prints with `--stats`.
+/// The boot timeline the reference VMM prints with `--stats=json`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeline {
     /// When `main` started, on CLOCK_MONOTONIC.
@@ -35,27 +37,37 @@ pub struct Timeline {
     pub first_exit: Duration,
 }
 
-/// Reads the timeline from `--stats` output: the `first guest exit  <ms> ms` and
-/// `process start at CLOCK_MONOTONIC <s> s` lines.
+/// The version of the `--stats=json` document this module reads.
+const STATS_VERSION: u32 = 1;
+
+/// The fields of the reference VMM's `--stats=json` document that the start-up benchmark reads
+/// (the others are ignored).
+#[derive(Debug, Deserialize)]
+struct StatsDocument {
+    version: u32,
+    timeline: StatsTimeline,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatsTimeline {
+    first_guest_exit_ms: Option<f64>,
+    process_start_monotonic_ns: Option<u64>,
+}
+
+/// Reads the timeline from the VMM's stderr with `--stats=json`: the last line that is a JSON
+/// document of the known version (log lines, and the line saying how the VM ended, may come
+/// before and after it). `None` without one, or when it lacks the first exit or the start.
 pub fn parse_timeline(stderr: &str) -> Option<Timeline> {
-    let mut first_exit = None;
-    let mut process_start = None;
-    for line in stderr.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("first guest exit") {
-            let ms: f64 = rest.trim().strip_suffix("ms")?.trim().parse().ok()?;
-            first_exit = Duration::try_from_secs_f64(ms / 1e3).ok();
-        } else if let Some(rest) = line.strip_prefix("process start at CLOCK_MONOTONIC") {
-            let (secs, nanos) = rest.trim().strip_suffix(" s")?.split_once('.')?;
-            let nanos = format!("{nanos:0<9}");
-            process_start = Some(Duration::new(
-                secs.parse().ok()?,
-                nanos.get(..9)?.parse().ok()?,
-            ));
-        }
-    }
+    let document = stderr
+        .lines()
+        .rev()
+        .filter(|line| line.starts_with('{'))
+        .find_map(|line| serde_json::from_str::<StatsDocument>(line).ok())
+        .filter(|document| document.version == STATS_VERSION)?;
+    let timeline = document.timeline;
     Some(Timeline {
-        process_start: process_start?,
-        first_exit: first_exit?,
+        process_start: Duration::from_nanos(timeline.process_start_monotonic_ns?),
+        first_exit: Duration::try_from_secs_f64(timeline.first_guest_exit_ms? / 1e3).ok()?,
     })
 }
 
@@ -191,11 +203,11 @@ impl Vmm {
         })
     }
 
-    /// Starts the VMM with `--stats` on `kernel` (whose first instruction should exit and end
+    /// Starts the VMM with `--stats=json` on `kernel` (whose first instruction should exit and end
     /// the VM) and times spawn → `main` → first exit on CLOCK_MONOTONIC.
     pub fn startup(&self, kernel: &Path, memory: &str) -> Result<Startup, BenchError> {
         let mut command = self.command(kernel);
-        command.args(["--stats", "--memory", memory]);
+        command.args(["--stats=json", "--memory", memory]);
         let before = monotonic_now();
         let child = self.spawn(&mut command)?;
         let stderr = finish(child)?;
@@ -251,23 +263,56 @@ impl Vmm {
 mod tests {
     use super::*;
 
+    /// A `--stats=json` document as the reference VMM prints it (trimmed to a few fields).
+    fn document(version: u32, first_exit: &str, start: &str) -> String {
+        format!(
+            "{{\"version\":{version},\"exits\":{{\"total\":3}},\"timeline\":{{\
+             \"first_guest_exit_ms\":{first_exit},\"first_serial_byte_ms\":null,\
+             \"guest_exit_ms\":3.5,\"process_start_monotonic_ns\":{start}}}}}"
+        )
+    }
+
     #[test]
-    fn timeline_is_read_from_stats_output() {
-        let stderr = "kind  range  name  count\n\
-                      boot timeline (since process start):\n  \
-                      first guest exit       2.021 ms\n  \
-                      first serial byte      2.054 ms\n  \
-                      process start at CLOCK_MONOTONIC 3180.943336200 s\n";
-        let timeline = parse_timeline(stderr).unwrap();
+    fn timeline_is_read_from_stats_json() {
+        let stderr = format!(
+            "reference-vmm: 1.2ms: <main> WARN:reference_vmm: a log line\n{}\n\
+             reference-vmm: timeout after 2s; VM stopped\n",
+            document(1, "2.021", "3180943336200")
+        );
+        let timeline = parse_timeline(&stderr).unwrap();
         assert_eq!(timeline.first_exit, Duration::from_micros(2021));
         assert_eq!(timeline.process_start, Duration::new(3180, 943_336_200));
-        assert_eq!(parse_timeline("first guest exit  1 ms\n"), None);
+        // The last document wins.
+        let two = format!(
+            "{}\n{}\n",
+            document(1, "9", "1"),
+            document(1, "1.5", "2000000000")
+        );
+        let timeline = parse_timeline(&two).unwrap();
+        assert_eq!(timeline.first_exit, Duration::from_micros(1500));
+        assert_eq!(timeline.process_start, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_timeline_that_is_missing_or_unknown_is_none() {
+        assert_eq!(parse_timeline(""), None);
+        // The text table is not read any more.
         assert_eq!(
-            parse_timeline("first guest exit        -   \nprocess start at CLOCK_MONOTONIC 1.5 s"),
+            parse_timeline(
+                "boot timeline (since process start):\n  first guest exit       2.021 ms\n  \
+                 process start at CLOCK_MONOTONIC 3180.943336200 s\n"
+            ),
             None
         );
-        let short = parse_timeline("first guest exit 1 ms\nprocess start at CLOCK_MONOTONIC 1.5 s");
-        assert_eq!(short.unwrap().process_start, Duration::from_millis(1500));
+        // No exit yet, no clock, another version, a cut document, strings for numbers.
+        assert_eq!(parse_timeline(&document(1, "null", "5")), None);
+        assert_eq!(parse_timeline(&document(1, "2.0", "null")), None);
+        assert_eq!(parse_timeline(&document(2, "2.0", "5")), None);
+        let whole = document(1, "2.0", "5");
+        assert_eq!(parse_timeline(&whole[..whole.len() - 1]), None);
+        assert_eq!(parse_timeline(&document(1, "\"2.0\"", "5")), None);
+        assert_eq!(parse_timeline(&document(1, "-1", "5")), None);
+        assert!(parse_timeline(&whole).is_some());
     }
 
     #[test]

@@ -75,9 +75,18 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
 
-    /// Print the exit statistics and the boot timeline on stderr when the VM ends.
-    #[arg(long)]
-    pub stats: bool,
+    /// Print the exit statistics, the disks', COM1's and the log's counters and the boot
+    /// timeline on stderr when the VM ends: `--stats` or `--stats=text` as a table,
+    /// `--stats=json` as one JSON document on one line.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        value_enum,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "text"
+    )]
+    pub stats: Option<StatsFormat>,
 
     /// Log more: `-v` info, `-vv` debug, `-vvv` trace (default: warnings and errors, or
     /// `VMKIT_LOG`'s level when no `-v` is given).
@@ -116,6 +125,15 @@ pub enum BuiltinGuest {
     /// Ring-0 checks of the instructions the emulation assist completes (add --stats to see
     /// which ones it did).
     Assist,
+}
+
+/// `--stats[=FORMAT]`: how the statistics are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatsFormat {
+    /// An aligned table and a few lines, for people.
+    Text,
+    /// One JSON document on one line, for programs (fields in the README).
+    Json,
 }
 
 /// `--memory`.
@@ -425,6 +443,37 @@ mod tests {
             let args = std::iter::once("reference-vmm").chain(conflict.iter().copied());
             assert!(Cli::try_parse_from(args).is_err(), "{conflict:?}");
         }
+    }
+
+    #[test]
+    fn stats_format_is_optional_and_needs_an_equals_sign() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("reference-vmm").chain(args.iter().copied()))
+        };
+        assert_eq!(parse(&[]).unwrap().stats, None);
+        assert_eq!(parse(&["--stats"]).unwrap().stats, Some(StatsFormat::Text));
+        assert_eq!(
+            parse(&["--stats=text"]).unwrap().stats,
+            Some(StatsFormat::Text)
+        );
+        assert_eq!(
+            parse(&["--stats=json"]).unwrap().stats,
+            Some(StatsFormat::Json)
+        );
+        // A flag after a bare --stats is a flag, not the format.
+        let cli = parse(&["--stats", "--serial", "null"]).unwrap();
+        assert_eq!(cli.stats, Some(StatsFormat::Text));
+        assert_eq!(cli.serial, SerialConfig::Null);
+        let cli = parse(&["--stats=json", "--timeout", "2"]).unwrap();
+        assert_eq!(cli.stats, Some(StatsFormat::Json));
+        assert_eq!(cli.timeout, Some(Duration::from_secs(2)));
+        // A bare word after --stats is not taken as its value: it stays a (stray) positional.
+        let err = parse(&["--stats", "json"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument, "{err}");
+        assert!(err.to_string().contains("'json'"), "{err}");
+        let err = parse(&["--stats=yaml"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue, "{err}");
+        assert!(parse(&["--stats="]).is_err());
     }
 
     #[test]

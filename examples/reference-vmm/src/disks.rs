@@ -1,14 +1,14 @@
 //! `--disk`: each image becomes a virtio-blk device on the PCI root, with MSI-X through KVM and
 //! INTA# on a level-triggered GSI.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use log::info;
 use vmkit_devices::pci::PciRoot;
-use vmkit_devices::virtio::VirtioPciInterrupts;
+use vmkit_devices::virtio::block::BlockStats;
+use vmkit_devices::virtio::{VirtioPciInterrupts, VirtioPciStats};
 use vmkit_devices::{DiskImage, VirtioBlock, VirtioPciDevice};
 use vmkit_memory::Allocators;
 use vmkit_memory::vm_memory::GuestMemoryMmap;
@@ -110,33 +110,40 @@ impl Disks {
         &self.intx
     }
 
-    /// One line per disk with its transport and block counters; a disk whose lock a thread
-    /// still holds at `deadline` (one that did not stop) is said to be busy.
-    pub fn print_stats(&self, out: &mut dyn Write, deadline: Instant) {
-        for (name, device) in &self.devices {
-            let Some(device) = crate::lifecycle::lock_until(device, deadline) else {
-                let _ = writeln!(out, "  {name}: busy (held by a thread that did not stop)");
-                continue;
-            };
-            let pci = device.stats();
-            let blk = device.device().stats();
-            let _ = writeln!(
-                out,
-                "  {name}: {} requests ({} reads, {} writes, {} flushes, {} errors), \
-                 {} bytes read, {} written; {} notifications, {} MSI, {} INTx",
-                blk.requests,
-                blk.reads,
-                blk.writes,
-                blk.flushes,
-                blk.errors,
-                blk.bytes_read,
-                blk.bytes_written,
-                pci.notifications,
-                pci.msi_sent,
-                pci.intx_asserted
-            );
-        }
+    /// Each disk's counters, in order (`vda` first); a disk whose lock a thread still holds at
+    /// `deadline` (one that did not stop) has none: it is busy.
+    pub fn stats(&self, deadline: Instant) -> Vec<DiskStats> {
+        self.devices
+            .iter()
+            .map(|(name, device)| DiskStats {
+                name: name.clone(),
+                counters: crate::lifecycle::lock_until(device, deadline).map(|device| {
+                    DiskCounters {
+                        block: device.device().stats(),
+                        transport: device.stats(),
+                    }
+                }),
+            })
+            .collect()
     }
+}
+
+/// One disk's statistics (`--stats`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskStats {
+    /// `vda`, `vdb`, …
+    pub name: String,
+    /// `None` when the disk was busy: held by a thread that did not stop.
+    pub counters: Option<DiskCounters>,
+}
+
+/// A disk's request and transport counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskCounters {
+    /// The virtio-blk device's requests and bytes.
+    pub block: BlockStats,
+    /// The virtio-pci transport's notifications and interrupts.
+    pub transport: VirtioPciStats,
 }
 
 #[cfg(test)]

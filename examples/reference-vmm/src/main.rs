@@ -14,6 +14,7 @@ mod interrupts;
 mod lifecycle;
 mod logger;
 mod serial_output;
+mod stats;
 mod stderr;
 mod terminal;
 mod vm;

@@ -29,14 +29,15 @@ use vmkit_memory::GuestLayout;
 use vmkit_vcpu::{ExitHandler, Hypervisor, Kick, KvmHypervisor, KvmVm, LoopExit, Vcpu, Vm};
 
 use crate::boot;
-use crate::cli::{BuiltinGuest, Cli, SerialConfig};
-use crate::disks::{self, Disks};
+use crate::cli::{BuiltinGuest, Cli, SerialConfig, StatsFormat};
+use crate::disks;
 use crate::exit_code;
 use crate::files;
 use crate::guests::{ASSIST_ELF, EXITS_ELF, HELLO_ELF};
 use crate::interrupts::IrqLine;
 use crate::lifecycle::{self, REPORT_GRACE, STOP_GRACE, ThreadPanic};
 use crate::serial_output::{self, SerialDrain, SerialOutput};
+use crate::stats;
 use crate::stderr;
 use crate::terminal::{self, RawStdin};
 
@@ -368,18 +369,37 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
             report_by,
         );
     }
-    if cli.stats {
-        let mut text = Vec::new();
-        print_stats(
-            &handler,
-            serial.as_deref(),
-            output_stats.as_ref(),
-            &disks,
-            (process_start, guest_end),
-            report_by,
-            &mut text,
-        );
-        stderr::write_until(&text, report_by);
+    if let Some(format) = cli.stats {
+        let report = stats::Report {
+            exits: handler
+                .dispatcher
+                .stats()
+                .with_assist(handler.assist.counts()),
+            disks: disks.stats(report_by),
+            com1: output_stats.as_ref().map(SerialOutput::stats),
+            log: crate::logger::stats(),
+            timeline: stats::Timeline::new(
+                process_start,
+                handler.first_exit.get().copied(),
+                serial.as_deref().and_then(Serial::first_output_at),
+                guest_end,
+            ),
+        };
+        // Written in one call, which holds stderr's lock: no other line of the VMM cuts it.
+        let bytes = match format {
+            StatsFormat::Text => {
+                let mut text = Vec::new();
+                let _ = report.write_text(&mut text);
+                text
+            }
+            StatsFormat::Json => match report.to_json_line() {
+                Ok(line) => line.into_bytes(),
+                Err(e) => {
+                    format!("reference-vmm: cannot encode the statistics: {e}\n").into_bytes()
+                }
+            },
+        };
+        stderr::write_until(&bytes, report_by);
     }
     let outcome = outcome?;
     Ok(report(&outcome, handler.assist.last_report(), report_by))
@@ -533,93 +553,6 @@ fn spawn_stdin_thread(
     })
     .context("cannot start the stdin thread")?;
     Ok(())
-}
-
-fn millis(from: Instant, to: Instant) -> String {
-    format!(
-        "{:>9.3} ms",
-        to.saturating_duration_since(from).as_secs_f64() * 1e3
-    )
-}
-
-/// The `--stats` report: exit statistics, disks, serial output, log lines lost, boot timeline.
-/// A disk still locked by a thread that did not stop at `deadline` is reported busy.
-fn print_stats(
-    handler: &Handler,
-    serial: Option<&Serial>,
-    output: Option<&SerialOutput>,
-    disks: &Disks,
-    (process_start, guest_end): (Instant, Instant),
-    deadline: Instant,
-    out: &mut dyn Write,
-) {
-    let _ = writeln!(
-        out,
-        "{}",
-        handler
-            .dispatcher
-            .stats()
-            .with_assist(handler.assist.counts())
-    );
-    disks.print_stats(out, deadline);
-    if let Some(output) = output {
-        let o = output.stats();
-        let _ = writeln!(
-            out,
-            "  com1 output: {} bytes written, {} dropped ({} while the host did not read, {} over \
-             the limit, {} refused by the host), {} not written by the end",
-            o.written,
-            o.dropped(),
-            o.dropped_full,
-            o.dropped_limit,
-            o.failed,
-            o.pending
-        );
-    }
-    let log = crate::logger::stats();
-    let _ = writeln!(
-        out,
-        "  log: {} lines suppressed by the rate limiter, {} not taken by the log output",
-        log.suppressed, log.unwritten
-    );
-    let _ = writeln!(out, "boot timeline (since process start):");
-    let first_exit = handler.first_exit.get().copied();
-    let first_byte = serial.and_then(|s| s.first_output_at());
-    for (what, at) in [
-        ("first guest exit", first_exit),
-        ("first serial byte", first_byte),
-        ("guest exit", Some(guest_end)),
-    ] {
-        let when = at.map_or_else(|| "        -   ".to_string(), |t| millis(process_start, t));
-        let _ = writeln!(out, "  {what:<18} {when}");
-    }
-    // For a harness that timed the spawn: where "since process start" begins on its clock.
-    if let Some(start) = monotonic_time_of(process_start) {
-        let (secs, nanos) = (start.as_secs(), start.subsec_nanos());
-        let _ = writeln!(
-            out,
-            "  process start at CLOCK_MONOTONIC {secs}.{nanos:09} s"
-        );
-    }
-}
-
-/// `instant` on the CLOCK_MONOTONIC clock (which `Instant` reads on Linux), as the time since
-/// that clock's origin.
-fn monotonic_time_of(instant: Instant) -> Option<Duration> {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec; the call writes nothing else.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
-        return None;
-    }
-    let since = Instant::now().saturating_duration_since(instant);
-    let now = Duration::new(
-        u64::try_from(now.tv_sec).ok()?,
-        u32::try_from(now.tv_nsec).ok()?,
-    );
-    now.checked_sub(since)
 }
 
 /// The name of a stopping signal and its exit status.

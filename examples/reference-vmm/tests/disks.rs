@@ -352,6 +352,51 @@ fn firmware_finds_two_disks_and_reads_a_sector() {
     ] {
         assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
     }
+
+    // The same counters in `--stats=json`, the document alone on stderr's one line.
+    let out = vmm(&[
+        "--firmware",
+        &fw,
+        "--disk",
+        &format!("path={a}"),
+        &format!("path={b},readonly=on"),
+        "--stats=json",
+        "--serial",
+        "off",
+    ]);
+    assert_eq!(out.status, Some(0), "{}", out.stderr);
+    let stats: serde_json::Value = serde_json::from_str(one_json_line(&out)).unwrap();
+    let disks = stats["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 2, "{stats}");
+    let vda = &disks[0];
+    assert_eq!(vda["name"], "vda");
+    assert_eq!(vda["busy"], false);
+    assert_eq!(vda["requests"], 1);
+    assert_eq!(vda["reads"], 1);
+    assert_eq!(vda["writes"], 0);
+    assert_eq!(vda["errors"], 0);
+    assert_eq!(vda["bytes_read"], 512);
+    assert_eq!(vda["intx_asserted"], 1);
+    assert_eq!(disks[1]["name"], "vdb");
+    assert_eq!(disks[1]["requests"], 0);
+    let ranges = stats["mmio_ranges"].as_array().unwrap();
+    for bar in ["vda-bar0", "vdb-bar0"] {
+        assert!(
+            ranges.iter().any(|r| r["name"] == bar),
+            "no {bar} in {stats}"
+        );
+    }
+}
+
+/// The one line on stderr, a JSON document (`--stats=json` of a VM that ended by itself).
+fn one_json_line(out: &Finished) -> &str {
+    let stderr = out.stderr.as_str();
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(
+        stderr.starts_with('{') && stderr.ends_with("}\n"),
+        "{stderr}"
+    );
+    stderr.trim_end()
 }
 
 #[test]

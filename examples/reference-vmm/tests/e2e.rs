@@ -247,19 +247,165 @@ fn stats_print_the_table_and_the_timeline() {
     if !kvm_available() {
         return;
     }
-    let out = run(&["--stats", "--serial", "null"]);
-    assert_eq!(out.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    for needle in [
-        "com1",
-        "debug-exit",
-        "io-out",
-        "first guest exit",
-        "first serial byte",
-        "guest exit",
-    ] {
-        assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
+    // `--stats` alone is the text; a flag may follow it; `--stats=text` says so explicitly.
+    for stats in ["--stats", "--stats=text"] {
+        let out = run(&[stats, "--serial", "null"]);
+        assert_eq!(out.status.code(), Some(0));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needle in [
+            "com1",
+            "debug-exit",
+            "io-out",
+            "first guest exit",
+            "first serial byte",
+            "guest exit",
+            "process start at CLOCK_MONOTONIC",
+        ] {
+            assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
+        }
+        assert!(!stderr.contains('{'), "{stderr}");
     }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the call writes nothing else.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    assert_eq!(status, 0);
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The pio range named `name` in a `--stats=json` document.
+fn pio_range<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    stats["pio_ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no pio range {name:?} in {stats}"))
+}
+
+/// `--stats=json` on the default guest: one JSON document on stderr's last line, whose numbers
+/// agree with what the guest did (it printed its banner on COM1 and wrote its status to the
+/// debug-exit port) and with one another.
+#[test]
+fn stats_json_reports_the_default_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let before = monotonic_ns();
+    let out = run(&["--stats=json"]);
+    let after = monotonic_ns();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        out.stdout.starts_with(b"vmkit hello: booted via PVH"),
+        "{stderr}"
+    );
+    // The guest ended the VM itself: the document is the only line, and the last.
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    let line = stderr.lines().last().unwrap();
+    let stats: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(stats["version"], 1);
+
+    let kinds = stats["exits"]["by_kind"].as_object().unwrap();
+    assert_eq!(kinds.len(), 11, "{stats}");
+    let sum: u64 = kinds.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(stats["exits"]["total"].as_u64(), Some(sum));
+    let io_out = kinds["io-out"].as_u64().unwrap();
+    assert!(io_out >= 1, "{stats}");
+    // Every byte of the banner is one `out` to COM1, and the status one more to debug-exit.
+    let debug_exit = pio_range(&stats, "debug-exit")["hits"].as_u64().unwrap();
+    assert!(debug_exit >= 1, "{stats}");
+    let com1_hits = pio_range(&stats, "com1")["hits"].as_u64().unwrap();
+    assert!(com1_hits >= out.stdout.len() as u64, "{stats}");
+    assert!(io_out >= out.stdout.len() as u64 + debug_exit, "{stats}");
+    assert_eq!(pio_range(&stats, "debug-exit")["base"], 0xf4);
+
+    let com1 = &stats["com1"];
+    let written = com1["written"].as_u64().unwrap();
+    assert!(written > 0, "{stats}");
+    assert_eq!(written, out.stdout.len() as u64, "{stats}");
+    for field in [
+        "dropped",
+        "dropped_full",
+        "dropped_limit",
+        "failed",
+        "pending",
+    ] {
+        assert_eq!(com1[field], 0, "{field}: {stats}");
+    }
+    assert_eq!(stats["disks"], serde_json::json!([]));
+    assert_eq!(stats["log"]["suppressed"], 0, "{stats}");
+    assert_eq!(stats["log"]["unwritten"], 0, "{stats}");
+    assert_eq!(stats["assist"]["stopped"], 0, "{stats}");
+    assert!(stats["assist"]["completed"].as_object().unwrap().len() > 20);
+    for space in ["unclaimed", "bad_size"] {
+        for field in ["pio_read", "pio_write", "mmio_read", "mmio_write"] {
+            assert!(stats[space][field].is_u64(), "{space}.{field}: {stats}");
+        }
+    }
+
+    // The timeline: in order, and the process start between the spawn and the exit.
+    let t = &stats["timeline"];
+    let first_exit = t["first_guest_exit_ms"].as_f64().unwrap();
+    let first_byte = t["first_serial_byte_ms"].as_f64().unwrap();
+    let guest_exit = t["guest_exit_ms"].as_f64().unwrap();
+    assert!(
+        0.0 < first_exit && first_exit <= first_byte && first_byte <= guest_exit,
+        "{t}"
+    );
+    let start = t["process_start_monotonic_ns"].as_u64().unwrap();
+    assert!(
+        before <= start && start <= after,
+        "{before} {start} {after}"
+    );
+    assert!(start + (guest_exit * 1e6) as u64 <= after, "{t}");
+}
+
+/// With a line after it (how the VM ended), the document is still one whole line.
+#[test]
+fn stats_json_comes_before_the_line_saying_how_the_vm_ended() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("stats-json-timeout");
+    let kernel = dir.file("k.elf", &guest(SPIN_HLT));
+    let out = run(&[
+        "--stats=json",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--serial",
+        "off",
+        "--timeout",
+        "0.5",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(TIMEOUT), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr:?}");
+    assert_eq!(lines[1], "reference-vmm: timeout after 0.5s; VM stopped");
+    let stats: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(stats["com1"], serde_json::Value::Null, "{stats}");
+    assert_eq!(
+        stats["timeline"]["first_serial_byte_ms"],
+        serde_json::Value::Null
+    );
+    // A halted vCPU waits in the kernel's LAPIC: whether any exit came, the timeline agrees.
+    let total = stats["exits"]["total"].as_u64().unwrap();
+    assert_eq!(
+        stats["timeline"]["first_guest_exit_ms"].is_null(),
+        total == 0,
+        "{stats}"
+    );
+    assert!(
+        stats["timeline"]["guest_exit_ms"].as_f64().unwrap() >= 500.0,
+        "{stats}"
+    );
 }
 
 #[test]
@@ -637,6 +783,10 @@ fn bad_input_gets_one_line_and_a_nonzero_status() {
         (vec!["--cpus", "boot=0"], "--cpus"),
         (vec!["--timeout", "-1"], "--timeout"),
         (vec!["--serial", "pty"], "--serial"),
+        (vec!["--stats=yaml"], "--stats"),
+        (vec!["--stats="], "--stats"),
+        // A bare word after --stats is not its value.
+        (vec!["--stats", "json"], "unexpected argument 'json'"),
         (vec!["--no-such-flag"], "--no-such-flag"),
         (vec!["stray"], "stray"),
         // Special files: refused without reading (a character device never ends) or waiting
