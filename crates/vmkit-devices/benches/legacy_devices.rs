@@ -7,11 +7,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use vmkit_devices::cmos::{CMOS_PORT, REG_SECONDS};
 use vmkit_devices::i8042::I8042_COMMAND_PORT;
 use vmkit_devices::serial::{COM1_PORT, LSR_OFFSET};
-use vmkit_devices::{CmosRtc, CountingTrigger, DebugExit, I8042Device, SerialDevice};
+use vmkit_devices::{CmosRtc, DebugExit, I8042Device, NoopTrigger, SerialDevice};
 use vmkit_exits::PioDevice;
 
 fn devices(c: &mut Criterion) {
-    let serial = SerialDevice::new(CountingTrigger::new(), sink());
+    let serial = SerialDevice::new(NoopTrigger, sink());
     c.bench_function("serial_thr_write", |b| {
         b.iter(|| serial.pio_write(COM1_PORT, 0, black_box(b"x")))
     });
@@ -27,7 +27,7 @@ fn devices(c: &mut Criterion) {
         b.iter(|| rtc.pio_read(CMOS_PORT, 1, black_box(&mut data)))
     });
 
-    let i8042 = I8042Device::new(CountingTrigger::new());
+    let i8042 = I8042Device::new(NoopTrigger);
     c.bench_function("i8042_status_read", |b| {
         let mut data = [0u8];
         b.iter(|| i8042.pio_read(I8042_COMMAND_PORT, 0, black_box(&mut data)))

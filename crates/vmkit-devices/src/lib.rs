@@ -26,6 +26,6 @@ pub use io::IoStats;
 pub use pci::{ConfigSpace, PciDevice, PciError, PciRoot};
 pub use serial::SerialDevice;
 pub use testdev::{PcTestDev, TestDevError, TestDevStats};
-pub use trigger::{CountingTrigger, InterruptTrigger, SuperioTrigger};
+pub use trigger::{CountingTrigger, InterruptTrigger, NoopTrigger, SuperioTrigger};
 pub use virtio::block::{DiskBackend, DiskError, DiskImage, MemDisk, VirtioBlock};
 pub use virtio::{MsiTrigger, VirtioDevice, VirtioPciDevice, VirtioPciInterrupts};

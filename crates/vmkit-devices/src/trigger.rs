@@ -1,55 +1,17 @@
 //! Interrupt lines: the one way a device signals the guest.
 //!
-//! Devices never see the hypervisor. The VMM implements [`InterruptTrigger`] for each line it
-//! wires to a device (with KVM: an irqfd for edge lines, an irqfd with a resample fd for level
-//! lines). [`CountingTrigger`] is a test double that records what a device did.
+//! Devices never see the hypervisor. The trigger traits live in vmkit-exits (so that a
+//! hypervisor backend can implement them without knowing any device) and are re-exported here:
+//! the VMM hands each device an [`InterruptTrigger`] for each line it wires to it (vmkit-vcpu
+//! has ready-made ones: `IrqLine` over `KVM_IRQ_LINE`, `IrqfdLine` over an irqfd, with a
+//! resample fd for level lines). [`SuperioTrigger`] adapts a line to vm-superio's trigger,
+//! [`CountingTrigger`] is a test double that records what a device did, and [`NoopTrigger`]
+//! accepts everything.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// An interrupt line a device raises.
-///
-/// Edge-triggered devices (the UART, the i8042 keyboard) call [`trigger`](Self::trigger) once per
-/// event. Level-triggered devices (a later virtio INTx) [`assert`](Self::assert) the line while
-/// their condition holds and [`deassert`](Self::deassert) it once the guest acknowledged it.
-///
-/// Devices call these from the vCPU thread that is handling an exit, with the device's own lock
-/// held: an implementation must not block and must not call back into the device (a
-/// non-blocking eventfd write is the intended shape). A failure is counted and logged by the
-/// device, never fatal to the guest access.
-pub trait InterruptTrigger: Send + Sync {
-    /// Signals one edge-triggered interrupt.
-    fn trigger(&self) -> io::Result<()>;
-    /// Raises a level-triggered line; it stays raised until [`deassert`](Self::deassert).
-    fn assert(&self) -> io::Result<()>;
-    /// Lowers a level-triggered line.
-    fn deassert(&self) -> io::Result<()>;
-}
-
-impl<T: InterruptTrigger + ?Sized> InterruptTrigger for Arc<T> {
-    fn trigger(&self) -> io::Result<()> {
-        (**self).trigger()
-    }
-    fn assert(&self) -> io::Result<()> {
-        (**self).assert()
-    }
-    fn deassert(&self) -> io::Result<()> {
-        (**self).deassert()
-    }
-}
-
-impl<T: InterruptTrigger + ?Sized> InterruptTrigger for Box<T> {
-    fn trigger(&self) -> io::Result<()> {
-        (**self).trigger()
-    }
-    fn assert(&self) -> io::Result<()> {
-        (**self).assert()
-    }
-    fn deassert(&self) -> io::Result<()> {
-        (**self).deassert()
-    }
-}
+pub use vmkit_exits::{InterruptTrigger, MsiTrigger, NoopTrigger};
 
 /// Adapts an [`InterruptTrigger`] to the [`vm_superio::Trigger`] the vm-superio devices take:
 /// their `trigger()` is an edge.
@@ -140,6 +102,7 @@ impl InterruptTrigger for CountingTrigger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use vm_superio::Trigger;
 
     #[test]

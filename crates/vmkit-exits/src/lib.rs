@@ -13,6 +13,7 @@ pub mod ratelimit;
 mod simd;
 pub mod state;
 pub mod stats;
+pub mod trigger;
 pub mod xsave;
 
 pub use action::{ExitAction, StopReason};
@@ -29,4 +30,5 @@ pub use guest::{GuestFault, Unsupported};
 pub use ratelimit::{Clock, LogLimit, ManualClock, MonotonicClock, RateLimiter};
 pub use state::VcpuState;
 pub use stats::{AccessCounts, AssistCounts, ExitStats, RangeStats};
+pub use trigger::{InterruptTrigger, MsiTrigger, NoopTrigger};
 pub use xsave::XsaveLayout;

@@ -387,6 +387,8 @@ impl Vcpu for FakeVcpu {
 pub enum FakeVmEvent {
     /// [`Vm::register_irqfd`] for this GSI.
     IrqfdRegistered(u32),
+    /// [`Vm::register_irqfd_with_resample`] for this GSI.
+    IrqfdResampleRegistered(u32),
     /// [`Vm::unregister_irqfd`] for this GSI.
     IrqfdUnregistered(u32),
     /// [`Vm::register_ioevent`].
@@ -433,6 +435,15 @@ impl Vm for FakeVm {
 
     fn register_irqfd(&self, _fd: &EventFd, gsi: u32) -> Result<(), FakeError> {
         self.record(FakeVmEvent::IrqfdRegistered(gsi))
+    }
+
+    fn register_irqfd_with_resample(
+        &self,
+        _fd: &EventFd,
+        _resample_fd: &EventFd,
+        gsi: u32,
+    ) -> Result<(), FakeError> {
+        self.record(FakeVmEvent::IrqfdResampleRegistered(gsi))
     }
 
     fn unregister_irqfd(&self, _fd: &EventFd, gsi: u32) -> Result<(), FakeError> {
@@ -782,6 +793,7 @@ mod tests {
         let addr = IoEventAddress::Mmio(0x1000);
         vm.register_irqfd(&fd, 5).unwrap();
         vm.unregister_irqfd(&fd, 5).unwrap();
+        vm.register_irqfd_with_resample(&fd, &fd, 17).unwrap();
         vm.register_ioevent(&fd, addr, Some(DataMatch::U32(1)))
             .unwrap();
         vm.unregister_ioevent(&fd, addr, None).unwrap();
@@ -792,6 +804,7 @@ mod tests {
             [
                 FakeVmEvent::IrqfdRegistered(5),
                 FakeVmEvent::IrqfdUnregistered(5),
+                FakeVmEvent::IrqfdResampleRegistered(17),
                 FakeVmEvent::IoeventRegistered(addr, Some(DataMatch::U32(1))),
                 FakeVmEvent::IoeventUnregistered(addr, None),
                 FakeVmEvent::IrqLine(4, true),

@@ -74,10 +74,22 @@ pub trait Vm {
         (0..count).map(|id| self.create_vcpu(id, count)).collect()
     }
 
-    /// Makes a write to `fd` raise `gsi`.
+    /// Makes a write to `fd` pulse `gsi` (raise, then lower): an edge-triggered line.
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), Self::Error>;
 
-    /// Undoes [`register_irqfd`](Vm::register_irqfd).
+    /// Makes a write to `fd` raise the level-triggered line `gsi` and keep it raised until the
+    /// guest acknowledges the interrupt (EOI at its interrupt controller). At that point the
+    /// backend lowers the line and signals `resample_fd`; a device whose condition still holds
+    /// writes `fd` again. [`IrqfdLine::level`](crate::IrqfdLine::level) does that bookkeeping.
+    fn register_irqfd_with_resample(
+        &self,
+        fd: &EventFd,
+        resample_fd: &EventFd,
+        gsi: u32,
+    ) -> Result<(), Self::Error>;
+
+    /// Undoes [`register_irqfd`](Vm::register_irqfd) or
+    /// [`register_irqfd_with_resample`](Vm::register_irqfd_with_resample).
     fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), Self::Error>;
 
     /// Makes a guest write to `addr` (matching `datamatch`, if given) signal `fd` instead of

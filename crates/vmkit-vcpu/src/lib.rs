@@ -7,6 +7,9 @@
 //!   element), the [`ExitHandler`] trait, the [`run_until_stop`] driver and
 //!   [`run_until_stop_with_assist`], which hands emulation failures to the emulation assist,
 //!   and their `_inspected` variants.
+//! - [`interrupts`]: ready-made interrupt triggers over any [`Vm`]: [`IrqLine`]
+//!   (`KVM_IRQ_LINE`), [`IrqfdLine`] (irqfd, with a resample fd for level lines) and [`MsiLine`]
+//!   (`KVM_SIGNAL_MSI`), implementing vmkit-exits' [`InterruptTrigger`] and [`MsiTrigger`].
 //! - [`pause`]: [`Inspector`] and [`PauseHandle`], pausing a running vCPU from another thread to
 //!   inspect it between two entries (registers, `KVM_TRANSLATE`, guest memory).
 //! - [`x86`]: backend-neutral entry state (PVH, 64-bit Linux), boot MSRs, page sizes.
@@ -16,16 +19,23 @@
 
 pub mod fake;
 pub mod hypervisor;
+pub mod interrupts;
 pub mod kvm;
 pub mod pause;
 pub mod run;
 pub mod x86;
 
 pub use hypervisor::{DataMatch, Hypervisor, IoEventAddress, Kick, Vcpu, Vm};
+pub use interrupts::{IrqLine, IrqfdError, IrqfdLine, MsiLine};
 pub use kvm::{Error, KvmHypervisor, KvmKicker, KvmVcpu, KvmVm};
 pub use pause::{Inspector, PauseHandle};
 pub use run::{
     ExitHandler, Exits, LoopExit, RunExit, handle_exits, run_until_stop, run_until_stop_inspected,
     run_until_stop_with_assist, run_until_stop_with_assist_inspected,
 };
+/// The trigger traits the lines in [`interrupts`] implement (defined in vmkit-exits).
+pub use vmkit_exits::{InterruptTrigger, MsiTrigger};
+/// The eventfd type of [`Vm`]'s irqfd and ioeventfd methods and of [`IrqfdLine`], re-exported so
+/// that callers need not depend on the same vmm-sys-util version.
+pub use vmm_sys_util::eventfd::EventFd;
 pub use x86::{LongModeEntry, PageSizes};

@@ -19,6 +19,7 @@ use vmkit_exits::{
     DeviceAction, ExitAction, ExitDispatcher, IoBus, MmioBus, MmioDevice, PioDevice, StopReason,
     VcpuState, VmExit,
 };
+use vmkit_vcpu::EventFd;
 use vmkit_vcpu::kvm::lapic_register;
 use vmkit_vcpu::x86::msr::{self, MsrValue};
 use vmkit_vcpu::x86::{LONG_MODE_GDT, LONG_MODE_GDT_SIZE, PageSize, SELECTOR_CODE};
@@ -26,7 +27,6 @@ use vmkit_vcpu::{
     DataMatch, Error, Hypervisor, IoEventAddress, Kick, KvmVcpu, LongModeEntry, LoopExit, RunExit,
     Vcpu, Vm,
 };
-use vmm_sys_util::eventfd::EventFd;
 
 /// `mov al, 0; out DONE_PORT, al`.
 const DONE: [u8; 4] = [0xb0, 0x00, 0xe6, DONE_PORT as u8];

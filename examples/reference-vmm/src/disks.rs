@@ -12,10 +12,9 @@ use vmkit_devices::virtio::{VirtioPciInterrupts, VirtioPciStats};
 use vmkit_devices::{DiskImage, VirtioBlock, VirtioPciDevice};
 use vmkit_memory::Allocators;
 use vmkit_memory::vm_memory::GuestMemoryMmap;
-use vmkit_vcpu::KvmVm;
+use vmkit_vcpu::{IrqLine, KvmVm, MsiLine};
 
 use crate::cli::{DiskConfig, MAX_DISKS};
-use crate::interrupts::{IrqLine, MsiLine};
 
 type BlockDevice = VirtioPciDevice<VirtioBlock<DiskImage>>;
 

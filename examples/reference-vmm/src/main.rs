@@ -10,7 +10,6 @@ mod disks;
 mod exit_code;
 mod files;
 mod guests;
-mod interrupts;
 mod lifecycle;
 mod logger;
 mod serial_output;

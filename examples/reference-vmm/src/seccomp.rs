@@ -476,7 +476,9 @@ fn vcpu_thread(list: &mut AllowList) {
         )
         .ioctls(
             &[KVM_IRQ_LINE, KVM_SIGNAL_MSI],
-            "device interrupts: UART, i8042, pc-testdev and virtio INTx lines, virtio MSI-X",
+            "device interrupts raised from the exit that caused them: vmkit-vcpu's IrqLine \
+             (KVM_IRQ_LINE: UART, i8042, pc-testdev and virtio INTx lines) and MsiLine \
+             (KVM_SIGNAL_MSI: virtio MSI-X)",
         )
         .allow(libc::SYS_pread64, "virtio-blk reads from a disk image")
         .allow(libc::SYS_pwrite64, "virtio-blk writes to a disk image")
@@ -498,7 +500,10 @@ fn stdin_thread(list: &mut AllowList) {
         &[vec![(0, u64::MAX, libc::STDIN_FILENO as u64)]],
         "reading stdin, and nothing else",
     )
-    .ioctls(&[KVM_IRQ_LINE], "the UART's receive interrupt");
+    .ioctls(
+        &[KVM_IRQ_LINE],
+        "the UART's receive interrupt (vmkit-vcpu's IrqLine)",
+    );
     sleeps(list, "waiting while the UART's receive FIFO is full");
 }
 

@@ -26,7 +26,9 @@ use vmkit_exits::assist::{AssistReport, EmulationAssist};
 use vmkit_exits::dispatch::ExitDispatcher;
 use vmkit_exits::{ExitAction, IoBus, MmioBus, PioDevice, StopReason, VmExit};
 use vmkit_memory::GuestLayout;
-use vmkit_vcpu::{ExitHandler, Hypervisor, Kick, KvmHypervisor, KvmVm, LoopExit, Vcpu, Vm};
+use vmkit_vcpu::{
+    ExitHandler, Hypervisor, IrqLine, Kick, KvmHypervisor, KvmVm, LoopExit, Vcpu, Vm,
+};
 
 use crate::boot;
 use crate::cli::{BuiltinGuest, Cli, SerialConfig, StatsFormat};
@@ -34,14 +36,13 @@ use crate::disks;
 use crate::exit_code;
 use crate::files;
 use crate::guests::{ASSIST_ELF, EXITS_ELF, HELLO_ELF};
-use crate::interrupts::IrqLine;
 use crate::lifecycle::{self, REPORT_GRACE, STOP_GRACE, ThreadPanic};
 use crate::serial_output::{self, SerialDrain, SerialOutput};
 use crate::stats;
 use crate::stderr;
 use crate::terminal::{self, RawStdin};
 
-type Serial = SerialDevice<IrqLine, Box<dyn Write + Send>>;
+type Serial = SerialDevice<IrqLine<KvmVm>, Box<dyn Write + Send>>;
 
 /// The two ends of COM1's output buffer: the UART's, and the serial output thread's.
 type SerialBuffer = (SerialOutput, SerialDrain);

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use arbitrary::{Arbitrary, Unstructured};
 use vmkit_devices::pci::{CONFIG_ADDRESS_ENABLE, PciDevice, PciRoot};
-use vmkit_devices::virtio::{MsiRecorder, VirtioPciInterrupts};
-use vmkit_devices::{CountingTrigger, MemDisk, VirtioBlock, VirtioPciDevice};
+use vmkit_devices::virtio::VirtioPciInterrupts;
+use vmkit_devices::{MemDisk, NoopTrigger, VirtioBlock, VirtioPciDevice};
 use vmkit_exits::{IoBus, MmioBus};
 use vmkit_memory::GuestLayout;
 use vmkit_memory::layout::{PCI_ECAM_SIZE, PCI_ECAM_START};
@@ -200,9 +200,9 @@ impl Harness {
             VirtioBlock::new(MemDisk::new(vec![0; 8 << 10], false)),
             memory,
             VirtioPciInterrupts {
-                intx: Some(Arc::new(CountingTrigger::new())),
+                intx: Some(Arc::new(NoopTrigger)),
                 intx_line: 16,
-                msi: Some(Arc::new(MsiRecorder::new())),
+                msi: Some(Arc::new(NoopTrigger)),
             },
         )
         .expect("virtio-blk fits the transport");

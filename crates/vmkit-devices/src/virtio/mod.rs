@@ -28,6 +28,9 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::pci::lock;
 
+/// The MSI sender trait, defined in vmkit-exits (it is PCI's, not virtio's); kept at this path.
+pub use vmkit_exits::MsiTrigger;
+
 pub use msix::{MSIX_ENTRY_SIZE, MsixDelivery, MsixMessage, MsixTable};
 pub use pci::{
     BAR_SIZE, COMMON_CFG_LEN, COMMON_CFG_OFFSET, DEVICE_CFG_OFFSET, ISR_OFFSET, MAX_QUEUES,
@@ -82,23 +85,6 @@ pub const TRANSPORT_FEATURES: u64 = F_VERSION_1 | F_RING_INDIRECT_DESC;
 pub const ISR_QUEUE: u8 = 1;
 /// ISR bit: the device configuration changed.
 pub const ISR_CONFIG: u8 = 2;
-
-/// Sends message-signalled interrupts: a write of `data` to `address`, as the MSI-X table entry
-/// of the vector says. With KVM the VMM implements it with `KVM_SIGNAL_MSI` (or per-vector
-/// irqfds routed to the message).
-///
-/// Called with device locks held: an implementation must not block and must not call back into
-/// the device. A failure is counted by the device, never fatal to the guest access.
-pub trait MsiTrigger: Send + Sync {
-    /// Delivers one message.
-    fn send(&self, address: u64, data: u32) -> io::Result<()>;
-}
-
-impl<T: MsiTrigger + ?Sized> MsiTrigger for Arc<T> {
-    fn send(&self, address: u64, data: u32) -> io::Result<()> {
-        (**self).send(address, data)
-    }
-}
 
 /// A test double that records the messages sent and can be told to fail.
 #[derive(Debug, Default)]

@@ -282,6 +282,18 @@ impl Vm for KvmVm {
             .map_err(Error::ioctl("KVM_IRQFD"))
     }
 
+    fn register_irqfd_with_resample(
+        &self,
+        fd: &EventFd,
+        resample_fd: &EventFd,
+        gsi: u32,
+    ) -> Result<(), Error> {
+        self.shared
+            .fd
+            .register_irqfd_with_resample(fd, resample_fd, gsi)
+            .map_err(Error::ioctl("KVM_IRQFD(resample)"))
+    }
+
     fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), Error> {
         self.shared
             .fd

@@ -1,0 +1,166 @@
+//! Interrupt triggers: the one way a device signals the guest.
+//!
+//! Device models never see the hypervisor. They raise lines through [`InterruptTrigger`] (a pin
+//! of the PIC/IOAPIC: edge or level) and send message-signalled interrupts through
+//! [`MsiTrigger`] (a PCI device's MSI/MSI-X messages); the VMM hands them implementations. The
+//! traits live in this layer so that a hypervisor backend (vmkit-vcpu's KVM triggers) and a
+//! device crate (vmkit-devices) can meet without knowing each other. [`NoopTrigger`] accepts
+//! everything and does nothing, for devices whose interrupts nobody listens to.
+
+use std::io;
+use std::sync::Arc;
+
+/// An interrupt line a device raises.
+///
+/// Edge-triggered devices (the UART, the i8042 keyboard) call [`trigger`](Self::trigger) once per
+/// event. Level-triggered devices (virtio INTx#) [`assert`](Self::assert) the line while
+/// their condition holds and [`deassert`](Self::deassert) it once the guest acknowledged it.
+///
+/// Devices call these from the vCPU thread that is handling an exit, with the device's own lock
+/// held: an implementation must not block and must not call back into the device (a
+/// non-blocking eventfd write or one ioctl is the intended shape). A failure is counted and
+/// logged by the device, never fatal to the guest access.
+pub trait InterruptTrigger: Send + Sync {
+    /// Signals one edge-triggered interrupt.
+    fn trigger(&self) -> io::Result<()>;
+    /// Raises a level-triggered line; it stays raised until [`deassert`](Self::deassert).
+    fn assert(&self) -> io::Result<()>;
+    /// Lowers a level-triggered line.
+    fn deassert(&self) -> io::Result<()>;
+}
+
+impl<T: InterruptTrigger + ?Sized> InterruptTrigger for Arc<T> {
+    fn trigger(&self) -> io::Result<()> {
+        (**self).trigger()
+    }
+    fn assert(&self) -> io::Result<()> {
+        (**self).assert()
+    }
+    fn deassert(&self) -> io::Result<()> {
+        (**self).deassert()
+    }
+}
+
+impl<T: InterruptTrigger + ?Sized> InterruptTrigger for Box<T> {
+    fn trigger(&self) -> io::Result<()> {
+        (**self).trigger()
+    }
+    fn assert(&self) -> io::Result<()> {
+        (**self).assert()
+    }
+    fn deassert(&self) -> io::Result<()> {
+        (**self).deassert()
+    }
+}
+
+/// Sends message-signalled interrupts (PCI MSI and MSI-X): a write of `data` to `address`, as the
+/// device's message table entry for the vector says. With KVM, vmkit-vcpu's `MsiLine` sends
+/// them with `KVM_SIGNAL_MSI`.
+///
+/// Called with device locks held: an implementation must not block and must not call back into
+/// the device. A failure is counted by the device, never fatal to the guest access.
+pub trait MsiTrigger: Send + Sync {
+    /// Delivers one message.
+    fn send(&self, address: u64, data: u32) -> io::Result<()>;
+}
+
+impl<T: MsiTrigger + ?Sized> MsiTrigger for Arc<T> {
+    fn send(&self, address: u64, data: u32) -> io::Result<()> {
+        (**self).send(address, data)
+    }
+}
+
+impl<T: MsiTrigger + ?Sized> MsiTrigger for Box<T> {
+    fn send(&self, address: u64, data: u32) -> io::Result<()> {
+        (**self).send(address, data)
+    }
+}
+
+/// A line and a message sink that accept every call and deliver nothing: for a device whose
+/// interrupts no guest listens to (a benchmark, a fuzz harness, a device wired to nothing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoopTrigger;
+
+impl InterruptTrigger for NoopTrigger {
+    fn trigger(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn assert(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn deassert(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl MsiTrigger for NoopTrigger {
+    fn send(&self, _address: u64, _data: u32) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Counts calls: edges, asserts, deasserts and messages, in that order of digits.
+    #[derive(Default)]
+    struct Calls(AtomicU64);
+
+    impl InterruptTrigger for Calls {
+        fn trigger(&self) -> io::Result<()> {
+            self.0.fetch_add(1000, Ordering::Relaxed);
+            Ok(())
+        }
+        fn assert(&self) -> io::Result<()> {
+            self.0.fetch_add(100, Ordering::Relaxed);
+            Ok(())
+        }
+        fn deassert(&self) -> io::Result<()> {
+            self.0.fetch_add(10, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    impl MsiTrigger for Calls {
+        fn send(&self, address: u64, data: u32) -> io::Result<()> {
+            if address != 0xFEE0_0000 || data != 0x41 {
+                return Err(io::Error::other("unexpected message"));
+            }
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn noop_trigger_accepts_every_call() {
+        let line: Box<dyn InterruptTrigger> = Box::new(NoopTrigger);
+        line.trigger().unwrap();
+        line.assert().unwrap();
+        line.deassert().unwrap();
+        let msi: Arc<dyn MsiTrigger> = Arc::new(NoopTrigger);
+        msi.send(0xFEE0_0000, 0x41).unwrap();
+        msi.send(u64::MAX, u32::MAX).unwrap();
+    }
+
+    #[test]
+    fn shared_and_boxed_triggers_forward_each_call() {
+        let calls = Arc::new(Calls::default());
+        let boxed: Box<dyn InterruptTrigger> = Box::new(Arc::clone(&calls));
+        boxed.trigger().unwrap();
+        boxed.assert().unwrap();
+        boxed.deassert().unwrap();
+        let shared: Arc<dyn InterruptTrigger> = calls.clone();
+        shared.trigger().unwrap();
+        shared.assert().unwrap();
+        assert_eq!(calls.0.load(Ordering::Relaxed), 2210);
+
+        let boxed: Box<dyn MsiTrigger> = Box::new(Arc::clone(&calls));
+        boxed.send(0xFEE0_0000, 0x41).unwrap();
+        assert!(boxed.send(0xFEE0_0000, 0x42).is_err());
+        let shared: Arc<dyn MsiTrigger> = calls.clone();
+        shared.send(0xFEE0_0000, 0x41).unwrap();
+        assert_eq!(calls.0.load(Ordering::Relaxed), 2212);
+    }
+}
