@@ -268,7 +268,7 @@ impl PioDevice for AcpiPmDevice {
     fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
         self.counters.write();
         if !self.classify(data.len()) {
-            return DeviceAction::Continue;
+            return DeviceAction::Resume;
         }
         write_bytewise(u32::from(offset), data, |position, value| {
             self.write_register(position, value)
@@ -333,9 +333,9 @@ mod tests {
         let dev = AcpiPmDevice::new();
         assert_eq!(
             write(&dev, SLEEP_CONTROL_OFFSET, S5_SLEEP_TYPE << SLP_TYP_SHIFT),
-            DeviceAction::Continue
+            DeviceAction::Resume
         );
-        assert_eq!(write(&dev, SLEEP_CONTROL_OFFSET, 0), DeviceAction::Continue);
+        assert_eq!(write(&dev, SLEEP_CONTROL_OFFSET, 0), DeviceAction::Resume);
         let stats = dev.stats();
         assert_eq!((stats.io.writes, stats.io.ignored), (2, 2));
         assert!(!dev.wake_status());
@@ -348,12 +348,12 @@ mod tests {
             // What an OS does: clear WAK_STS, enter the state, wait for WAK_STS.
             assert_eq!(
                 write(&dev, SLEEP_STATUS_OFFSET, WAK_STS),
-                DeviceAction::Continue
+                DeviceAction::Resume
             );
             assert_eq!(read(&dev, SLEEP_STATUS_OFFSET), 0);
             assert_eq!(
                 write(&dev, SLEEP_CONTROL_OFFSET, sleep_control_value(sleep_type)),
-                DeviceAction::Continue
+                DeviceAction::Resume
             );
             assert_eq!(
                 read(&dev, SLEEP_STATUS_OFFSET),
@@ -373,16 +373,10 @@ mod tests {
         let dev = AcpiPmDevice::new();
         write(&dev, SLEEP_CONTROL_OFFSET, sleep_control_value(3));
         // Writing 0 or reserved bits leaves WAK_STS set.
-        assert_eq!(
-            write(&dev, SLEEP_STATUS_OFFSET, 0x7F),
-            DeviceAction::Continue
-        );
+        assert_eq!(write(&dev, SLEEP_STATUS_OFFSET, 0x7F), DeviceAction::Resume);
         assert_eq!(read(&dev, SLEEP_STATUS_OFFSET), WAK_STS);
         assert_eq!(dev.stats().io.ignored, 1);
-        assert_eq!(
-            write(&dev, SLEEP_STATUS_OFFSET, 0xFF),
-            DeviceAction::Continue
-        );
+        assert_eq!(write(&dev, SLEEP_STATUS_OFFSET, 0xFF), DeviceAction::Resume);
         assert_eq!(read(&dev, SLEEP_STATUS_OFFSET), 0);
         // Clearing a clear bit is harmless.
         write(&dev, SLEEP_STATUS_OFFSET, WAK_STS);
@@ -394,14 +388,14 @@ mod tests {
         let dev = AcpiPmDevice::new();
         assert_eq!(write(&dev, RESET_OFFSET, RESET_VALUE), RESET_ACTION);
         for value in [0, 2, 0x06, 0xFE, 0xFF] {
-            assert_eq!(write(&dev, RESET_OFFSET, value), DeviceAction::Continue);
+            assert_eq!(write(&dev, RESET_OFFSET, value), DeviceAction::Resume);
         }
         // The reset value elsewhere is no reset.
         assert_eq!(
             write(&dev, SLEEP_STATUS_OFFSET, RESET_VALUE),
-            DeviceAction::Continue
+            DeviceAction::Resume
         );
-        assert_eq!(write(&dev, 3, RESET_VALUE), DeviceAction::Continue);
+        assert_eq!(write(&dev, 3, RESET_VALUE), DeviceAction::Resume);
         let stats = dev.stats();
         assert_eq!(stats.ignored_reset_values, 5);
         assert_eq!(stats.io.ignored, 7);
@@ -415,7 +409,7 @@ mod tests {
         assert_eq!(read(&dev, RESET_OFFSET), 0);
         for offset in [3, 4, 0x100, u16::MAX] {
             assert_eq!(read(&dev, offset), OPEN_BUS);
-            assert_eq!(write(&dev, offset, 0x34), DeviceAction::Continue);
+            assert_eq!(write(&dev, offset, 0x34), DeviceAction::Resume);
         }
         let stats = dev.stats();
         assert_eq!((stats.io.reads, stats.io.writes), (7, 4));
@@ -456,7 +450,7 @@ mod tests {
         assert_eq!(data, [OPEN_BUS; 4]);
         assert_eq!(
             dev.pio_write(ACPI_PM_PORT, u16::MAX, &[0, 0x34, 0, RESET_VALUE]),
-            DeviceAction::Continue
+            DeviceAction::Resume
         );
         assert_eq!(dev.stats().wide_accesses, 7);
     }
@@ -466,7 +460,7 @@ mod tests {
         let dev = AcpiPmDevice::new();
         let mut empty: [u8; 0] = [];
         dev.pio_read(ACPI_PM_PORT, 0, &mut empty);
-        assert_eq!(dev.pio_write(ACPI_PM_PORT, 0, &[]), DeviceAction::Continue);
+        assert_eq!(dev.pio_write(ACPI_PM_PORT, 0, &[]), DeviceAction::Resume);
         let stats = dev.stats();
         assert_eq!(
             stats.io,

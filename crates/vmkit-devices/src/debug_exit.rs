@@ -52,7 +52,7 @@ impl PioDevice for DebugExit {
         self.counters.write();
         if data.is_empty() {
             self.counters.ignored();
-            return DeviceAction::Continue;
+            return DeviceAction::Resume;
         }
         let code = le_u32(data);
         debug!(
@@ -90,10 +90,7 @@ mod tests {
     #[test]
     fn empty_write_is_ignored() {
         let dev = DebugExit::new();
-        assert_eq!(
-            dev.pio_write(DEBUG_EXIT_PORT, 0, &[]),
-            DeviceAction::Continue
-        );
+        assert_eq!(dev.pio_write(DEBUG_EXIT_PORT, 0, &[]), DeviceAction::Resume);
         assert_eq!(dev.stats().ignored, 1);
     }
 

@@ -542,12 +542,12 @@ mod tests {
         );
         // Other even pulse commands also pulse bit 0; odd ones do not.
         assert_eq!(command(&dev, 0xF0), DeviceAction::Stop(StopReason::Reset));
-        assert_eq!(command(&dev, 0xFF), DeviceAction::Continue);
-        assert_eq!(command(&dev, 0xF1), DeviceAction::Continue);
+        assert_eq!(command(&dev, 0xFF), DeviceAction::Resume);
+        assert_eq!(command(&dev, 0xF1), DeviceAction::Resume);
         // 0xFE on the data port is a keyboard command (resend), not a reset.
         assert_eq!(
             write(&dev, I8042_DATA_PORT, CMD_RESET_CPU),
-            DeviceAction::Continue
+            DeviceAction::Resume
         );
     }
 
@@ -558,7 +558,7 @@ mod tests {
         command(&dev, 0xD0);
         assert_eq!(drain(&dev), [0x03]);
         command(&dev, 0xD1);
-        assert_eq!(write(&dev, I8042_DATA_PORT, 0x01), DeviceAction::Continue);
+        assert_eq!(write(&dev, I8042_DATA_PORT, 0x01), DeviceAction::Resume);
         assert!(!dev.a20_enabled());
         command(&dev, 0xDF);
         assert!(dev.a20_enabled());
@@ -789,9 +789,9 @@ mod tests {
         let (_, dev) = device();
         for port in [0x61, 0x62, 0x63, 0x65, 0, u16::MAX] {
             assert_eq!(read(&dev, port), OPEN_BUS);
-            assert_eq!(write(&dev, port, CMD_RESET_CPU), DeviceAction::Continue);
+            assert_eq!(write(&dev, port, CMD_RESET_CPU), DeviceAction::Resume);
         }
-        assert_eq!(command(&dev, 0x00), DeviceAction::Continue);
+        assert_eq!(command(&dev, 0x00), DeviceAction::Resume);
         assert_eq!(dev.stats().ignored, 13);
         // One range covering 0x60..=0x64: offset 4 is the command port.
         assert_eq!(

@@ -19,7 +19,7 @@ pub mod trigger;
 pub mod virtio;
 
 pub use acpi_pm::{AcpiPmDevice, AcpiPmStats};
-pub use cmos::{Clock, CmosError, CmosRtc, ManualClock, SystemClock};
+pub use cmos::{CmosError, CmosRtc, ManualWallClock, SystemClock, WallClock};
 pub use debug_exit::DebugExit;
 pub use i8042::{I8042Device, I8042Error};
 pub use io::IoStats;

@@ -220,7 +220,7 @@ impl<T: InterruptTrigger, W: Write + Send> PioDevice for SerialDevice<T, W> {
             }
             None
         });
-        DeviceAction::Continue
+        DeviceAction::Resume
     }
 }
 
@@ -254,7 +254,7 @@ mod tests {
     fn write(dev: &impl PioDevice, offset: u16, value: u8) {
         assert_eq!(
             dev.pio_write(COM1_PORT, offset, &[value]),
-            DeviceAction::Continue
+            DeviceAction::Resume
         );
     }
 

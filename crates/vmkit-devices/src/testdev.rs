@@ -276,7 +276,7 @@ impl PioDevice for PcTestDev {
         } else {
             self.write_registers(port, data);
         }
-        DeviceAction::Continue
+        DeviceAction::Resume
     }
 }
 
@@ -304,7 +304,7 @@ impl MmioDevice for PcTestDev {
                 None => self.mmio.ignored(),
             }
         }
-        DeviceAction::Continue
+        DeviceAction::Resume
     }
 }
 
@@ -322,7 +322,7 @@ mod tests {
     }
 
     fn write(dev: &PcTestDev, port: u16, data: &[u8]) {
-        assert_eq!(dev.pio_write(port, 0, data), DeviceAction::Continue);
+        assert_eq!(dev.pio_write(port, 0, data), DeviceAction::Resume);
     }
 
     #[test]

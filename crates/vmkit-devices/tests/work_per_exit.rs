@@ -142,7 +142,7 @@ struct CountingWallClock {
     now: AtomicU64,
 }
 
-impl vmkit_devices::Clock for CountingWallClock {
+impl vmkit_devices::WallClock for CountingWallClock {
     fn now(&self) -> Duration {
         self.reads.fetch_add(1, Ordering::Relaxed);
         let step = self.reads.load(Ordering::Relaxed).wrapping_mul(0x9E37_79B9) % 90_000;

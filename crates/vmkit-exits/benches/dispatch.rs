@@ -18,7 +18,7 @@ impl PioDevice for Sink {
         data.fill(0);
     }
     fn pio_write(&self, _base: u16, _offset: u16, _data: &[u8]) -> DeviceAction {
-        DeviceAction::Continue
+        DeviceAction::Resume
     }
 }
 
@@ -27,7 +27,7 @@ impl MmioDevice for Sink {
         data.fill(0);
     }
     fn mmio_write(&self, _base: u64, _offset: u64, _data: &[u8]) -> DeviceAction {
-        DeviceAction::Continue
+        DeviceAction::Resume
     }
 }
 

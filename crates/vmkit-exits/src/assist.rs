@@ -43,26 +43,17 @@ pub const UD_VECTOR: u8 = 6;
 /// The breakpoint exception vector (`#BP`).
 pub const BP_VECTOR: u8 = 3;
 
-const RFLAGS_CF: u64 = 1 << 0;
-const RFLAGS_PF: u64 = 1 << 2;
-const RFLAGS_AF: u64 = 1 << 4;
-const RFLAGS_ZF: u64 = 1 << 6;
-const RFLAGS_SF: u64 = 1 << 7;
-const RFLAGS_OF: u64 = 1 << 11;
-const RFLAGS_AC: u64 = 1 << 18;
-const RFLAGS_TF: u64 = 1 << 8;
+use vmkit_paging::x86::{
+    CR0_EM, CR0_MP, CR0_TS, CR4_OSFXSR, CR4_OSXSAVE, RFLAGS_AC, RFLAGS_AF, RFLAGS_CF, RFLAGS_OF,
+    RFLAGS_PF, RFLAGS_SF, RFLAGS_TF, RFLAGS_ZF,
+};
 /// The most vector instructions completed after the one an exit was for, in that exit, by
 /// default ([`EmulationAssist::with_max_vector_run`]).
 pub const MAX_VECTOR_RUN: usize = 256;
-const CR0_MP: u64 = 1 << 1;
-const CR0_EM: u64 = 1 << 2;
-const CR4_OSFXSR: u64 = 1 << 9;
-const CR0_TS: u64 = 1 << 3;
 /// Offset of the x87 status word in the XSAVE (FXSAVE) area.
 const FSW_OFFSET: usize = 2;
 /// FSW.ES: an unmasked x87 exception is pending.
 const FSW_ES: u16 = 1 << 7;
-const CR4_OSXSAVE: u64 = 1 << 18;
 
 /// Queues an invalid-opcode exception (`#UD`, no error code) for the guest's next entry.
 ///

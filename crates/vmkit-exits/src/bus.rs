@@ -444,7 +444,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((base.into(), offset.into(), data.len(), true));
-            DeviceAction::Continue
+            DeviceAction::Resume
         }
     }
 
@@ -479,7 +479,7 @@ mod tests {
         assert_eq!(data, [0x12, 0x13]);
         assert_eq!(
             bus.write(0x403, &[7]),
-            Some(DeviceAction::Continue),
+            Some(DeviceAction::Resume),
             "last port of b"
         );
         assert_eq!(a.seen(), vec![(0x3f8, 2, 2, false)]);
@@ -695,7 +695,7 @@ mod tests {
             if let Some(bus) = self.bus.upgrade() {
                 *self.result.lock().unwrap() = Some(bus.relocate(base, u64::from_le_bytes(new)));
             }
-            DeviceAction::Continue
+            DeviceAction::Resume
         }
     }
 
@@ -718,7 +718,7 @@ mod tests {
         let r = rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("re-entrant relocate deadlocked");
-        assert_eq!(r, Some(DeviceAction::Continue));
+        assert_eq!(r, Some(DeviceAction::Resume));
         assert_eq!(*dev.result.lock().unwrap(), Some(Ok(())));
         assert!(bus.read(0xe000_0000, &mut [0u8; 4]));
         assert!(!bus.read(0xd000_0000, &mut [0u8; 4]));

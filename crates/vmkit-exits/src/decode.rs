@@ -30,8 +30,7 @@ impl CpuMode {
     /// The mode of code running with `sregs`: 64-bit when `EFER.LMA` and `CS.L`, otherwise by
     /// `CS.D` in protected mode, and 16-bit in real mode.
     pub fn from_sregs(sregs: &SpecialRegisters) -> Self {
-        const CR0_PE: u64 = 1;
-        const EFER_LMA: u64 = 1 << 10;
+        use vmkit_paging::x86::{CR0_PE, EFER_LMA};
         if sregs.cr0 & CR0_PE == 0 {
             CpuMode::Bits16
         } else if sregs.efer & EFER_LMA != 0 && sregs.cs.l {

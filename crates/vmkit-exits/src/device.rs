@@ -10,9 +10,9 @@ use crate::action::StopReason;
 /// What a device asks of the vCPU loop after it handled a write.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceAction {
-    /// Resume the guest.
+    /// Resume the guest (the same word as [`ExitAction::Resume`](crate::ExitAction::Resume)).
     #[default]
-    Continue,
+    Resume,
     /// Stop the VM for the given reason (a debug-exit port, a reset line, a power-off register).
     Stop(StopReason),
 }

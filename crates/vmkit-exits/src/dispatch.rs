@@ -26,8 +26,8 @@ pub const fn is_valid_access_size(size: usize) -> bool {
 ///   [`DeviceAction::Stop`] stops the VM. Accesses nobody claims, and accesses whose size is not
 ///   1, 2, 4 or 8, are answered as hardware answers them: reads return all ones, writes are
 ///   dropped. They are counted and logged at `warn` level, rate-limited per dispatcher.
-/// - `Hlt` → [`ExitAction::Halt`]; `Shutdown` → stop with [`StopReason::TripleFault`];
-///   system events `Reset`/`Shutdown`/`Crash` → stop with `Reset`/`PowerOff`/`Crash`, and an
+/// - `Hlt` → [`ExitAction::Halt`]; `TripleFault` → stop with [`StopReason::TripleFault`];
+///   system events `Reset`/`PowerOff`/`Crash` → stop with `Reset`/`PowerOff`/`Crash`, and an
 ///   unknown event type `t` → stop with `Unhandled(t)`.
 /// - `FailEntry` → stop with `EntryFailed`; `InternalError` → stop with `InternalError` (which
 ///   [`EmulationAssist::resolve`](crate::EmulationAssist::resolve) may turn into an injected
@@ -120,10 +120,10 @@ impl ExitDispatcher {
                 }
             }
             VmExit::Hlt => ExitAction::Halt,
-            VmExit::Shutdown => ExitAction::Stop(StopReason::TripleFault),
+            VmExit::TripleFault => ExitAction::Stop(StopReason::TripleFault),
             VmExit::SystemEvent(event) => ExitAction::Stop(match event {
                 SystemEvent::Reset => StopReason::Reset,
-                SystemEvent::Shutdown => StopReason::PowerOff,
+                SystemEvent::PowerOff => StopReason::PowerOff,
                 SystemEvent::Crash => StopReason::Crash,
                 SystemEvent::Other(raw) => StopReason::Unhandled(raw),
             }),
@@ -172,7 +172,7 @@ impl ExitDispatcher {
 
 fn device_action(action: DeviceAction) -> ExitAction {
     match action {
-        DeviceAction::Continue => ExitAction::Resume,
+        DeviceAction::Resume => ExitAction::Resume,
         DeviceAction::Stop(reason) => ExitAction::Stop(reason),
     }
 }
@@ -213,7 +213,7 @@ mod tests {
             if data == [0xde, 0xad] {
                 DeviceAction::Stop(StopReason::GuestExit(7))
             } else {
-                DeviceAction::Continue
+                DeviceAction::Resume
             }
         }
     }
@@ -423,13 +423,16 @@ mod tests {
         let insn = Some(InsnBytes::new(&[0x0f, 0x0b]));
         let cases = [
             (VmExit::Hlt, ExitAction::Halt),
-            (VmExit::Shutdown, ExitAction::Stop(StopReason::TripleFault)),
+            (
+                VmExit::TripleFault,
+                ExitAction::Stop(StopReason::TripleFault),
+            ),
             (
                 VmExit::SystemEvent(SystemEvent::Reset),
                 ExitAction::Stop(StopReason::Reset),
             ),
             (
-                VmExit::SystemEvent(SystemEvent::Shutdown),
+                VmExit::SystemEvent(SystemEvent::PowerOff),
                 ExitAction::Stop(StopReason::PowerOff),
             ),
             (

@@ -34,7 +34,7 @@ pub enum SystemEvent {
     /// The guest asked for a reset.
     Reset,
     /// The guest asked to power off.
-    Shutdown,
+    PowerOff,
     /// The guest reported a crash.
     Crash,
     /// An event type this crate does not know, with the backend's raw type.
@@ -77,8 +77,9 @@ pub enum VmExit<'a> {
     },
     /// The vCPU executed `hlt` (and the backend did not handle it).
     Hlt,
-    /// The vCPU shut down, for example on a triple fault.
-    Shutdown,
+    /// The vCPU entered the shutdown state (KVM's `KVM_EXIT_SHUTDOWN`), as on a triple fault.
+    /// A guest's request to power off is [`SystemEvent::PowerOff`].
+    TripleFault,
     /// A guest-initiated power event.
     SystemEvent(SystemEvent),
     /// The backend could not enter the guest.
@@ -125,8 +126,8 @@ pub enum ExitKind {
     MmioWrite,
     /// [`VmExit::Hlt`].
     Hlt,
-    /// [`VmExit::Shutdown`].
-    Shutdown,
+    /// [`VmExit::TripleFault`].
+    TripleFault,
     /// [`VmExit::SystemEvent`].
     SystemEvent,
     /// [`VmExit::FailEntry`].
@@ -150,7 +151,7 @@ impl ExitKind {
         ExitKind::MmioRead,
         ExitKind::MmioWrite,
         ExitKind::Hlt,
-        ExitKind::Shutdown,
+        ExitKind::TripleFault,
         ExitKind::SystemEvent,
         ExitKind::FailEntry,
         ExitKind::InternalError,
@@ -166,7 +167,7 @@ impl ExitKind {
             ExitKind::MmioRead => "mmio-read",
             ExitKind::MmioWrite => "mmio-write",
             ExitKind::Hlt => "hlt",
-            ExitKind::Shutdown => "shutdown",
+            ExitKind::TripleFault => "triple-fault",
             ExitKind::SystemEvent => "system-event",
             ExitKind::FailEntry => "fail-entry",
             ExitKind::InternalError => "internal-error",
@@ -191,7 +192,7 @@ impl VmExit<'_> {
             VmExit::MmioRead { .. } => ExitKind::MmioRead,
             VmExit::MmioWrite { .. } => ExitKind::MmioWrite,
             VmExit::Hlt => ExitKind::Hlt,
-            VmExit::Shutdown => ExitKind::Shutdown,
+            VmExit::TripleFault => ExitKind::TripleFault,
             VmExit::SystemEvent(_) => ExitKind::SystemEvent,
             VmExit::FailEntry { .. } => ExitKind::FailEntry,
             VmExit::InternalError { .. } => ExitKind::InternalError,
@@ -256,7 +257,7 @@ mod tests {
                 ExitKind::MmioWrite,
             ),
             (VmExit::Hlt, ExitKind::Hlt),
-            (VmExit::Shutdown, ExitKind::Shutdown),
+            (VmExit::TripleFault, ExitKind::TripleFault),
             (
                 VmExit::SystemEvent(SystemEvent::Reset),
                 ExitKind::SystemEvent,

@@ -13,10 +13,7 @@ use vmkit_paging::{Access, GuestMemoryPhys, Privilege, WalkError, X86Paging};
 use crate::decode::CpuMode;
 use crate::state::{Exception, Registers, Segment, SpecialRegisters};
 
-const CR0_PE: u64 = 1;
-const CR0_PG: u64 = 1 << 31;
-const CR4_LA57: u64 = 1 << 12;
-const EFER_LMA: u64 = 1 << 10;
+use vmkit_paging::x86::{CR0_PE, CR0_PG, CR4_LA57, EFER_LMA};
 const PAGE_SIZE: u64 = 4096;
 
 /// The general-protection vector (`#GP`).

@@ -29,10 +29,7 @@ const OPMASK: usize = 5;
 const ZMM_HI256: usize = 6;
 const HI16_ZMM: usize = 7;
 
-const CR0_EM: u64 = 1 << 2;
-const CR0_TS: u64 = 1 << 3;
-const CR4_OSFXSR: u64 = 1 << 9;
-const CR4_OSXSAVE: u64 = 1 << 18;
+use vmkit_paging::x86::{CR0_EM, CR0_TS, CR4_OSFXSR, CR4_OSXSAVE};
 
 /// The vector instructions completed, by the operation they compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -37,16 +37,65 @@ pub const LARGE_PAT: u64 = 1 << 12;
 /// Entry bit 63: execute disable (XD); reserved when EFER.NXE = 0.
 pub const NO_EXECUTE: u64 = 1 << 63;
 
+// Control-register, EFER and RFLAGS bits: the one definition every vmkit crate uses (this
+// crate is the lowest layer that needs them).
+
+/// CR0.PE: protected mode.
+pub const CR0_PE: u64 = 1 << 0;
+/// CR0.MP: `wait`/`fwait` honour CR0.TS.
+pub const CR0_MP: u64 = 1 << 1;
+/// CR0.EM: x87 emulation (x87 and SSE instructions raise `#UD`/`#NM`).
+pub const CR0_EM: u64 = 1 << 2;
+/// CR0.TS: task switched (the next x87/SSE instruction raises `#NM`).
+pub const CR0_TS: u64 = 1 << 3;
+/// CR0.ET: extension type (hard-wired to 1 on every CPU since the 486).
+pub const CR0_ET: u64 = 1 << 4;
 /// CR0.WP: supervisor writes honour R/W.
 pub const CR0_WP: u64 = 1 << 16;
+/// CR0.PG: paging.
+pub const CR0_PG: u64 = 1 << 31;
+/// CR3 bit 63 with CR4.PCIDE set: keep the TLB entries of the new PCID.
+pub const CR3_NO_FLUSH: u64 = 1 << 63;
+/// CR4.PAE: physical address extension (required by long mode).
+pub const CR4_PAE: u64 = 1 << 5;
+/// CR4.PGE: global pages enabled.
+pub const CR4_PGE: u64 = 1 << 7;
+/// CR4.OSFXSR: the OS supports `fxsave`/`fxrstor` and SSE.
+pub const CR4_OSFXSR: u64 = 1 << 9;
 /// CR4.LA57: 5-level paging.
 pub const CR4_LA57: u64 = 1 << 12;
+/// CR4.PCIDE: process-context identifiers enabled.
+pub const CR4_PCIDE: u64 = 1 << 17;
+/// CR4.OSXSAVE: the OS supports `xsave` and XCR0.
+pub const CR4_OSXSAVE: u64 = 1 << 18;
 /// CR4.SMEP: supervisor-mode execution prevention.
 pub const CR4_SMEP: u64 = 1 << 20;
 /// CR4.SMAP: supervisor-mode access prevention.
 pub const CR4_SMAP: u64 = 1 << 21;
+/// EFER.SCE: `syscall`/`sysret` enabled.
+pub const EFER_SCE: u64 = 1 << 0;
+/// EFER.LME: long mode enable.
+pub const EFER_LME: u64 = 1 << 8;
+/// EFER.LMA: long mode active.
+pub const EFER_LMA: u64 = 1 << 10;
 /// EFER.NXE: execute-disable bit enabled.
 pub const EFER_NXE: u64 = 1 << 11;
+/// RFLAGS.CF: carry.
+pub const RFLAGS_CF: u64 = 1 << 0;
+/// RFLAGS bit 1, which always reads as 1.
+pub const RFLAGS_RESERVED: u64 = 1 << 1;
+/// RFLAGS.PF: parity.
+pub const RFLAGS_PF: u64 = 1 << 2;
+/// RFLAGS.AF: auxiliary carry.
+pub const RFLAGS_AF: u64 = 1 << 4;
+/// RFLAGS.ZF: zero.
+pub const RFLAGS_ZF: u64 = 1 << 6;
+/// RFLAGS.SF: sign.
+pub const RFLAGS_SF: u64 = 1 << 7;
+/// RFLAGS.TF: trap (single-step).
+pub const RFLAGS_TF: u64 = 1 << 8;
+/// RFLAGS.OF: overflow.
+pub const RFLAGS_OF: u64 = 1 << 11;
 /// RFLAGS.AC: alignment check / SMAP override.
 pub const RFLAGS_AC: u64 = 1 << 18;
 

@@ -86,8 +86,8 @@ pub enum ScriptedExit {
     },
     /// `hlt`.
     Hlt,
-    /// Shutdown (triple fault).
-    Shutdown,
+    /// The shutdown state (triple fault).
+    TripleFault,
     /// A system event.
     SystemEvent(SystemEvent),
     /// An entry failure.
@@ -342,7 +342,7 @@ impl Vcpu for FakeVcpu {
                 }
             }
             ScriptedExit::Hlt => VmExit::Hlt,
-            ScriptedExit::Shutdown => VmExit::Shutdown,
+            ScriptedExit::TripleFault => VmExit::TripleFault,
             ScriptedExit::SystemEvent(event) => VmExit::SystemEvent(event),
             ScriptedExit::FailEntry { reason, cpu } => VmExit::FailEntry { reason, cpu },
             ScriptedExit::InternalError { suberror, insn } => {
@@ -598,7 +598,7 @@ mod tests {
     fn every_scripted_exit_replays() {
         let insn = InsnBytes::new(&[0xcc]);
         let cases = [
-            (ScriptedExit::Shutdown, VmExit::Shutdown),
+            (ScriptedExit::TripleFault, VmExit::TripleFault),
             (
                 ScriptedExit::SystemEvent(SystemEvent::Reset),
                 VmExit::SystemEvent(SystemEvent::Reset),
@@ -685,7 +685,7 @@ mod tests {
         })
         .push(ScriptedExit::Kicked)
         .push(ScriptedExit::Hlt)
-        .push(ScriptedExit::Shutdown)
+        .push(ScriptedExit::TripleFault)
         .push(ScriptedExit::Hlt);
         let out = std::cell::RefCell::new(Vec::new());
         let handler = |exit: VmExit<'_>| match exit {
@@ -694,7 +694,7 @@ mod tests {
                 ExitAction::Resume
             }
             VmExit::Hlt => ExitAction::Halt,
-            VmExit::Shutdown => ExitAction::Stop(StopReason::TripleFault),
+            VmExit::TripleFault => ExitAction::Stop(StopReason::TripleFault),
             other => panic!("{other:?}"),
         };
         let stop = AtomicBool::new(false);

@@ -483,7 +483,7 @@ mod tests {
             size: 1,
             data: vec![b'b'],
         })
-        .push(ScriptedExit::Shutdown);
+        .push(ScriptedExit::TripleFault);
         let events = RefCell::new(Vec::new());
         let mut inspector = Inspector::new(|vcpu: &mut FakeVcpu| {
             let mut regs = vcpu.registers().unwrap();
@@ -507,7 +507,7 @@ mod tests {
                 }
                 ExitAction::Resume
             }
-            VmExit::Shutdown => ExitAction::Stop(StopReason::TripleFault),
+            VmExit::TripleFault => ExitAction::Stop(StopReason::TripleFault),
             other => panic!("unexpected {other:?}"),
         };
         let stop = AtomicBool::new(false);
@@ -577,7 +577,7 @@ mod tests {
         use crate::fake::{FakeVcpu, ScriptedExit};
 
         let mut vcpu = FakeVcpu::new(0);
-        vcpu.push(ScriptedExit::Hlt).push(ScriptedExit::Shutdown);
+        vcpu.push(ScriptedExit::Hlt).push(ScriptedExit::TripleFault);
         let mut inspector = Inspector::new(|_: &mut FakeVcpu| -> ControlFlow<()> {
             panic!("nobody asked for a pause")
         });

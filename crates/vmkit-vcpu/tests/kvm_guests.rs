@@ -372,7 +372,7 @@ impl MmioDevice for Scratch {
     }
     fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
         self.writes.lock().unwrap().push((offset, data.to_vec()));
-        DeviceAction::Continue
+        DeviceAction::Resume
     }
 }
 
@@ -432,7 +432,7 @@ fn triple_fault_is_a_shutdown_exit() {
     let mut vcpu = m.pvh_vcpu(&[0x0f, 0x0b]);
     let recorder = Recorder::new(0);
     run(&mut vcpu, &recorder);
-    assert_eq!(*recorder.seen.borrow(), [Seen::Other("Shutdown".into())]);
+    assert_eq!(*recorder.seen.borrow(), [Seen::Other("TripleFault".into())]);
 }
 
 #[test]
@@ -460,7 +460,7 @@ fn an_injected_exception_without_an_idt_shuts_the_guest_down() {
     .unwrap();
     let recorder = Recorder::new(0);
     run(&mut vcpu, &recorder);
-    assert_eq!(*recorder.seen.borrow(), [Seen::Other("Shutdown".into())]);
+    assert_eq!(*recorder.seen.borrow(), [Seen::Other("TripleFault".into())]);
 }
 
 #[test]
@@ -489,7 +489,7 @@ fn emulation_failure_reports_the_instruction_bytes() {
         }
         // Where the CPU runs ring-0 code itself, int3 without an IDT is a triple fault.
         Err(other) => {
-            assert_eq!(other, "Shutdown");
+            assert_eq!(other, "TripleFault");
             eprintln!("int3 ran natively here: the host does not emulate ring-0 code");
         }
     }

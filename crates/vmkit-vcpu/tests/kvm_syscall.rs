@@ -87,14 +87,9 @@ const USER: u64 = 0x4;
 const HUGE: u64 = 0x80;
 const GLOBAL: u64 = 0x100;
 
-const CR4_PAE: u64 = 1 << 5;
-const CR4_PGE: u64 = 1 << 7;
-const CR4_OSFXSR: u64 = 1 << 9;
-const CR4_PCIDE: u64 = 1 << 17;
-const CR4_SMEP: u64 = 1 << 20;
-const CR4_SMAP: u64 = 1 << 21;
-const EFER_SCE: u64 = 1;
-const EFER_NXE: u64 = 1 << 11;
+use vmkit_paging::x86::{
+    CR4_OSFXSR, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_SMAP, CR4_SMEP, EFER_NXE, EFER_SCE,
+};
 const EFER: u32 = 0xc000_0080;
 /// RFLAGS bit 1 and IF.
 const RFLAGS_FIXED: u64 = 0x2;

@@ -67,9 +67,7 @@ const HOST: u64 = 1 << 40;
 /// COM1's line status register; 0x60 says the transmitter is empty.
 const COM1_LSR: u16 = COM1_PORT + 5;
 
-const CR0_PG: u64 = 1 << 31;
-const CR4_LA57: u64 = 1 << 12;
-const EFER_LMA: u64 = 1 << 10;
+use vmkit_paging::x86::{CR0_PG, CR4_LA57, EFER_LMA};
 const PRESENT: u64 = 1;
 const PAGE_SIZE_BIT: u64 = 1 << 7;
 

@@ -168,7 +168,7 @@ impl Model {
     fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction {
         self.writes += 1;
         if !self.access(data.len()) {
-            return DeviceAction::Continue;
+            return DeviceAction::Resume;
         }
         let mut action = None;
         for (i, &value) in data.iter().enumerate() {
@@ -202,7 +202,7 @@ impl Model {
             };
             action = action.or(stop);
         }
-        action.map_or(DeviceAction::Continue, DeviceAction::Stop)
+        action.map_or(DeviceAction::Resume, DeviceAction::Stop)
     }
 }
 
@@ -256,7 +256,7 @@ impl Harness {
             DeviceAction::Stop(StopReason::Reset) => {
                 assert!(landing(RESET).any(|v| v == RESET_VALUE))
             }
-            DeviceAction::Continue => {}
+            DeviceAction::Resume => {}
             DeviceAction::Stop(other) => panic!("unexpected stop {other:?}"),
         }
     }
@@ -416,7 +416,7 @@ mod tests {
         ] {
             let (_, bytes) = seeds().into_iter().find(|(n, _)| *n == name).unwrap();
             let h = Harness::new();
-            let mut last = DeviceAction::Continue;
+            let mut last = DeviceAction::Resume;
             for op in parse(&bytes) {
                 if let Op::Write { offset, data } = op {
                     last = h.device.pio_write(ACPI_PM_PORT, offset_of(offset), &data);

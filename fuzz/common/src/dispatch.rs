@@ -70,9 +70,9 @@ pub enum Addr {
 pub enum OtherExit {
     /// `VmExit::Hlt`.
     Hlt,
-    /// `VmExit::Shutdown`.
-    Shutdown,
-    /// `VmExit::SystemEvent`: 0 reset, 1 shutdown, 2 crash, 3 `Other(raw)`.
+    /// `VmExit::TripleFault`.
+    TripleFault,
+    /// `VmExit::SystemEvent`: 0 reset, 1 power-off, 2 crash, 3 `Other(raw)`.
     SystemEvent {
         /// The event, 0..=3.
         kind: u8,
@@ -260,7 +260,7 @@ impl<'a> Arbitrary<'a> for Op {
             },
             5 => Op::Exit(match u8::arbitrary(u)? % 7 {
                 0 => OtherExit::Hlt,
-                1 => OtherExit::Shutdown,
+                1 => OtherExit::TripleFault,
                 2 => OtherExit::SystemEvent {
                     kind: u8::arbitrary(u)? % 4,
                     raw: u32::arbitrary(u)?,
@@ -335,7 +335,7 @@ impl Op {
                 out.push(tag(5, Space::Pio));
                 match exit {
                     OtherExit::Hlt => out.push(0),
-                    OtherExit::Shutdown => out.push(1),
+                    OtherExit::TripleFault => out.push(1),
                     OtherExit::SystemEvent { kind, raw } => {
                         out.extend_from_slice(&[2, *kind]);
                         out.extend_from_slice(&raw.to_le_bytes());
@@ -430,7 +430,7 @@ impl Recorder {
         if self.stop_on_write {
             DeviceAction::Stop(StopReason::GuestExit(self.id))
         } else {
-            DeviceAction::Continue
+            DeviceAction::Resume
         }
     }
 }
@@ -840,11 +840,14 @@ impl Harness {
         };
         let (vm_exit, want) = match *exit {
             OtherExit::Hlt => (VmExit::Hlt, ExitAction::Halt),
-            OtherExit::Shutdown => (VmExit::Shutdown, ExitAction::Stop(StopReason::TripleFault)),
+            OtherExit::TripleFault => (
+                VmExit::TripleFault,
+                ExitAction::Stop(StopReason::TripleFault),
+            ),
             OtherExit::SystemEvent { kind, raw } => {
                 let (event, reason) = match kind {
                     0 => (SystemEvent::Reset, StopReason::Reset),
-                    1 => (SystemEvent::Shutdown, StopReason::PowerOff),
+                    1 => (SystemEvent::PowerOff, StopReason::PowerOff),
                     2 => (SystemEvent::Crash, StopReason::Crash),
                     _ => (SystemEvent::Other(raw), StopReason::Unhandled(raw)),
                 };
@@ -1053,7 +1056,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "other_exits",
             vec![
                 Op::Exit(OtherExit::Hlt),
-                Op::Exit(OtherExit::Shutdown),
+                Op::Exit(OtherExit::TripleFault),
                 Op::Exit(OtherExit::SystemEvent { kind: 0, raw: 0 }),
                 Op::Exit(OtherExit::SystemEvent { kind: 1, raw: 0 }),
                 Op::Exit(OtherExit::SystemEvent { kind: 2, raw: 0 }),

@@ -157,11 +157,11 @@ fn check_mmio(reason: u32, addr: u64, at: usize, len: usize, write: bool, before
 fn check_simple(reason: u32, exit: VmExit<'_>, before: &[u8]) {
     match exit {
         VmExit::Hlt => assert_eq!(reason, KVM_EXIT_HLT),
-        VmExit::Shutdown => assert_eq!(reason, KVM_EXIT_SHUTDOWN),
+        VmExit::TripleFault => assert_eq!(reason, KVM_EXIT_SHUTDOWN),
         VmExit::SystemEvent(event) => {
             assert_eq!(reason, KVM_EXIT_SYSTEM_EVENT);
             let want = match u32_at(before, UNION) {
-                KVM_SYSTEM_EVENT_SHUTDOWN => SystemEvent::Shutdown,
+                KVM_SYSTEM_EVENT_SHUTDOWN => SystemEvent::PowerOff,
                 KVM_SYSTEM_EVENT_RESET => SystemEvent::Reset,
                 KVM_SYSTEM_EVENT_CRASH => SystemEvent::Crash,
                 other => SystemEvent::Other(other),

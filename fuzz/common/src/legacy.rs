@@ -21,7 +21,7 @@ use std::time::Duration;
 use arbitrary::{Arbitrary, Unstructured};
 use vmkit_devices::cmos::{REG_A, REG_A_UIP, REG_B, REG_B_24H, REG_B_BINARY, REG_B_SET, REG_D};
 use vmkit_devices::{
-    CmosRtc, CountingTrigger, DebugExit, I8042Device, I8042Error, ManualClock, SerialDevice,
+    CmosRtc, CountingTrigger, DebugExit, I8042Device, I8042Error, ManualWallClock, SerialDevice,
 };
 use vmkit_exits::{DeviceAction, PioDevice, StopReason};
 
@@ -215,18 +215,18 @@ pub fn encode(ops: &[Op]) -> Vec<u8> {
 
 /// One set of devices, as a VMM would wire them.
 struct Devices {
-    clock: Arc<ManualClock>,
+    clock: Arc<ManualWallClock>,
     serial_irq: Arc<CountingTrigger>,
     keyboard_irq: Arc<CountingTrigger>,
     serial: SerialDevice<Arc<CountingTrigger>, Vec<u8>>,
     debug_exit: DebugExit,
     i8042: I8042Device<Arc<CountingTrigger>>,
-    cmos: CmosRtc<Arc<ManualClock>>,
+    cmos: CmosRtc<Arc<ManualWallClock>>,
 }
 
 impl Devices {
     fn new() -> Self {
-        let clock = Arc::new(ManualClock::new(Duration::from_secs(START_SECS)));
+        let clock = Arc::new(ManualWallClock::new(Duration::from_secs(START_SECS)));
         let serial_irq = Arc::new(CountingTrigger::new());
         let keyboard_irq = Arc::new(CountingTrigger::new());
         Self {
@@ -295,7 +295,7 @@ impl Harness {
         assert_eq!(action, again);
         self.accesses[usize::from(device.index())].1 += 1;
         match device {
-            Device::DebugExit if data.is_empty() => assert_eq!(action, DeviceAction::Continue),
+            Device::DebugExit if data.is_empty() => assert_eq!(action, DeviceAction::Resume),
             Device::DebugExit => {
                 let mut value = [0u8; 4];
                 for (dst, src) in value.iter_mut().zip(data) {
@@ -308,9 +308,9 @@ impl Harness {
             }
             Device::I8042 => assert!(matches!(
                 action,
-                DeviceAction::Continue | DeviceAction::Stop(StopReason::Reset)
+                DeviceAction::Resume | DeviceAction::Stop(StopReason::Reset)
             )),
-            Device::Serial | Device::Cmos => assert_eq!(action, DeviceAction::Continue),
+            Device::Serial | Device::Cmos => assert_eq!(action, DeviceAction::Resume),
         }
     }
 
@@ -336,7 +336,7 @@ impl Harness {
         assert_eq!(injection_outcome(a), injection_outcome(b));
     }
 
-    fn clock(&mut self, f: impl Fn(&ManualClock)) {
+    fn clock(&mut self, f: impl Fn(&ManualWallClock)) {
         f(&self.a.clock);
         f(&self.b.clock);
     }
@@ -375,7 +375,7 @@ impl Harness {
 
 /// The RTC's time registers hold valid values for the current mode, and the status registers
 /// behave.
-fn check_rtc(cmos: &CmosRtc<Arc<ManualClock>>) {
+fn check_rtc(cmos: &CmosRtc<Arc<ManualWallClock>>) {
     let b = cmos.register(REG_B);
     let decode = |raw: u8| {
         if b & REG_B_BINARY != 0 {

@@ -351,7 +351,7 @@ impl Harness {
                 // The bus hands the device its range's base and the offset into it.
                 let base = port & !3;
                 let action = self.device.pio_write(base, port - base, data);
-                assert_eq!(action, DeviceAction::Continue);
+                assert_eq!(action, DeviceAction::Resume);
             }
             Op::MmioRead { offset, size } => {
                 let offset = offset_of(*offset);
@@ -364,7 +364,7 @@ impl Harness {
                 let offset = offset_of(*offset);
                 self.model.mmio_write(offset, data);
                 let action = self.device.mmio_write(IOMEM_BASE, offset, data);
-                assert_eq!(action, DeviceAction::Continue);
+                assert_eq!(action, DeviceAction::Resume);
             }
             Op::FailLine { line, failing } => {
                 let n = usize::from(line % IRQ_LINE_COUNT);

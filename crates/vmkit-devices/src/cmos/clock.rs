@@ -4,12 +4,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A source of wall-clock time, in UTC.
-pub trait Clock: Send + Sync {
+pub trait WallClock: Send + Sync {
     /// Time since the Unix epoch (1970-01-01T00:00:00Z).
     fn now(&self) -> Duration;
 }
 
-impl<C: Clock + ?Sized> Clock for Arc<C> {
+impl<C: WallClock + ?Sized> WallClock for Arc<C> {
     fn now(&self) -> Duration {
         (**self).now()
     }
@@ -19,7 +19,7 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
-impl Clock for SystemClock {
+impl WallClock for SystemClock {
     fn now(&self) -> Duration {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -29,11 +29,11 @@ impl Clock for SystemClock {
 
 /// A clock that moves only when told to: deterministic tests and fuzzing.
 #[derive(Debug, Default)]
-pub struct ManualClock {
+pub struct ManualWallClock {
     now: Mutex<Duration>,
 }
 
-impl ManualClock {
+impl ManualWallClock {
     /// A clock reading `now` since the epoch.
     pub fn new(now: Duration) -> Self {
         Self {
@@ -53,7 +53,7 @@ impl ManualClock {
     }
 }
 
-impl Clock for ManualClock {
+impl WallClock for ManualWallClock {
     fn now(&self) -> Duration {
         *self.now.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -70,12 +70,12 @@ mod tests {
 
     #[test]
     fn manual_clock_moves_when_told() {
-        let clock = Arc::new(ManualClock::new(Duration::from_secs(5)));
+        let clock = Arc::new(ManualWallClock::new(Duration::from_secs(5)));
         assert_eq!(clock.now(), Duration::from_secs(5));
         clock.advance(Duration::from_millis(1500));
         assert_eq!(clock.now(), Duration::from_millis(6500));
         clock.set(Duration::ZERO);
-        assert_eq!(Clock::now(&clock), Duration::ZERO);
+        assert_eq!(WallClock::now(&clock), Duration::ZERO);
         clock.set(Duration::MAX);
         clock.advance(Duration::from_secs(1));
         assert_eq!(clock.now(), Duration::MAX);

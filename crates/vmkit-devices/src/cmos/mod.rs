@@ -6,7 +6,7 @@
 //! Wider accesses are split into byte accesses at consecutive ports.
 //!
 //! Bank 0 (128 bytes):
-//! - 0x00–0x09 time, alarm and date registers, computed from the injected [`Clock`] (UTC) plus
+//! - 0x00–0x09 time, alarm and date registers, computed from the injected [`WallClock`] (UTC) plus
 //!   the offset the guest set, in BCD or binary per register B's DM bit and 12- or 24-hour per its
 //!   24/12 bit. The day of the week is derived from the date (writes to it are ignored). Writes of
 //!   values outside a field's range are ignored and counted, so every time register always holds
@@ -36,7 +36,7 @@ use vmkit_exits::{DeviceAction, PioDevice};
 
 use crate::io::{IoCounters, IoStats, OPEN_BUS, read_bytewise, write_bytewise};
 use calendar::{DateTime, MAX_UNIX, MIN_UNIX, from_bcd, to_bcd};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{ManualWallClock, SystemClock, WallClock};
 
 /// The CMOS index port.
 pub const CMOS_PORT: u16 = 0x70;
@@ -458,7 +458,7 @@ impl State {
 
 /// The CMOS RTC and NVRAM.
 #[derive(Debug)]
-pub struct CmosRtc<C: Clock = SystemClock> {
+pub struct CmosRtc<C: WallClock = SystemClock> {
     state: Mutex<State>,
     clock: C,
     counters: IoCounters,
@@ -472,7 +472,7 @@ impl CmosRtc<SystemClock> {
     }
 }
 
-impl<C: Clock> CmosRtc<C> {
+impl<C: WallClock> CmosRtc<C> {
     /// A CMOS on `clock`, reporting `low_ram` bytes of RAM below the 4 GiB hole and `high_ram`
     /// bytes above 4 GiB.
     pub fn with_clock(clock: C, low_ram: u64, high_ram: u64) -> Self {
@@ -537,7 +537,7 @@ impl<C: Clock> CmosRtc<C> {
     }
 }
 
-impl<C: Clock> PioDevice for CmosRtc<C> {
+impl<C: WallClock> PioDevice for CmosRtc<C> {
     fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
         self.counters.read();
         let now = Self::nanos(&self.clock);
@@ -582,7 +582,7 @@ impl<C: Clock> PioDevice for CmosRtc<C> {
             }
             None::<()>
         });
-        DeviceAction::Continue
+        DeviceAction::Resume
     }
 }
 

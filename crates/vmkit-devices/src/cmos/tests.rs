@@ -7,8 +7,8 @@ use super::*;
 const T0: u64 = 1_700_000_000;
 const GIB: u64 = 1 << 30;
 
-fn rtc() -> (Arc<ManualClock>, CmosRtc<Arc<ManualClock>>) {
-    let clock = Arc::new(ManualClock::new(Duration::from_secs(T0)));
+fn rtc() -> (Arc<ManualWallClock>, CmosRtc<Arc<ManualWallClock>>) {
+    let clock = Arc::new(ManualWallClock::new(Duration::from_secs(T0)));
     (
         Arc::clone(&clock),
         CmosRtc::with_clock(clock, 3 * GIB, 4 * GIB),
@@ -16,7 +16,7 @@ fn rtc() -> (Arc<ManualClock>, CmosRtc<Arc<ManualClock>>) {
 }
 
 /// An RTC without periodic events (rate 0), so register C shows only updates and alarms.
-fn quiet_rtc() -> (Arc<ManualClock>, CmosRtc<Arc<ManualClock>>) {
+fn quiet_rtc() -> (Arc<ManualWallClock>, CmosRtc<Arc<ManualWallClock>>) {
     let (clock, dev) = rtc();
     write(&dev, REG_A, 0x20);
     (clock, dev)
@@ -31,10 +31,7 @@ fn read(dev: &impl PioDevice, index: u8) -> u8 {
 
 fn write(dev: &impl PioDevice, index: u8, value: u8) {
     dev.pio_write(CMOS_PORT, 0, &[index]);
-    assert_eq!(
-        dev.pio_write(CMOS_PORT, 1, &[value]),
-        DeviceAction::Continue
-    );
+    assert_eq!(dev.pio_write(CMOS_PORT, 1, &[value]), DeviceAction::Resume);
 }
 
 /// (sec, min, hour, weekday, day, month, year, century) as raw register bytes.
@@ -43,7 +40,7 @@ fn time(dev: &impl PioDevice) -> [u8; 8] {
 }
 
 /// Every time register holds a valid value for the current mode.
-fn assert_valid_time<C: Clock>(dev: &CmosRtc<C>) {
+fn assert_valid_time<C: WallClock>(dev: &CmosRtc<C>) {
     let b = dev.register(REG_B);
     let decode = |raw: u8| {
         if b & REG_B_BINARY != 0 {
@@ -408,7 +405,7 @@ fn memory_size_registers() {
     let sum: u16 = (0x10..=0x2D).map(|i| u16::from(dev.register(i))).sum();
     assert_eq!(word(0x2E).swap_bytes(), sum);
 
-    let small = CmosRtc::with_clock(ManualClock::default(), 512 << 10, 0);
+    let small = CmosRtc::with_clock(ManualWallClock::default(), 512 << 10, 0);
     let word = |lo: u8| u16::from_le_bytes([small.register(lo), small.register(lo + 1)]);
     assert_eq!((word(0x15), word(0x17), word(0x34)), (512, 0, 0));
     let mid = CmosRtc::new(32 << 20, 1 << 50);
@@ -470,12 +467,12 @@ fn wide_and_out_of_range_accesses() {
     assert_eq!(dev.stats().ignored, 4 + 3 * 8);
     let mut empty: [u8; 0] = [];
     dev.pio_read(CMOS_PORT, 1, &mut empty);
-    assert_eq!(dev.pio_write(CMOS_PORT, 1, &[]), DeviceAction::Continue);
+    assert_eq!(dev.pio_write(CMOS_PORT, 1, &[]), DeviceAction::Resume);
 }
 
 #[test]
 fn extreme_clocks_stay_in_range() {
-    let clock = Arc::new(ManualClock::new(Duration::MAX));
+    let clock = Arc::new(ManualWallClock::new(Duration::MAX));
     let dev = CmosRtc::with_clock(Arc::clone(&clock), 0, 0);
     assert_eq!(
         time(&dev),

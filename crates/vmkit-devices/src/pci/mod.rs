@@ -77,7 +77,7 @@ pub trait PciDevice: Send {
     /// A guest write at `offset` inside BAR `index`.
     fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) -> DeviceAction {
         let _ = (index, offset, data);
-        DeviceAction::Continue
+        DeviceAction::Resume
     }
 }
 
@@ -97,7 +97,7 @@ mod tests {
         assert_eq!(bridge.config_space().interrupt_pin(), 1);
         bridge.bar_read(0, 0, &mut data);
         assert_eq!(data, [0xFF; 4]);
-        assert_eq!(bridge.bar_write(0, 0, &data), DeviceAction::Continue);
+        assert_eq!(bridge.bar_write(0, 0, &data), DeviceAction::Resume);
         let m = Mutex::new(5);
         *lock(&m) += 1;
         assert_eq!(*lock(&m), 6);

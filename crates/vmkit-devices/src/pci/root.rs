@@ -578,7 +578,7 @@ impl PioDevice for PciRoot {
             }
             _ => bump(&self.counters.bad_accesses),
         }
-        DeviceAction::Continue
+        DeviceAction::Resume
     }
 }
 
@@ -591,7 +591,7 @@ impl MmioDevice for PciRoot {
     fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
         let (bus, device, function, reg) = Self::ecam_function(offset);
         self.config_write(bus, device, function, reg, data);
-        DeviceAction::Continue
+        DeviceAction::Resume
     }
 }
 

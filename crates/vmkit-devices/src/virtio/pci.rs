@@ -853,7 +853,7 @@ impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
         } else {
             self.bad_access(offset, data.len());
         }
-        DeviceAction::Continue
+        DeviceAction::Resume
     }
 }
 

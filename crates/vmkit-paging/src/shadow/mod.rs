@@ -55,12 +55,7 @@ use crate::x86::{
     WRITABLE, X86Paging, X86Rules, X86Walker,
 };
 
-/// CR4.PGE: global pages enabled.
-pub const CR4_PGE: u64 = 1 << 7;
-/// CR4.PCIDE: process-context identifiers enabled.
-pub const CR4_PCIDE: u64 = 1 << 17;
-/// CR3 bit 63 with CR4.PCIDE set: keep the TLB entries of the new PCID.
-pub const CR3_NO_FLUSH: u64 = 1 << 63;
+pub use crate::x86::{CR3_NO_FLUSH, CR4_PCIDE, CR4_PGE};
 
 /// The fewest shadow pages an MMU keeps: enough for one path of a 5-level walk with a split
 /// large page.

@@ -161,13 +161,13 @@ pub fn convert_exit(area: &mut [u8]) -> Result<RunExit<'_>, ExitError> {
             }
         }
         KVM_EXIT_HLT => VmExit::Hlt,
-        KVM_EXIT_SHUTDOWN => VmExit::Shutdown,
+        KVM_EXIT_SHUTDOWN => VmExit::TripleFault,
         KVM_EXIT_INTR => return Ok(RunExit::Kicked),
         KVM_EXIT_SYSTEM_EVENT => {
             // SAFETY: a plain-old-data union member (see above), copied out.
             let event = unsafe { run.__bindgen_anon_1.system_event };
             VmExit::SystemEvent(match event.type_ {
-                KVM_SYSTEM_EVENT_SHUTDOWN => SystemEvent::Shutdown,
+                KVM_SYSTEM_EVENT_SHUTDOWN => SystemEvent::PowerOff,
                 KVM_SYSTEM_EVENT_RESET => SystemEvent::Reset,
                 KVM_SYSTEM_EVENT_CRASH => SystemEvent::Crash,
                 other => SystemEvent::Other(other),
@@ -486,7 +486,7 @@ mod tests {
         let mut area = RunAreaBuf::new(AREA_SIZE);
         let cases = [
             (KVM_EXIT_HLT, VmExit::Hlt),
-            (KVM_EXIT_SHUTDOWN, VmExit::Shutdown),
+            (KVM_EXIT_SHUTDOWN, VmExit::TripleFault),
             (
                 KVM_EXIT_IRQ_WINDOW_OPEN,
                 VmExit::Other {
@@ -510,7 +510,7 @@ mod tests {
     fn system_events_map_to_their_kind() {
         let mut area = RunAreaBuf::new(AREA_SIZE);
         for (ty, want) in [
-            (KVM_SYSTEM_EVENT_SHUTDOWN, SystemEvent::Shutdown),
+            (KVM_SYSTEM_EVENT_SHUTDOWN, SystemEvent::PowerOff),
             (KVM_SYSTEM_EVENT_RESET, SystemEvent::Reset),
             (KVM_SYSTEM_EVENT_CRASH, SystemEvent::Crash),
             (

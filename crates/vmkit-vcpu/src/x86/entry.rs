@@ -7,20 +7,7 @@
 
 use vmkit_exits::state::{DescriptorTable, Registers, Segment, SpecialRegisters};
 
-/// CR0.PE: protected mode.
-const CR0_PE: u64 = 1 << 0;
-/// CR0.ET: extension type (hard-wired to 1 on every CPU since the 486).
-const CR0_ET: u64 = 1 << 4;
-/// CR0.PG: paging.
-const CR0_PG: u64 = 1 << 31;
-/// CR4.PAE: physical address extension (required by long mode).
-const CR4_PAE: u64 = 1 << 5;
-/// EFER.LME: long mode enable.
-const EFER_LME: u64 = 1 << 8;
-/// EFER.LMA: long mode active.
-const EFER_LMA: u64 = 1 << 10;
-/// RFLAGS bit 1, which always reads as 1.
-const RFLAGS_RESERVED: u64 = 1 << 1;
+use vmkit_paging::x86::{CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_RESERVED};
 /// The highest physical address bit x86-64 allows (`MAXPHYADDR` ≤ 52).
 const MAX_PHYS_ADDR: u64 = 1 << 52;
 

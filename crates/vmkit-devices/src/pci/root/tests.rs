@@ -47,7 +47,7 @@ impl PciDevice for TestDevice {
     }
     fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) -> DeviceAction {
         self.seen.push((index, offset, data.len(), true));
-        DeviceAction::Continue
+        DeviceAction::Resume
     }
 }
 
