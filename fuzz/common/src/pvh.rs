@@ -456,14 +456,16 @@ mod tests {
                 modules: &refs,
                 rsdp: None,
             };
+            // The variant's name; an ELF problem by the ElfError's variant.
             let outcome = match load_pvh(&mem, layout.memory_map(), &image, &config) {
                 Ok(_) => "Ok".to_owned(),
-                Err(error) => format!("{error:?}")
-                    .split([' ', '(', '{'])
-                    .next()
-                    .unwrap()
-                    .to_owned(),
-            };
+                Err(PvhError::Elf(error)) => format!("{error:?}"),
+                Err(error) => format!("{error:?}"),
+            }
+            .split([' ', '(', '{'])
+            .next()
+            .unwrap()
+            .to_owned();
             outcomes.push((name, outcome));
         }
         let expected = [
