@@ -33,6 +33,8 @@ step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # A crate's README is both its crates.io page and its crate docs: every link must resolve in both.
 python3 scripts/check-readme-links.py --doc-dir target/doc
+# Error messages: lower case, no trailing period, no source printed twice (CONTRIBUTING).
+python3 scripts/check-error-messages.py
 
 step "packages (each library crate built from its .crate alone)"
 for crate in crates/*/; do

@@ -55,7 +55,7 @@
 //! and ISA port ranges (1 to 255 ports), the PCI host bridge (bus range, ECAM alignment, I/O
 //! windows clear of the configuration ports, a 32-bit window below 4 GiB, interrupt routes),
 //! that the tables fit the window, and that guest memory backs the window. Each problem is a
-//! [`BootError`].
+//! [`AcpiError`].
 
 mod dsdt;
 mod madt;
@@ -80,7 +80,63 @@ pub use platform::{
     Trigger,
 };
 
-use crate::error::BootError;
+/// Why the ACPI tables could not be built or written ([`write_acpi_tables`]), or the memory map
+/// not mark them ([`mark_acpi_memory`]). The platform description is checked before anything is
+/// written.
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
+pub enum AcpiError {
+    /// {count} vCPUs were described; between 1 and {max} are accepted
+    BadVcpuCount {
+        /// Number of vCPUs described.
+        count: usize,
+        /// The most the tables describe.
+        max: usize,
+    },
+    /// the OEM table id {0:?} is not 1 to 8 printable ASCII characters
+    BadOemTableId(String),
+    /// the interrupt source override of IRQ {0} is not for an ISA IRQ (0 to 15) or is given twice
+    BadInterruptOverride(u8),
+    /// the S5 sleep type {0} does not fit the 3-bit SLP_TYP field (0 to 7)
+    BadSleepType(u8),
+    /// {count} serial ports were described; at most {max} are accepted
+    TooManySerialPorts {
+        /// Number of serial ports described.
+        count: usize,
+        /// The most the DSDT names (COM1 to COM4).
+        max: usize,
+    },
+    /// the {device} ports ({count} from {start:#x}) are none, more than 255, or run past port
+    /// 0xffff
+    BadIsaPorts {
+        /// The device's DSDT name.
+        device: &'static str,
+        /// First port.
+        start: u16,
+        /// Number of ports.
+        count: u16,
+    },
+    /// the PCI host bridge description is invalid: {0}
+    BadPciHostBridge(&'static str),
+    /// the ACPI tables take {size:#x} bytes; their window holds {available:#x}
+    TablesDoNotFit {
+        /// Bytes the tables take, with alignment.
+        size: u64,
+        /// Bytes in the window.
+        available: u64,
+    },
+    /// the ACPI table window {start:#x}..{end:#x} is not backed by guest memory
+    WindowOutOfMemory {
+        /// First address of the window.
+        start: u64,
+        /// One past the last address of the window.
+        end: u64,
+    },
+    /// the memory map could not report the ACPI tables
+    MemoryMap(#[source] vmkit_memory::LayoutError),
+    /// writing guest memory failed
+    GuestMemory(#[source] vm_memory::GuestMemoryError),
+}
 
 /// First guest-physical address of the ACPI table window: the RSDP goes here.
 pub const ACPI_TABLES_START: u64 = 0xe_0000;
@@ -136,7 +192,7 @@ pub struct AcpiTables {
 pub fn write_acpi_tables<M: GuestMemoryBackend>(
     guest_mem: &M,
     platform: &AcpiPlatform,
-) -> Result<AcpiTables, BootError> {
+) -> Result<AcpiTables, AcpiError> {
     let result = build(platform, ACPI_TABLES_START..ACPI_TABLES_END)
         .and_then(|tables| write(guest_mem, tables));
     match &result {
@@ -151,14 +207,14 @@ pub fn write_acpi_tables<M: GuestMemoryBackend>(
 
 /// Reports the ACPI table window as ACPI data (e820 type 3) in `layout`'s memory map. Call it
 /// before the memory map is handed to a loader.
-pub fn mark_acpi_memory(layout: &mut GuestLayout) -> Result<(), BootError> {
+pub fn mark_acpi_memory(layout: &mut GuestLayout) -> Result<(), AcpiError> {
     layout
         .set_memory_kind(
             GuestAddress(ACPI_TABLES_START),
             ACPI_TABLES_SIZE,
             MemoryKind::Acpi,
         )
-        .map_err(BootError::AcpiMemoryMap)
+        .map_err(AcpiError::MemoryMap)
 }
 
 /// The tables of a platform with their addresses, ready to be written.
@@ -171,7 +227,7 @@ struct PlacedTables {
 }
 
 /// Validates `platform` and builds its tables, placed in `window`.
-fn build(platform: &AcpiPlatform, window: Range<u64>) -> Result<PlacedTables, BootError> {
+fn build(platform: &AcpiPlatform, window: Range<u64>) -> Result<PlacedTables, AcpiError> {
     let table_id = platform.validate()?;
     let dsdt = dsdt_table(platform, table_id);
     let madt = madt::madt(platform, table_id);
@@ -222,21 +278,17 @@ fn build(platform: &AcpiPlatform, window: Range<u64>) -> Result<PlacedTables, Bo
 fn write<M: GuestMemoryBackend>(
     guest_mem: &M,
     placed: PlacedTables,
-) -> Result<AcpiTables, BootError> {
+) -> Result<AcpiTables, AcpiError> {
     let (start, end) = (placed.window.start, placed.window.end);
     let backed = usize::try_from(end - start)
         .is_ok_and(|len| guest_mem.check_range(GuestAddress(start), len));
     if !backed {
-        return Err(BootError::FirmwareTablesOutOfMemory {
-            tables: "ACPI",
-            start,
-            end,
-        });
+        return Err(AcpiError::WindowOutOfMemory { start, end });
     }
     for (addr, bytes) in &placed.tables {
         guest_mem
             .write_slice(bytes, GuestAddress(*addr))
-            .map_err(BootError::GuestMemory)?;
+            .map_err(AcpiError::GuestMemory)?;
     }
     Ok(AcpiTables {
         rsdp: GuestAddress(placed.rsdp),
@@ -272,10 +324,9 @@ impl Placer {
     }
 
     /// The end of the last table, if every table fits the window.
-    fn end(&self) -> Result<u64, BootError> {
+    fn end(&self) -> Result<u64, AcpiError> {
         if self.end > self.window.end {
-            return Err(BootError::FirmwareTablesDoNotFit {
-                tables: "ACPI",
+            return Err(AcpiError::TablesDoNotFit {
                 size: self.end - self.window.start,
                 available: self.window.end - self.window.start,
             });

@@ -36,7 +36,7 @@
 //! ([`BzImage::runtime_start`]). For a distribution kernel loaded at 1 MiB that is 16 MiB and
 //! `init_size` is eight times the file or more (a Debian kernel of 8 MiB asks for 64 MiB), so a
 //! guest needs some 80 MiB of RAM to boot it; a smaller one gets
-//! [`BootError::DecompressionOutOfMemory`] naming the sizes. The range must lie in usable RAM
+//! [`BzImageError::DecompressionOutOfMemory`] naming the sizes. The range must lie in usable RAM
 //! below 4 GiB and clear of the boot structures; it may overlap the protected-mode kernel (the
 //! kernel moves itself out of the way). The initramfs goes as high as the protocol allows
 //! (`initrd_addr_max`, and 4 GiB even when `XLF_CAN_BE_LOADED_ABOVE_4G` would allow more), in
@@ -97,9 +97,139 @@ pub use header::{
     MIN_SETUP_HEADER_END, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64,
 };
 
-use crate::error::BootError;
 use crate::page_tables::{IDENTITY_MAP_END, PAGE_TABLES_END, PAGE_TABLES_START};
 use crate::pvh::{self, UsableRam, highest_fit, write_cmdline};
+
+/// Why a bzImage could not be loaded ([`load_bzimage`]). Every problem with the image or the
+/// configuration is found before anything is written to guest memory; only the last three
+/// variants (writing guest memory) can leave a partial load.
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
+pub enum BzImageError {
+    /// the image is not a bzImage: it lacks the boot sector signature 0xAA55 at 0x1FE or the "HdrS"
+    /// magic at 0x202
+    NotBzImage,
+    /// the bzImage speaks boot protocol {major}.{minor:02}; the 64-bit boot protocol needs 2.12 or
+    /// later
+    BootProtocolTooOld {
+        /// The major version: the high byte of the header's `version`.
+        major: u8,
+        /// The minor version: the low byte of the header's `version`.
+        minor: u8,
+    },
+    /// the bzImage's setup header ends at {end:#x}, past the end of the {len}-byte image
+    SetupHeaderOutOfFile {
+        /// One past the header's last byte.
+        end: usize,
+        /// Size of the image in bytes.
+        len: usize,
+    },
+    /// the bzImage's setup header ends at {end:#x} (0x202 plus the signed byte at 0x201), before
+    /// the end of init_size at 0x264
+    SetupHeaderTooShort {
+        /// One past the header's last byte.
+        end: usize,
+    },
+    /// the bzImage has no 64-bit entry point: XLF_KERNEL_64 is clear in xloadflags {xloadflags:#x}
+    No64BitEntry {
+        /// The header's `xloadflags`.
+        xloadflags: u16,
+    },
+    /// the bzImage's kernel does not load at 1 MiB: LOADED_HIGH is clear in loadflags
+    /// {loadflags:#x}
+    NotLoadedHigh {
+        /// The header's `loadflags`.
+        loadflags: u8,
+    },
+    /// the bzImage holds {kernel_size:#x} bytes of protected-mode kernel after {setup_size:#x}
+    /// bytes of setup; its 64-bit entry at offset 0x200 needs more
+    KernelTooShort {
+        /// Boot sector and setup sectors, in bytes.
+        setup_size: usize,
+        /// What is left of the image for the protected-mode kernel.
+        kernel_size: usize,
+    },
+    /// the bzImage's init_size {init_size:#x} is smaller than its protected-mode kernel
+    /// ({kernel_size:#x} bytes), which the runtime range must hold
+    InitSizeTooSmall {
+        /// The header's `init_size`.
+        init_size: u32,
+        /// Size of the protected-mode kernel in bytes.
+        kernel_size: usize,
+    },
+    /// the relocatable bzImage's kernel_alignment {alignment:#x} is not a power of two
+    BadKernelAlignment {
+        /// The header's `kernel_alignment`.
+        alignment: u32,
+    },
+    /// the protected-mode kernel ({size:#x} bytes at {addr:#x}) does not lie in guest RAM that the
+    /// memory map reports usable
+    KernelOutOfMemory {
+        /// The load address.
+        addr: u64,
+        /// Size of the protected-mode kernel.
+        size: u64,
+    },
+    /// the kernel needs {size:#x} bytes (init_size) of usable guest RAM below 4 GiB from {start:#x}
+    /// to decompress itself; {available:#x} are there
+    DecompressionOutOfMemory {
+        /// The kernel's runtime start.
+        start: u64,
+        /// The header's `init_size`.
+        size: u64,
+        /// Bytes of usable RAM below 4 GiB from `start` on.
+        available: u64,
+    },
+    /// the kernel's runtime range ({size:#x} bytes from {start:#x}) overlaps the boot structures or
+    /// the boot page tables
+    DecompressionOverlapsBootData {
+        /// The kernel's runtime start.
+        start: u64,
+        /// The header's `init_size`.
+        size: u64,
+    },
+    /// the initramfs is empty
+    EmptyInitramfs,
+    /// the initramfs ({size:#x} bytes) does not fit in free usable guest RAM between 1 MiB and
+    /// {limit:#x}
+    InitramfsDoesNotFit {
+        /// Size of the initramfs in bytes.
+        size: u64,
+        /// The initramfs must end at or below this address: `initrd_addr_max + 1`, at most
+        /// 4 GiB.
+        limit: u64,
+    },
+    /// the command line is {len} bytes; at most {max} fit
+    CmdlineTooLong {
+        /// Length of the command line in bytes.
+        len: usize,
+        /// The most bytes accepted, without the terminating NUL.
+        max: usize,
+    },
+    /// the command line contains a NUL byte
+    CmdlineHasNul,
+    /// the memory map has {count} entries; between 1 and {max} are accepted
+    BadMemoryMapSize {
+        /// Number of entries given.
+        count: usize,
+        /// The most entries the boot structures hold.
+        max: usize,
+    },
+    /// the boot structures ({size:#x} bytes at {addr:#x}) do not lie in guest RAM that the memory
+    /// map reports usable
+    BootDataOutOfMemory {
+        /// First address of the boot structure area.
+        addr: u64,
+        /// Size of the area.
+        size: u64,
+    },
+    /// the kernel loader failed
+    Loader(#[source] linux_loader::loader::Error),
+    /// writing the boot structures failed
+    BootParams(#[source] linux_loader::configurator::Error),
+    /// writing guest memory failed
+    GuestMemory(#[source] vm_memory::GuestMemoryError),
+}
 
 /// Where the protected-mode kernel is loaded: 1 MiB, where a bzImage loads (`LOADED_HIGH`).
 pub const KERNEL_LOAD_ADDR: GuestAddress = GuestAddress(HIGH_MEMORY_START);
@@ -215,14 +345,14 @@ pub struct LinuxBoot {
 /// structures and the initramfs must lie in RAM it reports usable (and that `guest_mem` backs).
 ///
 /// Everything is validated before anything is written (see the
-/// [module documentation](crate::bzimage)); every problem is a [`BootError`] naming it. The
+/// [module documentation](crate::bzimage)); every problem is a [`BzImageError`] naming it. The
 /// image is taken as bytes so that what is validated is exactly what is loaded.
 pub fn load_bzimage<M: GuestMemoryBackend>(
     guest_mem: &M,
     memory_map: &[MemoryMapEntry],
     image: &[u8],
     config: &LinuxConfig<'_>,
-) -> Result<LinuxBoot, BootError> {
+) -> Result<LinuxBoot, BzImageError> {
     let result = load(guest_mem, memory_map, image, config);
     match &result {
         Ok(boot) => debug!(
@@ -245,14 +375,14 @@ fn load<M: GuestMemoryBackend>(
     memory_map: &[MemoryMapEntry],
     image: &[u8],
     config: &LinuxConfig<'_>,
-) -> Result<LinuxBoot, BootError> {
+) -> Result<LinuxBoot, BzImageError> {
     let bz = BzImage::parse(image)?;
     check_cmdline(config.cmdline, bz.cmdline_size())?;
     if config.initramfs.is_some_and(<[u8]>::is_empty) {
-        return Err(BootError::EmptyInitramfs);
+        return Err(BzImageError::EmptyInitramfs);
     }
     if memory_map.is_empty() || memory_map.len() > MAX_E820_ENTRIES {
-        return Err(BootError::BadMemoryMapSize {
+        return Err(BzImageError::BadMemoryMapSize {
             count: memory_map.len(),
             max: MAX_E820_ENTRIES,
         });
@@ -261,12 +391,12 @@ fn load<M: GuestMemoryBackend>(
     let ram = UsableRam::new(memory_map, guest_mem);
     for (addr, size) in BOOT_DATA_AREAS {
         if !ram.contains(addr, size) {
-            return Err(BootError::BootDataOutOfMemory { addr, size });
+            return Err(BzImageError::BootDataOutOfMemory { addr, size });
         }
     }
     let kernel_size = bz.kernel_size();
     if !ram.contains(KERNEL_LOAD_ADDR.0, kernel_size) {
-        return Err(BootError::KernelOutOfMemory {
+        return Err(BzImageError::KernelOutOfMemory {
             addr: KERNEL_LOAD_ADDR.0,
             size: kernel_size,
         });
@@ -296,16 +426,16 @@ fn load<M: GuestMemoryBackend>(
         &mut Cursor::new(image),
         None,
     )
-    .map_err(BootError::Loader)?;
+    .map_err(BzImageError::Loader)?;
     if let (Some(range), Some(bytes)) = (&initramfs, config.initramfs) {
         guest_mem
             .write_slice(bytes, GuestAddress(range.start))
-            .map_err(BootError::GuestMemory)?;
+            .map_err(BzImageError::GuestMemory)?;
     }
-    write_cmdline(guest_mem, config.cmdline)?;
+    write_cmdline(guest_mem, config.cmdline).map_err(BzImageError::GuestMemory)?;
     let params = zero_page(&bz, image, memory_map, initramfs.as_ref(), config.rsdp);
     LinuxBootConfigurator::write_bootparams(&BootParams::new(&params, ZERO_PAGE_ADDR), guest_mem)
-        .map_err(BootError::BootParams)?;
+        .map_err(BzImageError::BootParams)?;
 
     Ok(LinuxBoot {
         entry: GuestAddress(KERNEL_LOAD_ADDR.0 + KERNEL_64_ENTRY_OFFSET),
@@ -321,18 +451,18 @@ fn load<M: GuestMemoryBackend>(
 }
 
 /// Checks the command line against the kernel's `cmdline_size` and the command-line area.
-fn check_cmdline(cmdline: &str, cmdline_size: u64) -> Result<(), BootError> {
+fn check_cmdline(cmdline: &str, cmdline_size: u64) -> Result<(), BzImageError> {
     let max = usize::try_from(cmdline_size)
         .unwrap_or(usize::MAX)
         .min(CMDLINE_CAPACITY - 1);
     if cmdline.len() > max {
-        return Err(BootError::CmdlineTooLong {
+        return Err(BzImageError::CmdlineTooLong {
             len: cmdline.len(),
             max,
         });
     }
     if cmdline.bytes().any(|byte| byte == 0) {
-        return Err(BootError::CmdlineHasNul);
+        return Err(BzImageError::CmdlineHasNul);
     }
     Ok(())
 }
@@ -342,7 +472,7 @@ fn check_cmdline(cmdline: &str, cmdline_size: u64) -> Result<(), BootError> {
 fn runtime_range<M: GuestMemoryBackend>(
     bz: &BzImage,
     ram: &UsableRam<'_, M>,
-) -> Result<Range<u64>, BootError> {
+) -> Result<Range<u64>, BzImageError> {
     let size = bz.init_size();
     // Aligning 1 MiB up to a 32-bit power of two cannot overflow.
     let start = bz.runtime_start(KERNEL_LOAD_ADDR.0).unwrap_or(u64::MAX);
@@ -356,7 +486,7 @@ fn runtime_range<M: GuestMemoryBackend>(
             .iter()
             .find(|&&(from, to)| from <= start && start < to)
             .map_or(0, |&(_, to)| to.min(IDENTITY_MAP_END).saturating_sub(start));
-        return Err(BootError::DecompressionOutOfMemory {
+        return Err(BzImageError::DecompressionOutOfMemory {
             start,
             size,
             available,
@@ -368,7 +498,7 @@ fn runtime_range<M: GuestMemoryBackend>(
         .chain([(PAGE_TABLES_START, PAGE_TABLES_END)])
         .any(|(from, to)| start < to && from < end);
     if overlaps {
-        return Err(BootError::DecompressionOverlapsBootData { start, size });
+        return Err(BzImageError::DecompressionOverlapsBootData { start, size });
     }
     Ok(start..end)
 }
@@ -380,7 +510,7 @@ fn place_initramfs<M: GuestMemoryBackend>(
     bz: &BzImage,
     size: u64,
     taken: &[(u64, u64)],
-) -> Result<Range<u64>, BootError> {
+) -> Result<Range<u64>, BzImageError> {
     let limit = bz.initrd_addr_max().saturating_add(1).min(INITRAMFS_LIMIT);
     ram.ranges
         .iter()
@@ -390,7 +520,7 @@ fn place_initramfs<M: GuestMemoryBackend>(
         })
         .filter(|&addr| ram.contains(addr, size))
         .map(|addr| addr..addr + size)
-        .ok_or(BootError::InitramfsDoesNotFit { size, limit })
+        .ok_or(BzImageError::InitramfsDoesNotFit { size, limit })
 }
 
 /// The zero page: the image's setup header with the loader's fields set, the e820 table and the

@@ -4,19 +4,95 @@
 //! linux-loader's ELF loader trusts the headers it reads: it checks neither the class nor the
 //! machine, loads segments wherever their physical addresses point, and leaves the BSS as it
 //! finds it. [`ElfImage::parse`] checks everything the loader relies on first, so a malformed
-//! image gets a [`BootError`] naming the problem instead of a partial load.
+//! image gets a [`ElfError`] naming the problem instead of a partial load.
 //!
 //! Accepted images are **ELF64, little-endian, x86-64** executables (`ET_EXEC`, or `ET_DYN`
 //! loaded at its link addresses). ELF64 is what PVH images are in practice: Linux's `vmlinux`,
 //! Cloud Hypervisor's and QEMU's firmware, and the guests of this project. ELF32 images are
-//! rejected with [`BootError::WrongClass`] (linux-loader parses only ELF64 headers).
+//! rejected with [`ElfError::WrongClass`] (linux-loader parses only ELF64 headers).
 //!
 //! Notes are parsed with 4-byte padding of name and descriptor, as Linux writes them and as
 //! linux-loader and QEMU read them.
 
 use vm_memory::GuestAddress;
 
-use crate::error::BootError;
+/// Why an image is not a loadable ELF64 x86-64 executable ([`ElfImage::parse`]). Images are
+/// untrusted input: every malformed one gets one of these, naming the problem.
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
+pub enum ElfError {
+    /// the image is not an ELF file: it is shorter than an ELF header or lacks the ELF magic
+    NotElf,
+    /// the image is an ELF file of class {0}, not ELF64 (class 2)
+    WrongClass(u8),
+    /// the image's data encoding is {0}, not little-endian (1)
+    WrongByteOrder(u8),
+    /// the image's ELF version is {0}, not 1
+    WrongVersion(u32),
+    /// the image's ELF type is {0}, not an executable (ET_EXEC or ET_DYN)
+    NotExecutable(u16),
+    /// the image is for machine {0}, not x86-64 (62)
+    WrongMachine(u16),
+    /// the image's program header entries are {0} bytes, not 56
+    BadProgramHeaderSize(u16),
+    /// the image has {0} program headers; at most 128 are accepted
+    TooManyProgramHeaders(u16),
+    /// the program header table ({count} entries at offset {offset:#x}) does not lie in the file
+    /// after the ELF header
+    ProgramHeadersOutOfFile {
+        /// `e_phoff`.
+        offset: u64,
+        /// `e_phnum`.
+        count: u16,
+    },
+    /// segment {index} ({size:#x} bytes at file offset {offset:#x}) extends past the end of the
+    /// file
+    SegmentOutOfFile {
+        /// Program header index.
+        index: usize,
+        /// `p_offset`.
+        offset: u64,
+        /// `p_filesz`.
+        size: u64,
+    },
+    /// segment {index} has more bytes in the file ({file_size:#x}) than in memory ({mem_size:#x})
+    FileSizeExceedsMemorySize {
+        /// Program header index.
+        index: usize,
+        /// `p_filesz`.
+        file_size: u64,
+        /// `p_memsz`.
+        mem_size: u64,
+    },
+    /// the image has no loadable segment
+    NoLoadableSegment,
+    /// segment {index} ({size:#x} bytes at {addr:#x}) runs past the end of the address space
+    SegmentWraps {
+        /// Program header index.
+        index: usize,
+        /// `p_paddr`.
+        addr: u64,
+        /// `p_memsz`.
+        size: u64,
+    },
+    /// segments {first} and {second} overlap in guest memory
+    OverlappingSegments {
+        /// Program header index of the lower segment.
+        first: usize,
+        /// Program header index of the other segment.
+        second: usize,
+    },
+    /// the notes of segment {index} are malformed (a note does not fit in its segment)
+    BadNote {
+        /// Program header index of the `PT_NOTE` segment.
+        index: usize,
+    },
+    /// the PVH entry note's descriptor is not a 32-bit address (4 bytes, or 8 with the upper half
+    /// zero)
+    InvalidPvhNote,
+    /// the image has more than one PVH entry note
+    DuplicatePvhNote,
+}
 
 /// Size of the ELF64 file header.
 pub const ELF_HEADER_SIZE: usize = 64;
@@ -156,45 +232,45 @@ impl ElfImage {
     ///
     /// Segments with a memory size of zero are ignored. Whether the segments fit the guest's
     /// memory is checked by the loaders, which know the memory map.
-    pub fn parse(image: &[u8]) -> Result<Self, BootError> {
-        let header = image.get(..ELF_HEADER_SIZE).ok_or(BootError::NotElf)?;
+    pub fn parse(image: &[u8]) -> Result<Self, ElfError> {
+        let header = image.get(..ELF_HEADER_SIZE).ok_or(ElfError::NotElf)?;
         if &header[..4] != ELF_MAGIC {
-            return Err(BootError::NotElf);
+            return Err(ElfError::NotElf);
         }
         if header[4] != ELFCLASS64 {
-            return Err(BootError::WrongClass(header[4]));
+            return Err(ElfError::WrongClass(header[4]));
         }
         if header[5] != ELFDATA2LSB {
-            return Err(BootError::WrongByteOrder(header[5]));
+            return Err(ElfError::WrongByteOrder(header[5]));
         }
         if header[6] != EV_CURRENT {
-            return Err(BootError::WrongVersion(u32::from(header[6])));
+            return Err(ElfError::WrongVersion(u32::from(header[6])));
         }
         let version = u32_at(header, 20);
         if version != u32::from(EV_CURRENT) {
-            return Err(BootError::WrongVersion(version));
+            return Err(ElfError::WrongVersion(version));
         }
         let kind = u16_at(header, 16);
         if kind != ET_EXEC && kind != ET_DYN {
-            return Err(BootError::NotExecutable(kind));
+            return Err(ElfError::NotExecutable(kind));
         }
         let machine = u16_at(header, 18);
         if machine != EM_X86_64 {
-            return Err(BootError::WrongMachine(machine));
+            return Err(ElfError::WrongMachine(machine));
         }
         let entry_size = u16_at(header, 54);
         if usize::from(entry_size) != PROGRAM_HEADER_SIZE {
-            return Err(BootError::BadProgramHeaderSize(entry_size));
+            return Err(ElfError::BadProgramHeaderSize(entry_size));
         }
         let count = u16_at(header, 56);
         if usize::from(count) > MAX_PROGRAM_HEADERS {
-            return Err(BootError::TooManyProgramHeaders(count));
+            return Err(ElfError::TooManyProgramHeaders(count));
         }
         let table_offset = u64_at(header, 32);
         let table_size = (usize::from(count) * PROGRAM_HEADER_SIZE) as u64;
         let table = file_range(image, table_offset, table_size)
             .filter(|_| table_offset >= ELF_HEADER_SIZE as u64)
-            .ok_or(BootError::ProgramHeadersOutOfFile {
+            .ok_or(ElfError::ProgramHeadersOutOfFile {
                 offset: table_offset,
                 count,
             })?;
@@ -213,7 +289,7 @@ impl ElfImage {
                 // An empty note segment has no meaningful offset: loaders read nothing from it.
                 PT_NOTE if header.file_size > 0 => {
                     let notes = file_range(image, header.offset, header.file_size).ok_or(
-                        BootError::SegmentOutOfFile {
+                        ElfError::SegmentOutOfFile {
                             index,
                             offset: header.offset,
                             size: header.file_size,
@@ -224,14 +300,14 @@ impl ElfImage {
                     if let Some(entry) = found.pvh_entry
                         && pvh_entry.replace(entry).is_some()
                     {
-                        return Err(BootError::DuplicatePvhNote);
+                        return Err(ElfError::DuplicatePvhNote);
                     }
                 }
                 _ => {}
             }
         }
         if segments.is_empty() {
-            return Err(BootError::NoLoadableSegment);
+            return Err(ElfError::NoLoadableSegment);
         }
         check_no_overlap(&mut segments)?;
         Ok(ElfImage {
@@ -247,9 +323,9 @@ impl ElfImage {
         image: &[u8],
         index: usize,
         header: &ProgramHeader,
-    ) -> Result<Option<LoadSegment>, BootError> {
+    ) -> Result<Option<LoadSegment>, ElfError> {
         if header.file_size > header.mem_size {
-            return Err(BootError::FileSizeExceedsMemorySize {
+            return Err(ElfError::FileSizeExceedsMemorySize {
                 index,
                 file_size: header.file_size,
                 mem_size: header.mem_size,
@@ -260,14 +336,14 @@ impl ElfImage {
         }
         // A segment without file bytes has no meaningful offset: loaders read nothing from it.
         if header.file_size > 0 && file_range(image, header.offset, header.file_size).is_none() {
-            return Err(BootError::SegmentOutOfFile {
+            return Err(ElfError::SegmentOutOfFile {
                 index,
                 offset: header.offset,
                 size: header.file_size,
             });
         }
         if header.paddr.checked_add(header.mem_size).is_none() {
-            return Err(BootError::SegmentOutOfMemory {
+            return Err(ElfError::SegmentWraps {
                 index,
                 addr: header.paddr,
                 size: header.mem_size,
@@ -315,11 +391,11 @@ impl ElfImage {
 }
 
 /// Sorts `segments` by address and rejects overlapping neighbours.
-fn check_no_overlap(segments: &mut [LoadSegment]) -> Result<(), BootError> {
+fn check_no_overlap(segments: &mut [LoadSegment]) -> Result<(), ElfError> {
     segments.sort_unstable_by_key(|segment| segment.addr);
     for pair in segments.windows(2) {
         if pair[0].end() > pair[1].addr.0 {
-            return Err(BootError::OverlappingSegments {
+            return Err(ElfError::OverlappingSegments {
                 first: pair[0].index,
                 second: pair[1].index,
             });
@@ -342,8 +418,8 @@ struct Notes {
 }
 
 /// Walks the notes of a `PT_NOTE` segment.
-fn parse_notes(notes: &[u8], index: usize) -> Result<Notes, BootError> {
-    let bad = || BootError::BadNote { index };
+fn parse_notes(notes: &[u8], index: usize) -> Result<Notes, ElfError> {
+    let bad = || ElfError::BadNote { index };
     let mut entry = None;
     let mut linux = false;
     let mut pos = 0;
@@ -370,7 +446,7 @@ fn parse_notes(notes: &[u8], index: usize) -> Result<Notes, BootError> {
         if note_type == XEN_ELFNOTE_PHYS32_ENTRY && name == XEN_NOTE_NAME {
             let address = pvh_address(&notes[desc_start..desc_end])?;
             if entry.replace(address).is_some() {
-                return Err(BootError::DuplicatePvhNote);
+                return Err(ElfError::DuplicatePvhNote);
             }
         }
         // The padding after the last descriptor may be missing.
@@ -383,17 +459,17 @@ fn parse_notes(notes: &[u8], index: usize) -> Result<Notes, BootError> {
 }
 
 /// Decodes the PVH note descriptor: a 32-bit address in 4 bytes, or in 8 with the upper half 0.
-fn pvh_address(desc: &[u8]) -> Result<GuestAddress, BootError> {
+fn pvh_address(desc: &[u8]) -> Result<GuestAddress, ElfError> {
     match desc.len() {
         4 => Ok(GuestAddress(u64::from(u32_at(desc, 0)))),
         8 => {
             let address = u64_at(desc, 0);
             if address > u64::from(u32::MAX) {
-                return Err(BootError::InvalidPvhNote);
+                return Err(ElfError::InvalidPvhNote);
             }
             Ok(GuestAddress(address))
         }
-        _ => Err(BootError::InvalidPvhNote),
+        _ => Err(ElfError::InvalidPvhNote),
     }
 }
 
@@ -559,7 +635,7 @@ mod tests {
         builder().build()
     }
 
-    fn parse_err(image: &[u8]) -> BootError {
+    fn parse_err(image: &[u8]) -> ElfError {
         ElfImage::parse(image).unwrap_err()
     }
 
@@ -611,34 +687,34 @@ mod tests {
 
     #[test]
     fn rejects_non_elf_input() {
-        assert!(matches!(parse_err(&[]), BootError::NotElf));
-        assert!(matches!(parse_err(&image()[..63]), BootError::NotElf));
+        assert!(matches!(parse_err(&[]), ElfError::NotElf));
+        assert!(matches!(parse_err(&image()[..63]), ElfError::NotElf));
         let mut bad = image();
         bad[1] = b'F';
-        assert!(matches!(parse_err(&bad), BootError::NotElf));
-        assert!(matches!(parse_err(&[0; 4096]), BootError::NotElf));
+        assert!(matches!(parse_err(&bad), ElfError::NotElf));
+        assert!(matches!(parse_err(&[0; 4096]), ElfError::NotElf));
     }
 
     #[test]
     fn rejects_wrong_identification() {
         let mut elf32 = image();
         elf32[4] = 1;
-        assert!(matches!(parse_err(&elf32), BootError::WrongClass(1)));
+        assert!(matches!(parse_err(&elf32), ElfError::WrongClass(1)));
         let mut big_endian = image();
         big_endian[5] = 2;
         assert!(matches!(
             parse_err(&big_endian),
-            BootError::WrongByteOrder(2)
+            ElfError::WrongByteOrder(2)
         ));
         let mut ident_version = image();
         ident_version[6] = 0;
         assert!(matches!(
             parse_err(&ident_version),
-            BootError::WrongVersion(0)
+            ElfError::WrongVersion(0)
         ));
         let mut version = image();
         put32(&mut version, 20, 2);
-        assert!(matches!(parse_err(&version), BootError::WrongVersion(2)));
+        assert!(matches!(parse_err(&version), ElfError::WrongVersion(2)));
     }
 
     #[test]
@@ -647,11 +723,11 @@ mod tests {
         put16(&mut relocatable, 16, 1);
         assert!(matches!(
             parse_err(&relocatable),
-            BootError::NotExecutable(1)
+            ElfError::NotExecutable(1)
         ));
         let mut core = image();
         put16(&mut core, 16, 4);
-        assert!(matches!(parse_err(&core), BootError::NotExecutable(4)));
+        assert!(matches!(parse_err(&core), ElfError::NotExecutable(4)));
         let mut position_independent = image();
         put16(&mut position_independent, 16, ET_DYN);
         assert!(ElfImage::parse(&position_independent).is_ok());
@@ -661,10 +737,10 @@ mod tests {
     fn rejects_other_machines() {
         let mut i386 = image();
         put16(&mut i386, 18, 3);
-        assert!(matches!(parse_err(&i386), BootError::WrongMachine(3)));
+        assert!(matches!(parse_err(&i386), ElfError::WrongMachine(3)));
         let mut aarch64 = image();
         put16(&mut aarch64, 18, 183);
-        assert!(matches!(parse_err(&aarch64), BootError::WrongMachine(183)));
+        assert!(matches!(parse_err(&aarch64), ElfError::WrongMachine(183)));
     }
 
     #[test]
@@ -673,26 +749,26 @@ mod tests {
         put16(&mut entry_size, 54, 32);
         assert!(matches!(
             parse_err(&entry_size),
-            BootError::BadProgramHeaderSize(32)
+            ElfError::BadProgramHeaderSize(32)
         ));
 
         let mut too_many = image();
         put16(&mut too_many, 56, 129);
         assert!(matches!(
             parse_err(&too_many),
-            BootError::TooManyProgramHeaders(129)
+            ElfError::TooManyProgramHeaders(129)
         ));
         put16(&mut too_many, 56, 0xffff);
         assert!(matches!(
             parse_err(&too_many),
-            BootError::TooManyProgramHeaders(0xffff)
+            ElfError::TooManyProgramHeaders(0xffff)
         ));
 
         for offset in [0, 63, u64::MAX, u64::MAX - 10, 1 << 40] {
             let mut bad = image();
             put64(&mut bad, 32, offset);
             assert!(
-                matches!(parse_err(&bad), BootError::ProgramHeadersOutOfFile { offset: o, count: 3 } if o == offset),
+                matches!(parse_err(&bad), ElfError::ProgramHeadersOutOfFile { offset: o, count: 3 } if o == offset),
                 "offset {offset:#x}"
             );
         }
@@ -702,7 +778,7 @@ mod tests {
         put64(&mut truncated, 32, len - 100);
         assert!(matches!(
             parse_err(&truncated),
-            BootError::ProgramHeadersOutOfFile { .. }
+            ElfError::ProgramHeadersOutOfFile { .. }
         ));
     }
 
@@ -710,17 +786,14 @@ mod tests {
     fn no_program_headers_means_nothing_to_load() {
         let mut empty = image();
         put16(&mut empty, 56, 0);
-        assert!(matches!(parse_err(&empty), BootError::NoLoadableSegment));
+        assert!(matches!(parse_err(&empty), ElfError::NoLoadableSegment));
         // Segments that occupy no memory are skipped.
         let mut zero_size = image();
         for index in 0..2 {
             put64(&mut zero_size, ph(index, P_FILESZ), 0);
             put64(&mut zero_size, ph(index, P_MEMSZ), 0);
         }
-        assert!(matches!(
-            parse_err(&zero_size),
-            BootError::NoLoadableSegment
-        ));
+        assert!(matches!(parse_err(&zero_size), ElfError::NoLoadableSegment));
     }
 
     #[test]
@@ -732,7 +805,7 @@ mod tests {
             put64(&mut bad, ph(1, P_FILESZ), size);
             put64(&mut bad, ph(1, P_MEMSZ), u64::MAX);
             assert!(
-                matches!(parse_err(&bad), BootError::SegmentOutOfFile { index: 1, offset: o, size: s } if o == offset && s == size),
+                matches!(parse_err(&bad), ElfError::SegmentOutOfFile { index: 1, offset: o, size: s } if o == offset && s == size),
                 "offset {offset:#x} size {size:#x}"
             );
         }
@@ -750,7 +823,7 @@ mod tests {
         put64(&mut bad, ph(0, P_MEMSZ), 8);
         assert!(matches!(
             parse_err(&bad),
-            BootError::FileSizeExceedsMemorySize {
+            ElfError::FileSizeExceedsMemorySize {
                 index: 0,
                 file_size: 16,
                 mem_size: 8
@@ -759,7 +832,7 @@ mod tests {
         put64(&mut bad, ph(0, P_MEMSZ), 0);
         assert!(matches!(
             parse_err(&bad),
-            BootError::FileSizeExceedsMemorySize { mem_size: 0, .. }
+            ElfError::FileSizeExceedsMemorySize { mem_size: 0, .. }
         ));
     }
 
@@ -769,7 +842,7 @@ mod tests {
         put64(&mut bad, ph(1, P_PADDR), u64::MAX - 0x1000);
         assert!(matches!(
             parse_err(&bad),
-            BootError::SegmentOutOfMemory {
+            ElfError::SegmentWraps {
                 index: 1,
                 size: 0x3000,
                 ..
@@ -786,7 +859,7 @@ mod tests {
             .build();
         assert!(matches!(
             parse_err(&overlapping),
-            BootError::OverlappingSegments {
+            ElfError::OverlappingSegments {
                 first: 0,
                 second: 2
             }
@@ -807,7 +880,7 @@ mod tests {
         assert_eq!(elf.pvh_entry(), None);
     }
 
-    fn with_notes(notes: &ElfBuilder) -> Result<ElfImage, BootError> {
+    fn with_notes(notes: &ElfBuilder) -> Result<ElfImage, ElfError> {
         ElfImage::parse(&notes.clone().segment(TEXT, &[0x90; 16], 16).build())
     }
 
@@ -867,7 +940,7 @@ mod tests {
         ] {
             let notes = ElfBuilder::new().note("Xen", XEN_ELFNOTE_PHYS32_ENTRY, desc);
             assert!(
-                matches!(with_notes(&notes), Err(BootError::InvalidPvhNote)),
+                matches!(with_notes(&notes), Err(ElfError::InvalidPvhNote)),
                 "{desc:?}"
             );
         }
@@ -889,7 +962,7 @@ mod tests {
             .pvh_entry(GuestAddress(TEXT.0 + 4));
         assert!(matches!(
             with_notes(&same_segment),
-            Err(BootError::DuplicatePvhNote)
+            Err(ElfError::DuplicatePvhNote)
         ));
 
         // Two PT_NOTE headers pointing at the same PVH note.
@@ -898,7 +971,7 @@ mod tests {
         second_note[..4].copy_from_slice(&PT_NOTE.to_le_bytes());
         image[ph(0, 0)..ph(1, 0)].copy_from_slice(&second_note);
         // Keep a loadable segment: header 1 stays.
-        assert!(matches!(parse_err(&image), BootError::DuplicatePvhNote));
+        assert!(matches!(parse_err(&image), ElfError::DuplicatePvhNote));
     }
 
     #[test]
@@ -913,14 +986,14 @@ mod tests {
         // Header cut short by the segment size.
         let mut short = base.clone();
         put64(&mut short, ph(2, P_FILESZ), 5);
-        assert!(matches!(parse_err(&short), BootError::BadNote { index: 2 }));
+        assert!(matches!(parse_err(&short), ElfError::BadNote { index: 2 }));
 
         // Name larger than the segment.
         let mut long_name = base.clone();
         put32(&mut long_name, notes_offset, 0xffff_ffff);
         assert!(matches!(
             parse_err(&long_name),
-            BootError::BadNote { index: 2 }
+            ElfError::BadNote { index: 2 }
         ));
 
         // Descriptor larger than the segment.
@@ -928,12 +1001,12 @@ mod tests {
         put32(&mut long_desc, notes_offset + 4, 0x100);
         assert!(matches!(
             parse_err(&long_desc),
-            BootError::BadNote { index: 2 }
+            ElfError::BadNote { index: 2 }
         ));
         put32(&mut long_desc, notes_offset + 4, u32::MAX);
         assert!(matches!(
             parse_err(&long_desc),
-            BootError::BadNote { index: 2 }
+            ElfError::BadNote { index: 2 }
         ));
 
         // Note segment outside the file.
@@ -941,7 +1014,7 @@ mod tests {
         put64(&mut outside, ph(2, P_OFFSET), base.len() as u64);
         assert!(matches!(
             parse_err(&outside),
-            BootError::SegmentOutOfFile { index: 2, .. }
+            ElfError::SegmentOutOfFile { index: 2, .. }
         ));
 
         // An empty note segment is ignored wherever it points.
@@ -953,7 +1026,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        let message = BootError::SegmentOutOfFile {
+        let message = ElfError::SegmentOutOfFile {
             index: 2,
             offset: 0x40,
             size: 0x10,
@@ -964,7 +1037,7 @@ mod tests {
             "segment 2 (0x10 bytes at file offset 0x40) extends past the end of the file"
         );
         assert_eq!(
-            BootError::WrongClass(1).to_string(),
+            ElfError::WrongClass(1).to_string(),
             "the image is an ELF file of class 1, not ELF64 (class 2)"
         );
     }
@@ -991,7 +1064,7 @@ mod tests {
         // No segments: entry 0, no loadable segment.
         assert!(matches!(
             parse_err(&ElfBuilder::new().build()),
-            BootError::NoLoadableSegment
+            ElfError::NoLoadableSegment
         ));
     }
 }

@@ -3,16 +3,17 @@
 pub mod acpi;
 pub mod bzimage;
 pub mod elf;
-mod error;
 mod format;
 pub mod page_tables;
 pub mod pvh;
 pub mod smbios;
 
-pub use acpi::{AcpiPlatform, AcpiTables, mark_acpi_memory, write_acpi_tables};
-pub use bzimage::{LinuxBoot, LinuxConfig, load_bzimage};
-pub use error::BootError;
+pub use acpi::{AcpiError, AcpiPlatform, AcpiTables, mark_acpi_memory, write_acpi_tables};
+pub use bzimage::{BzImageError, LinuxBoot, LinuxConfig, load_bzimage};
+pub use elf::ElfError;
 pub use format::{ImageFormat, detect_image};
-pub use page_tables::{BootPageTables, build_boot_page_tables, build_boot_page_tables_in};
-pub use pvh::{PlacedModule, PvhBoot, PvhConfig, load_pvh};
-pub use smbios::{SmbiosDescription, SmbiosTables, write_smbios_tables};
+pub use page_tables::{
+    BootPageTables, PageTableError, build_boot_page_tables, build_boot_page_tables_in,
+};
+pub use pvh::{PlacedModule, PvhBoot, PvhConfig, PvhError, load_pvh};
+pub use smbios::{SmbiosDescription, SmbiosError, SmbiosTables, write_smbios_tables};

@@ -45,7 +45,7 @@
 //! never a write past it. With 1 GiB pages the tables take two frames (`0x9000..0xb000`), with
 //! 2 MiB pages six (`0x9000..0xf000`). With 4 KiB pages alone they would take 2054 frames
 //! (8 MiB), which no fixed place in low memory holds: [`build_boot_page_tables`] refuses them
-//! with [`BootError::PageTablesDoNotFit`], and a VMM on such a backend passes a window of its own
+//! with [`PageTableError::TablesDoNotFit`], and a VMM on such a backend passes a window of its own
 //! to [`build_boot_page_tables_in`]. Every x86-64 processor maps 2 MiB pages in long mode, so
 //! that backend is hypothetical.
 //!
@@ -61,7 +61,39 @@ use vmkit_paging::{
     X86Paging,
 };
 
-use crate::error::BootError;
+/// Why boot page tables could not be built ([`build_boot_page_tables`]). Nothing is written
+/// unless every check passed.
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
+pub enum PageTableError {
+    /// no page size is allowed for the boot page tables: the set of page sizes is empty
+    NoPageSize,
+    /// the page-table window {start:#x}..{end:#x} is empty or not 4 KiB aligned
+    BadWindow {
+        /// First address of the window.
+        start: u64,
+        /// One past the last address of the window.
+        end: u64,
+    },
+    /// the page-table window {start:#x}..{end:#x} does not lie in guest RAM backed by guest memory
+    WindowOutOfMemory {
+        /// First address of the window.
+        start: u64,
+        /// One past the last address of the window.
+        end: u64,
+    },
+    /// boot page tables with {page_size} pages take {needed} frames; the window holds {available}
+    TablesDoNotFit {
+        /// The page size the tables would use.
+        page_size: vmkit_paging::PageSize,
+        /// 4 KiB frames the tables take.
+        needed: u64,
+        /// 4 KiB frames in the window.
+        available: u64,
+    },
+    /// building the boot page tables failed
+    Build(#[source] vmkit_paging::BuildError),
+}
 
 /// First guest-physical address of the boot page-table window: the PML4 goes here.
 pub const PAGE_TABLES_START: u64 = 0x9000;
@@ -110,13 +142,13 @@ impl BootPageTables {
 /// [module documentation](crate::page_tables) for the range and the window.
 ///
 /// The window must be guest RAM in `layout` and backed by `memory`; with 4 KiB pages alone the
-/// tables do not fit it ([`BootError::PageTablesDoNotFit`]). Nothing is written unless every
+/// tables do not fit it ([`PageTableError::TablesDoNotFit`]). Nothing is written unless every
 /// check passes.
 pub fn build_boot_page_tables<M: GuestMemoryBackend>(
     memory: &M,
     layout: &GuestLayout,
     sizes: PageSizes,
-) -> Result<BootPageTables, BootError> {
+) -> Result<BootPageTables, PageTableError> {
     build_boot_page_tables_in(memory, layout, sizes, PAGE_TABLES_START..PAGE_TABLES_END)
 }
 
@@ -129,7 +161,7 @@ pub fn build_boot_page_tables_in<M: GuestMemoryBackend>(
     layout: &GuestLayout,
     sizes: PageSizes,
     window: Range<u64>,
-) -> Result<BootPageTables, BootError> {
+) -> Result<BootPageTables, PageTableError> {
     let result = build(memory, layout, sizes, window);
     match &result {
         Ok(tables) => log::debug!(
@@ -148,22 +180,22 @@ fn build<M: GuestMemoryBackend>(
     layout: &GuestLayout,
     sizes: PageSizes,
     window: Range<u64>,
-) -> Result<BootPageTables, BootError> {
+) -> Result<BootPageTables, PageTableError> {
     let (start, end) = (window.start, window.end);
     // The largest size first; `[0, 4 GiB)` is aligned to each, so it is the only one used.
-    let page_size = sizes.iter().next().ok_or(BootError::NoPageSize)?;
+    let page_size = sizes.iter().next().ok_or(PageTableError::NoPageSize)?;
     if start >= end || !start.is_multiple_of(FRAME_SIZE) || !end.is_multiple_of(FRAME_SIZE) {
-        return Err(BootError::BadPageTableWindow { start, end });
+        return Err(PageTableError::BadWindow { start, end });
     }
     let len = end - start;
     let backed = usize::try_from(len).is_ok_and(|len| memory.check_range(GuestAddress(start), len));
     if !layout.is_ram(GuestAddress(start), len) || !backed {
-        return Err(BootError::PageTablesOutOfMemory { start, end });
+        return Err(PageTableError::WindowOutOfMemory { start, end });
     }
     let needed = tables_needed(page_size);
     let available = len / FRAME_SIZE;
     if needed > available {
-        return Err(BootError::PageTablesDoNotFit {
+        return Err(PageTableError::TablesDoNotFit {
             page_size,
             needed,
             available,
@@ -174,7 +206,7 @@ fn build<M: GuestMemoryBackend>(
         .with_gbpages(page_size == PageSize::Size1G)
         .with_max_phys_bits(layout.phys_bits());
     let frames_end = write_tables(&GuestMemoryPhys(memory), format, page_size, start, end)
-        .map_err(BootError::PageTables)?;
+        .map_err(PageTableError::Build)?;
     Ok(BootPageTables {
         cr3: start,
         frames: start..frames_end,

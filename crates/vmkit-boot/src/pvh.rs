@@ -42,9 +42,91 @@ use log::debug;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmkit_memory::{MemoryKind, MemoryMapEntry};
 
-use crate::elf::{ElfImage, LoadSegment};
-use crate::error::BootError;
+use crate::elf::{ElfError, ElfImage, LoadSegment};
 use crate::page_tables::{PAGE_TABLES_END, PAGE_TABLES_START};
+
+/// Why a PVH image could not be loaded ([`load_pvh`]). Every problem with the image or the
+/// configuration is found before anything is written to guest memory; only the last three
+/// variants (writing guest memory) can leave a partial load.
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
+pub enum PvhError {
+    /// the image is not a loadable ELF file
+    Elf(#[from] ElfError),
+    /// the image has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): it does not support the PVH boot
+    /// protocol
+    NoPvhNote,
+    /// the PVH entry point {0:#x} does not lie in the file-backed part of a loadable segment
+    EntryOutsideSegments(u64),
+    /// segment {index} ({size:#x} bytes at {addr:#x}) does not lie in guest RAM that the memory map
+    /// reports usable
+    SegmentOutOfMemory {
+        /// Program header index.
+        index: usize,
+        /// `p_paddr`.
+        addr: u64,
+        /// `p_memsz`.
+        size: u64,
+    },
+    /// segment {index} ({size:#x} bytes at {addr:#x}) overlaps the boot structures
+    SegmentOverlapsBootData {
+        /// Program header index.
+        index: usize,
+        /// `p_paddr`.
+        addr: u64,
+        /// `p_memsz`.
+        size: u64,
+    },
+    /// the command line is {len} bytes; at most {max} fit
+    CmdlineTooLong {
+        /// Length of the command line in bytes.
+        len: usize,
+        /// The most bytes accepted, without the terminating NUL.
+        max: usize,
+    },
+    /// the command line contains a NUL byte
+    CmdlineHasNul,
+    /// the memory map has {count} entries; between 1 and {max} are accepted
+    BadMemoryMapSize {
+        /// Number of entries given.
+        count: usize,
+        /// The most entries the boot structures hold.
+        max: usize,
+    },
+    /// the boot structures ({size:#x} bytes at {addr:#x}) do not lie in guest RAM that the memory
+    /// map reports usable
+    BootDataOutOfMemory {
+        /// First address of the boot structure area.
+        addr: u64,
+        /// Size of the area.
+        size: u64,
+    },
+    /// {count} modules were given; at most {max} are accepted
+    TooManyModules {
+        /// Number of modules given.
+        count: usize,
+        /// The most modules the module list holds.
+        max: usize,
+    },
+    /// module {index} is empty
+    EmptyModule {
+        /// Index of the module.
+        index: usize,
+    },
+    /// module {index} ({size:#x} bytes) does not fit in free guest RAM below 4 GiB
+    ModuleDoesNotFit {
+        /// Index of the module.
+        index: usize,
+        /// Size of the module in bytes.
+        size: u64,
+    },
+    /// the kernel loader failed
+    Loader(#[source] linux_loader::loader::Error),
+    /// writing the boot structures failed
+    BootParams(#[source] linux_loader::configurator::Error),
+    /// writing guest memory failed
+    GuestMemory(#[source] vm_memory::GuestMemoryError),
+}
 
 /// Guest physical address of `hvm_start_info`.
 pub const START_INFO_ADDR: GuestAddress = GuestAddress(0x6000);
@@ -152,7 +234,7 @@ pub fn load_pvh<M: GuestMemoryBackend>(
     memory_map: &[MemoryMapEntry],
     image: &[u8],
     config: &PvhConfig<'_>,
-) -> Result<PvhBoot, BootError> {
+) -> Result<PvhBoot, PvhError> {
     let result = load(guest_mem, memory_map, image, config);
     match &result {
         Ok(boot) => debug!(
@@ -171,25 +253,25 @@ fn load<M: GuestMemoryBackend>(
     memory_map: &[MemoryMapEntry],
     image: &[u8],
     config: &PvhConfig<'_>,
-) -> Result<PvhBoot, BootError> {
+) -> Result<PvhBoot, PvhError> {
     let elf = ElfImage::parse(image)?;
-    let entry = elf.pvh_entry().ok_or(BootError::NoPvhNote)?;
+    let entry = elf.pvh_entry().ok_or(PvhError::NoPvhNote)?;
     if !elf
         .segments()
         .iter()
         .any(|s| s.file_backed_contains(entry.0))
     {
-        return Err(BootError::EntryOutsideSegments(entry.0));
+        return Err(PvhError::EntryOutsideSegments(entry.0));
     }
     check_cmdline(config.cmdline)?;
     if config.modules.len() > MAX_MODULES {
-        return Err(BootError::TooManyModules {
+        return Err(PvhError::TooManyModules {
             count: config.modules.len(),
             max: MAX_MODULES,
         });
     }
     if memory_map.is_empty() || memory_map.len() > MAX_MEMMAP_ENTRIES {
-        return Err(BootError::BadMemoryMapSize {
+        return Err(PvhError::BadMemoryMapSize {
             count: memory_map.len(),
             max: MAX_MEMMAP_ENTRIES,
         });
@@ -198,7 +280,7 @@ fn load<M: GuestMemoryBackend>(
     let ram = UsableRam::new(memory_map, guest_mem);
     for (addr, size) in BOOT_DATA_AREAS {
         if !ram.contains(addr, size) {
-            return Err(BootError::BootDataOutOfMemory { addr, size });
+            return Err(PvhError::BootDataOutOfMemory { addr, size });
         }
     }
     for segment in elf.segments() {
@@ -213,7 +295,7 @@ fn load<M: GuestMemoryBackend>(
     let modules = place_modules(&ram, &mut taken, config.modules)?;
 
     // Everything is validated: write guest memory.
-    Elf::load(guest_mem, None, &mut Cursor::new(image), None).map_err(BootError::Loader)?;
+    Elf::load(guest_mem, None, &mut Cursor::new(image), None).map_err(PvhError::Loader)?;
     for segment in elf.segments() {
         zero(
             guest_mem,
@@ -224,9 +306,9 @@ fn load<M: GuestMemoryBackend>(
     for (module, bytes) in modules.iter().zip(config.modules) {
         guest_mem
             .write_slice(bytes, module.addr)
-            .map_err(BootError::GuestMemory)?;
+            .map_err(PvhError::GuestMemory)?;
     }
-    write_cmdline(guest_mem, config.cmdline)?;
+    write_cmdline(guest_mem, config.cmdline).map_err(PvhError::GuestMemory)?;
     write_boot_params(guest_mem, memory_map, &modules, config.rsdp)?;
 
     Ok(PvhBoot {
@@ -241,10 +323,10 @@ fn load<M: GuestMemoryBackend>(
 fn check_segment<M: GuestMemoryBackend>(
     ram: &UsableRam<'_, M>,
     segment: &LoadSegment,
-) -> Result<(), BootError> {
+) -> Result<(), PvhError> {
     let (addr, size) = (segment.addr.0, segment.mem_size);
     if !ram.contains(addr, size) {
-        return Err(BootError::SegmentOutOfMemory {
+        return Err(PvhError::SegmentOutOfMemory {
             index: segment.index,
             addr,
             size,
@@ -254,7 +336,7 @@ fn check_segment<M: GuestMemoryBackend>(
         .iter()
         .any(|&(area, area_size)| addr < area + area_size && area < segment.end())
     {
-        return Err(BootError::SegmentOverlapsBootData {
+        return Err(PvhError::SegmentOverlapsBootData {
             index: segment.index,
             addr,
             size,
@@ -263,15 +345,15 @@ fn check_segment<M: GuestMemoryBackend>(
     Ok(())
 }
 
-fn check_cmdline(cmdline: &str) -> Result<(), BootError> {
+fn check_cmdline(cmdline: &str) -> Result<(), PvhError> {
     if cmdline.len() >= CMDLINE_CAPACITY {
-        return Err(BootError::CmdlineTooLong {
+        return Err(PvhError::CmdlineTooLong {
             len: cmdline.len(),
             max: CMDLINE_CAPACITY - 1,
         });
     }
     if cmdline.bytes().any(|byte| byte == 0) {
-        return Err(BootError::CmdlineHasNul);
+        return Err(PvhError::CmdlineHasNul);
     }
     Ok(())
 }
@@ -322,12 +404,12 @@ fn place_modules<M: GuestMemoryBackend>(
     ram: &UsableRam<'_, M>,
     taken: &mut Vec<(u64, u64)>,
     modules: &[&[u8]],
-) -> Result<Vec<PlacedModule>, BootError> {
+) -> Result<Vec<PlacedModule>, PvhError> {
     let mut placed = Vec::with_capacity(modules.len());
     for (index, module) in modules.iter().enumerate() {
         let size = module.len() as u64;
         if size == 0 {
-            return Err(BootError::EmptyModule { index });
+            return Err(PvhError::EmptyModule { index });
         }
         let addr = ram
             .ranges
@@ -335,7 +417,7 @@ fn place_modules<M: GuestMemoryBackend>(
             .rev()
             .find_map(|&(start, end)| highest_fit(start, end.min(MODULE_LIMIT), size, taken))
             .filter(|&addr| ram.contains(addr, size))
-            .ok_or(BootError::ModuleDoesNotFit { index, size })?;
+            .ok_or(PvhError::ModuleDoesNotFit { index, size })?;
         taken.push((addr, addr + size));
         placed.push(PlacedModule {
             addr: GuestAddress(addr),
@@ -370,14 +452,14 @@ pub(crate) fn highest_fit(
 }
 
 /// Zeroes `size` bytes of guest memory from `addr`.
-fn zero<M: GuestMemoryBackend>(guest_mem: &M, addr: u64, size: u64) -> Result<(), BootError> {
+fn zero<M: GuestMemoryBackend>(guest_mem: &M, addr: u64, size: u64) -> Result<(), PvhError> {
     static ZEROES: [u8; 0x1_0000] = [0; 0x1_0000];
     let mut done = 0;
     while done < size {
         let chunk = (size - done).min(ZEROES.len() as u64);
         guest_mem
             .write_slice(&ZEROES[..chunk as usize], GuestAddress(addr + done))
-            .map_err(BootError::GuestMemory)?;
+            .map_err(PvhError::GuestMemory)?;
         done += chunk;
     }
     Ok(())
@@ -386,13 +468,12 @@ fn zero<M: GuestMemoryBackend>(guest_mem: &M, addr: u64, size: u64) -> Result<()
 pub(crate) fn write_cmdline<M: GuestMemoryBackend>(
     guest_mem: &M,
     cmdline: &str,
-) -> Result<(), BootError> {
+) -> Result<(), vm_memory::GuestMemoryError> {
     guest_mem
         .write_slice(cmdline.as_bytes(), CMDLINE_ADDR)
         .and_then(|()| {
             guest_mem.write_obj(0u8, GuestAddress(CMDLINE_ADDR.0 + cmdline.len() as u64))
         })
-        .map_err(BootError::GuestMemory)
 }
 
 /// Writes the memory map, the module list and `hvm_start_info`.
@@ -401,7 +482,7 @@ fn write_boot_params<M: GuestMemoryBackend>(
     memory_map: &[MemoryMapEntry],
     modules: &[PlacedModule],
     rsdp: Option<GuestAddress>,
-) -> Result<(), BootError> {
+) -> Result<(), PvhError> {
     let memmap: Vec<hvm_memmap_table_entry> = memory_map
         .iter()
         .map(|entry| hvm_memmap_table_entry {
@@ -442,7 +523,7 @@ fn write_boot_params<M: GuestMemoryBackend>(
     if !modlist.is_empty() {
         params.set_modules(&modlist, MODLIST_ADDR);
     }
-    PvhBootConfigurator::write_bootparams(&params, guest_mem).map_err(BootError::BootParams)
+    PvhBootConfigurator::write_bootparams(&params, guest_mem).map_err(PvhError::BootParams)
 }
 
 #[cfg(test)]
@@ -489,12 +570,12 @@ mod tests {
         map: &[MemoryMapEntry],
         image: &[u8],
         config: &PvhConfig<'_>,
-    ) -> Result<PvhBoot, BootError> {
+    ) -> Result<PvhBoot, PvhError> {
         let mem = layout().create_guest_memory().unwrap();
         load_pvh(&mem, map, image, config)
     }
 
-    fn load_err(image: &[u8], config: &PvhConfig<'_>) -> BootError {
+    fn load_err(image: &[u8], config: &PvhConfig<'_>) -> PvhError {
         load_with(layout().memory_map(), image, config).unwrap_err()
     }
 
@@ -661,7 +742,7 @@ mod tests {
         };
         assert!(matches!(
             load_err(&image(), &config),
-            BootError::ModuleDoesNotFit {
+            PvhError::ModuleDoesNotFit {
                 index: 0,
                 size: RAM
             }
@@ -675,7 +756,7 @@ mod tests {
         };
         assert!(matches!(
             load_err(&image(), &config),
-            BootError::EmptyModule { index: 1 }
+            PvhError::EmptyModule { index: 1 }
         ));
 
         let one: &[u8] = b"m";
@@ -687,7 +768,7 @@ mod tests {
         };
         assert!(matches!(
             load_err(&image(), &config),
-            BootError::TooManyModules { count: 65, max: 64 }
+            PvhError::TooManyModules { count: 65, max: 64 }
         ));
         let most = vec![one; MAX_MODULES];
         let config = PvhConfig {
@@ -720,7 +801,7 @@ mod tests {
         };
         assert!(matches!(
             load_pvh(&mem, &map, &image(), &config),
-            Err(BootError::ModuleDoesNotFit { .. })
+            Err(PvhError::ModuleDoesNotFit { .. })
         ));
     }
 
@@ -743,7 +824,7 @@ mod tests {
         let no_note = ElfBuilder::new().segment(TEXT, &CODE, 0x1000).build();
         assert!(matches!(
             load_err(&no_note, &PvhConfig::default()),
-            BootError::NoPvhNote
+            PvhError::NoPvhNote
         ));
 
         let in_bss = ElfBuilder::new()
@@ -752,7 +833,7 @@ mod tests {
             .build();
         assert!(matches!(
             load_err(&in_bss, &PvhConfig::default()),
-            BootError::EntryOutsideSegments(0x10_0004)
+            PvhError::EntryOutsideSegments(0x10_0004)
         ));
 
         let elsewhere = ElfBuilder::new()
@@ -761,7 +842,7 @@ mod tests {
             .build();
         assert!(matches!(
             load_err(&elsewhere, &PvhConfig::default()),
-            BootError::EntryOutsideSegments(0x8000)
+            PvhError::EntryOutsideSegments(0x8000)
         ));
     }
 
@@ -783,14 +864,14 @@ mod tests {
         let too_long = "a".repeat(CMDLINE_CAPACITY);
         assert!(matches!(
             load_err(&image(), &PvhConfig::new(&too_long)),
-            BootError::CmdlineTooLong {
+            PvhError::CmdlineTooLong {
                 len: 4096,
                 max: 4095
             }
         ));
         assert!(matches!(
             load_err(&image(), &PvhConfig::new("a\0b")),
-            BootError::CmdlineHasNul
+            PvhError::CmdlineHasNul
         ));
     }
 
@@ -799,21 +880,18 @@ mod tests {
         let err = load_with(&[], &image(), &PvhConfig::default()).unwrap_err();
         assert!(matches!(
             err,
-            BootError::BadMemoryMapSize { count: 0, max: 128 }
+            PvhError::BadMemoryMapSize { count: 0, max: 128 }
         ));
         let many: Vec<MemoryMapEntry> = (0..129).map(|i| ram_entry(i << 20, 1 << 20)).collect();
         let err = load_with(&many, &image(), &PvhConfig::default()).unwrap_err();
-        assert!(matches!(
-            err,
-            BootError::BadMemoryMapSize { count: 129, .. }
-        ));
+        assert!(matches!(err, PvhError::BadMemoryMapSize { count: 129, .. }));
 
         // No usable RAM below 1 MiB: the boot structures have nowhere to go.
         let high_only = [ram_entry(0x10_0000, RAM - 0x10_0000)];
         let err = load_with(&high_only, &image(), &PvhConfig::default()).unwrap_err();
         assert!(matches!(
             err,
-            BootError::BootDataOutOfMemory {
+            PvhError::BootDataOutOfMemory {
                 addr: 0x6000,
                 size: 0x2000
             }
@@ -826,7 +904,7 @@ mod tests {
         let err = load_with(&partial, &image(), &PvhConfig::default()).unwrap_err();
         assert!(matches!(
             err,
-            BootError::BootDataOutOfMemory { addr: 0x2_0000, .. }
+            PvhError::BootDataOutOfMemory { addr: 0x2_0000, .. }
         ));
     }
 
@@ -840,7 +918,7 @@ mod tests {
             .build();
         assert!(matches!(
             load_err(&beyond, &config),
-            BootError::SegmentOutOfMemory {
+            PvhError::SegmentOutOfMemory {
                 index: 0,
                 size: 0x20,
                 ..
@@ -853,7 +931,7 @@ mod tests {
             .build();
         assert!(matches!(
             load_err(&legacy, &config),
-            BootError::SegmentOutOfMemory { addr: 0xa_0000, .. }
+            PvhError::SegmentOutOfMemory { addr: 0xa_0000, .. }
         ));
         // In the 32-bit hole.
         let hole = ElfBuilder::new()
@@ -862,7 +940,7 @@ mod tests {
             .build();
         assert!(matches!(
             load_err(&hole, &config),
-            BootError::SegmentOutOfMemory { .. }
+            PvhError::SegmentOutOfMemory { .. }
         ));
         // Reported as RAM but not backed by guest memory.
         let map = [ram_entry(0, 0x9_fc00), ram_entry(0x10_0000, RAM)];
@@ -872,7 +950,7 @@ mod tests {
             .build();
         assert!(matches!(
             load_with(&map, &unbacked, &config),
-            Err(BootError::SegmentOutOfMemory { .. })
+            Err(PvhError::SegmentOutOfMemory { .. })
         ));
     }
 
@@ -905,7 +983,7 @@ mod tests {
                 .build();
             let err = load_err(&image, &PvhConfig::default());
             assert!(
-                matches!(err, BootError::SegmentOverlapsBootData { index: 0, .. }),
+                matches!(err, PvhError::SegmentOverlapsBootData { index: 0, .. }),
                 "{addr:#x}: {err}"
             );
         }
@@ -938,7 +1016,7 @@ mod tests {
     fn image_errors_come_first() {
         assert!(matches!(
             load_err(b"MZ", &PvhConfig::default()),
-            BootError::NotElf
+            PvhError::Elf(ElfError::NotElf)
         ));
     }
 }

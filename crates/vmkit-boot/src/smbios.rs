@@ -35,7 +35,7 @@
 //! Before anything is written: no string holds a NUL byte (an empty string is "no string"), the
 //! vCPU count is 1 to 255 (as in the MADT), the RAM size is not zero, the tables fit
 //! `[SMBIOS_START, SMBIOS_END)`, and guest memory backs that window. Each problem is a
-//! [`BootError`].
+//! [`SmbiosError`].
 
 use std::ops::Range;
 
@@ -43,7 +43,43 @@ use log::debug;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::acpi::MAX_VCPUS;
-use crate::error::BootError;
+
+/// Why the SMBIOS tables could not be built or written ([`write_smbios_tables`]). The description
+/// is checked before anything is written.
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
+pub enum SmbiosError {
+    /// {count} vCPUs were described; between 1 and {max} are accepted
+    BadVcpuCount {
+        /// Number of vCPUs described.
+        count: usize,
+        /// The most the tables describe.
+        max: usize,
+    },
+    /// the SMBIOS string {field} contains a NUL byte
+    StringHasNul {
+        /// The field of the SMBIOS description.
+        field: &'static str,
+    },
+    /// the SMBIOS description gives no RAM (a RAM size of 0)
+    NoRam,
+    /// the SMBIOS tables take {size:#x} bytes; their window holds {available:#x}
+    TablesDoNotFit {
+        /// Bytes the tables take, with alignment.
+        size: u64,
+        /// Bytes in the window.
+        available: u64,
+    },
+    /// the SMBIOS table window {start:#x}..{end:#x} is not backed by guest memory
+    WindowOutOfMemory {
+        /// First address of the window.
+        start: u64,
+        /// One past the last address of the window.
+        end: u64,
+    },
+    /// writing guest memory failed
+    GuestMemory(#[source] vm_memory::GuestMemoryError),
+}
 
 /// Guest-physical address of the SMBIOS 3.0 entry point.
 pub const SMBIOS_START: u64 = 0xf_0000;
@@ -109,7 +145,7 @@ pub struct SmbiosTables {
 pub fn write_smbios_tables<M: GuestMemoryBackend>(
     guest_mem: &M,
     description: &SmbiosDescription,
-) -> Result<SmbiosTables, BootError> {
+) -> Result<SmbiosTables, SmbiosError> {
     let result = write(guest_mem, description, SMBIOS_START..SMBIOS_END);
     match &result {
         Ok(tables) => debug!(
@@ -125,13 +161,12 @@ fn write<M: GuestMemoryBackend>(
     guest_mem: &M,
     description: &SmbiosDescription,
     window: Range<u64>,
-) -> Result<SmbiosTables, BootError> {
+) -> Result<SmbiosTables, SmbiosError> {
     let table = structure_table(description)?;
     let table_start = window.start + (SMBIOS_TABLE_START - SMBIOS_START);
     let table_end = table_start + table.len() as u64;
     if table_end > window.end {
-        return Err(BootError::FirmwareTablesDoNotFit {
-            tables: "SMBIOS",
+        return Err(SmbiosError::TablesDoNotFit {
             size: table_end - window.start,
             available: window.end - window.start,
         });
@@ -139,8 +174,7 @@ fn write<M: GuestMemoryBackend>(
     let backed = usize::try_from(window.end - window.start)
         .is_ok_and(|len| guest_mem.check_range(GuestAddress(window.start), len));
     if !backed {
-        return Err(BootError::FirmwareTablesOutOfMemory {
-            tables: "SMBIOS",
+        return Err(SmbiosError::WindowOutOfMemory {
             start: window.start,
             end: window.end,
         });
@@ -148,10 +182,10 @@ fn write<M: GuestMemoryBackend>(
     let entry_point = entry_point(table_start, table.len() as u32);
     guest_mem
         .write_slice(&entry_point, GuestAddress(window.start))
-        .map_err(BootError::GuestMemory)?;
+        .map_err(SmbiosError::GuestMemory)?;
     guest_mem
         .write_slice(&table, GuestAddress(table_start))
-        .map_err(BootError::GuestMemory)?;
+        .map_err(SmbiosError::GuestMemory)?;
     Ok(SmbiosTables {
         entry_point: GuestAddress(window.start),
         table: table_start..table_end,
@@ -180,7 +214,7 @@ fn checksum(bytes: &[u8]) -> u8 {
 }
 
 /// Checks `description` and builds the structure table.
-fn structure_table(d: &SmbiosDescription) -> Result<Vec<u8>, BootError> {
+fn structure_table(d: &SmbiosDescription) -> Result<Vec<u8>, SmbiosError> {
     for (field, value) in [
         ("bios_vendor", &d.bios_vendor),
         ("bios_version", &d.bios_version),
@@ -191,17 +225,17 @@ fn structure_table(d: &SmbiosDescription) -> Result<Vec<u8>, BootError> {
         ("serial_number", &d.serial_number),
     ] {
         if value.contains('\0') {
-            return Err(BootError::SmbiosStringHasNul { field });
+            return Err(SmbiosError::StringHasNul { field });
         }
     }
     if d.vcpus == 0 || d.vcpus > MAX_VCPUS {
-        return Err(BootError::BadVcpuCount {
+        return Err(SmbiosError::BadVcpuCount {
             count: d.vcpus,
             max: MAX_VCPUS,
         });
     }
     if d.ram_size == 0 {
-        return Err(BootError::SmbiosNoRam);
+        return Err(SmbiosError::NoRam);
     }
 
     let mut table = Vec::new();

@@ -108,21 +108,25 @@ const CTRL_ALT_DEL_SET2: &[u8] = &[
 const CTRL_ALT_DEL_SET1: &[u8] = &[0x1D, 0x38, 0xE0, 0x53, 0xE0, 0xD3, 0xB8, 0x9D];
 
 /// Errors of the VMM-side key injection.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum I8042Error {
+    /// the i8042 output queue has room for {free} bytes, {needed} were injected
+    ///
     /// The output queue has room for fewer bytes than were injected; nothing was queued.
-    #[error("The i8042 output queue has room for {free} bytes, {needed} were injected")]
     QueueFull {
         /// Free bytes in the queue.
         free: usize,
         /// Bytes of the injected sequence.
         needed: usize,
     },
+    /// the guest disabled keyboard scanning
+    ///
     /// The guest disabled keyboard scanning; nothing was queued.
-    #[error("The guest disabled keyboard scanning")]
     ScanningDisabled,
+    /// could not raise the keyboard interrupt
+    ///
     /// The keys were queued but the keyboard interrupt could not be raised.
-    #[error("Could not raise the keyboard interrupt: {0}")]
     Interrupt(#[source] io::Error),
 }
 

@@ -54,10 +54,10 @@ pub const IOMEM_BASE: u64 = 0xFF00_0000;
 pub const IOMEM_SIZE: u64 = 0x1_0000;
 
 /// The device could not be built as asked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum TestDevError {
-    /// Interrupt line {0} does not exist: the device drives lines 0 to 23.
-    #[error("interrupt line {0} does not exist: the device drives lines 0 to 23")]
+    /// interrupt line {0} does not exist: the device drives lines 0 to 23
     NoSuchIrqLine(u8),
 }
 

@@ -360,16 +360,14 @@ impl std::fmt::Display for AssistReport {
 }
 
 /// The vCPU access the assist needed failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum AssistError<E: std::error::Error + 'static> {
-    /// Reading the vCPU's registers failed: {0}
-    #[error("reading the vCPU's registers failed: {0}")]
+    /// reading the vCPU's registers failed
     Registers(#[source] E),
-    /// Injecting an exception failed: {0}
-    #[error("injecting an exception failed: {0}")]
+    /// injecting an exception failed
     Inject(#[source] E),
-    /// Updating the vCPU's state failed: {0}
-    #[error("updating the vCPU's state failed: {0}")]
+    /// updating the vCPU's state failed
     Update(#[source] E),
 }
 

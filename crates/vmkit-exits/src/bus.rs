@@ -123,27 +123,23 @@ impl<A: BusAddress> From<Range<A>> for BusRange<A> {
 }
 
 /// A bus operation that was refused; the bus is unchanged.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum BusError {
-    /// The range at {base:#x} is empty.
-    #[error("the range at {base:#x} is empty")]
+    /// the range at {base:#x} is empty
     EmptyRange {
         /// The range's base.
         base: u64,
     },
-    /// The range of {len:#x} addresses at {base:#x} runs past the end of the address space.
-    #[error("the range of {len:#x} addresses at {base:#x} runs past the end of the address space")]
+    /// the range of {len:#x} addresses at {base:#x} runs past the end of the address space
     RangeWraps {
         /// The range's base.
         base: u64,
         /// The range's length.
         len: u64,
     },
-    /// The range {base:#x}..={last:#x} overlaps the registered range {other_base:#x}..={other_last:#x}.
-    #[error(
-        "the range {base:#x}..={last:#x} overlaps the registered range \
-         {other_base:#x}..={other_last:#x}"
-    )]
+    /// the range {base:#x}..={last:#x} overlaps the registered range
+    /// {other_base:#x}..={other_last:#x}
     Overlap {
         /// The refused range's base.
         base: u64,
@@ -154,8 +150,7 @@ pub enum BusError {
         /// The last address of the registered range it overlaps.
         other_last: u64,
     },
-    /// No range is registered at base {0:#x}.
-    #[error("no range is registered at base {0:#x}")]
+    /// no range is registered at base {0:#x}
     NotFound(u64),
 }
 

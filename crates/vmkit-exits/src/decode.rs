@@ -59,17 +59,17 @@ impl fmt::Display for CpuMode {
 }
 
 /// Why bytes could not be decoded into an instruction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum DecodeError {
-    /// No instruction bytes.
-    #[error("no instruction bytes")]
+    /// no instruction bytes
     Empty,
-    /// The bytes end before the instruction does.
-    #[error("the bytes end before the instruction does")]
+    /// the bytes end before the instruction does
     Truncated,
+    /// the bytes are no valid instruction in this mode
+    ///
     /// The bytes are no valid instruction in this mode (undefined opcode, over 15 bytes, a
     /// register operand where only memory is allowed, ...).
-    #[error("the bytes are no valid instruction in this mode")]
     Invalid,
 }
 

@@ -79,31 +79,24 @@ impl std::fmt::Display for GuestFault {
 }
 
 /// Why the assist cannot complete an instruction and stops the VM instead.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum Unsupported {
-    /// The instruction is not one the assist emulates.
-    #[error("the instruction is not one the assist emulates")]
+    /// the instruction is not one the assist emulates
     Instruction,
-    /// The guest runs with 32-bit or PAE paging, which the assist does not walk.
-    #[error("the guest runs with 32-bit or PAE paging, which the assist does not walk")]
+    /// the guest runs with 32-bit or PAE paging, which the assist does not walk
     PagingMode,
-    /// Guest-physical range {0:#x}+{1} is not guest RAM (MMIO or nothing).
-    #[error("guest-physical range {0:#x}+{1} is not guest RAM (MMIO or nothing)")]
+    /// guest-physical range {0:#x}+{1} is not guest RAM (MMIO or nothing)
     NotRam(u64, usize),
-    /// The guest's page walk failed outside the architecture: {0}
-    #[error("the guest's page walk failed outside the architecture: {0}")]
+    /// the guest's page walk failed outside the architecture: {0}
     Walk(WalkError),
-    /// The atomic operand at {0:#x} spans guest pages that are not contiguous on the host.
-    #[error("the atomic operand at {0:#x} spans guest pages that are not contiguous on the host")]
+    /// the atomic operand at {0:#x} spans guest pages that are not contiguous on the host
     Straddle(u64),
-    /// The atomic operand at {0:#x} crosses a cache line: the host would take a split lock.
-    #[error("the atomic operand at {0:#x} crosses a cache line: the host would take a split lock")]
+    /// the atomic operand at {0:#x} crosses a cache line: the host would take a split lock
     SplitLock(u64),
-    /// The host cannot perform the atomic operation.
-    #[error("the host cannot perform the atomic operation")]
+    /// the host cannot perform the atomic operation
     HostAtomic,
-    /// XSAVE state component {0} cannot be represented in the standard XSAVE area.
-    #[error("XSAVE state component {0} cannot be represented in the standard XSAVE area")]
+    /// XSAVE state component {0} cannot be represented in the standard XSAVE area
     XsaveComponent(u32),
 }
 

@@ -34,21 +34,23 @@ impl fmt::Display for ResourceKind {
 }
 
 /// Errors of the allocators.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum AllocatorError {
+    /// cannot allocate an empty {0} range
+    ///
     /// An empty range was requested.
-    #[error("Cannot allocate an empty {0} range")]
     ZeroSize(ResourceKind),
-    /// The alignment is not a power of two.
-    #[error("{kind} alignment {align:#x} is not a power of two")]
+    /// {kind} alignment {align:#x} is not a power of two
     InvalidAlignment {
         /// The address space.
         kind: ResourceKind,
         /// The requested alignment.
         align: u64,
     },
+    /// no free {kind} range of {size:#x} units aligned to {align:#x}
+    ///
     /// No free range of the requested size and alignment is left in the window.
-    #[error("No free {kind} range of {size:#x} units aligned to {align:#x}")]
     OutOfSpace {
         /// The address space.
         kind: ResourceKind,
@@ -57,8 +59,9 @@ pub enum AllocatorError {
         /// The requested alignment.
         align: u64,
     },
+    /// {kind} range {start:#x}+{size:#x} is outside the window or already allocated
+    ///
     /// A fixed range leaves the window or overlaps an allocated range.
-    #[error("{kind} range {start:#x}+{size:#x} is outside the window or already allocated")]
     Unavailable {
         /// The address space.
         kind: ResourceKind,
@@ -67,8 +70,9 @@ pub enum AllocatorError {
         /// Size of the requested range.
         size: u64,
     },
+    /// {kind} range {start:#x}+{size:#x} is not allocated
+    ///
     /// The range to free is not exactly one live allocation.
-    #[error("{kind} range {start:#x}+{size:#x} is not allocated")]
     NotAllocated {
         /// The address space.
         kind: ResourceKind,
@@ -77,14 +81,17 @@ pub enum AllocatorError {
         /// Size of the range.
         size: u64,
     },
+    /// no free GSI is left
+    ///
     /// Every GSI of the IOAPIC pins after the legacy IRQs is allocated.
-    #[error("No free GSI is left")]
     GsiExhausted,
+    /// GSI {0} is not allocated
+    ///
     /// The GSI to free is not allocated.
-    #[error("GSI {0} is not allocated")]
     GsiNotAllocated(u32),
+    /// {kind} allocator failed
+    ///
     /// The underlying allocator failed where the bookkeeping said it could not.
-    #[error("{kind} allocator failed: {source}")]
     Backend {
         /// The address space.
         kind: ResourceKind,
@@ -448,7 +455,7 @@ mod tests {
         ));
         assert_eq!(
             AllocatorError::ZeroSize(ResourceKind::Pio).to_string(),
-            "Cannot allocate an empty port I/O range"
+            "cannot allocate an empty port I/O range"
         );
     }
 

@@ -15,27 +15,27 @@ use crate::map::{self, MemoryKind, MemoryMapEntry};
 use crate::range::{AddressRange, PortRange, RamRegion};
 
 /// Errors of building or changing a [`GuestLayout`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum LayoutError {
-    /// Guest RAM size is zero.
-    #[error("Guest RAM size is zero")]
+    /// guest RAM size is zero
     ZeroRamSize,
-    /// Guest RAM size is not a multiple of the 4 KiB page size.
-    #[error("Guest RAM size {0:#x} is not a multiple of the 4 KiB page size")]
+    /// guest RAM size {0:#x} is not a multiple of the 4 KiB page size
     UnalignedRamSize(u64),
+    /// guest RAM size {size:#x} is below the minimum of {min:#x} bytes
+    ///
     /// Guest RAM size is below the minimum a guest boots with.
-    #[error("Guest RAM size {size:#x} is below the minimum of {min:#x} bytes")]
     RamTooSmall {
         /// The requested size.
         size: u64,
         /// [`MIN_RAM_SIZE`].
         min: u64,
     },
+    /// guest RAM size {size:#x} exceeds {max:#x}, the most a {phys_bits}-bit physical address space
+    /// holds
+    ///
     /// Guest RAM does not fit the physical address space beside the 32-bit hole and a minimal
     /// MMIO64 window.
-    #[error(
-        "Guest RAM size {size:#x} exceeds {max:#x}, the most a {phys_bits}-bit physical address space holds"
-    )]
     RamTooLarge {
         /// The requested size.
         size: u64,
@@ -44,35 +44,41 @@ pub enum LayoutError {
         /// The physical address width.
         phys_bits: u8,
     },
+    /// physical address width of {0} bits is outside the supported 36..=52
+    ///
     /// The physical address width is outside what x86-64 CPUs implement.
-    #[error("Physical address width of {0} bits is outside the supported 36..=52")]
     InvalidPhysBits(u8),
+    /// range {addr:#x}+{size:#x} is empty or not entirely inside guest RAM
+    ///
     /// A memory-map change names a range that is empty, wraps, or is not entirely guest RAM.
-    #[error("Range {addr:#x}+{size:#x} is empty or not entirely inside guest RAM")]
     NotRam {
         /// First address of the range.
         addr: u64,
         /// Length of the range.
         size: u64,
     },
+    /// the memory map would exceed {0} entries
+    ///
     /// A memory-map change would make the map longer than a boot protocol can carry.
-    #[error("The memory map would exceed {0} entries")]
     TooManyEntries(usize),
 }
 
 /// Errors of creating the guest memory mapping.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum MemoryError {
+    /// RAM region at {start:#x} of {size:#x} bytes does not fit the host address space
+    ///
     /// A RAM region is larger than the host's address space.
-    #[error("RAM region at {start:#x} of {size:#x} bytes does not fit the host address space")]
     HostSize {
         /// Guest physical start of the region.
         start: u64,
         /// Size of the region.
         size: u64,
     },
+    /// failed to map guest RAM
+    ///
     /// Mapping guest RAM into the VMM failed.
-    #[error("Failed to map guest RAM: {0}")]
     Mmap(#[source] vm_memory::mmap::FromRangesError),
 }
 
@@ -339,11 +345,11 @@ mod tests {
     fn error_messages_name_the_values() {
         assert_eq!(
             LayoutError::UnalignedRamSize(0x1001).to_string(),
-            "Guest RAM size 0x1001 is not a multiple of the 4 KiB page size"
+            "guest RAM size 0x1001 is not a multiple of the 4 KiB page size"
         );
         assert_eq!(
             LayoutError::InvalidPhysBits(60).to_string(),
-            "Physical address width of 60 bits is outside the supported 36..=52"
+            "physical address width of 60 bits is outside the supported 36..=52"
         );
     }
 

@@ -52,41 +52,29 @@ impl FrameAllocator for BumpAllocator {
 }
 
 /// Why building a mapping failed. Mappings completed before the error stay in place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum BuildError {
-    /// Address or length {0:#x} is not 4 KiB aligned.
-    #[error("Address or length {0:#x} is not 4 KiB aligned.")]
+    /// address or length {0:#x} is not 4 KiB aligned
     Misaligned(u64),
-    /// Input address {0:#x} cannot be translated by these tables (non-canonical, too wide, or
-    /// the range wraps around).
-    #[error(
-        "Input address {0:#x} cannot be translated by these tables (non-canonical, too wide, or \
-         the range wraps around)."
-    )]
+    /// input address {0:#x} cannot be translated by these tables (non-canonical, too wide, or the
+    /// range wraps around)
     InputOutOfRange(u64),
-    /// Output address {0:#x} is above MAXPHYADDR or the range wraps around.
-    #[error("Output address {0:#x} is above MAXPHYADDR or the range wraps around.")]
+    /// output address {0:#x} is above MAXPHYADDR or the range wraps around
     OutputOutOfRange(u64),
-    /// No allowed page size can map input address {0:#x}.
-    #[error("No allowed page size can map input address {0:#x}.")]
+    /// no allowed page size can map input address {0:#x}
     NoPageSize(u64),
-    /// Input address {0:#x} is already mapped.
-    #[error("Input address {0:#x} is already mapped.")]
+    /// input address {0:#x} is already mapped
     AlreadyMapped(u64),
-    /// The flags are not valid for this format and configuration.
-    #[error("The flags are not valid for this format and configuration.")]
+    /// the flags are not valid for this format and configuration
     InvalidFlags,
-    /// The frame allocator has no frame left.
-    #[error("The frame allocator has no frame left.")]
+    /// the frame allocator has no frame left
     OutOfFrames,
-    /// The frame allocator returned {0:#x}, which is not an aligned frame below MAXPHYADDR.
-    #[error("The frame allocator returned {0:#x}, which is not an aligned frame below MAXPHYADDR.")]
+    /// the frame allocator returned {0:#x}, which is not an aligned frame below MAXPHYADDR
     BadFrame(u64),
-    /// The existing entry at {0:#x} is malformed.
-    #[error("The existing entry at {0:#x} is malformed.")]
+    /// the existing entry at {0:#x} is malformed
     Corrupt(u64),
-    /// The tables lie outside memory: {0}
-    #[error("The tables lie outside memory: {0}")]
+    /// the tables lie outside memory
     Memory(#[from] MemoryError),
 }
 

@@ -166,19 +166,16 @@ impl EptCaps {
 }
 
 /// An EPTP the processor would refuse at VM entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum EptpError {
-    /// EPTP memory type {0} is neither uncacheable (0) nor write-back (6).
-    #[error("EPTP memory type {0} is neither uncacheable (0) nor write-back (6).")]
+    /// EPTP memory type {0} is neither uncacheable (0) nor write-back (6)
     MemoryType(u8),
-    /// EPTP asks for a {0}-level walk, which the processor does not support.
-    #[error("EPTP asks for a {0}-level walk, which the processor does not support.")]
+    /// EPTP asks for a {0}-level walk, which the processor does not support
     WalkLength(u8),
-    /// EPTP enables accessed and dirty flags, which the processor does not support.
-    #[error("EPTP enables accessed and dirty flags, which the processor does not support.")]
+    /// EPTP enables accessed and dirty flags, which the processor does not support
     AccessedDirty,
-    /// EPTP sets reserved bits {0:#x}.
-    #[error("EPTP sets reserved bits {0:#x}.")]
+    /// EPTP sets reserved bits {0:#x}
     Reserved(u64),
 }
 

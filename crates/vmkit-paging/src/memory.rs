@@ -3,13 +3,12 @@
 use core::sync::atomic::AtomicU64;
 
 /// An access to physical memory failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum MemoryError {
-    /// Physical address {0:#x} is outside memory.
-    #[error("Physical address {0:#x} is outside memory.")]
+    /// physical address {0:#x} is outside memory
     OutOfRange(u64),
-    /// Physical address {0:#x} is not 8-byte aligned.
-    #[error("Physical address {0:#x} is not 8-byte aligned.")]
+    /// physical address {0:#x} is not 8-byte aligned
     Misaligned(u64),
 }
 

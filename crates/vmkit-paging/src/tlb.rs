@@ -62,17 +62,13 @@ impl Default for TlbConfig {
 pub const MAX_TLB_ENTRIES: usize = 1 << 16;
 
 /// A TLB could not be built, or an invalidation is invalid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum TlbError {
-    /// The {0} array needs a power-of-two number of sets, at least one way, and at most 65536
-    /// entries.
-    #[error(
-        "The {0} array needs a power-of-two number of sets, at least one way, and at most 65536 \
-         entries."
-    )]
+    /// the {0} array needs a power-of-two number of sets, at least one way, and at most 65536
+    /// entries
     Geometry(PageSize),
-    /// INVVPID of this type with VPID 0 fails (VMfailValid).
-    #[error("INVVPID of this type with VPID 0 fails (VMfailValid).")]
+    /// INVVPID of this type with VPID 0 fails (VMfailValid)
     InvalidVpid,
 }
 

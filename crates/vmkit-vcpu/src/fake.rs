@@ -27,25 +27,20 @@ use crate::x86::{
 };
 
 /// The fake backend's error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum FakeError {
-    /// The vCPU ran past the end of its script.
-    #[error("the vCPU ran past the end of its script")]
+    /// the vCPU ran past the end of its script
     ScriptEnded,
-    /// The script asked this run to fail.
-    #[error("the script asked this run to fail")]
+    /// the script asked this run to fail
     Scripted,
-    /// The scripted port I/O has an access size other than 1, 2 or 4, or no element.
-    #[error("the scripted port I/O has an access size other than 1, 2 or 4, or no element")]
+    /// the scripted port I/O has an access size other than 1, 2 or 4, or no element
     BadIo,
-    /// Exception vector {0} cannot be injected.
-    #[error("exception vector {0} cannot be injected")]
+    /// exception vector {0} cannot be injected
     InvalidException(u8),
-    /// An XSAVE area of {0} bytes was given where 4096 are needed.
-    #[error("an XSAVE area of {0} bytes was given where 4096 are needed")]
+    /// an XSAVE area of {0} bytes was given where 4096 are needed
     XsaveSize(usize),
-    /// The entry state is invalid: {0}.
-    #[error("the entry state is invalid: {0}")]
+    /// the entry state is invalid
     Entry(#[from] crate::x86::EntryError),
 }
 

@@ -37,24 +37,20 @@ use seccompiler::{
 };
 
 /// Why the lists cannot be built or a thread cannot be confined.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
 pub enum Error {
-    /// seccomp filters are not available: {0}
-    #[error("seccomp filters are not available: {0}")]
-    Unavailable(std::io::Error),
-    /// cannot compile the {list} list: {source}
-    #[error("cannot compile the {list} list: {source}")]
+    /// seccomp filters are not available
+    Unavailable(#[source] std::io::Error),
+    /// cannot compile the {list} list
     Compile {
         /// The list ([`ThreadKind::name`]).
         list: &'static str,
         /// What seccompiler said.
         source: seccompiler::Error,
     },
-    /// cannot install the SIGSYS handler: {0}
-    #[error("cannot install the SIGSYS handler: {0}")]
-    Handler(std::io::Error),
-    /// cannot install the {list} list: {source}
-    #[error("cannot install the {list} list: {source}")]
+    /// cannot install the SIGSYS handler
+    Handler(#[source] std::io::Error),
+    /// cannot install the {list} list
     Install {
         /// The list ([`ThreadKind::name`]).
         list: &'static str,

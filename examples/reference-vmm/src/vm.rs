@@ -89,6 +89,19 @@ fn report_panic(tx: mpsc::Sender<Event>) -> impl FnOnce(ThreadPanic) + Send + 's
     }
 }
 
+/// An error and its causes, joined with ": " as anyhow's `{:#}` joins them: the message of each
+/// level names its own step only, so a thread's error keeps its OS error when sent as text.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Confines the calling thread to `kind`'s seccomp list, the first thing every thread does; when
 /// it cannot, tells the main loop (which ends the VM) and returns `false`.
 fn confine(filters: &Filters, kind: ThreadKind, tx: &mpsc::Sender<Event>) -> bool {
@@ -96,7 +109,7 @@ fn confine(filters: &Filters, kind: ThreadKind, tx: &mpsc::Sender<Event>) -> boo
         Ok(()) => true,
         Err(e) => {
             let thread = thread::current().name().unwrap_or("unnamed").to_string();
-            let _ = tx.send(Event::Failed(format!("thread {thread}: {e}")));
+            let _ = tx.send(Event::Failed(format!("thread {thread}: {}", chain(&e))));
             false
         }
     }
@@ -271,7 +284,7 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
             }
             let result = vcpu
                 .run_loop_with_assist(&*handler, &handler.assist, &memory, &stop)
-                .map_err(|e| e.to_string());
+                .map_err(|e| chain(&e));
             let _ = tx.send(Event::VcpuEnded { id, result });
         })
         .context("cannot start a vCPU thread")?;

@@ -833,6 +833,11 @@ fn bad_input_gets_one_line_and_a_nonzero_status() {
         assert_eq!(out.status, Some(VMM_ERROR), "{args:?}: {out:?}");
         let line = one_line(&out);
         assert!(line.contains(needle), "{args:?}: {line:?} lacks {needle:?}");
+        // Each cause is printed once: no message repeats its source.
+        assert!(
+            line.matches("(os error").count() <= 1,
+            "{args:?}: {line:?} names an OS error twice"
+        );
     }
 }
 

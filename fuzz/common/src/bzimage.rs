@@ -33,7 +33,7 @@ use vmkit_boot::bzimage::{
     ZERO_PAGE_ADDR,
 };
 use vmkit_boot::page_tables::{PAGE_TABLES_END, PAGE_TABLES_START};
-use vmkit_boot::{BootError, LinuxBoot, LinuxConfig, load_bzimage};
+use vmkit_boot::{BzImageError, LinuxBoot, LinuxConfig, load_bzimage};
 use vmkit_memory::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmkit_memory::{GuestLayout, MemoryKind, MemoryMapEntry};
 
@@ -244,7 +244,9 @@ fn check(mem: &GuestMemoryMmap, map: &[MemoryMapEntry], image: &[u8], config: &L
             assert!(
                 !matches!(
                     error,
-                    BootError::Loader(_) | BootError::GuestMemory(_) | BootError::BootParams(_)
+                    BzImageError::Loader(_)
+                        | BzImageError::GuestMemory(_)
+                        | BzImageError::BootParams(_)
                 ),
                 "validation missed a problem: {error}"
             );

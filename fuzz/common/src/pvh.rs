@@ -25,7 +25,7 @@ pub use crate::patched_image::{Image, MAX_PATCHES, Patch};
 use crate::patched_image::{u8_at, u16_at};
 use vmkit_boot::elf::{ElfBuilder, ElfImage, XEN_ELFNOTE_PHYS32_ENTRY};
 use vmkit_boot::pvh::{BOOT_DATA_AREAS, CMDLINE_ADDR, MODLIST_ADDR, MODULE_LIMIT, START_INFO_ADDR};
-use vmkit_boot::{BootError, PvhConfig, load_pvh};
+use vmkit_boot::{PvhConfig, PvhError, load_pvh};
 use vmkit_memory::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmkit_memory::{GuestLayout, MemoryKind};
 
@@ -184,13 +184,16 @@ fn check(guest: &Guest, image: &[u8], config: &PvhConfig<'_>) {
         (Err(error), _) => {
             assert!(!error.to_string().is_empty());
             if let Err(parse_error) = &parsed {
+                let PvhError::Elf(load_error) = &error else {
+                    panic!("the image does not parse but the load failed otherwise: {error}");
+                };
                 assert_eq!(
-                    std::mem::discriminant(&error),
+                    std::mem::discriminant(load_error),
                     std::mem::discriminant(parse_error),
-                    "load and parse disagree: {error} / {parse_error}"
+                    "load and parse disagree: {load_error} / {parse_error}"
                 );
             }
-            if !matches!(error, BootError::Loader(_) | BootError::GuestMemory(_)) {
+            if !matches!(error, PvhError::Loader(_) | PvhError::GuestMemory(_)) {
                 for addr in sentinels {
                     assert_eq!(
                         mem.read_obj::<u32>(addr).ok(),
@@ -453,14 +456,16 @@ mod tests {
                 modules: &refs,
                 rsdp: None,
             };
+            // The variant's name; an ELF problem by the ElfError's variant.
             let outcome = match load_pvh(&mem, layout.memory_map(), &image, &config) {
                 Ok(_) => "Ok".to_owned(),
-                Err(error) => format!("{error:?}")
-                    .split([' ', '(', '{'])
-                    .next()
-                    .unwrap()
-                    .to_owned(),
-            };
+                Err(PvhError::Elf(error)) => format!("{error:?}"),
+                Err(error) => format!("{error:?}"),
+            }
+            .split([' ', '(', '{'])
+            .next()
+            .unwrap()
+            .to_owned();
             outcomes.push((name, outcome));
         }
         let expected = [

@@ -8,7 +8,7 @@ use std::ops::RangeInclusive;
 
 use vmkit_memory::{AddressRange, PortRange};
 
-use crate::error::BootError;
+use crate::acpi::AcpiError;
 
 /// The most vCPUs the tables describe: xAPIC ids are 8 bits and `0xff` is the broadcast id (and,
 /// as an ACPI processor UID, means "all processors" in the LAPIC NMI structure).
@@ -218,10 +218,10 @@ pub struct PciInterruptRoute {
 
 impl AcpiPlatform {
     /// Checks the description; returns the OEM table id as the 8 bytes of a table header.
-    pub(super) fn validate(&self) -> Result<[u8; 8], BootError> {
+    pub(super) fn validate(&self) -> Result<[u8; 8], AcpiError> {
         let table_id = oem_table_id(&self.oem_table_id)?;
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            return Err(BootError::BadVcpuCount {
+            return Err(AcpiError::BadVcpuCount {
                 count: self.vcpus,
                 max: MAX_VCPUS,
             });
@@ -229,14 +229,14 @@ impl AcpiPlatform {
         let mut sources = HashSet::new();
         for o in &self.interrupt_overrides {
             if o.isa_irq >= ISA_IRQS || !sources.insert(o.isa_irq) {
-                return Err(BootError::BadInterruptOverride(o.isa_irq));
+                return Err(AcpiError::BadInterruptOverride(o.isa_irq));
             }
         }
         if self.power.s5_sleep_type > 7 {
-            return Err(BootError::BadSleepType(self.power.s5_sleep_type));
+            return Err(AcpiError::BadSleepType(self.power.s5_sleep_type));
         }
         if self.serial_ports.len() > MAX_SERIAL_PORTS {
-            return Err(BootError::TooManySerialPorts {
+            return Err(AcpiError::TooManySerialPorts {
                 count: self.serial_ports.len(),
                 max: MAX_SERIAL_PORTS,
             });
@@ -248,7 +248,7 @@ impl AcpiPlatform {
             check_isa_ports("RTC", rtc.ports)?;
         }
         if let Some(pci) = &self.pci {
-            pci.validate().map_err(BootError::BadPciHostBridge)?;
+            pci.validate().map_err(AcpiError::BadPciHostBridge)?;
         }
         Ok(table_id)
     }
@@ -291,13 +291,13 @@ impl PciHostBridge {
 }
 
 /// The OEM table id as 8 bytes, padded with spaces.
-fn oem_table_id(id: &str) -> Result<[u8; 8], BootError> {
+fn oem_table_id(id: &str) -> Result<[u8; 8], AcpiError> {
     let mut bytes = [b' '; 8];
     if id.is_empty()
         || id.len() > bytes.len()
         || !id.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
     {
-        return Err(BootError::BadOemTableId(id.to_owned()));
+        return Err(AcpiError::BadOemTableId(id.to_owned()));
     }
     bytes[..id.len()].copy_from_slice(id.as_bytes());
     Ok(bytes)
@@ -305,9 +305,9 @@ fn oem_table_id(id: &str) -> Result<[u8; 8], BootError> {
 
 /// Checks that an ISA device's ports fit one I/O port descriptor: 1 to 255 ports, none past
 /// `0xffff`.
-fn check_isa_ports(device: &'static str, ports: PortRange) -> Result<(), BootError> {
+fn check_isa_ports(device: &'static str, ports: PortRange) -> Result<(), AcpiError> {
     if ports.size == 0 || ports.size > u16::from(u8::MAX) || ports.end() > 0x1_0000 {
-        return Err(BootError::BadIsaPorts {
+        return Err(AcpiError::BadIsaPorts {
             device,
             start: ports.start,
             count: ports.size,

@@ -50,7 +50,7 @@ fn memory() -> GuestMemoryMmap {
 }
 
 /// The error `platform` gets, after checking that nothing was written.
-fn refused(platform: &AcpiPlatform) -> BootError {
+fn refused(platform: &AcpiPlatform) -> AcpiError {
     let mem = memory();
     let err = write_acpi_tables(&mem, platform).unwrap_err();
     let mut window = vec![0u8; ACPI_TABLES_SIZE as usize];
@@ -64,7 +64,7 @@ fn refused_pci(change: impl FnOnce(&mut PciHostBridge)) -> &'static str {
     let mut p = platform();
     change(p.pci.as_mut().unwrap());
     match refused(&p) {
-        BootError::BadPciHostBridge(reason) => reason,
+        AcpiError::BadPciHostBridge(reason) => reason,
         other => panic!("{other}"),
     }
 }
@@ -84,7 +84,7 @@ fn the_oem_table_id_is_1_to_8_printable_characters() {
             oem_table_id: id.into(),
             ..platform()
         };
-        assert!(matches!(refused(&p), BootError::BadOemTableId(ref s) if s == id));
+        assert!(matches!(refused(&p), AcpiError::BadOemTableId(ref s) if s == id));
     }
     assert_eq!(oem_table_id_bytes("A B"), *b"A B     ");
     assert_eq!(oem_table_id_bytes("EIGHTCHR"), *b"EIGHTCHR");
@@ -108,7 +108,7 @@ fn the_vcpu_count_must_fit_the_madt() {
         };
         assert!(matches!(
             refused(&p),
-            BootError::BadVcpuCount { count, max: 255 } if count == vcpus
+            AcpiError::BadVcpuCount { count, max: 255 } if count == vcpus
         ));
     }
 }
@@ -126,7 +126,7 @@ fn overrides_name_each_isa_irq_once() {
             interrupt_overrides: overrides,
             ..platform()
         };
-        assert!(matches!(refused(&p), BootError::BadInterruptOverride(i) if i == irq));
+        assert!(matches!(refused(&p), AcpiError::BadInterruptOverride(i) if i == irq));
     }
     let flags = InterruptOverride {
         isa_irq: 9,
@@ -142,7 +142,7 @@ fn overrides_name_each_isa_irq_once() {
 fn the_sleep_type_fits_three_bits() {
     let mut p = platform();
     p.power.s5_sleep_type = 8;
-    assert!(matches!(refused(&p), BootError::BadSleepType(8)));
+    assert!(matches!(refused(&p), AcpiError::BadSleepType(8)));
     p.power.s5_sleep_type = 7;
     write_acpi_tables(&memory(), &p).unwrap();
 }
@@ -163,7 +163,7 @@ fn serial_ports_are_com1_to_com4() {
     p.serial_ports.push(port(0x2e0));
     assert!(matches!(
         refused(&p),
-        BootError::TooManySerialPorts { count: 5, max: 4 }
+        AcpiError::TooManySerialPorts { count: 5, max: 4 }
     ));
 }
 
@@ -178,14 +178,14 @@ fn isa_port_ranges_fit_an_io_descriptor() {
         p.serial_ports[0].ports = ports;
         assert!(matches!(
             refused(&p),
-            BootError::BadIsaPorts { device: "COM1", start, count }
+            AcpiError::BadIsaPorts { device: "COM1", start, count }
                 if start == ports.start && count == ports.size
         ));
         let mut p = platform();
         p.rtc = Some(IsaDevice { ports, irq: 8 });
         assert!(matches!(
             refused(&p),
-            BootError::BadIsaPorts { device: "RTC", .. }
+            AcpiError::BadIsaPorts { device: "RTC", .. }
         ));
     }
     // The last port of the space is fine.
@@ -248,8 +248,7 @@ fn the_pci_host_bridge_is_checked() {
 fn tables_that_do_not_fit_their_window_are_refused() {
     let window = ACPI_TABLES_START..ACPI_TABLES_START + 0x100;
     match build(&platform(), window).unwrap_err() {
-        BootError::FirmwareTablesDoNotFit {
-            tables: "ACPI",
+        AcpiError::TablesDoNotFit {
             size,
             available: 0x100,
         } => assert!(size > 0x100),
@@ -270,8 +269,7 @@ fn the_window_must_be_backed_by_guest_memory() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).unwrap();
         assert!(matches!(
             write_acpi_tables(&mem, &platform()).unwrap_err(),
-            BootError::FirmwareTablesOutOfMemory {
-                tables: "ACPI",
+            AcpiError::WindowOutOfMemory {
                 start: 0xe_0000,
                 end: 0xf_0000
             }
@@ -292,7 +290,7 @@ fn marking_fails_when_the_memory_map_is_full() {
     }
     assert!(matches!(
         mark_acpi_memory(&mut layout),
-        Err(BootError::AcpiMemoryMap(_))
+        Err(AcpiError::MemoryMap(_))
     ));
 }
 

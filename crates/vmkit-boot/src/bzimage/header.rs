@@ -5,7 +5,7 @@ use std::ops::Range;
 use linux_loader::loader::bootparam::{boot_params, setup_header};
 use vm_memory::ByteValued;
 
-use crate::error::BootError;
+use crate::bzimage::BzImageError;
 
 /// Offset of the setup header in the image and in the zero page (`setup_sects`).
 pub const SETUP_HEADER_OFFSET: usize = 0x1f1;
@@ -78,26 +78,29 @@ pub(crate) fn has_bzimage_magic(image: &[u8]) -> bool {
 impl BzImage {
     /// Parses and validates the setup header of `image` (see the [type](BzImage) for what is
     /// checked). Nothing is loaded.
-    pub fn parse(image: &[u8]) -> Result<Self, BootError> {
+    pub fn parse(image: &[u8]) -> Result<Self, BzImageError> {
         if !has_bzimage_magic(image) {
-            return Err(BootError::NotBzImage);
+            return Err(BzImageError::NotBzImage);
         }
         let len = image.len();
-        let version = u16_at(image, VERSION_OFFSET).ok_or(BootError::SetupHeaderOutOfFile {
+        let version = u16_at(image, VERSION_OFFSET).ok_or(BzImageError::SetupHeaderOutOfFile {
             end: VERSION_OFFSET + 2,
             len,
         })?;
         if version < MIN_BOOT_PROTOCOL {
-            return Err(BootError::BootProtocolTooOld { version });
+            return Err(BzImageError::BootProtocolTooOld {
+                major: (version >> 8) as u8,
+                minor: version as u8,
+            });
         }
         // The magic check read 0x202..0x206, so the jump's byte is there.
         let displacement = image[JUMP_OFFSET_BYTE] as i8;
         let header_end = HEADER_MAGIC_OFFSET.saturating_add_signed(isize::from(displacement));
         if header_end < MIN_SETUP_HEADER_END {
-            return Err(BootError::SetupHeaderTooShort { end: header_end });
+            return Err(BzImageError::SetupHeaderTooShort { end: header_end });
         }
         if header_end > len {
-            return Err(BootError::SetupHeaderOutOfFile {
+            return Err(BzImageError::SetupHeaderOutOfFile {
                 end: header_end,
                 len,
             });
@@ -109,11 +112,11 @@ impl BzImage {
 
         let xloadflags = header.xloadflags;
         if xloadflags & XLF_KERNEL_64 == 0 {
-            return Err(BootError::No64BitEntry { xloadflags });
+            return Err(BzImageError::No64BitEntry { xloadflags });
         }
         let loadflags = header.loadflags;
         if loadflags & LOADED_HIGH == 0 {
-            return Err(BootError::NotLoadedHigh { loadflags });
+            return Err(BzImageError::NotLoadedHigh { loadflags });
         }
         let sectors = match header.setup_sects {
             0 => DEFAULT_SETUP_SECTS,
@@ -122,7 +125,7 @@ impl BzImage {
         let setup_size = (usize::from(sectors) + 1) * SECTOR_SIZE;
         let kernel_size = len.saturating_sub(setup_size);
         if kernel_size as u64 <= KERNEL_64_ENTRY_OFFSET {
-            return Err(BootError::KernelTooShort {
+            return Err(BzImageError::KernelTooShort {
                 setup_size,
                 kernel_size,
             });
@@ -131,14 +134,14 @@ impl BzImage {
         // range holds at least the protected-mode kernel.
         let init_size = header.init_size;
         if u64::from(init_size) < kernel_size as u64 {
-            return Err(BootError::InitSizeTooSmall {
+            return Err(BzImageError::InitSizeTooSmall {
                 init_size,
                 kernel_size,
             });
         }
         let alignment = header.kernel_alignment;
         if header.relocatable_kernel != 0 && !alignment.is_power_of_two() {
-            return Err(BootError::BadKernelAlignment { alignment });
+            return Err(BzImageError::BadKernelAlignment { alignment });
         }
         Ok(BzImage {
             header,

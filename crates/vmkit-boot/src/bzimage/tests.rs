@@ -34,12 +34,12 @@ fn load_with(
     map: &[MemoryMapEntry],
     image: &[u8],
     config: &LinuxConfig<'_>,
-) -> Result<LinuxBoot, BootError> {
+) -> Result<LinuxBoot, BzImageError> {
     let mem = layout().create_guest_memory().unwrap();
     load_bzimage(&mem, map, image, config)
 }
 
-fn load_err(image: &[u8], config: &LinuxConfig<'_>) -> BootError {
+fn load_err(image: &[u8], config: &LinuxConfig<'_>) -> BzImageError {
     load_with(layout().memory_map(), image, config).unwrap_err()
 }
 
@@ -284,7 +284,7 @@ fn a_distribution_kernel_needs_its_init_size() {
     assert!(
         matches!(
             err,
-            BootError::DecompressionOutOfMemory {
+            BzImageError::DecompressionOutOfMemory {
                 start: 0x100_0000,
                 size: 0x3f9_8000,
                 available: 0x300_0000,
@@ -377,19 +377,22 @@ fn parse_reports_the_header() {
 fn rejects_what_is_not_a_bzimage() {
     let good = BzImageBuilder::new().build();
     for image in [&[][..], &good[..0x205], b"\x7fELF"] {
-        assert!(matches!(BzImage::parse(image), Err(BootError::NotBzImage)));
+        assert!(matches!(
+            BzImage::parse(image),
+            Err(BzImageError::NotBzImage)
+        ));
     }
     let mut no_flag = good.clone();
     no_flag[0x1ff] = 0;
     assert!(matches!(
         load_err(&no_flag, &LinuxConfig::default()),
-        BootError::NotBzImage
+        BzImageError::NotBzImage
     ));
     let mut no_magic = good;
     no_magic[0x202] = b'h';
     assert!(matches!(
         load_err(&no_magic, &LinuxConfig::default()),
-        BootError::NotBzImage
+        BzImageError::NotBzImage
     ));
 }
 
@@ -400,14 +403,14 @@ fn rejects_bad_setup_headers() {
     // Cut inside the version, inside the header.
     assert!(matches!(
         err(&good[..0x207]),
-        BootError::SetupHeaderOutOfFile {
+        BzImageError::SetupHeaderOutOfFile {
             end: 0x208,
             len: 0x207
         }
     ));
     assert!(matches!(
         err(&good[..0x26b]),
-        BootError::SetupHeaderOutOfFile {
+        BzImageError::SetupHeaderOutOfFile {
             end: 0x26c,
             len: 0x26b
         }
@@ -416,7 +419,10 @@ fn rejects_bad_setup_headers() {
     let old = err(&BzImageBuilder::new().protocol(0x020b).build());
     assert!(matches!(
         old,
-        BootError::BootProtocolTooOld { version: 0x020b }
+        BzImageError::BootProtocolTooOld {
+            major: 2,
+            minor: 11
+        }
     ));
     assert_eq!(
         old.to_string(),
@@ -425,11 +431,11 @@ fn rejects_bad_setup_headers() {
     // Headers too short to hold init_size, with a forward and a backward jump.
     assert!(matches!(
         err(&BzImageBuilder::new().header_end_byte(0x61).build()),
-        BootError::SetupHeaderTooShort { end: 0x263 }
+        BzImageError::SetupHeaderTooShort { end: 0x263 }
     ));
     assert!(matches!(
         err(&BzImageBuilder::new().header_end_byte(0x80).build()),
-        BootError::SetupHeaderTooShort { end: 0x182 }
+        BzImageError::SetupHeaderTooShort { end: 0x182 }
     ));
     // The longest header a jump byte allows is fine.
     BzImage::parse(&BzImageBuilder::new().header_end_byte(0x7f).build()).unwrap();
@@ -437,11 +443,11 @@ fn rejects_bad_setup_headers() {
         err(&BzImageBuilder::new()
             .xloadflags(XLF_CAN_BE_LOADED_ABOVE_4G)
             .build()),
-        BootError::No64BitEntry { xloadflags: 2 }
+        BzImageError::No64BitEntry { xloadflags: 2 }
     ));
     assert!(matches!(
         err(&BzImageBuilder::new().loadflags(0x80).build()),
-        BootError::NotLoadedHigh { loadflags: 0x80 }
+        BzImageError::NotLoadedHigh { loadflags: 0x80 }
     ));
 }
 
@@ -450,7 +456,7 @@ fn rejects_kernels_without_a_64_bit_entry_or_room() {
     let err = |builder: BzImageBuilder| BzImage::parse(&builder.build()).unwrap_err();
     assert!(matches!(
         err(BzImageBuilder::new().kernel(&[0; 0x200])),
-        BootError::KernelTooShort {
+        BzImageError::KernelTooShort {
             setup_size: 0xa00,
             kernel_size: 0x200
         }
@@ -461,14 +467,14 @@ fn rejects_kernels_without_a_64_bit_entry_or_room() {
     image[0x1f1] = 200;
     assert!(matches!(
         BzImage::parse(&image),
-        Err(BootError::KernelTooShort {
+        Err(BzImageError::KernelTooShort {
             setup_size: 0x19200,
             kernel_size: 0
         })
     ));
     assert!(matches!(
         err(BzImageBuilder::new().init_size(0xfff)),
-        BootError::InitSizeTooSmall {
+        BzImageError::InitSizeTooSmall {
             init_size: 0xfff,
             kernel_size: 0x1000
         }
@@ -476,7 +482,7 @@ fn rejects_kernels_without_a_64_bit_entry_or_room() {
     for alignment in [0, 0x3000] {
         assert!(matches!(
             err(BzImageBuilder::new().kernel_alignment(alignment)),
-            BootError::BadKernelAlignment { alignment: a } if a == alignment
+            BzImageError::BadKernelAlignment { alignment: a } if a == alignment
         ));
     }
     // A kernel that does not relocate ignores its alignment.
@@ -500,7 +506,7 @@ fn rejects_bad_command_lines() {
     .unwrap();
     assert!(matches!(
         load_err(&image, &LinuxConfig::new(&"a".repeat(17))),
-        BootError::CmdlineTooLong { len: 17, max: 16 }
+        BzImageError::CmdlineTooLong { len: 17, max: 16 }
     ));
     // A kernel taking more than the command-line area gets what the area holds.
     let generous = BzImageBuilder::new().cmdline_size(u32::MAX).build();
@@ -518,14 +524,14 @@ fn rejects_bad_command_lines() {
     assert_eq!(mem.read_obj::<u8>(end).unwrap(), 0);
     assert!(matches!(
         load_err(&generous, &LinuxConfig::new(&"a".repeat(CMDLINE_CAPACITY))),
-        BootError::CmdlineTooLong {
+        BzImageError::CmdlineTooLong {
             len: 4096,
             max: 4095
         }
     ));
     assert!(matches!(
         load_err(&image, &LinuxConfig::new("a\0b")),
-        BootError::CmdlineHasNul
+        BzImageError::CmdlineHasNul
     ));
 }
 
@@ -535,18 +541,18 @@ fn rejects_bad_memory_maps() {
     let config = LinuxConfig::default();
     assert!(matches!(
         load_with(&[], &image, &config),
-        Err(BootError::BadMemoryMapSize { count: 0, max: 128 })
+        Err(BzImageError::BadMemoryMapSize { count: 0, max: 128 })
     ));
     let many: Vec<MemoryMapEntry> = (0..129).map(|i| ram_entry(i << 20, 1 << 20)).collect();
     assert!(matches!(
         load_with(&many, &image, &config),
-        Err(BootError::BadMemoryMapSize { count: 129, .. })
+        Err(BzImageError::BadMemoryMapSize { count: 129, .. })
     ));
     // No usable RAM below 1 MiB: the boot structures have nowhere to go.
     let high_only = [ram_entry(MIB, RAM - MIB)];
     assert!(matches!(
         load_with(&high_only, &image, &config),
-        Err(BootError::BootDataOutOfMemory {
+        Err(BzImageError::BootDataOutOfMemory {
             addr: 0x500,
             size: 0x100
         })
@@ -555,7 +561,7 @@ fn rejects_bad_memory_maps() {
     let partial = [ram_entry(0, 0x1_0000), ram_entry(MIB, RAM - MIB)];
     assert!(matches!(
         load_with(&partial, &image, &config),
-        Err(BootError::BootDataOutOfMemory { addr: 0x2_0000, .. })
+        Err(BzImageError::BootDataOutOfMemory { addr: 0x2_0000, .. })
     ));
 }
 
@@ -567,7 +573,7 @@ fn the_kernel_must_lie_in_usable_ram() {
     let image = BzImageBuilder::new().build();
     assert!(matches!(
         load_with(&low_only, &image, &config),
-        Err(BootError::KernelOutOfMemory {
+        Err(BzImageError::KernelOutOfMemory {
             addr: 0x10_0000,
             size: 0x1000
         })
@@ -579,7 +585,7 @@ fn the_kernel_must_lie_in_usable_ram() {
         .build();
     assert!(matches!(
         load_err(&huge, &config),
-        BootError::KernelOutOfMemory { size: RAM, .. }
+        BzImageError::KernelOutOfMemory { size: RAM, .. }
     ));
 }
 
@@ -590,7 +596,7 @@ fn the_runtime_range_must_lie_in_usable_ram_below_4_gib() {
     let past = BzImageBuilder::new().pref_address(RAM - 0x20_0000).build();
     assert!(matches!(
         load_err(&past, &config),
-        BootError::DecompressionOutOfMemory {
+        BzImageError::DecompressionOutOfMemory {
             start: 0x3e0_0000,
             size: 0x40_0000,
             available: 0x20_0000
@@ -601,7 +607,7 @@ fn the_runtime_range_must_lie_in_usable_ram_below_4_gib() {
         let image = BzImageBuilder::new().pref_address(pref).build();
         assert!(matches!(
             load_err(&image, &config),
-            BootError::DecompressionOutOfMemory { available: 0, .. }
+            BzImageError::DecompressionOutOfMemory { available: 0, .. }
         ));
     }
     // Above 4 GiB, even where RAM is: the boot page tables do not map it.
@@ -621,7 +627,7 @@ fn the_runtime_range_must_lie_in_usable_ram_below_4_gib() {
         .build();
     assert!(matches!(
         load_bzimage(&mem, &map, &high, &config),
-        Err(BootError::DecompressionOutOfMemory {
+        Err(BzImageError::DecompressionOutOfMemory {
             start: 0x1_0000_0000,
             available: 0,
             ..
@@ -634,7 +640,7 @@ fn the_runtime_range_must_lie_in_usable_ram_below_4_gib() {
         .build();
     assert!(matches!(
         load_err(&wraps, &config),
-        BootError::DecompressionOutOfMemory {
+        BzImageError::DecompressionOutOfMemory {
             start: u64::MAX,
             ..
         }
@@ -653,7 +659,7 @@ fn the_runtime_range_must_not_overlap_the_boot_structures() {
         assert!(
             matches!(
                 load_err(&image, &config),
-                BootError::DecompressionOverlapsBootData { start, size: 0x2000 } if start == pref
+                BzImageError::DecompressionOverlapsBootData { start, size: 0x2000 } if start == pref
             ),
             "{pref:#x}"
         );
@@ -691,7 +697,7 @@ fn places_the_initramfs_below_its_limits_clear_of_the_kernel() {
     );
     assert!(matches!(
         place(BzImageBuilder::new().initrd_addr_max(0x10_1ffe)),
-        Err(BootError::InitramfsDoesNotFit {
+        Err(BzImageError::InitramfsDoesNotFit {
             size: 0x1000,
             limit: 0x10_1fff
         })
@@ -699,7 +705,7 @@ fn places_the_initramfs_below_its_limits_clear_of_the_kernel() {
     // Never below 1 MiB, though conventional memory is usable RAM.
     assert!(matches!(
         place(BzImageBuilder::new().initrd_addr_max(0xf_ffff)),
-        Err(BootError::InitramfsDoesNotFit {
+        Err(BzImageError::InitramfsDoesNotFit {
             limit: 0x10_0000,
             ..
         })
@@ -717,7 +723,7 @@ fn places_the_initramfs_below_its_limits_clear_of_the_kernel() {
     };
     assert!(matches!(
         load_err(&BzImageBuilder::new().build(), &config),
-        BootError::InitramfsDoesNotFit {
+        BzImageError::InitramfsDoesNotFit {
             size: RAM,
             limit: 0x8000_0000
         }
@@ -728,7 +734,7 @@ fn places_the_initramfs_below_its_limits_clear_of_the_kernel() {
             &BzImageBuilder::new().initrd_addr_max(u32::MAX).build(),
             &config
         ),
-        BootError::InitramfsDoesNotFit {
+        BzImageError::InitramfsDoesNotFit {
             size: RAM,
             limit: 0x1_0000_0000
         }
@@ -739,7 +745,7 @@ fn places_the_initramfs_below_its_limits_clear_of_the_kernel() {
     };
     assert!(matches!(
         load_err(&BzImageBuilder::new().build(), &empty),
-        BootError::EmptyInitramfs
+        BzImageError::EmptyInitramfs
     ));
 }
 
@@ -763,7 +769,7 @@ fn the_initramfs_skips_reserved_ram_and_needs_backing() {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
     assert!(matches!(
         load_bzimage(&mem, &map, &image, &config),
-        Err(BootError::InitramfsDoesNotFit { .. })
+        Err(BzImageError::InitramfsDoesNotFit { .. })
     ));
 }
 
@@ -797,10 +803,10 @@ fn image_errors_come_first() {
     let config = LinuxConfig::new("a\0b");
     assert!(matches!(
         load_with(&[], b"MZ", &config),
-        Err(BootError::NotBzImage)
+        Err(BzImageError::NotBzImage)
     ));
     assert!(matches!(
         load_with(&[], &BzImageBuilder::new().build(), &config),
-        Err(BootError::CmdlineHasNul)
+        Err(BzImageError::CmdlineHasNul)
     ));
 }

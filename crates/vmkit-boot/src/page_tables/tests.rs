@@ -266,7 +266,7 @@ fn rejects_an_empty_set_of_page_sizes() {
     let layout = layout();
     let memory = dirty_memory(&layout);
     let err = build_boot_page_tables(&memory, &layout, PageSizes::EMPTY).unwrap_err();
-    assert!(matches!(err, BootError::NoPageSize), "{err}");
+    assert!(matches!(err, PageTableError::NoPageSize), "{err}");
     assert_eq!(
         err.to_string(),
         "no page size is allowed for the boot page tables: the set of page sizes is empty"
@@ -293,7 +293,7 @@ fn rejects_bad_windows() {
         let err =
             build_boot_page_tables_in(&memory, &layout, PageSizes::UP_TO_2M, window).unwrap_err();
         assert!(
-            matches!(err, BootError::BadPageTableWindow { start: s, end: e } if (s, e) == (start, end)),
+            matches!(err, PageTableError::BadWindow { start: s, end: e } if (s, e) == (start, end)),
             "{start:#x}..{end:#x}: {err}"
         );
     }
@@ -326,7 +326,7 @@ fn rejects_windows_outside_guest_ram() {
         let err =
             build_boot_page_tables_in(&memory, &layout, PageSizes::UP_TO_2M, window).unwrap_err();
         assert!(
-            matches!(err, BootError::PageTablesOutOfMemory { start: s, end: e } if (s, e) == (start, end)),
+            matches!(err, PageTableError::WindowOutOfMemory { start: s, end: e } if (s, e) == (start, end)),
             "{start:#x}..{end:#x}: {err}"
         );
     }
@@ -342,7 +342,7 @@ fn rejects_memory_that_does_not_back_the_window() {
     assert!(
         matches!(
             err,
-            BootError::PageTablesOutOfMemory {
+            PageTableError::WindowOutOfMemory {
                 start: 0x9000,
                 end: 0xf000
             }
@@ -357,7 +357,7 @@ fn rejects_memory_that_does_not_back_the_window() {
     let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0xe000)]).unwrap();
     let err = build_boot_page_tables(&memory, &layout, PageSizes::ALL).unwrap_err();
     assert!(
-        matches!(err, BootError::PageTablesOutOfMemory { .. }),
+        matches!(err, PageTableError::WindowOutOfMemory { .. }),
         "{err}"
     );
     assert_eq!(memory.read_u64(PAGE_TABLES_START).unwrap(), 0);
@@ -371,7 +371,7 @@ fn rejects_tables_that_do_not_fit_the_window() {
     assert!(
         matches!(
             err,
-            BootError::PageTablesDoNotFit {
+            PageTableError::TablesDoNotFit {
                 page_size: PageSize::Size4K,
                 needed: 2054,
                 available: 6
@@ -388,7 +388,7 @@ fn rejects_tables_that_do_not_fit_the_window() {
     assert!(
         matches!(
             err,
-            BootError::PageTablesDoNotFit {
+            PageTableError::TablesDoNotFit {
                 page_size: PageSize::Size2M,
                 needed: 6,
                 available: 5
@@ -401,7 +401,7 @@ fn rejects_tables_that_do_not_fit_the_window() {
     assert!(
         matches!(
             err,
-            BootError::PageTablesDoNotFit {
+            PageTableError::TablesDoNotFit {
                 needed: 2054,
                 available: 2053,
                 ..
@@ -424,12 +424,13 @@ fn the_bump_allocator_reports_running_out_as_an_error() {
     let err = write_tables(&memory, format, PageSize::Size2M, PAGE_TABLES_START, end).unwrap_err();
     assert_eq!(err, BuildError::OutOfFrames);
     assert_eq!(memory.read_obj::<u8>(GuestAddress(end)).unwrap(), 0xff);
-    let err = BootError::PageTables(err);
+    let err = PageTableError::Build(err);
+    // The message names this step; the cause follows once, as the source.
+    assert_eq!(err.to_string(), "building the boot page tables failed");
     assert_eq!(
-        err.to_string(),
-        "building the boot page tables failed: The frame allocator has no frame left."
+        std::error::Error::source(&err).map(ToString::to_string),
+        Some("the frame allocator has no frame left".to_string())
     );
-    assert!(std::error::Error::source(&err).is_some());
 }
 
 #[test]

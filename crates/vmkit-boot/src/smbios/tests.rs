@@ -273,13 +273,13 @@ fn strings_with_a_nul_are_refused() {
         *field(&mut d) = "a\0b".into();
         assert!(matches!(
             refused(&d),
-            BootError::SmbiosStringHasNul { field } if field == name
+            SmbiosError::StringHasNul { field } if field == name
         ));
     }
 }
 
 /// The error `d` gets, after checking that nothing was written.
-fn refused(d: &SmbiosDescription) -> BootError {
+fn refused(d: &SmbiosDescription) -> SmbiosError {
     let mem = memory();
     let err = write_smbios_tables(&mem, d).unwrap_err();
     let mut window = vec![0u8; (SMBIOS_END - SMBIOS_START) as usize];
@@ -298,14 +298,14 @@ fn vcpus_and_ram_are_checked() {
         };
         assert!(matches!(
             refused(&d),
-            BootError::BadVcpuCount { count, max: 255 } if count == vcpus
+            SmbiosError::BadVcpuCount { count, max: 255 } if count == vcpus
         ));
     }
     let d = SmbiosDescription {
         ram_size: 0,
         ..description()
     };
-    assert!(matches!(refused(&d), BootError::SmbiosNoRam));
+    assert!(matches!(refused(&d), SmbiosError::NoRam));
 }
 
 #[test]
@@ -316,8 +316,7 @@ fn tables_must_fit_a_backed_window() {
     };
     assert!(matches!(
         refused(&d),
-        BootError::FirmwareTablesDoNotFit {
-            tables: "SMBIOS",
+        SmbiosError::TablesDoNotFit {
             available: 0x1_0000,
             ..
         }
@@ -326,8 +325,7 @@ fn tables_must_fit_a_backed_window() {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0xf_8000)]).unwrap();
     assert!(matches!(
         write_smbios_tables(&mem, &description()).unwrap_err(),
-        BootError::FirmwareTablesOutOfMemory {
-            tables: "SMBIOS",
+        SmbiosError::WindowOutOfMemory {
             start: 0xf_0000,
             end: 0x10_0000
         }

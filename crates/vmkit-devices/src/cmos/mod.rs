@@ -115,10 +115,10 @@ const MIB: u64 = 1 << 20;
 const UNITS_64K: u64 = 64 * KIB;
 
 /// Errors of the VMM-side NVRAM access.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, displaydoc::Display, thiserror::Error, PartialEq, Eq)]
+#[ignore_extra_doc_attributes]
 pub enum CmosError {
-    /// The index is a clock or status register, not NVRAM.
-    #[error("CMOS index {0:#x} is a clock or status register, not NVRAM")]
+    /// CMOS index {0:#x} is a clock or status register, not NVRAM
     ClockRegister(u8),
 }
 

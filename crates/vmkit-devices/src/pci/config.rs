@@ -145,35 +145,30 @@ pub struct BarMapping {
 }
 
 /// A configuration-space layout request the device model got wrong; nothing changed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum ConfigError {
-    /// BAR index {0} is not 0..=5 (or 0..=4 for a 64-bit BAR).
-    #[error("BAR index {0} is not 0..=5 (or 0..=4 for a 64-bit BAR)")]
+    /// BAR index {0} is not 0..=5 (or 0..=4 for a 64-bit BAR)
     BarIndex(u8),
-    /// BAR {0} is already declared.
-    #[error("BAR {0} is already declared")]
+    /// BAR {0} is already declared
     BarInUse(u8),
-    /// BAR size {size:#x} is not a power of two in the range allowed for a {kind:?} BAR.
-    #[error("BAR size {size:#x} is not a power of two in the range allowed for a {kind:?} BAR")]
+    /// BAR size {size:#x} is not a power of two in the range allowed for a {kind:?} BAR
     BarSize {
         /// The kind of BAR.
         kind: BarKind,
         /// The refused size.
         size: u64,
     },
-    /// BAR {0} is not declared.
-    #[error("BAR {0} is not declared")]
+    /// BAR {0} is not declared
     NoSuchBar(u8),
-    /// Address {address:#x} is not aligned to the size of BAR {index} or does not fit it.
-    #[error("address {address:#x} is not aligned to the size of BAR {index} or does not fit it")]
+    /// address {address:#x} is not aligned to the size of BAR {index} or does not fit it
     BarAddress {
         /// The BAR.
         index: u8,
         /// The refused address.
         address: u64,
     },
-    /// A capability of {len} bytes does not fit in the configuration space.
-    #[error("a capability of {len} bytes does not fit in the configuration space")]
+    /// a capability of {len} bytes does not fit in the configuration space
     CapabilitySpace {
         /// The capability's length, header included.
         len: usize,

@@ -34,16 +34,14 @@ pub const HOST_BRIDGE_DEVICE_ID: u16 = 0x0D57;
 const ECAM_FUNCTION_SIZE: usize = 4096;
 
 /// A device or root-complex set-up failure; the root is unchanged.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum PciError {
-    /// Registering the configuration-access ranges failed: {0}
-    #[error("registering the configuration-access ranges failed: {0}")]
+    /// registering the configuration-access ranges failed
     Bus(#[from] BusError),
-    /// All 31 device slots of bus 0 are taken.
-    #[error("all 31 device slots of bus 0 are taken")]
+    /// all 31 device slots of bus 0 are taken
     NoFreeSlot,
-    /// No room for BAR {index} of {size:#x} bytes: {source}
-    #[error("no room for BAR {index} of {size:#x} bytes: {source}")]
+    /// no room for BAR {index} of {size:#x} bytes
     Allocation {
         /// The BAR.
         index: u8,
@@ -52,11 +50,9 @@ pub enum PciError {
         /// What the allocator said.
         source: AllocatorError,
     },
-    /// The device's configuration space refused its BAR address: {0}
-    #[error("the device's configuration space refused its BAR address: {0}")]
+    /// the device's configuration space refused its BAR address
     Config(#[from] ConfigError),
-    /// BAR {index} overlaps a range already on the bus: {source}
-    #[error("BAR {index} overlaps a range already on the bus: {source}")]
+    /// BAR {index} overlaps a range already on the bus
     BarConflict {
         /// The BAR.
         index: u8,

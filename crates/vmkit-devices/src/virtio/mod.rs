@@ -129,13 +129,12 @@ pub trait VirtioInterrupt: Send + Sync {
 }
 
 /// Why a device refused activation; the transport then sets `DEVICE_NEEDS_RESET`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum ActivateError {
-    /// Queue {0} is required but the driver did not enable it.
-    #[error("queue {0} is required but the driver did not enable it")]
+    /// queue {0} is required but the driver did not enable it
     QueueNotEnabled(u16),
-    /// The device got {got} queues, it has {expected}.
-    #[error("the device got {got} queues, it has {expected}")]
+    /// the device got {got} queues, it has {expected}
     QueueCount {
         /// The device's queue count.
         expected: usize,
@@ -145,13 +144,12 @@ pub enum ActivateError {
 }
 
 /// A queue the device can no longer use; the transport then sets `DEVICE_NEEDS_RESET`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum QueueError {
-    /// Queue {0} does not exist or is not active.
-    #[error("queue {0} does not exist or is not active")]
+    /// queue {0} does not exist or is not active
     NotActive(u16),
-    /// Queue {index} is broken: {source}
-    #[error("queue {index} is broken: {source}")]
+    /// queue {index} is broken
     Broken {
         /// The queue.
         index: u16,

@@ -76,27 +76,23 @@ pub struct VirtioPciInterrupts {
 }
 
 /// A device the transport cannot present; nothing was built.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum VirtioPciError {
-    /// The device has {0} queues; the transport takes 1..=511.
-    #[error("the device has {0} queues; the transport takes 1..=511")]
+    /// the device has {0} queues; the transport takes 1..=511
     QueueCount(usize),
-    /// Queue {index} has maximum size {size}, not a power of two in 1..=32768.
-    #[error("queue {index} has maximum size {size}, not a power of two in 1..=32768")]
+    /// queue {index} has maximum size {size}, not a power of two in 1..=32768
     QueueSize {
         /// The queue.
         index: usize,
         /// Its maximum size.
         size: u16,
     },
-    /// Device configuration of {0} bytes does not fit its 4 KiB page.
-    #[error("device configuration of {0} bytes does not fit its 4 KiB page")]
+    /// device configuration of {0} bytes does not fit its 4 KiB page
     ConfigLen(usize),
-    /// Device type {0} has no modern PCI device ID.
-    #[error("device type {0} has no modern PCI device ID")]
+    /// device type {0} has no modern PCI device ID
     DeviceType(u32),
-    /// The configuration space refused the layout: {0}
-    #[error("the configuration space refused the layout: {0}")]
+    /// the configuration space refused the layout
     Config(#[from] ConfigError),
 }
 

@@ -22,13 +22,12 @@ impl<T: GpaMap + ?Sized> GpaMap for &T {
 }
 
 /// A range could not be added to a [`GpaRanges`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum RangeError {
-    /// The range at GPA {0:#x} is empty, not 4 KiB aligned, or wraps the address space.
-    #[error("The range at GPA {0:#x} is empty, not 4 KiB aligned, or wraps the address space.")]
+    /// the range at GPA {0:#x} is empty, not 4 KiB aligned, or wraps the address space
     Invalid(u64),
-    /// The range at GPA {0:#x} overlaps a range already mapped.
-    #[error("The range at GPA {0:#x} overlaps a range already mapped.")]
+    /// the range at GPA {0:#x} overlaps a range already mapped
     Overlap(u64),
 }
 

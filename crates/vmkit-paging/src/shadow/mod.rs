@@ -154,33 +154,27 @@ pub struct ShadowTranslation {
 }
 
 /// Why a shadow translation gives no host address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum ShadowError {
-    /// The guest takes a page fault, to be injected: {0}.
-    #[error("The guest takes a page fault, to be injected: {0}.")]
+    /// the guest takes a page fault, to be injected: {0}
     GuestPageFault(PageFault),
-    /// Linear address {gva:#x} maps GPA {gpa:#x}, which no memory backs (MMIO or a hole).
-    #[error("Linear address {gva:#x} maps GPA {gpa:#x}, which no memory backs (MMIO or a hole).")]
+    /// linear address {gva:#x} maps GPA {gpa:#x}, which no memory backs (MMIO or a hole)
     NoBacking {
         /// The linear address.
         gva: u64,
         /// The guest-physical address.
         gpa: u64,
     },
-    /// The write to linear address {gva:#x} hits the write-protected guest page table at GPA
-    /// {gpa:#x}: emulate it through `write_guest`.
-    #[error(
-        "The write to linear address {gva:#x} hits the write-protected guest page table at GPA \
-         {gpa:#x}: emulate it through `write_guest`."
-    )]
+    /// the write to linear address {gva:#x} hits the write-protected guest page table at GPA
+    /// {gpa:#x}: emulate it through `write_guest`
     PageTableWrite {
         /// The linear address written.
         gva: u64,
         /// The guest-physical address written.
         gpa: u64,
     },
-    /// The guest walk failed without a page fault: {0}
-    #[error("The guest walk failed without a page fault: {0}")]
+    /// the guest walk failed without a page fault: {0}
     Walk(WalkError),
 }
 

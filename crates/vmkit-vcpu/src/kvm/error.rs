@@ -8,10 +8,10 @@ use super::exit::ExitError;
 use crate::x86::EntryError;
 
 /// An error of the KVM backend; each names the ioctl, register or MSR that failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum Error {
-    /// Opening {path} failed: {source}.
-    #[error("opening {path} failed: {source}")]
+    /// opening {path} failed
     OpenKvm {
         /// The KVM device that was opened.
         path: String,
@@ -19,38 +19,26 @@ pub enum Error {
         #[source]
         source: KvmError,
     },
-    /// KVM API version {0} is not the stable version 12.
-    #[error("KVM API version {0} is not the stable version 12")]
+    /// KVM API version {0} is not the stable version 12
     ApiVersion(i32),
-    /// KVM lacks the capability {0}, which this backend needs.
-    #[error("KVM lacks the capability {0}, which this backend needs")]
+    /// KVM lacks the capability {0}, which this backend needs
     MissingCapability(&'static str),
-    /// KVM_GET_SUPPORTED_CPUID failed: {0}.
-    #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
+    /// KVM_GET_SUPPORTED_CPUID failed
     SupportedCpuid(#[source] KvmError),
-    /// KVM_GET_VCPU_MMAP_SIZE failed: {0}.
-    #[error("KVM_GET_VCPU_MMAP_SIZE failed: {0}")]
+    /// KVM_GET_VCPU_MMAP_SIZE failed
     VcpuMmapSize(#[source] KvmError),
-    /// Installing the vCPU kick signal handler failed: {0}.
-    #[error("installing the vCPU kick signal handler failed: {0}")]
+    /// installing the vCPU kick signal handler failed
     KickSignal(#[source] io::Error),
-    /// KVM_CREATE_VM failed: {0}.
-    #[error("KVM_CREATE_VM failed: {0}")]
+    /// KVM_CREATE_VM failed
     CreateVm(#[source] KvmError),
-    /// The guest memory has {regions} regions, more than the {slots} memory slots KVM offers.
-    #[error(
-        "the guest memory has {regions} regions, more than the {slots} memory slots KVM offers"
-    )]
+    /// the guest memory has {regions} regions, more than the {slots} memory slots KVM offers
     TooManyRegions {
         /// Regions in the guest memory.
         regions: usize,
         /// KVM's slot limit.
         slots: usize,
     },
-    /// KVM_SET_USER_MEMORY_REGION for slot {slot} ({size:#x} bytes at {guest_addr:#x}) failed: {source}.
-    #[error(
-        "KVM_SET_USER_MEMORY_REGION for slot {slot} ({size:#x} bytes at {guest_addr:#x}) failed: {source}"
-    )]
+    /// KVM_SET_USER_MEMORY_REGION for slot {slot} ({size:#x} bytes at {guest_addr:#x}) failed
     SetMemoryRegion {
         /// The slot.
         slot: u32,
@@ -62,8 +50,7 @@ pub enum Error {
         #[source]
         source: KvmError,
     },
-    /// KVM_SET_TSS_ADDR at {addr:#x} failed: {source}.
-    #[error("KVM_SET_TSS_ADDR at {addr:#x} failed: {source}")]
+    /// KVM_SET_TSS_ADDR at {addr:#x} failed
     SetTssAddress {
         /// The address.
         addr: u64,
@@ -71,8 +58,7 @@ pub enum Error {
         #[source]
         source: KvmError,
     },
-    /// KVM_SET_IDENTITY_MAP_ADDR at {addr:#x} failed: {source}.
-    #[error("KVM_SET_IDENTITY_MAP_ADDR at {addr:#x} failed: {source}")]
+    /// KVM_SET_IDENTITY_MAP_ADDR at {addr:#x} failed
     SetIdentityMap {
         /// The address.
         addr: u64,
@@ -80,14 +66,11 @@ pub enum Error {
         #[source]
         source: KvmError,
     },
-    /// KVM_CREATE_IRQCHIP failed: {0}.
-    #[error("KVM_CREATE_IRQCHIP failed: {0}")]
+    /// KVM_CREATE_IRQCHIP failed
     CreateIrqchip(#[source] KvmError),
-    /// KVM_CREATE_PIT2 failed: {0}.
-    #[error("KVM_CREATE_PIT2 failed: {0}")]
+    /// KVM_CREATE_PIT2 failed
     CreatePit(#[source] KvmError),
-    /// KVM_ENABLE_CAP({cap}) failed: {source}.
-    #[error("KVM_ENABLE_CAP({cap}) failed: {source}")]
+    /// KVM_ENABLE_CAP({cap}) failed
     EnableCap {
         /// The capability.
         cap: &'static str,
@@ -95,16 +78,14 @@ pub enum Error {
         #[source]
         source: KvmError,
     },
-    /// vCPU {id} of {count} is out of range (at most 255 vCPUs, IDs below the count).
-    #[error("vCPU {id} of {count} is out of range (at most 255 vCPUs, IDs below the count)")]
+    /// vCPU {id} of {count} is out of range (at most 255 vCPUs, IDs below the count)
     VcpuId {
         /// The requested ID.
         id: u32,
         /// The requested vCPU count.
         count: u32,
     },
-    /// KVM_CREATE_VCPU for vCPU {id} failed: {source}.
-    #[error("KVM_CREATE_VCPU for vCPU {id} failed: {source}")]
+    /// KVM_CREATE_VCPU for vCPU {id} failed
     CreateVcpu {
         /// The vCPU.
         id: u32,
@@ -112,22 +93,18 @@ pub enum Error {
         #[source]
         source: KvmError,
     },
-    /// Mapping the vCPU run area failed: {0}.
-    #[error("mapping the vCPU run area failed: {0}")]
+    /// mapping the vCPU run area failed
     MapRunArea(#[source] io::Error),
-    /// KVM_SET_CPUID2 failed: {0}.
-    #[error("KVM_SET_CPUID2 failed: {0}")]
+    /// KVM_SET_CPUID2 failed
     SetCpuid(#[source] KvmError),
-    /// The {what} list has {count} entries, more than KVM accepts.
-    #[error("the {what} list has {count} entries, more than KVM accepts")]
+    /// the {what} list has {count} entries, more than KVM accepts
     TooManyEntries {
         /// What the list holds (CPUID, MSR).
         what: &'static str,
         /// Its length.
         count: usize,
     },
-    /// {ioctl} failed: {source}.
-    #[error("{ioctl} failed: {source}")]
+    /// {ioctl} failed
     Ioctl {
         /// The ioctl that failed (KVM_GET_REGS, KVM_SET_LAPIC, …).
         ioctl: &'static str,
@@ -135,8 +112,7 @@ pub enum Error {
         #[source]
         source: KvmError,
     },
-    /// KVM_SET_MSRS refused {name} (MSR {index:#x}) = {value:#x}.
-    #[error("KVM_SET_MSRS refused {name} (MSR {index:#x}) = {value:#x}")]
+    /// KVM_SET_MSRS refused {name} (MSR {index:#x}) = {value:#x}
     SetMsrs {
         /// The MSR the host refused (the first one it did not set).
         index: u32,
@@ -145,37 +121,28 @@ pub enum Error {
         /// The value that was refused.
         value: u64,
     },
-    /// Exception vector {0} cannot be injected (vectors 0-31 except NMI, 2).
-    #[error("exception vector {0} cannot be injected (vectors 0-31 except NMI, 2)")]
+    /// exception vector {0} cannot be injected (vectors 0-31 except NMI, 2)
     InvalidException(u8),
-    /// The entry state is invalid: {0}.
-    #[error("the entry state is invalid: {0}")]
+    /// the entry state is invalid
     Entry(#[from] EntryError),
-    /// The guest's XSAVE area is {0} bytes, more than the 4096 of KVM_GET/SET_XSAVE.
-    #[error("the guest's XSAVE area is {0} bytes, more than the 4096 of KVM_GET/SET_XSAVE")]
+    /// the guest's XSAVE area is {0} bytes, more than the 4096 of KVM_GET/SET_XSAVE
     XsaveTooLarge(usize),
-    /// An XSAVE area of {0} bytes was given where 4096 are needed.
-    #[error("an XSAVE area of {0} bytes was given where 4096 are needed")]
+    /// an XSAVE area of {0} bytes was given where 4096 are needed
     XsaveSize(usize),
-    /// Writing the boot GDT to guest memory at {0:#x} failed.
-    #[error("writing the boot GDT to guest memory at {0:#x} failed")]
+    /// writing the boot GDT to guest memory at {0:#x} failed
     WriteGdt(u64),
-    /// KVM_RUN failed: {0}.
-    #[error("KVM_RUN failed: {0}")]
+    /// KVM_RUN failed
     Run(#[source] io::Error),
-    /// The guest accessed guest-physical {gpa:#x} (+{size:#x}), which KVM could not resolve.
-    #[error("the guest accessed guest-physical {gpa:#x} (+{size:#x}), which KVM could not resolve")]
+    /// the guest accessed guest-physical {gpa:#x} (+{size:#x}), which KVM could not resolve
     MemoryFault {
         /// The faulting address.
         gpa: u64,
         /// The size of the access.
         size: u64,
     },
-    /// KVM reported a malformed exit: {0}.
-    #[error("KVM reported a malformed exit: {0}")]
+    /// KVM reported a malformed exit
     MalformedExit(#[from] ExitError),
-    /// Completing the pending I/O of the last exit produced exit {0} instead of finishing.
-    #[error("completing the pending I/O of the last exit produced exit {0} instead of finishing")]
+    /// completing the pending I/O of the last exit produced exit {0} instead of finishing
     ExitDuringCompletion(u32),
 }
 

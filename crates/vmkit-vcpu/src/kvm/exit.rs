@@ -33,38 +33,30 @@ pub const MMIO_DATA_OFFSET: usize =
     offset_of!(kvm_run, __bindgen_anon_1) + offset_of!(kvm_run__bindgen_ty_1__bindgen_ty_6, data);
 
 /// Why a run area does not describe a well-formed exit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum ExitError {
-    /// The run area of {len} bytes cannot hold a `kvm_run` structure.
-    #[error("the run area of {len} bytes cannot hold a kvm_run structure")]
+    /// the run area of {len} bytes cannot hold a kvm_run structure
     AreaTooSmall {
         /// The area's length.
         len: usize,
     },
-    /// The run area is not aligned for a `kvm_run` structure.
-    #[error("the run area is not aligned for a kvm_run structure")]
+    /// the run area is not aligned for a kvm_run structure
     Misaligned,
-    /// The port-I/O exit has direction {0}, neither in (0) nor out (1).
-    #[error("the port-I/O exit has direction {0}, neither in (0) nor out (1)")]
+    /// the port-I/O exit has direction {0}, neither in (0) nor out (1)
     IoDirection(u8),
-    /// The port-I/O exit has access size {0}, not 1, 2 or 4.
-    #[error("the port-I/O exit has access size {0}, not 1, 2 or 4")]
+    /// the port-I/O exit has access size {0}, not 1, 2 or 4
     IoSize(u8),
-    /// The port-I/O exit moves no element.
-    #[error("the port-I/O exit moves no element")]
+    /// the port-I/O exit moves no element
     IoCount,
-    /// The port-I/O data ({len} bytes at offset {offset:#x}) lies outside the run area's data part.
-    #[error(
-        "the port-I/O data ({len} bytes at offset {offset:#x}) lies outside the run area's data part"
-    )]
+    /// the port-I/O data ({len} bytes at offset {offset:#x}) lies outside the run area's data part
     IoData {
         /// The data offset the exit gave.
         offset: u64,
         /// `size * count`.
         len: u64,
     },
-    /// The MMIO exit has length {0}, not 1 to 8.
-    #[error("the MMIO exit has length {0}, not 1 to 8")]
+    /// the MMIO exit has length {0}, not 1 to 8
     MmioLength(u32),
 }
 

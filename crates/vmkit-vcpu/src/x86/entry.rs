@@ -73,13 +73,12 @@ pub const LONG_MODE_GDT: [u64; 6] = [0, 0, CODE64, DATA, TSS, 0];
 pub const LONG_MODE_GDT_SIZE: u64 = LONG_MODE_GDT.len() as u64 * 8;
 
 /// What is wrong with an entry state's parameters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum EntryError {
-    /// The page-table address {0:#x} is not a 4 KiB-aligned physical address.
-    #[error("the page-table address {0:#x} is not a 4 KiB-aligned physical address")]
+    /// the page-table address {0:#x} is not a 4 KiB-aligned physical address
     PageTable(u64),
-    /// The GDT at {0:#x} does not fit below the top of the physical address space.
-    #[error("the GDT at {0:#x} does not fit below the top of the physical address space")]
+    /// the GDT at {0:#x} does not fit below the top of the physical address space
     Gdt(u64),
 }
 

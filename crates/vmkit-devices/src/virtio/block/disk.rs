@@ -32,32 +32,28 @@ pub trait DiskBackend: Send {
 }
 
 /// Why a disk image cannot be used; the message names the path for the VMM to print.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+#[ignore_extra_doc_attributes]
 pub enum DiskError {
-    /// Disk image {0} does not exist.
-    #[error("disk image {0} does not exist")]
+    /// disk image {0} does not exist
     NotFound(PathBuf),
-    /// Disk image {path} cannot be opened or read: {source}
-    #[error("disk image {path} cannot be opened or read: {source}")]
+    /// disk image {path} cannot be opened or read
     Unreadable {
         /// The image.
         path: PathBuf,
         /// What the system said.
         source: io::Error,
     },
-    /// Disk image {path} is {size} bytes, not a multiple of 512.
-    #[error("disk image {path} is {size} bytes, not a multiple of 512")]
+    /// disk image {path} is {size} bytes, not a multiple of 512
     SizeNotSectorMultiple {
         /// The image.
         path: PathBuf,
         /// Its size.
         size: u64,
     },
-    /// Disk image {0} is locked by another process (another VMM using it?).
-    #[error("disk image {0} is locked by another process (another VMM using it?)")]
+    /// disk image {0} is locked by another process (another VMM using it?)
     Locked(PathBuf),
-    /// Disk image {path} cannot be locked: {source}
-    #[error("disk image {path} cannot be locked: {source}")]
+    /// disk image {path} cannot be locked
     LockFailed {
         /// The image.
         path: PathBuf,
