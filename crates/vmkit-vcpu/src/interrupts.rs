@@ -113,10 +113,9 @@ impl<V: Vm + Send + Sync> MsiTrigger for MsiLine<V> {
 }
 
 /// Why an [`IrqfdLine`] could not be set up.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
 pub enum IrqfdError<E: std::error::Error + 'static> {
-    /// Creating an eventfd for GSI {gsi} failed: {source}.
-    #[error("creating an eventfd for GSI {gsi} failed: {source}")]
+    /// creating an eventfd for GSI {gsi} failed
     EventFd {
         /// The GSI the line was for.
         gsi: u32,
@@ -124,8 +123,7 @@ pub enum IrqfdError<E: std::error::Error + 'static> {
         #[source]
         source: io::Error,
     },
-    /// Registering the irqfd of GSI {gsi} failed: {source}.
-    #[error("registering the irqfd of GSI {gsi} failed: {source}")]
+    /// registering the irqfd of GSI {gsi} failed
     Register {
         /// The GSI the line was for.
         gsi: u32,
@@ -350,18 +348,21 @@ mod tests {
 
     #[test]
     fn irqfd_errors_name_the_gsi() {
+        use std::error::Error;
         let e: IrqfdError<io::Error> = IrqfdError::Register {
             gsi: 7,
             source: io::Error::other("busy"),
         };
-        assert_eq!(e.to_string(), "registering the irqfd of GSI 7 failed: busy");
+        assert_eq!(e.to_string(), "registering the irqfd of GSI 7 failed");
+        assert_eq!(e.source().map(ToString::to_string).as_deref(), Some("busy"));
         let e: IrqfdError<io::Error> = IrqfdError::EventFd {
             gsi: 9,
             source: io::Error::other("no fds"),
         };
+        assert_eq!(e.to_string(), "creating an eventfd for GSI 9 failed");
         assert_eq!(
-            e.to_string(),
-            "creating an eventfd for GSI 9 failed: no fds"
+            e.source().map(ToString::to_string).as_deref(),
+            Some("no fds")
         );
     }
 
