@@ -53,9 +53,11 @@ impl<T: InterruptTrigger + ?Sized> InterruptTrigger for Box<T> {
 
 /// Adapts an [`InterruptTrigger`] to the [`vm_superio::Trigger`] the vm-superio devices take:
 /// their `trigger()` is an edge.
+#[cfg(feature = "legacy")]
 #[derive(Debug)]
 pub struct SuperioTrigger<T>(pub T);
 
+#[cfg(feature = "legacy")]
 impl<T: InterruptTrigger> vm_superio::Trigger for SuperioTrigger<T> {
     type E = io::Error;
 
@@ -140,7 +142,6 @@ impl InterruptTrigger for CountingTrigger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_superio::Trigger;
 
     #[test]
     fn counts_edges_and_levels() {
@@ -182,8 +183,11 @@ mod tests {
         assert_eq!((line.edges(), line.asserts(), line.deasserts()), (2, 2, 2));
     }
 
+    #[cfg(feature = "legacy")]
     #[test]
     fn superio_adapter_is_an_edge() {
+        use vm_superio::Trigger;
+
         let line = Arc::new(CountingTrigger::new());
         let adapter = SuperioTrigger(Arc::clone(&line));
         adapter.trigger().unwrap();
