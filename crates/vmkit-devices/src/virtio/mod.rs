@@ -14,7 +14,7 @@
 
 pub mod block;
 pub mod common_cfg;
-#[cfg(feature = "test-utils")]
+#[cfg(any(test, feature = "test-utils"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]
 pub mod driver;
 mod interrupt;
