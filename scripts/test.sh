@@ -50,6 +50,13 @@ step "no_std builds of vmkit-paging (walker and builder; with alloc: the shadow 
 cargo build -p vmkit-paging --no-default-features --target x86_64-unknown-none --locked
 cargo build -p vmkit-paging --no-default-features --features alloc --target x86_64-unknown-none --locked
 
+step "vmkit-devices feature combinations (none, default, each feature alone)"
+cargo build -p vmkit-devices --no-default-features --locked
+cargo build -p vmkit-devices --locked
+for feature in legacy pci virtio-blk file-disk test-utils; do
+    cargo build -p vmkit-devices --no-default-features --features "$feature" --locked
+done
+
 step "tests (under coverage)"
 # cargo-llvm-cov ignores every file under an `examples/` directory by default, which would hide the
 # reference VMM; this regex keeps its other defaults (test, bench and toolchain sources).

@@ -4,6 +4,9 @@
 //! consecutive ports, lowest byte first, the way the chipset (and QEMU's memory core, for devices
 //! that implement only byte accesses) does it.
 
+// The counters and the split serve the legacy devices; without them only `IoStats` is used.
+#![cfg_attr(not(feature = "legacy"), allow(dead_code))]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a read of a port no register backs returns: an undriven ISA bus floats high.

@@ -6,26 +6,60 @@
 //! (QEMU-compatible pc-testdev), [`pci`] (root complex, host bridge, configuration space),
 //! [`virtio`] (modern virtio-pci transport and virtio-blk), [`trigger`] (interrupt lines) and
 //! [`io`] (access counters).
+//!
+//! Each module but `trigger` and `io` is behind a feature (see "Features" above); on docs.rs
+//! every feature is on and each gated module says which it needs.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "legacy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "legacy")))]
 pub mod acpi_pm;
+#[cfg(feature = "legacy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "legacy")))]
 pub mod cmos;
+#[cfg(feature = "legacy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "legacy")))]
 pub mod debug_exit;
+#[cfg(feature = "legacy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "legacy")))]
 pub mod i8042;
 pub mod io;
+#[cfg(feature = "pci")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pci")))]
 pub mod pci;
+#[cfg(feature = "legacy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "legacy")))]
 pub mod serial;
+#[cfg(feature = "legacy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "legacy")))]
 pub mod testdev;
 pub mod trigger;
+#[cfg(feature = "virtio-blk")]
+#[cfg_attr(docsrs, doc(cfg(feature = "virtio-blk")))]
 pub mod virtio;
 
+#[cfg(feature = "legacy")]
 pub use acpi_pm::{AcpiPmDevice, AcpiPmStats};
+#[cfg(feature = "legacy")]
 pub use cmos::{CmosError, CmosRtc, ManualWallClock, SystemClock, WallClock};
+#[cfg(feature = "legacy")]
 pub use debug_exit::DebugExit;
+#[cfg(feature = "legacy")]
 pub use i8042::{I8042Device, I8042Error};
 pub use io::IoStats;
+#[cfg(feature = "pci")]
 pub use pci::{ConfigSpace, PciDevice, PciError, PciRoot};
+#[cfg(feature = "legacy")]
 pub use serial::SerialDevice;
+#[cfg(feature = "legacy")]
 pub use testdev::{PcTestDev, TestDevError, TestDevStats};
-pub use trigger::{CountingTrigger, InterruptTrigger, NoopTrigger, SuperioTrigger};
-pub use virtio::block::{DiskBackend, DiskError, DiskImage, MemDisk, VirtioBlock};
-pub use virtio::{MsiTrigger, VirtioDevice, VirtioPciDevice, VirtioPciInterrupts};
+#[cfg(feature = "legacy")]
+pub use trigger::SuperioTrigger;
+pub use trigger::{CountingTrigger, InterruptTrigger, MsiTrigger, NoopTrigger};
+#[cfg(feature = "file-disk")]
+pub use virtio::block::DiskImage;
+#[cfg(feature = "virtio-blk")]
+pub use virtio::block::{DiskBackend, DiskError, MemDisk, VirtioBlock};
+#[cfg(feature = "virtio-blk")]
+pub use virtio::{VirtioDevice, VirtioPciDevice, VirtioPciInterrupts};

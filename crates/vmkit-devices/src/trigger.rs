@@ -15,9 +15,11 @@ pub use vmkit_exits::{InterruptTrigger, MsiTrigger, NoopTrigger};
 
 /// Adapts an [`InterruptTrigger`] to the [`vm_superio::Trigger`] the vm-superio devices take:
 /// their `trigger()` is an edge.
+#[cfg(feature = "legacy")]
 #[derive(Debug)]
 pub struct SuperioTrigger<T>(pub T);
 
+#[cfg(feature = "legacy")]
 impl<T: InterruptTrigger> vm_superio::Trigger for SuperioTrigger<T> {
     type E = io::Error;
 
@@ -103,7 +105,6 @@ impl InterruptTrigger for CountingTrigger {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use vm_superio::Trigger;
 
     #[test]
     fn counts_edges_and_levels() {
@@ -145,8 +146,11 @@ mod tests {
         assert_eq!((line.edges(), line.asserts(), line.deasserts()), (2, 2, 2));
     }
 
+    #[cfg(feature = "legacy")]
     #[test]
     fn superio_adapter_is_an_edge() {
+        use vm_superio::Trigger;
+
         let line = Arc::new(CountingTrigger::new());
         let adapter = SuperioTrigger(Arc::clone(&line));
         adapter.trigger().unwrap();

@@ -25,10 +25,11 @@ use vmkit_devices::virtio::block::{
     MAX_CHAINS_PER_NOTIFY, MAX_DISK_CALLS_PER_CHAIN, MAX_REQUEST_BYTES, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
+use vmkit_devices::virtio::driver::{self, QueueConfig};
 use vmkit_devices::virtio::{
-    F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, STATUS_ACKNOWLEDGE,
-    STATUS_DEVICE_NEEDS_RESET as STATUS_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK,
-    STATUS_FEATURES_OK, VirtioPciInterrupts,
+    F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1,
+    STATUS_DEVICE_NEEDS_RESET as STATUS_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+    VirtioPciInterrupts,
 };
 use vmkit_devices::{VirtioBlock, VirtioPciDevice};
 use vmkit_memory::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -349,26 +350,6 @@ struct Harness {
     _turn: Option<FileTurn>,
 }
 
-fn write_bar(dev: &mut VirtioPciDevice<VirtioBlock<FuzzDisk>>, offset: u64, data: &[u8]) {
-    dev.bar_write(0, offset, data);
-}
-
-/// Resets the device and negotiates `features`; returns the status read back after
-/// `FEATURES_OK`.
-fn negotiate(dev: &mut VirtioPciDevice<VirtioBlock<FuzzDisk>>, features: u64) -> u8 {
-    write_bar(dev, 0x14, &[0]);
-    write_bar(dev, 0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER]);
-    write_bar(dev, 0x08, &0u32.to_le_bytes());
-    write_bar(dev, 0x0C, &(features as u32).to_le_bytes());
-    write_bar(dev, 0x08, &1u32.to_le_bytes());
-    write_bar(dev, 0x0C, &((features >> 32) as u32).to_le_bytes());
-    let status = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
-    write_bar(dev, 0x14, &[status]);
-    let mut back = [0u8];
-    dev.bar_read(0, 0x14, &mut back);
-    back[0]
-}
-
 impl Harness {
     fn new(setup: Setup) -> Self {
         let mut ranges = vec![(GuestAddress(0), LOW_END as usize)];
@@ -417,18 +398,18 @@ impl Harness {
                 0
             };
         if self.setup.event_idx {
-            let refused = negotiate(&mut self.dev, features | F_RING_EVENT_IDX);
+            let refused = driver::negotiate(&mut self.dev, features | F_RING_EVENT_IDX);
             assert_eq!(refused & STATUS_FEATURES_OK, 0, "EVENT_IDX negotiated");
         }
-        assert_ne!(negotiate(&mut self.dev, features) & STATUS_FEATURES_OK, 0);
-        let d = &mut self.dev;
-        let status = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
-        write_bar(d, 0x18, &self.setup.queue_size().to_le_bytes());
-        write_bar(d, 0x20, &DESC.to_le_bytes());
-        write_bar(d, 0x28, &AVAIL.to_le_bytes());
-        write_bar(d, 0x30, &USED.to_le_bytes());
-        write_bar(d, 0x1C, &1u16.to_le_bytes());
-        write_bar(d, 0x14, &[status | STATUS_DRIVER_OK]);
+        let queue = QueueConfig {
+            size: self.setup.queue_size(),
+            desc: DESC,
+            driver: AVAIL,
+            device: USED,
+            msix_vector: None,
+        };
+        let status = driver::init(&mut self.dev, features, &[queue]);
+        assert!(status.is_ok(), "features refused: {status:?}");
         assert!(self.dev.is_active(), "a valid initialisation activates");
         self.avail_idx = 0;
         self.next_desc = 0;
@@ -486,7 +467,7 @@ impl Harness {
         let popped = self.popped();
         let calls = self.dev.device().disk().counts();
         let before = self.dev.device().disk().memory_data().map(<[u8]>::to_vec);
-        write_bar(&mut self.dev, 0x3000, &0u16.to_le_bytes());
+        driver::notify(&mut self.dev, 0);
         let disk = self.dev.device().disk();
         // The bound of one exit.
         let chains = self.popped() - popped;

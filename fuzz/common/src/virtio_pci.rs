@@ -15,9 +15,10 @@ use std::sync::Arc;
 use arbitrary::{Arbitrary, Unstructured};
 use vmkit_devices::pci::{COMMAND, COMMAND_INTX_DISABLE, PciDevice, STATUS, STATUS_INTERRUPT};
 use vmkit_devices::virtio::block::QUEUE_SIZE;
+use vmkit_devices::virtio::driver::{self, Bar0, QueueConfig};
 use vmkit_devices::virtio::{
     BAR_SIZE, F_VERSION_1, MsiRecorder, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK,
-    STATUS_FEATURES_OK, TRANSPORT_FEATURES, VirtioDevice, VirtioPciInterrupts,
+    STATUS_FEATURES_OK, TRANSPORT_FEATURES, VirtioDevice, VirtioPciInterrupts, common_cfg,
 };
 use vmkit_devices::{CountingTrigger, MemDisk, VirtioBlock, VirtioPciDevice};
 use vmkit_memory::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -28,24 +29,25 @@ pub const MAX_OPS: usize = 256;
 pub const MEMORY_SIZE: u64 = 0x1_0000;
 
 /// Natural-width common-configuration fields: (offset, width).
-pub const COMMON_FIELDS: [(u16, u8); 17] = [
-    (0x00, 4),
-    (0x04, 4),
-    (0x08, 4),
-    (0x0C, 4),
-    (0x10, 2),
-    (0x12, 2),
-    (0x14, 1),
-    (0x15, 1),
-    (0x16, 2),
-    (0x18, 2),
-    (0x1A, 2),
-    (0x1C, 2),
-    (0x1E, 2),
-    (0x20, 8),
-    (0x28, 8),
-    (0x30, 8),
-    (0x24, 4),
+pub const COMMON_FIELDS: [(u64, u8); 17] = [
+    (common_cfg::DEVICE_FEATURE_SELECT, 4),
+    (common_cfg::DEVICE_FEATURE, 4),
+    (common_cfg::DRIVER_FEATURE_SELECT, 4),
+    (common_cfg::DRIVER_FEATURE, 4),
+    (common_cfg::MSIX_CONFIG, 2),
+    (common_cfg::NUM_QUEUES, 2),
+    (common_cfg::DEVICE_STATUS, 1),
+    (common_cfg::CONFIG_GENERATION, 1),
+    (common_cfg::QUEUE_SELECT, 2),
+    (common_cfg::QUEUE_SIZE, 2),
+    (common_cfg::QUEUE_MSIX_VECTOR, 2),
+    (common_cfg::QUEUE_ENABLE, 2),
+    (common_cfg::QUEUE_NOTIFY_OFF, 2),
+    (common_cfg::QUEUE_DESC, 8),
+    (common_cfg::QUEUE_DRIVER, 8),
+    (common_cfg::QUEUE_DEVICE, 8),
+    // The high half of `queue_desc` alone.
+    (common_cfg::QUEUE_DESC + 4, 4),
 ];
 
 /// One step of a fuzz input.
@@ -262,20 +264,14 @@ impl Harness {
 
     fn init(&mut self, features: u64, size_log: u8, ring: u8) {
         let page = |n: u64| (u64::from(ring) + n) * 0x1000 % MEMORY_SIZE;
-        self.write(0x14, &[0]);
-        assert_eq!(self.read(0x14, 1), 0, "reset completes at once");
-        assert!(!self.dev.is_active());
-        self.write(0x14, &[STATUS_ACKNOWLEDGE]);
-        self.write(0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER]);
-        for (select, half) in [(0u32, features as u32), (1, (features >> 32) as u32)] {
-            self.write(0x08, &select.to_le_bytes());
-            self.write(0x0C, &half.to_le_bytes());
-        }
-        self.write(
-            0x14,
-            &[STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK],
+        driver::reset(&mut self.dev);
+        assert_eq!(
+            self.dev.r8(common_cfg::DEVICE_STATUS),
+            0,
+            "reset completes at once"
         );
-        let status = self.read(0x14, 1) as u8;
+        assert!(!self.dev.is_active());
+        let status = driver::negotiate(&mut self.dev, features);
         let offered = self.dev.device().features() | TRANSPORT_FEATURES;
         let acceptable = features & !offered == 0 && features & F_VERSION_1 != 0;
         assert_eq!(
@@ -283,14 +279,16 @@ impl Harness {
             acceptable,
             "{features:#x}"
         );
-        self.write(0x16, &0u16.to_le_bytes());
-        self.write(0x18, &(1u16 << (size_log % 16)).to_le_bytes());
-        self.write(0x20, &page(0).to_le_bytes());
-        self.write(0x28, &page(1).to_le_bytes());
-        self.write(0x30, &page(2).to_le_bytes());
-        self.write(0x1A, &1u16.to_le_bytes());
-        self.write(0x1C, &1u16.to_le_bytes());
-        self.write(0x14, &[status | STATUS_DRIVER_OK]);
+        // Queue set-up and DRIVER_OK follow even when the features were refused.
+        let queue = QueueConfig {
+            size: 1u16 << (size_log % 16),
+            desc: page(0),
+            driver: page(1),
+            device: page(2),
+            msix_vector: Some(1),
+        };
+        driver::setup_queue(&mut self.dev, 0, &queue);
+        driver::driver_ok(&mut self.dev, status);
     }
 
     fn check(&mut self) {
@@ -309,12 +307,12 @@ impl Harness {
             assert_ne!(status & STATUS_DRIVER_OK, 0);
         }
         // Queue-size register of the selected queue: a valid size, or 0 for none.
-        let size = self.read(0x18, 2) as u16;
+        let size = self.read(common_cfg::QUEUE_SIZE, 2) as u16;
         assert!(
             size == 0 || (size.is_power_of_two() && size <= QUEUE_SIZE),
             "{size}"
         );
-        assert_eq!(self.read(0x12, 2), 1, "one queue");
+        assert_eq!(self.read(common_cfg::NUM_QUEUES, 2), 1, "one queue");
         // INTx# as the guest sees it.
         if !self.failed && self.intx.is_asserted() {
             let mut s = [0u8; 2];
@@ -341,7 +339,8 @@ fn apply(h: &mut Harness, op: Op) {
             h.read(u64::from(offset), usize::from(size));
         }
         Op::Write { offset, data } => {
-            let status_write = u64::from(offset) % BAR_SIZE == 0x14 && data == [0];
+            let status_write =
+                u64::from(offset) % BAR_SIZE == common_cfg::DEVICE_STATUS && data == [0];
             h.write(u64::from(offset), &data);
             if status_write {
                 assert_eq!(h.dev.status(), 0);
@@ -350,10 +349,7 @@ fn apply(h: &mut Harness, op: Op) {
         }
         Op::Common { field, value } => {
             let (offset, width) = COMMON_FIELDS[usize::from(field) % COMMON_FIELDS.len()];
-            h.write(
-                u64::from(offset),
-                &value.to_le_bytes()[..usize::from(width)],
-            );
+            h.write(offset, &value.to_le_bytes()[..usize::from(width)]);
         }
         Op::ConfigRead { offset, size } => {
             let offset = usize::from(offset);
@@ -370,12 +366,7 @@ fn apply(h: &mut Harness, op: Op) {
                 assert_eq!(h.dev.config_space().command() & COMMAND_INTX_DISABLE, 0);
             }
         }
-        Op::Notify { queue } => {
-            h.write(
-                0x3000 + 4 * u64::from(queue),
-                &u16::from(queue).to_le_bytes(),
-            );
-        }
+        Op::Notify { queue } => driver::notify(&mut h.dev, u16::from(queue)),
         Op::Init {
             features,
             version_1,

@@ -13,6 +13,10 @@
 //! acknowledges by reading ISR.
 
 pub mod block;
+pub mod common_cfg;
+#[cfg(any(test, feature = "test-utils"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]
+pub mod driver;
 mod interrupt;
 mod msix;
 mod pci;
@@ -23,6 +27,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use virtio_bindings::{virtio_config, virtio_ids, virtio_ring};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
@@ -40,6 +45,11 @@ pub use pci::{
     VirtioPciInterrupts, VirtioPciStats,
 };
 
+// The virtio constants below come from virtio-bindings where it has them (device types, status
+// bits, feature bits). virtio-bindings 0.2 has no `virtio_pci` module, so the PCI IDs,
+// `VIRTIO_MSI_NO_VECTOR`, the ISR bits and the `VIRTIO_PCI_CAP_*` types (in `pci.rs`) are
+// written here, from the specification (virtio 1.x, section 4.1).
+
 /// PCI vendor ID of virtio devices.
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1AF4;
 /// PCI device ID of a modern virtio device of type 0; add the device type.
@@ -50,34 +60,34 @@ pub const VIRTIO_PCI_SUBSYSTEM_ID: u16 = 0x1100;
 pub const VIRTIO_MSI_NO_VECTOR: u16 = 0xFFFF;
 
 /// Device type of a network card.
-pub const TYPE_NET: u32 = 1;
+pub const TYPE_NET: u32 = virtio_ids::VIRTIO_ID_NET;
 /// Device type of a block device.
-pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_BLOCK: u32 = virtio_ids::VIRTIO_ID_BLOCK;
 /// Device type of a console.
-pub const TYPE_CONSOLE: u32 = 3;
+pub const TYPE_CONSOLE: u32 = virtio_ids::VIRTIO_ID_CONSOLE;
 
 /// Device status: the guest noticed the device.
-pub const STATUS_ACKNOWLEDGE: u8 = 1;
+pub const STATUS_ACKNOWLEDGE: u8 = virtio_config::VIRTIO_CONFIG_S_ACKNOWLEDGE as u8;
 /// Device status: the guest has a driver for it.
-pub const STATUS_DRIVER: u8 = 2;
+pub const STATUS_DRIVER: u8 = virtio_config::VIRTIO_CONFIG_S_DRIVER as u8;
 /// Device status: the driver is ready; the device may use its queues.
-pub const STATUS_DRIVER_OK: u8 = 4;
+pub const STATUS_DRIVER_OK: u8 = virtio_config::VIRTIO_CONFIG_S_DRIVER_OK as u8;
 /// Device status: feature negotiation is complete (refused unless the features are acceptable).
-pub const STATUS_FEATURES_OK: u8 = 8;
+pub const STATUS_FEATURES_OK: u8 = virtio_config::VIRTIO_CONFIG_S_FEATURES_OK as u8;
 /// Device status: the device hit an error it cannot recover from without a reset.
-pub const STATUS_DEVICE_NEEDS_RESET: u8 = 64;
+pub const STATUS_DEVICE_NEEDS_RESET: u8 = virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET as u8;
 /// Device status: the driver gave up on the device.
-pub const STATUS_FAILED: u8 = 128;
+pub const STATUS_FAILED: u8 = virtio_config::VIRTIO_CONFIG_S_FAILED as u8;
 
 /// Feature: the device follows virtio 1.x (required by a modern transport).
-pub const F_VERSION_1: u64 = 1 << 32;
+pub const F_VERSION_1: u64 = 1 << virtio_config::VIRTIO_F_VERSION_1;
 /// Feature: descriptors may point to indirect descriptor tables.
-pub const F_RING_INDIRECT_DESC: u64 = 1 << 28;
+pub const F_RING_INDIRECT_DESC: u64 = 1 << virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 /// Feature: `used_event`/`avail_event` suppress notifications. The transport handles it, but
 /// only a device that lists it in its own features offers it: with it, a device that serves a
 /// bounded number of chains per notification could leave a chain published meanwhile without a
 /// notification to come (virtio-blk does not offer it).
-pub const F_RING_EVENT_IDX: u64 = 1 << 29;
+pub const F_RING_EVENT_IDX: u64 = 1 << virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 /// Features the transport adds to every device's: the queue implementation handles them.
 pub const TRANSPORT_FEATURES: u64 = F_VERSION_1 | F_RING_INDIRECT_DESC;
 

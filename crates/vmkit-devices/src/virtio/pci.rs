@@ -46,6 +46,9 @@ pub const MAX_QUEUES: usize = 511;
 /// Size of each structure's page.
 const REGION_SIZE: u64 = 0x1000;
 
+// virtio-bindings 0.2 has no `virtio_pci` module: the capability types are written here, as
+// `linux/virtio_pci.h` has them.
+
 /// `cfg_type` of the common configuration capability.
 pub const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
 /// `cfg_type` of the notification capability.

@@ -1,11 +1,16 @@
-//! Disk backends: a raw image file ([`DiskImage`], advisory-locked, positional I/O) and an
-//! in-memory disk ([`MemDisk`]) for tests and fuzzing.
+//! Disk backends: a raw image file (`DiskImage`, advisory-locked, positional I/O; feature
+//! `file-disk`) and an in-memory disk ([`MemDisk`]) for tests and fuzzing.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
+#[cfg(feature = "file-disk")]
+use std::{
+    fs::{File, OpenOptions},
+    io::{Seek, SeekFrom},
+    os::fd::AsRawFd,
+    os::unix::fs::{FileExt, MetadataExt},
+    path::Path,
+};
 
 /// Bytes per sector: the unit of virtio-blk addresses and capacity.
 pub const SECTOR_SIZE: u64 = 512;
@@ -65,6 +70,8 @@ pub enum DiskError {
 /// A raw disk image file (or block device), locked against other users while open: exclusively
 /// when writable, shared when read-only, so two VMMs never write one image (`flock`, advisory:
 /// it binds processes that also lock, as VMMs do).
+#[cfg(feature = "file-disk")]
+#[cfg_attr(docsrs, doc(cfg(feature = "file-disk")))]
 #[derive(Debug)]
 pub struct DiskImage {
     file: File,
@@ -74,6 +81,7 @@ pub struct DiskImage {
     serial: [u8; SERIAL_LEN],
 }
 
+#[cfg(feature = "file-disk")]
 impl DiskImage {
     /// Opens and locks `path`; its size must be a multiple of 512 bytes.
     pub fn open(path: impl AsRef<Path>, read_only: bool) -> Result<Self, DiskError> {
@@ -133,6 +141,7 @@ impl DiskImage {
     }
 }
 
+#[cfg(feature = "file-disk")]
 impl DiskBackend for DiskImage {
     fn size(&self) -> u64 {
         self.size

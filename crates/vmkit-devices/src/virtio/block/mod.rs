@@ -26,28 +26,31 @@ mod request;
 use std::sync::Arc;
 
 use log::debug;
+use virtio_bindings::{virtio_blk, virtio_ring};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{ActivateError, QueueError, TYPE_BLOCK, VirtioDevice, VirtioInterrupt};
 use request::{Completion, Executor, Framed, Kind};
 
-pub use disk::{DiskBackend, DiskError, DiskImage, MemDisk, SECTOR_SIZE, SERIAL_LEN};
+#[cfg(feature = "file-disk")]
+pub use disk::DiskImage;
+pub use disk::{DiskBackend, DiskError, MemDisk, SECTOR_SIZE, SERIAL_LEN};
 pub use request::{
     HEADER_LEN, MAX_DESCRIPTORS, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 
 /// Feature: `size_max` gives the largest segment.
-pub const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
+pub const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << virtio_blk::VIRTIO_BLK_F_SIZE_MAX;
 /// Feature: `seg_max` gives the most segments of a request.
-pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << virtio_blk::VIRTIO_BLK_F_SEG_MAX;
 /// Feature: the device is read-only.
-pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+pub const VIRTIO_BLK_F_RO: u64 = 1 << virtio_blk::VIRTIO_BLK_F_RO;
 /// Feature: `blk_size` gives the logical block size.
-pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << virtio_blk::VIRTIO_BLK_F_BLK_SIZE;
 /// Feature: the device takes `VIRTIO_BLK_T_FLUSH`.
-pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << virtio_blk::VIRTIO_BLK_F_FLUSH;
 
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -103,7 +106,7 @@ struct Active {
 }
 
 /// `VRING_AVAIL_F_NO_INTERRUPT`: the driver does not want used-buffer notifications.
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
+const AVAIL_F_NO_INTERRUPT: u16 = virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16;
 
 /// Whether the driver wants a used-buffer notification now (virtio 1.x, 2.7.7): unless it set
 /// `VRING_AVAIL_F_NO_INTERRUPT`, which virtio-queue does not read, so the device does. A polling
@@ -122,7 +125,7 @@ fn wants_interrupt(active: &Active) -> bool {
 }
 
 /// A virtio-blk device with one request queue.
-pub struct VirtioBlock<B: DiskBackend = DiskImage> {
+pub struct VirtioBlock<B: DiskBackend> {
     disk: B,
     config: [u8; CONFIG_LEN],
     serial: [u8; SERIAL_LEN],

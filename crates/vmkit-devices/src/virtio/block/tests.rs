@@ -6,8 +6,8 @@ use vmm_sys_util::tempfile::TempFile;
 use super::*;
 use crate::trigger::CountingTrigger;
 use crate::virtio::testing::{
-    Bar0, HIGH, HOLE, INDIRECT, MEMORY_END, NEXT, REGION_SPLIT, Ring, WRITE, cc, device_config,
-    init, memory, notify,
+    Bar0, HIGH, HOLE, INDIRECT, MEMORY_END, NEXT, REGION_SPLIT, Ring, WRITE, common_cfg,
+    device_config, init, memory, notify,
 };
 use crate::virtio::{
     F_RING_INDIRECT_DESC, F_VERSION_1, MsiRecorder, STATUS_DEVICE_NEEDS_RESET, VirtioPciDevice,
@@ -143,8 +143,8 @@ fn configuration_and_features() {
     // Config writes are ignored.
     b.dev.w32(crate::virtio::DEVICE_CFG_OFFSET, 0);
     assert_eq!(device_config(&mut b.dev, 0, 8), 2048);
-    b.dev.w32(cc::DFSELECT, 0);
-    let features = u64::from(b.dev.r32(cc::DF));
+    b.dev.w32(common_cfg::DEVICE_FEATURE_SELECT, 0);
+    let features = u64::from(b.dev.r32(common_cfg::DEVICE_FEATURE));
     let expected = VIRTIO_BLK_F_SIZE_MAX
         | VIRTIO_BLK_F_SEG_MAX
         | VIRTIO_BLK_F_BLK_SIZE
@@ -156,8 +156,11 @@ fn configuration_and_features() {
         DiskImage::open(ro.as_path(), true).unwrap(),
         VIRTIO_BLK_F_RO,
     );
-    r.dev.w32(cc::DFSELECT, 0);
-    assert_ne!(u64::from(r.dev.r32(cc::DF)) & VIRTIO_BLK_F_RO, 0);
+    r.dev.w32(common_cfg::DEVICE_FEATURE_SELECT, 0);
+    assert_ne!(
+        u64::from(r.dev.r32(common_cfg::DEVICE_FEATURE)) & VIRTIO_BLK_F_RO,
+        0
+    );
     assert_eq!(b.dev.device().capacity(), 2048);
     assert!(format!("{:?}", b.dev.device()).contains("capacity: 2048"));
     // The PCI identity of a block device.
@@ -551,10 +554,10 @@ fn msix_completion() {
     dev.w32(crate::virtio::MSIX_TABLE_OFFSET + 28, 0);
     let mut ring = Ring::new(&mem, 16);
     crate::virtio::testing::negotiate(&mut dev, F_VERSION_1);
-    dev.w16(cc::Q_SELECT, 0);
-    dev.w16(cc::Q_MSIX, 1);
-    crate::virtio::testing::setup_queue(&mut dev, 0, &ring);
-    dev.w8(cc::STATUS, 0x0F);
+    dev.w16(common_cfg::QUEUE_SELECT, 0);
+    dev.w16(common_cfg::QUEUE_MSIX_VECTOR, 1);
+    crate::virtio::testing::setup_queue(&mut dev, 0, &ring.config());
+    dev.w8(common_cfg::DEVICE_STATUS, 0x0F);
     let mut h = [0u8; 16];
     h[..4].copy_from_slice(&VIRTIO_BLK_T_GET_ID.to_le_bytes());
     mem.write_slice(&h, GuestAddress(HDR)).unwrap();
@@ -687,23 +690,6 @@ fn failed_requests_touch_nothing_outside_the_request() {
     std::fs::remove_file(&guard_path).unwrap();
 }
 
-/// BAR 0 reached through the MMIO bus, as a guest reaches it.
-struct BusBar {
-    mmio: Arc<vmkit_exits::MmioBus>,
-    base: u64,
-}
-
-impl Bar0 for BusBar {
-    fn w(&mut self, offset: u64, data: &[u8]) {
-        assert!(self.mmio.write(self.base + offset, data).is_some());
-    }
-    fn r(&mut self, offset: u64, len: usize) -> u64 {
-        let mut data = [0u8; 8];
-        assert!(self.mmio.read(self.base + offset, &mut data[..len]));
-        u64::from_le_bytes(data)
-    }
-}
-
 /// The boot this device is built for: rust-hypervisor-firmware finds the disk through
 /// 0xCF8/0xCFC, sizes the BAR with decoding left on, walks the virtio capabilities, drives the
 /// queue by polling and leaves the device live; then Linux resets it and drives it with MSI-X.
@@ -800,24 +786,24 @@ fn firmware_then_linux_over_real_buses() {
     );
 
     // Firmware: polling driver, queue of 16.
-    let mut dev = BusBar {
-        mmio: mmio.clone(),
+    let mut dev = crate::virtio::driver::BusBar0 {
+        bus: &mmio,
         base: bar,
     };
     let status = crate::virtio::testing::negotiate(&mut dev, F_VERSION_1);
     assert_ne!(status & crate::virtio::STATUS_FEATURES_OK, 0);
-    dev.w16(cc::Q_SELECT, 0);
-    assert!(dev.r16(cc::Q_SIZE) >= 16);
+    dev.w16(common_cfg::QUEUE_SELECT, 0);
+    assert!(dev.r16(common_cfg::QUEUE_SIZE) >= 16);
     let mut ring = Ring::new(&mem, 16);
-    crate::virtio::testing::setup_queue(&mut dev, 0, &ring);
-    dev.w8(cc::STATUS, status | STATUS_DRIVER_OK);
+    crate::virtio::testing::setup_queue(&mut dev, 0, &ring.config());
+    dev.w8(common_cfg::DEVICE_STATUS, status | STATUS_DRIVER_OK);
     let capacity = dev.r32(0x2000) as u64 | (u64::from(dev.r32(0x2004)) << 32);
     assert_eq!(capacity, 4096);
     let mut header = [0u8; 16];
     header[8..].copy_from_slice(&7u64.to_le_bytes());
     mem.write_slice(&header, GuestAddress(HDR)).unwrap();
     ring.add(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
-    let notify_off = u64::from(dev.r16(cc::Q_NOFF));
+    let notify_off = u64::from(dev.r16(common_cfg::QUEUE_NOTIFY_OFF));
     assert!(
         mmio.write(
             notify_at + notify_off * u64::from(multiplier),
@@ -833,8 +819,8 @@ fn firmware_then_linux_over_real_buses() {
     assert!(msi.messages().is_empty());
 
     // Linux: reset, MSI-X on, a queue of 256 elsewhere, the device is live again.
-    dev.w8(cc::STATUS, 0);
-    assert_eq!(dev.r8(cc::STATUS), 0);
+    dev.w8(common_cfg::DEVICE_STATUS, 0);
+    assert_eq!(dev.r8(common_cfg::DEVICE_STATUS), 0);
     assert!(!intx.is_asserted(), "reset lowered the line");
     cfg_write(slot, msix, cfg_read(slot, msix) | (0x8000 << 16));
     dev.w64(MSIX_TABLE_OFFSET + 16, 0xFEE0_0000);
@@ -848,10 +834,10 @@ fn firmware_then_linux_over_real_buses() {
     ring.desc = 0x4_0000;
     ring.avail = 0x5_0000;
     ring.used = 0x6_0000;
-    dev.w16(cc::Q_SELECT, 0);
-    dev.w16(cc::Q_MSIX, 1);
-    crate::virtio::testing::setup_queue(&mut dev, 0, &ring);
-    dev.w8(cc::STATUS, status | STATUS_DRIVER_OK);
+    dev.w16(common_cfg::QUEUE_SELECT, 0);
+    dev.w16(common_cfg::QUEUE_MSIX_VECTOR, 1);
+    crate::virtio::testing::setup_queue(&mut dev, 0, &ring.config());
+    dev.w8(common_cfg::DEVICE_STATUS, status | STATUS_DRIVER_OK);
     header[8..].copy_from_slice(&4095u64.to_le_bytes());
     mem.write_slice(&header, GuestAddress(HDR)).unwrap();
     ring.add(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);

@@ -9,7 +9,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::tests::{DATA, HDR, STATUS, blk, mem_disk};
 use super::*;
-use crate::virtio::testing::{AVAIL, Bar0, USED, cc, negotiate, notify};
+use crate::virtio::testing::{AVAIL, Bar0, USED, common_cfg, negotiate, notify};
 use crate::virtio::{F_RING_EVENT_IDX, F_VERSION_1, STATUS_DEVICE_NEEDS_RESET, STATUS_FEATURES_OK};
 
 /// `VRING_USED_F_NO_NOTIFY`: the device asks the driver not to notify.
@@ -221,8 +221,11 @@ fn out_of_range_heads_are_counted_without_log_lines() {
 #[test]
 fn event_idx_is_not_offered() {
     let mut b = blk(mem_disk(1), 0);
-    b.dev.w32(cc::DFSELECT, 0);
-    assert_eq!(u64::from(b.dev.r32(cc::DF)) & F_RING_EVENT_IDX, 0);
+    b.dev.w32(common_cfg::DEVICE_FEATURE_SELECT, 0);
+    assert_eq!(
+        u64::from(b.dev.r32(common_cfg::DEVICE_FEATURE)) & F_RING_EVENT_IDX,
+        0
+    );
     let status = negotiate(&mut b.dev, F_VERSION_1 | F_RING_EVENT_IDX);
     assert_eq!(status & STATUS_FEATURES_OK, 0, "refused: not offered");
 }

@@ -6,7 +6,9 @@ use crate::pci::{
     STATUS_CAPABILITIES_LIST,
 };
 use crate::trigger::CountingTrigger;
-use crate::virtio::testing::{Bar0, Ring, cc, init, memory, negotiate, notify, setup_queue};
+use crate::virtio::testing::{
+    Bar0, Ring, common_cfg, init, memory, negotiate, notify, setup_queue,
+};
 use crate::virtio::{
     F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, ISR_CONFIG, ISR_QUEUE, MsiRecorder, MsixMessage,
     QueueError, STATUS_FAILED,
@@ -277,7 +279,7 @@ fn construction_checks_the_device() {
     let caps = virtio_caps(&mut d);
     assert_eq!(caps.len(), 4);
     assert_eq!(caps[1].4, 4 * MAX_QUEUES as u32);
-    assert_eq!(d.r16(cc::NUMQ), MAX_QUEUES as u16);
+    assert_eq!(d.r16(common_cfg::NUM_QUEUES), MAX_QUEUES as u16);
     // Table and PBA read 0 without MSI-X, writes there are ignored.
     assert_eq!(d.r32(MSIX_TABLE_OFFSET + 12), 0);
     d.w32(MSIX_TABLE_OFFSET + 12, 0);
@@ -291,69 +293,82 @@ fn status_machine_and_feature_negotiation() {
     let mut s = setup();
     let d = &mut s.dev;
     // Device features in 32-bit windows.
-    d.w32(cc::DFSELECT, 0);
+    d.w32(common_cfg::DEVICE_FEATURE_SELECT, 0);
     assert_eq!(
-        d.r32(cc::DF),
+        d.r32(common_cfg::DEVICE_FEATURE),
         (1 << 3) | (F_RING_INDIRECT_DESC | F_RING_EVENT_IDX) as u32
     );
-    d.w32(cc::DFSELECT, 1);
-    assert_eq!(d.r32(cc::DF), 1, "VERSION_1");
-    assert_eq!(d.r32(cc::DFSELECT), 1);
-    d.w32(cc::DFSELECT, 2);
-    assert_eq!(d.r32(cc::DF), 0);
+    d.w32(common_cfg::DEVICE_FEATURE_SELECT, 1);
+    assert_eq!(d.r32(common_cfg::DEVICE_FEATURE), 1, "VERSION_1");
+    assert_eq!(d.r32(common_cfg::DEVICE_FEATURE_SELECT), 1);
+    d.w32(common_cfg::DEVICE_FEATURE_SELECT, 2);
+    assert_eq!(d.r32(common_cfg::DEVICE_FEATURE), 0);
 
     // Out of order: DRIVER before ACKNOWLEDGE, FEATURES_OK before DRIVER.
-    d.w8(cc::STATUS, STATUS_DRIVER);
-    assert_eq!(d.r8(cc::STATUS), 0);
-    d.w8(cc::STATUS, STATUS_ACKNOWLEDGE);
-    d.w8(cc::STATUS, STATUS_ACKNOWLEDGE | STATUS_FEATURES_OK);
-    assert_eq!(d.r8(cc::STATUS), STATUS_ACKNOWLEDGE);
-    d.w8(cc::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    d.w8(common_cfg::DEVICE_STATUS, STATUS_DRIVER);
+    assert_eq!(d.r8(common_cfg::DEVICE_STATUS), 0);
+    d.w8(common_cfg::DEVICE_STATUS, STATUS_ACKNOWLEDGE);
+    d.w8(
+        common_cfg::DEVICE_STATUS,
+        STATUS_ACKNOWLEDGE | STATUS_FEATURES_OK,
+    );
+    assert_eq!(d.r8(common_cfg::DEVICE_STATUS), STATUS_ACKNOWLEDGE);
+    d.w8(
+        common_cfg::DEVICE_STATUS,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER,
+    );
     // Clearing a bit without reset is refused.
-    d.w8(cc::STATUS, STATUS_DRIVER);
-    assert_eq!(d.r8(cc::STATUS), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    d.w8(common_cfg::DEVICE_STATUS, STATUS_DRIVER);
+    assert_eq!(
+        d.r8(common_cfg::DEVICE_STATUS),
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER
+    );
     assert_eq!(d.stats().driver_errors, 3);
 
     // FEATURES_OK without VERSION_1 is refused; so are features not offered.
-    d.w32(cc::GFSELECT, 0);
-    d.w32(cc::GF, 1 << 3);
+    d.w32(common_cfg::DRIVER_FEATURE_SELECT, 0);
+    d.w32(common_cfg::DRIVER_FEATURE, 1 << 3);
     d.w8(
-        cc::STATUS,
+        common_cfg::DEVICE_STATUS,
         STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
     );
-    assert_eq!(d.r8(cc::STATUS) & STATUS_FEATURES_OK, 0);
-    d.w32(cc::GFSELECT, 1);
-    d.w32(cc::GF, 1 | (1 << 7));
-    assert_eq!(d.r32(cc::GF), 0x81);
+    assert_eq!(d.r8(common_cfg::DEVICE_STATUS) & STATUS_FEATURES_OK, 0);
+    d.w32(common_cfg::DRIVER_FEATURE_SELECT, 1);
+    d.w32(common_cfg::DRIVER_FEATURE, 1 | (1 << 7));
+    assert_eq!(d.r32(common_cfg::DRIVER_FEATURE), 0x81);
     d.w8(
-        cc::STATUS,
+        common_cfg::DEVICE_STATUS,
         STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
     );
-    assert_eq!(d.r8(cc::STATUS) & STATUS_FEATURES_OK, 0);
+    assert_eq!(d.r8(common_cfg::DEVICE_STATUS) & STATUS_FEATURES_OK, 0);
     assert_eq!(d.stats().features_refused, 2);
-    d.w32(cc::GF, 1);
-    d.w32(cc::GFSELECT, 5);
-    d.w32(cc::GF, 0);
-    d.w32(cc::GF, 1);
-    assert_eq!(d.r32(cc::GF), 0, "windows past 1 are empty");
+    d.w32(common_cfg::DRIVER_FEATURE, 1);
+    d.w32(common_cfg::DRIVER_FEATURE_SELECT, 5);
+    d.w32(common_cfg::DRIVER_FEATURE, 0);
+    d.w32(common_cfg::DRIVER_FEATURE, 1);
+    assert_eq!(
+        d.r32(common_cfg::DRIVER_FEATURE),
+        0,
+        "windows past 1 are empty"
+    );
     d.w8(
-        cc::STATUS,
+        common_cfg::DEVICE_STATUS,
         STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
     );
-    assert_ne!(d.r8(cc::STATUS) & STATUS_FEATURES_OK, 0);
+    assert_ne!(d.r8(common_cfg::DEVICE_STATUS) & STATUS_FEATURES_OK, 0);
     assert_eq!(d.acked_features(), F_VERSION_1 | (1 << 3));
     // Features are frozen after FEATURES_OK.
-    d.w32(cc::GFSELECT, 0);
-    d.w32(cc::GF, 0);
+    d.w32(common_cfg::DRIVER_FEATURE_SELECT, 0);
+    d.w32(common_cfg::DRIVER_FEATURE, 0);
     assert_eq!(d.acked_features(), F_VERSION_1 | (1 << 3));
     // The driver cannot set DEVICE_NEEDS_RESET.
-    d.w8(cc::STATUS, 0x0B | STATUS_DEVICE_NEEDS_RESET);
-    assert_eq!(d.r8(cc::STATUS), 0x0B);
+    d.w8(common_cfg::DEVICE_STATUS, 0x0B | STATUS_DEVICE_NEEDS_RESET);
+    assert_eq!(d.r8(common_cfg::DEVICE_STATUS), 0x0B);
     // DRIVER_OK activates, once.
-    setup_queue(d, 0, &s.ring);
-    d.w8(cc::STATUS, 0x0F);
+    setup_queue(d, 0, &s.ring.config());
+    d.w8(common_cfg::DEVICE_STATUS, 0x0F);
     assert!(d.is_active());
-    d.w8(cc::STATUS, 0x0F);
+    d.w8(common_cfg::DEVICE_STATUS, 0x0F);
     let log = s.log.lock().unwrap();
     assert_eq!(
         log.activations,
@@ -363,17 +378,19 @@ fn status_machine_and_feature_negotiation() {
     assert_eq!(d.stats().activations, 1);
     assert_eq!(d.status(), 0x0F);
     // FAILED may be set at any time.
-    d.w8(cc::STATUS, 0x0F | STATUS_FAILED);
-    assert_eq!(d.r8(cc::STATUS), 0x8F);
+    d.w8(common_cfg::DEVICE_STATUS, 0x0F | STATUS_FAILED);
+    assert_eq!(d.r8(common_cfg::DEVICE_STATUS), 0x8F);
 }
 
 #[test]
 fn failed_driver_does_not_activate() {
     let mut s = setup();
     let status = negotiate(&mut s.dev, F_VERSION_1);
-    setup_queue(&mut s.dev, 0, &s.ring);
-    s.dev
-        .w8(cc::STATUS, status | STATUS_FAILED | STATUS_DRIVER_OK);
+    setup_queue(&mut s.dev, 0, &s.ring.config());
+    s.dev.w8(
+        common_cfg::DEVICE_STATUS,
+        status | STATUS_FAILED | STATUS_DRIVER_OK,
+    );
     assert!(!s.dev.is_active());
     assert!(s.log.lock().unwrap().activations.is_empty());
 }
@@ -382,91 +399,113 @@ fn failed_driver_does_not_activate() {
 fn queue_registers() {
     let mut s = setup();
     let d = &mut s.dev;
-    assert_eq!(d.r16(cc::NUMQ), 2);
-    d.w16(cc::Q_SELECT, 1);
-    assert_eq!(d.r16(cc::Q_SIZE), 16);
-    assert_eq!(d.r16(cc::Q_NOFF), 1);
-    assert_eq!(d.r16(cc::Q_MSIX), VIRTIO_MSI_NO_VECTOR);
+    assert_eq!(d.r16(common_cfg::NUM_QUEUES), 2);
+    d.w16(common_cfg::QUEUE_SELECT, 1);
+    assert_eq!(d.r16(common_cfg::QUEUE_SIZE), 16);
+    assert_eq!(d.r16(common_cfg::QUEUE_NOTIFY_OFF), 1);
+    assert_eq!(d.r16(common_cfg::QUEUE_MSIX_VECTOR), VIRTIO_MSI_NO_VECTOR);
     // Invalid sizes are refused.
     for bad in [0u16, 3, 32] {
-        d.w16(cc::Q_SIZE, bad);
-        assert_eq!(d.r16(cc::Q_SIZE), 16, "{bad}");
+        d.w16(common_cfg::QUEUE_SIZE, bad);
+        assert_eq!(d.r16(common_cfg::QUEUE_SIZE), 16, "{bad}");
     }
-    d.w16(cc::Q_SIZE, 4);
-    assert_eq!(d.r16(cc::Q_SIZE), 4);
+    d.w16(common_cfg::QUEUE_SIZE, 4);
+    assert_eq!(d.r16(common_cfg::QUEUE_SIZE), 4);
     // 32-bit halves and a 64-bit write.
-    d.w32(cc::Q_DESC, 0x1000);
-    d.w32(cc::Q_DESC + 4, 0x2);
-    assert_eq!(d.r(cc::Q_DESC, 8), 0x2_0000_1000);
-    d.w64(cc::Q_AVAIL, 0x3_0000_2000);
-    d.w32(cc::Q_AVAIL + 4, 0);
-    assert_eq!(d.r(cc::Q_AVAIL, 8), 0x2000);
-    d.w32(cc::Q_USED + 4, 0x1);
-    d.w32(cc::Q_USED, 0x3000);
-    assert_eq!(d.r32(cc::Q_USED), 0x3000);
-    assert_eq!(d.r32(cc::Q_USED + 4), 1);
+    d.w32(common_cfg::QUEUE_DESC, 0x1000);
+    d.w32(common_cfg::QUEUE_DESC + 4, 0x2);
+    assert_eq!(d.r(common_cfg::QUEUE_DESC, 8), 0x2_0000_1000);
+    d.w64(common_cfg::QUEUE_DRIVER, 0x3_0000_2000);
+    d.w32(common_cfg::QUEUE_DRIVER + 4, 0);
+    assert_eq!(d.r(common_cfg::QUEUE_DRIVER, 8), 0x2000);
+    d.w32(common_cfg::QUEUE_DEVICE + 4, 0x1);
+    d.w32(common_cfg::QUEUE_DEVICE, 0x3000);
+    assert_eq!(d.r32(common_cfg::QUEUE_DEVICE), 0x3000);
+    assert_eq!(d.r32(common_cfg::QUEUE_DEVICE + 4), 1);
     // Byte reads of a field.
-    assert_eq!(d.r8(cc::Q_USED + 1), 0x30);
-    d.w16(cc::Q_ENABLE, 0);
-    assert_eq!(d.r16(cc::Q_ENABLE), 0, "0 is not a valid enable value");
-    d.w16(cc::Q_ENABLE, 1);
-    assert_eq!(d.r16(cc::Q_ENABLE), 1);
+    assert_eq!(d.r8(common_cfg::QUEUE_DEVICE + 1), 0x30);
+    d.w16(common_cfg::QUEUE_ENABLE, 0);
+    assert_eq!(
+        d.r16(common_cfg::QUEUE_ENABLE),
+        0,
+        "0 is not a valid enable value"
+    );
+    d.w16(common_cfg::QUEUE_ENABLE, 1);
+    assert_eq!(d.r16(common_cfg::QUEUE_ENABLE), 1);
     // An enabled queue's registers are frozen.
     let errors = d.stats().driver_errors;
-    d.w16(cc::Q_SIZE, 8);
-    d.w64(cc::Q_DESC, 0);
-    assert_eq!((d.r16(cc::Q_SIZE), d.r32(cc::Q_DESC)), (4, 0x1000));
+    d.w16(common_cfg::QUEUE_SIZE, 8);
+    d.w64(common_cfg::QUEUE_DESC, 0);
+    assert_eq!(
+        (d.r16(common_cfg::QUEUE_SIZE), d.r32(common_cfg::QUEUE_DESC)),
+        (4, 0x1000)
+    );
     assert_eq!(d.stats().driver_errors, errors + 2);
     // A queue that does not exist reads 0 and takes nothing.
-    d.w16(cc::Q_SELECT, 2);
-    assert_eq!(d.r16(cc::Q_SELECT), 2);
+    d.w16(common_cfg::QUEUE_SELECT, 2);
+    assert_eq!(d.r16(common_cfg::QUEUE_SELECT), 2);
     assert_eq!(
-        (d.r16(cc::Q_SIZE), d.r16(cc::Q_ENABLE), d.r16(cc::Q_NOFF)),
+        (
+            d.r16(common_cfg::QUEUE_SIZE),
+            d.r16(common_cfg::QUEUE_ENABLE),
+            d.r16(common_cfg::QUEUE_NOTIFY_OFF)
+        ),
         (0, 0, 0)
     );
-    assert_eq!(d.r16(cc::Q_MSIX), VIRTIO_MSI_NO_VECTOR);
-    d.w16(cc::Q_SIZE, 4);
-    d.w16(cc::Q_MSIX, 0);
+    assert_eq!(d.r16(common_cfg::QUEUE_MSIX_VECTOR), VIRTIO_MSI_NO_VECTOR);
+    d.w16(common_cfg::QUEUE_SIZE, 4);
+    d.w16(common_cfg::QUEUE_MSIX_VECTOR, 0);
     assert_eq!(d.stats().driver_errors, errors + 4);
     // Beyond the structure, and odd write widths.
     assert_eq!(d.r32(0x38), 0);
     assert_eq!(d.r(0x34, 8), 0, "upper half of used, then nothing");
     let bad = d.stats().bad_accesses;
-    d.w32(cc::STATUS, 0);
-    d.w8(cc::Q_SELECT, 0);
-    d.w16(cc::NUMQ, 9);
+    d.w32(common_cfg::DEVICE_STATUS, 0);
+    d.w8(common_cfg::QUEUE_SELECT, 0);
+    d.w16(common_cfg::NUM_QUEUES, 9);
     d.w16(0x100, 1);
-    d.w32(cc::Q_DESC + 2, 0);
+    d.w32(common_cfg::QUEUE_DESC + 2, 0);
     assert_eq!(d.stats().bad_accesses, bad + 5);
-    assert_eq!(d.r16(cc::NUMQ), 2);
+    assert_eq!(d.r16(common_cfg::NUM_QUEUES), 2);
 }
 
 #[test]
 fn reset_and_reinitialisation_of_a_live_device() {
     let mut s = setup();
     init(&mut s.dev, 0, &s.ring);
-    s.dev.w16(cc::MSIX, 0);
-    s.dev.w16(cc::Q_SELECT, 0);
-    s.dev.w16(cc::Q_MSIX, 1);
+    s.dev.w16(common_cfg::MSIX_CONFIG, 0);
+    s.dev.w16(common_cfg::QUEUE_SELECT, 0);
+    s.dev.w16(common_cfg::QUEUE_MSIX_VECTOR, 1);
     assert!(s.dev.is_active());
     // Linux resets the device the firmware left running.
-    s.dev.w8(cc::STATUS, 0);
-    assert_eq!(s.dev.r8(cc::STATUS), 0, "reset completes at once");
+    s.dev.w8(common_cfg::DEVICE_STATUS, 0);
+    assert_eq!(
+        s.dev.r8(common_cfg::DEVICE_STATUS),
+        0,
+        "reset completes at once"
+    );
     assert!(!s.dev.is_active());
     assert_eq!(
         s.log.lock().unwrap().resets,
         2,
         "init's reset, then this one"
     );
-    assert_eq!(s.dev.r16(cc::MSIX), VIRTIO_MSI_NO_VECTOR);
-    assert_eq!(s.dev.r16(cc::Q_SELECT), 0);
-    assert_eq!(s.dev.r16(cc::Q_MSIX), VIRTIO_MSI_NO_VECTOR);
-    assert_eq!(s.dev.r16(cc::Q_ENABLE), 0);
-    assert_eq!(s.dev.r16(cc::Q_SIZE), 64, "size back to the maximum");
-    assert_eq!(s.dev.r(cc::Q_DESC, 8), 0);
+    assert_eq!(s.dev.r16(common_cfg::MSIX_CONFIG), VIRTIO_MSI_NO_VECTOR);
+    assert_eq!(s.dev.r16(common_cfg::QUEUE_SELECT), 0);
+    assert_eq!(
+        s.dev.r16(common_cfg::QUEUE_MSIX_VECTOR),
+        VIRTIO_MSI_NO_VECTOR
+    );
+    assert_eq!(s.dev.r16(common_cfg::QUEUE_ENABLE), 0);
+    assert_eq!(
+        s.dev.r16(common_cfg::QUEUE_SIZE),
+        64,
+        "size back to the maximum"
+    );
+    assert_eq!(s.dev.r(common_cfg::QUEUE_DESC, 8), 0);
     assert_eq!(s.dev.acked_features(), 0);
-    s.dev.w32(cc::GFSELECT, 1);
-    assert_eq!(s.dev.r32(cc::GF), 0);
+    s.dev.w32(common_cfg::DRIVER_FEATURE_SELECT, 1);
+    assert_eq!(s.dev.r32(common_cfg::DRIVER_FEATURE), 0);
     // Notifications of a reset device go nowhere.
     notify(&mut s.dev, 0);
     assert_eq!(s.dev.stats().ignored_notifications, 1);
@@ -486,10 +525,13 @@ fn bad_queues_and_refusals_need_a_reset() {
     // A ring outside guest memory.
     let mut s = setup();
     s.ring.used = crate::virtio::testing::HOLE;
-    s.dev.w16(cc::MSIX, 2);
+    s.dev.w16(common_cfg::MSIX_CONFIG, 2);
     init(&mut s.dev, 0, &s.ring);
     assert!(!s.dev.is_active());
-    assert_ne!(s.dev.r8(cc::STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
+    assert_ne!(
+        s.dev.r8(common_cfg::DEVICE_STATUS) & STATUS_DEVICE_NEEDS_RESET,
+        0
+    );
     // With MSI-X off the config change shows in ISR and on INTx#.
     assert_eq!(s.dev.r8(ISR_OFFSET), ISR_CONFIG);
     assert_eq!(s.dev.stats().needs_reset, 1);
@@ -502,7 +544,7 @@ fn bad_queues_and_refusals_need_a_reset() {
     // Notifications are ignored until reset.
     notify(&mut s.dev, 0);
     assert_eq!(s.dev.stats().ignored_notifications, 1);
-    s.dev.w8(cc::STATUS, 0);
+    s.dev.w8(common_cfg::DEVICE_STATUS, 0);
     assert_eq!(s.dev.status(), 0, "reset clears NEEDS_RESET");
 
     // The device refuses activation.
@@ -582,9 +624,12 @@ fn intx_and_isr_read_to_clear() {
     cfg_write(&mut s.dev, COMMAND, &command.to_le_bytes());
     assert!(s.intx.is_asserted());
     // Configuration changes set their own bit and bump the generation.
-    let generation = s.dev.r8(cc::GENERATION);
+    let generation = s.dev.r8(common_cfg::CONFIG_GENERATION);
     s.dev.signal_config_change();
-    assert_eq!(s.dev.r8(cc::GENERATION), generation.wrapping_add(1));
+    assert_eq!(
+        s.dev.r8(common_cfg::CONFIG_GENERATION),
+        generation.wrapping_add(1)
+    );
     assert_eq!(s.dev.r8(ISR_OFFSET), ISR_QUEUE | ISR_CONFIG);
     // A failing line is counted.
     s.intx.set_failing(true);
@@ -602,15 +647,15 @@ fn msix_vectors_masks_and_pending_bits() {
     assert_eq!(s.dev.r32(MSIX_TABLE_OFFSET + 16 + 8), 0x41);
     init(&mut s.dev, 0, &s.ring);
     // Vector numbers past the table read back as NO_VECTOR.
-    s.dev.w16(cc::MSIX, 3);
-    assert_eq!(s.dev.r16(cc::MSIX), VIRTIO_MSI_NO_VECTOR);
-    s.dev.w16(cc::MSIX, 2);
-    assert_eq!(s.dev.r16(cc::MSIX), 2);
-    s.dev.w16(cc::Q_SELECT, 0);
-    s.dev.w16(cc::Q_MSIX, 0);
-    s.dev.w16(cc::Q_SELECT, 1);
-    s.dev.w16(cc::Q_MSIX, 1);
-    assert_eq!(s.dev.r16(cc::Q_MSIX), 1);
+    s.dev.w16(common_cfg::MSIX_CONFIG, 3);
+    assert_eq!(s.dev.r16(common_cfg::MSIX_CONFIG), VIRTIO_MSI_NO_VECTOR);
+    s.dev.w16(common_cfg::MSIX_CONFIG, 2);
+    assert_eq!(s.dev.r16(common_cfg::MSIX_CONFIG), 2);
+    s.dev.w16(common_cfg::QUEUE_SELECT, 0);
+    s.dev.w16(common_cfg::QUEUE_MSIX_VECTOR, 0);
+    s.dev.w16(common_cfg::QUEUE_SELECT, 1);
+    s.dev.w16(common_cfg::QUEUE_MSIX_VECTOR, 1);
+    assert_eq!(s.dev.r16(common_cfg::QUEUE_MSIX_VECTOR), 1);
     // Function masked: pending.
     notify(&mut s.dev, 0);
     assert!(s.msi.messages().is_empty());
@@ -638,8 +683,9 @@ fn msix_vectors_masks_and_pending_bits() {
     s.dev.signal_config_change();
     assert_eq!(s.msi.messages()[2].data, 0x42);
     // No vector: nothing sent.
-    s.dev.w16(cc::Q_SELECT, 0);
-    s.dev.w16(cc::Q_MSIX, VIRTIO_MSI_NO_VECTOR);
+    s.dev.w16(common_cfg::QUEUE_SELECT, 0);
+    s.dev
+        .w16(common_cfg::QUEUE_MSIX_VECTOR, VIRTIO_MSI_NO_VECTOR);
     notify(&mut s.dev, 0);
     assert_eq!(s.msi.messages().len(), 3);
     assert_eq!(s.dev.stats().interrupts_suppressed, 1);
@@ -679,12 +725,12 @@ fn pci_cfg_capability_windows_into_the_bar() {
         cfg_write(&mut s.dev, cap + 12, &length.to_le_bytes());
     };
     // Read num_queues through the window.
-    set(&mut s, 0, cc::NUMQ as u32, 2);
+    set(&mut s, 0, common_cfg::NUM_QUEUES as u32, 2);
     assert_eq!(cfg_read(&mut s.dev, cap + 16, 4) & 0xFFFF, 2);
     // Write the status through it.
-    set(&mut s, 0, cc::STATUS as u32, 1);
+    set(&mut s, 0, common_cfg::DEVICE_STATUS as u32, 1);
     cfg_write(&mut s.dev, cap + 16, &[STATUS_ACKNOWLEDGE]);
-    assert_eq!(s.dev.r8(cc::STATUS), STATUS_ACKNOWLEDGE);
+    assert_eq!(s.dev.r8(common_cfg::DEVICE_STATUS), STATUS_ACKNOWLEDGE);
     // Device configuration through it.
     set(&mut s, 0, DEVICE_CFG_OFFSET as u32 + 4, 4);
     assert_eq!(cfg_read(&mut s.dev, cap + 16, 4), 0xC7C6_C5C4);
@@ -758,8 +804,11 @@ fn through_a_real_root_and_bus() {
     );
     // The driver's accesses arrive as MMIO on the BAR.
     let mut data = [0u8; 2];
-    assert!(mmio.read(bar.address + cc::NUMQ, &mut data));
+    assert!(mmio.read(bar.address + common_cfg::NUM_QUEUES, &mut data));
     assert_eq!(u16::from_le_bytes(data), 2);
-    mmio.write(bar.address + cc::STATUS, &[STATUS_ACKNOWLEDGE]);
+    mmio.write(
+        bar.address + common_cfg::DEVICE_STATUS,
+        &[STATUS_ACKNOWLEDGE],
+    );
     assert_eq!(dev.lock().unwrap().status(), STATUS_ACKNOWLEDGE);
 }
