@@ -44,6 +44,10 @@ for crate in crates/*/; do
 done
 # Packages the library crates together over a local registry, so their unpublished vmkit
 # dependencies resolve, then builds each from its .crate.
+# Cargo keeps the sources it unpacks from that registry under CARGO_HOME, keyed by the registry's
+# path, and reuses them on the next run from the same path even when the .crate changed: a
+# verification would then build against the previous run's vmkit crates. Drop them first.
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/vmkit-*
 cargo package --workspace --exclude reference-vmm --exclude vmkit-benches --exclude mkdisk --locked
 
 step "no_std builds of vmkit-paging (walker and builder; with alloc: the shadow MMU and the TLB)"
