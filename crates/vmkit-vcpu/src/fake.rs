@@ -479,12 +479,16 @@ impl Vm for FakeVm {
 pub struct FakeHypervisor {
     /// What [`Hypervisor::supported_page_sizes`] returns.
     pub page_sizes: PageSizes,
+    /// What [`Hypervisor::phys_bits`] returns (default: vmkit-memory's
+    /// [`DEFAULT_PHYS_BITS`](vmkit_memory::layout::DEFAULT_PHYS_BITS)).
+    pub phys_bits: u8,
 }
 
 impl Default for FakeHypervisor {
     fn default() -> Self {
         Self {
             page_sizes: PageSizes::ALL,
+            phys_bits: vmkit_memory::layout::DEFAULT_PHYS_BITS,
         }
     }
 }
@@ -503,6 +507,10 @@ impl Hypervisor for FakeHypervisor {
 
     fn supported_page_sizes(&self) -> PageSizes {
         self.page_sizes
+    }
+
+    fn phys_bits(&self) -> u8 {
+        self.phys_bits
     }
 }
 
@@ -778,7 +786,13 @@ mod tests {
     fn fake_vm_and_hypervisor_record_what_they_are_asked() {
         let hypervisor = FakeHypervisor::default();
         assert_eq!(hypervisor.supported_page_sizes(), PageSizes::ALL);
-        let layout = GuestLayout::new(2 << 20).unwrap();
+        assert_eq!(hypervisor.phys_bits(), 39);
+        let narrow = FakeHypervisor {
+            phys_bits: 36,
+            ..FakeHypervisor::default()
+        };
+        assert_eq!(narrow.phys_bits(), 36);
+        let layout = GuestLayout::with_phys_bits(2 << 20, hypervisor.phys_bits()).unwrap();
         let memory = layout.create_guest_memory().unwrap();
         let vm = hypervisor.create_vm(&layout, &memory).unwrap();
         let vcpus = vm.create_vcpus(2).unwrap();

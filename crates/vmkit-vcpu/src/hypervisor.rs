@@ -32,6 +32,11 @@ pub trait Hypervisor {
 
     /// The page sizes guest page tables may use: the boot page-table builder picks the largest.
     fn supported_page_sizes(&self) -> PageSizes;
+
+    /// The guest's physical-address width in bits (`MAXPHYADDR`, as its CPUID reports it): what
+    /// [`GuestLayout::with_phys_bits`] takes, so that the layout's high MMIO window ends where
+    /// the guest can still address it.
+    fn phys_bits(&self) -> u8;
 }
 
 /// Where an [`IoEvent`](Vm::register_ioevent) listens.

@@ -27,7 +27,7 @@ pub mod x86;
 
 pub use hypervisor::{DataMatch, Hypervisor, IoEventAddress, Kick, Vcpu, Vm};
 pub use interrupts::{IrqLine, IrqfdError, IrqfdLine, MsiLine};
-pub use kvm::{Error, KvmHypervisor, KvmKicker, KvmVcpu, KvmVm};
+pub use kvm::{Error, KvmHypervisor, KvmKicker, KvmVcpu, KvmVm, MAX_VCPUS};
 pub use pause::{Inspector, PauseHandle};
 pub use run::{
     ExitHandler, Exits, LoopExit, RunExit, handle_exits, run_until_stop, run_until_stop_inspected,

@@ -641,6 +641,23 @@ fn page_sizes_come_from_the_supported_cpuid() {
 }
 
 #[test]
+fn phys_bits_are_the_hosts_and_build_a_layout() {
+    let Some(kvm) = common::hypervisor() else {
+        return;
+    };
+    let bits = kvm.phys_bits();
+    assert!((36..=52).contains(&bits), "implausible MAXPHYADDR {bits}");
+    let layout = vmkit_memory::GuestLayout::with_phys_bits(64 << 20, bits).unwrap();
+    assert_eq!(layout.phys_bits(), bits);
+    assert_eq!(
+        layout.mmio64_window().last().map(|a| a.0),
+        Some((1u64 << bits) - 1)
+    );
+    let memory = layout.create_guest_memory().unwrap();
+    kvm.create_vm(&layout, &memory).unwrap();
+}
+
+#[test]
 fn a_storm_of_kicks_neither_stops_nor_wedges_the_loop() {
     let Some(m) = Machine::new() else { return };
     // out 0x80, al; jmp back to the out

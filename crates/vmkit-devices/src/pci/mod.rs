@@ -13,6 +13,7 @@
 //! a device through its own lock alone, never the root's.
 
 mod config;
+mod msix;
 mod root;
 
 pub use config::{
@@ -24,9 +25,10 @@ pub use config::{
     STATUS_CAPABILITIES_LIST, STATUS_INTERRUPT, STATUS_RW1C, SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID,
     VENDOR_ID,
 };
+pub use msix::{MSIX_ENTRY_SIZE, MsixDelivery, MsixMessage, MsixTable};
 pub use root::{
     CONFIG_ADDRESS_ENABLE, CONFIG_IO_LEN, CONFIG_IO_PORT, HOST_BRIDGE_DEVICE_ID,
-    HOST_BRIDGE_VENDOR_ID, HostBridge, MAX_SLOTS, PciError, PciRoot, PciStats,
+    HOST_BRIDGE_VENDOR_ID, HostBridge, MAX_ENDPOINTS, MAX_SLOTS, PciError, PciRoot, PciStats,
 };
 
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -228,6 +228,10 @@ impl Hypervisor for KvmHypervisor {
     fn supported_page_sizes(&self) -> PageSizes {
         cpuid::page_sizes(&self.supported_cpuid)
     }
+
+    fn phys_bits(&self) -> u8 {
+        cpuid::phys_bits(&self.supported_cpuid)
+    }
 }
 
 /// What a VM's vCPUs share with it.

@@ -44,8 +44,9 @@ const APIC_MODE_NMI: u32 = 0b100;
 /// LVT delivery mode ExtINT (the 8259 PIC's output).
 const APIC_MODE_EXTINT: u32 = 0b111;
 
-/// The most vCPUs a VM may have: an xAPIC ID has 8 bits and 255 is the broadcast ID.
-pub const MAX_VCPUS: u32 = 255;
+/// The most vCPUs a VM may have (vmkit-memory's platform limit: an xAPIC ID has 8 bits and 255
+/// is the broadcast ID).
+pub use vmkit_memory::layout::MAX_VCPUS;
 
 /// Reads local APIC register `offset` from a `KVM_GET_LAPIC` image.
 pub fn lapic_register(lapic: &kvm_lapic_state, offset: usize) -> u32 {
