@@ -18,3 +18,6 @@ pub use page_tables::{
 };
 pub use pvh::{PlacedModule, PvhBoot, PvhConfig, PvhError, load_pvh};
 pub use smbios::{SmbiosDescription, SmbiosError, SmbiosTables, write_smbios_tables};
+/// The guest-physical address type of every load result (vm-memory's, as vmkit-vcpu's entry
+/// set-up takes it), re-exported so that callers need not pin the same vm-memory version.
+pub use vm_memory::GuestAddress;

@@ -33,6 +33,9 @@ pub use run::{
     ExitHandler, Exits, LoopExit, RunExit, handle_exits, run_until_stop, run_until_stop_inspected,
     run_until_stop_with_assist, run_until_stop_with_assist_inspected,
 };
+/// The guest-physical address type of [`Vcpu::setup_pvh`] and [`LongModeEntry`] (vm-memory's,
+/// as vmkit-boot returns it), re-exported so that callers need not pin the same vm-memory version.
+pub use vm_memory::GuestAddress;
 /// The trigger traits the lines in [`interrupts`] implement (defined in vmkit-exits).
 pub use vmkit_exits::{InterruptTrigger, MsiTrigger};
 /// The eventfd type of [`Vm`]'s irqfd and ioeventfd methods and of [`IrqfdLine`], re-exported so

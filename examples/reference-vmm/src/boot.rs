@@ -37,9 +37,9 @@ pub enum Entry {
     /// The PVH entry: 32-bit protected mode, paging off, `ebx` = `hvm_start_info`.
     Pvh {
         /// The entry point.
-        entry: u64,
+        entry: GuestAddress,
         /// The address of `hvm_start_info`.
-        start_info: u64,
+        start_info: GuestAddress,
     },
     /// The 64-bit entry of the Linux boot protocol.
     LongMode(LongModeEntry),
@@ -211,11 +211,11 @@ fn load_as(
             let tables = build_boot_page_tables(guest_mem, layout, page_sizes)
                 .context("cannot build the boot page tables")?;
             Ok(Entry::LongMode(LongModeEntry {
-                entry: boot.entry.0,
-                page_table: tables.cr3,
-                gdt: boot.gdt.0,
-                boot_params: boot.boot_params.0,
-                stack_pointer: boot.stack_pointer.0,
+                entry: boot.entry,
+                page_table: GuestAddress(tables.cr3),
+                gdt: boot.gdt,
+                boot_params: boot.boot_params,
+                stack_pointer: boot.stack_pointer,
             }))
         }
         _ => {
@@ -235,8 +235,8 @@ fn load_as(
                 );
             }
             Ok(Entry::Pvh {
-                entry: boot.entry.0,
-                start_info: boot.start_info.0,
+                entry: boot.entry,
+                start_info: boot.start_info,
             })
         }
     }

@@ -499,7 +499,7 @@ impl Vcpu for KvmVcpu {
         self.set_mp_state(KVM_MP_STATE_HALTED)
     }
 
-    fn setup_pvh(&mut self, entry: u64, start_info: u64) -> Result<(), Error> {
+    fn setup_pvh(&mut self, entry: GuestAddress, start_info: GuestAddress) -> Result<(), Error> {
         self.reset_boot_state()?;
         let sregs = pvh_special_registers(&self.special_registers()?);
         self.set_special_registers(&sregs)?;
@@ -514,8 +514,8 @@ impl Vcpu for KvmVcpu {
         }
         self.vm
             .memory
-            .write_slice(&gdt, GuestAddress(entry.gdt))
-            .map_err(|_| Error::WriteGdt(entry.gdt))?;
+            .write_slice(&gdt, entry.gdt)
+            .map_err(|_| Error::WriteGdt(entry.gdt.0))?;
         self.reset_boot_state()?;
         let sregs = long_mode_special_registers(&self.special_registers()?, entry);
         self.set_special_registers(&sregs)?;
