@@ -96,7 +96,8 @@ impl FullPath {
     /// the time from the first entry to the stop.
     pub fn run(&mut self, code: &[u8]) -> Result<Duration, BenchError> {
         write_code(&self.memory, code)?;
-        self.vcpu.setup_pvh(CODE_ADDR, 0)?;
+        self.vcpu
+            .setup_pvh(GuestAddress(CODE_ADDR), GuestAddress(0))?;
         self.run_loop()
     }
 
@@ -104,7 +105,8 @@ impl FullPath {
     /// the registers are reset (`KVM_SET_REGS`, which a vCPU's seccomp list allows; the rest of
     /// the entry state is as the guest left it, as [`RawPath::run`] does it).
     pub fn rerun(&mut self) -> Result<Duration, BenchError> {
-        self.vcpu.set_registers(&pvh_registers(CODE_ADDR, 0))?;
+        self.vcpu
+            .set_registers(&pvh_registers(GuestAddress(CODE_ADDR), GuestAddress(0)))?;
         self.run_loop()
     }
 
@@ -147,7 +149,8 @@ impl ConfinedFullPath {
     /// [`ConfinedFullPath::run`], runs the code again ([`FullPath::rerun`]).
     pub fn start(mut full: FullPath, code: &[u8]) -> Result<Self, BenchError> {
         write_code(&full.memory, code)?;
-        full.vcpu.setup_pvh(CODE_ADDR, 0)?;
+        full.vcpu
+            .setup_pvh(GuestAddress(CODE_ADDR), GuestAddress(0))?;
         let filters = Filters::new(SeccompMode::Trap, SECCOMP_VIOLATION_STATUS)
             .map_err(|e| BenchError::Seccomp(e.to_string()))?;
         let (go, wait) = mpsc::channel::<()>();

@@ -72,6 +72,7 @@
 //! identity-map `[0, 4 GiB)`, which covers the kernel and its runtime range, the zero page, the
 //! command line, the GDT and the stack, as the protocol asks.
 
+#[cfg(any(test, feature = "test-utils"))]
 mod builder;
 mod header;
 #[cfg(test)]
@@ -90,6 +91,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmkit_memory::MemoryMapEntry;
 use vmkit_memory::layout::{BIOS_AREA_START, EBDA_START, HIGH_MEMORY_START};
 
+#[cfg(any(test, feature = "test-utils"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]
 pub use builder::BzImageBuilder;
 pub(crate) use header::has_bzimage_magic;
 pub use header::{

@@ -112,8 +112,11 @@ const ET_DYN: u16 = 3;
 const EM_X86_64: u16 = 62;
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
+#[cfg(any(test, feature = "test-utils"))]
 const PF_X: u32 = 1;
+#[cfg(any(test, feature = "test-utils"))]
 const PF_W: u32 = 2;
+#[cfg(any(test, feature = "test-utils"))]
 const PF_R: u32 = 4;
 const NOTE_HEADER_SIZE: usize = 12;
 const NOTE_ALIGN: usize = 4;
@@ -210,6 +213,7 @@ impl ProgramHeader {
 
     /// Appends the header with permission `flags` to `out` (virtual = physical address, no
     /// alignment constraint).
+    #[cfg(any(test, feature = "test-utils"))]
     fn write(&self, flags: u32, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.kind.to_le_bytes());
         out.extend_from_slice(&flags.to_le_bytes());
@@ -492,6 +496,8 @@ fn pvh_address(desc: &[u8]) -> Result<GuestAddress, ElfError> {
 /// assert_eq!(parsed.pvh_entry(), Some(GuestAddress(0x10_0000)));
 /// assert_eq!(parsed.segments()[0].mem_size, 0x1000);
 /// ```
+#[cfg(any(test, feature = "test-utils"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]
 #[derive(Clone, Debug, Default)]
 pub struct ElfBuilder {
     segments: Vec<(GuestAddress, Vec<u8>, u64)>,
@@ -499,6 +505,7 @@ pub struct ElfBuilder {
     entry: Option<u64>,
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 impl ElfBuilder {
     /// An image without segments or notes.
     pub fn new() -> Self {

@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod acpi;
 pub mod bzimage;
@@ -17,3 +18,13 @@ pub use page_tables::{
 };
 pub use pvh::{PlacedModule, PvhBoot, PvhConfig, PvhError, load_pvh};
 pub use smbios::{SmbiosDescription, SmbiosError, SmbiosTables, write_smbios_tables};
+// Re-exports: the foreign crates and types of this crate's public signatures, so that callers
+// need not depend on the same versions themselves.
+/// linux-loader, whose boot-protocol structures (`setup_header`, `boot_params`) the bzImage
+/// header exposes.
+pub use linux_loader;
+/// vm-memory, whose guest memory (`GuestMemoryBackend`) every loader and table writer fills.
+pub use vm_memory;
+/// The guest-physical address type of every load result (vm-memory's, as vmkit-vcpu's entry
+/// set-up takes it), re-exported so that callers need not pin the same vm-memory version.
+pub use vm_memory::GuestAddress;

@@ -39,6 +39,25 @@ pub mod trigger;
 #[cfg_attr(docsrs, doc(cfg(feature = "virtio-blk")))]
 pub mod virtio;
 
+// Re-exports: the foreign crates and types of this crate's public signatures (virtio devices
+// take virtio-queue `Queue`s over vm-memory guest memory; `SuperioTrigger` implements
+// vm-superio's `Trigger`), so that callers need not depend on the same versions themselves.
+/// virtio-queue, whose queues [`VirtioDevice`] activates with.
+#[cfg(feature = "virtio-blk")]
+pub use virtio_queue;
+/// The virtqueue a [`VirtioDevice`] is activated with.
+#[cfg(feature = "virtio-blk")]
+pub use virtio_queue::Queue;
+/// vm-memory, whose guest memory the virtio devices read and write.
+#[cfg(feature = "virtio-blk")]
+pub use vm_memory;
+/// The guest memory the virtio devices read and write.
+#[cfg(feature = "virtio-blk")]
+pub use vm_memory::GuestMemoryMmap;
+/// vm-superio, whose 16550 UART [`SerialDevice`] wraps.
+#[cfg(feature = "legacy")]
+pub use vm_superio;
+
 #[cfg(feature = "legacy")]
 pub use acpi_pm::{AcpiPmDevice, AcpiPmStats};
 #[cfg(feature = "legacy")]

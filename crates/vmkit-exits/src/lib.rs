@@ -16,6 +16,14 @@ pub mod stats;
 pub mod trigger;
 pub mod xsave;
 
+// Re-exports: the foreign crates of this crate's public signatures (the assist reads guest
+// memory through vm-memory's `GuestMemoryBackend`; `Registers::gpr` names iced-x86 registers),
+// so that callers need not depend on the same versions themselves.
+/// iced-x86, whose register names `state::Registers::gpr` takes.
+pub use iced_x86;
+/// vm-memory, whose `GuestMemoryBackend` the emulation assist reads guest memory through.
+pub use vm_memory;
+
 pub use action::{ExitAction, StopReason};
 pub use assist::{
     AssistError, AssistPolicy, AssistReport, AssistVerdict, Assisted, BP_VECTOR, EmulationAssist,

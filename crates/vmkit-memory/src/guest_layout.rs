@@ -184,6 +184,21 @@ impl GuestLayout {
         &self.ram_regions
     }
 
+    /// RAM below the 32-bit MMIO hole, in bytes: what a PC's CMOS memory-size registers and the
+    /// firmware's "low memory" report (at most [`LOW_RAM_MAX_SIZE`](crate::layout::LOW_RAM_MAX_SIZE)).
+    pub fn ram_below_4g(&self) -> u64 {
+        self.ram_regions
+            .iter()
+            .filter(|r| r.start.0 < HIGH_RAM_START)
+            .map(|r| r.size)
+            .sum()
+    }
+
+    /// RAM from 4 GiB up, in bytes (0 for a guest whose RAM fits below the hole).
+    pub fn ram_above_4g(&self) -> u64 {
+        self.ram_size - self.ram_below_4g()
+    }
+
     /// Whether all of `addr..addr + size` is guest RAM (false for an empty or wrapping range).
     pub fn is_ram(&self, addr: GuestAddress, size: u64) -> bool {
         let range = AddressRange::new(addr, size);
@@ -378,6 +393,7 @@ mod tests {
             &[RamRegion::new(GuestAddress(0), 3 * GIB)]
         );
         assert_eq!(layout.mmio64_window().start, GuestAddress(4 * GIB));
+        assert_eq!((layout.ram_below_4g(), layout.ram_above_4g()), (3 * GIB, 0));
     }
 
     #[test]
@@ -390,6 +406,12 @@ mod tests {
                 RamRegion::new(GuestAddress(4 * GIB), 2 * GIB),
             ]
         );
+        assert_eq!(
+            (layout.ram_below_4g(), layout.ram_above_4g()),
+            (3 * GIB, 2 * GIB)
+        );
+        let small = GuestLayout::new(512 * MIB).unwrap();
+        assert_eq!((small.ram_below_4g(), small.ram_above_4g()), (512 * MIB, 0));
         let last = layout.memory_map().last().unwrap();
         assert_eq!(
             (last.addr, last.size, last.kind),

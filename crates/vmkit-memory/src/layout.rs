@@ -96,6 +96,12 @@ pub const LAPIC_START: u64 = 0xFEE0_0000;
 /// Size reserved for the local APIC (one page).
 pub const LAPIC_SIZE: u64 = PAGE_SIZE;
 
+/// The most vCPUs a guest of this platform has: one local APIC each, addressed by an 8-bit xAPIC
+/// ID. IDs `0..=254` name vCPUs; `0xFF` is the broadcast ID (and, as an ACPI processor UID,
+/// means "all processors"), so it names none. The backend (vmkit-vcpu), the firmware tables
+/// (vmkit-boot) and a VMM's command line all take their limit from here.
+pub const MAX_VCPUS: u32 = 255;
+
 /// Page KVM uses for the identity-mapped page table of real-mode guests on Intel
 /// (`KVM_SET_IDENTITY_MAP_ADDR`).
 ///

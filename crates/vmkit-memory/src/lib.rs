@@ -7,7 +7,12 @@
 //!   [`GuestMemoryMmap`](vm_memory::GuestMemoryMmap) backing its RAM.
 //! - [`Allocators`]: MMIO32, MMIO64, port-I/O and GSI allocation inside the layout's windows.
 
+// Re-exports: the foreign crate and types of this crate's public signatures, so that callers
+// need not depend on the same vm-memory version themselves.
+/// vm-memory, whose guest memory and addresses this crate's API hands out.
 pub use vm_memory;
+/// The guest-physical address of every range and region.
+pub use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 mod allocator;
 mod guest_layout;

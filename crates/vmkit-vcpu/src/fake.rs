@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use std::collections::BTreeMap;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use vmkit_exits::state::{Exception, Registers, SpecialRegisters, XSAVE_AREA_SIZE};
 use vmkit_exits::{InsnBytes, SystemEvent, VcpuState, VmExit};
@@ -361,7 +361,11 @@ impl Vcpu for FakeVcpu {
         Ok(())
     }
 
-    fn setup_pvh(&mut self, entry: u64, start_info: u64) -> Result<(), FakeError> {
+    fn setup_pvh(
+        &mut self,
+        entry: GuestAddress,
+        start_info: GuestAddress,
+    ) -> Result<(), FakeError> {
         self.complete();
         self.sregs = pvh_special_registers(&self.sregs);
         self.regs.set(pvh_registers(entry, start_info));
@@ -479,12 +483,16 @@ impl Vm for FakeVm {
 pub struct FakeHypervisor {
     /// What [`Hypervisor::supported_page_sizes`] returns.
     pub page_sizes: PageSizes,
+    /// What [`Hypervisor::phys_bits`] returns (default: vmkit-memory's
+    /// [`DEFAULT_PHYS_BITS`](vmkit_memory::layout::DEFAULT_PHYS_BITS)).
+    pub phys_bits: u8,
 }
 
 impl Default for FakeHypervisor {
     fn default() -> Self {
         Self {
             page_sizes: PageSizes::ALL,
+            phys_bits: vmkit_memory::layout::DEFAULT_PHYS_BITS,
         }
     }
 }
@@ -503,6 +511,10 @@ impl Hypervisor for FakeHypervisor {
 
     fn supported_page_sizes(&self) -> PageSizes {
         self.page_sizes
+    }
+
+    fn phys_bits(&self) -> u8 {
+        self.phys_bits
     }
 }
 
@@ -726,23 +738,24 @@ mod tests {
     #[test]
     fn entry_states_and_injection() {
         let mut vcpu = FakeVcpu::new(0);
-        vcpu.setup_pvh(0x10_0000, 0x6000).unwrap();
+        vcpu.setup_pvh(GuestAddress(0x10_0000), GuestAddress(0x6000))
+            .unwrap();
         let regs = vcpu.registers().unwrap();
         assert_eq!((regs.rip, regs.rbx), (0x10_0000, 0x6000));
         assert_eq!(vcpu.special_registers().unwrap().cr0, 0x11);
 
         let entry = LongModeEntry {
-            entry: 0x20_0000,
-            page_table: 0x9000,
-            gdt: 0x500,
-            boot_params: 0x7000,
-            stack_pointer: 0,
+            entry: GuestAddress(0x20_0000),
+            page_table: GuestAddress(0x9000),
+            gdt: GuestAddress(0x500),
+            boot_params: GuestAddress(0x7000),
+            stack_pointer: GuestAddress(0),
         };
         vcpu.setup_long_mode(&entry).unwrap();
         assert_eq!(vcpu.special_registers().unwrap().cr3, 0x9000);
         assert_eq!(vcpu.registers().unwrap().rsi, 0x7000);
         let bad = LongModeEntry {
-            page_table: 1,
+            page_table: GuestAddress(1),
             ..entry
         };
         assert!(matches!(
@@ -778,7 +791,13 @@ mod tests {
     fn fake_vm_and_hypervisor_record_what_they_are_asked() {
         let hypervisor = FakeHypervisor::default();
         assert_eq!(hypervisor.supported_page_sizes(), PageSizes::ALL);
-        let layout = GuestLayout::new(2 << 20).unwrap();
+        assert_eq!(hypervisor.phys_bits(), 39);
+        let narrow = FakeHypervisor {
+            phys_bits: 36,
+            ..FakeHypervisor::default()
+        };
+        assert_eq!(narrow.phys_bits(), 36);
+        let layout = GuestLayout::with_phys_bits(2 << 20, hypervisor.phys_bits()).unwrap();
         let memory = layout.create_guest_memory().unwrap();
         let vm = hypervisor.create_vm(&layout, &memory).unwrap();
         let vcpus = vm.create_vcpus(2).unwrap();

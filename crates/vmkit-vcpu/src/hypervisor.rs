@@ -5,7 +5,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmkit_exits::{AssistPolicy, EmulationAssist, VcpuState};
 use vmkit_memory::GuestLayout;
 use vmm_sys_util::eventfd::EventFd;
@@ -32,6 +32,11 @@ pub trait Hypervisor {
 
     /// The page sizes guest page tables may use: the boot page-table builder picks the largest.
     fn supported_page_sizes(&self) -> PageSizes;
+
+    /// The guest's physical-address width in bits (`MAXPHYADDR`, as its CPUID reports it): what
+    /// [`GuestLayout::with_phys_bits`] takes, so that the layout's high MMIO window ends where
+    /// the guest can still address it.
+    fn phys_bits(&self) -> u8;
 }
 
 /// Where an [`IoEvent`](Vm::register_ioevent) listens.
@@ -157,7 +162,11 @@ pub trait Vcpu: VcpuState {
     /// Puts the vCPU into the PVH entry state: 32-bit protected mode with paging off, flat 4 GiB
     /// code and data segments, `CR0 = PE | ET`, `EIP = entry`, `EBX = start_info` (the
     /// `hvm_start_info` address), `EFLAGS = 0x2`; FPU and boot MSRs reset.
-    fn setup_pvh(&mut self, entry: u64, start_info: u64) -> Result<(), Self::Error>;
+    fn setup_pvh(
+        &mut self,
+        entry: GuestAddress,
+        start_info: GuestAddress,
+    ) -> Result<(), Self::Error>;
 
     /// Puts the vCPU into the 64-bit entry state of the Linux boot protocol (see
     /// [`LongModeEntry`]); FPU and boot MSRs reset.

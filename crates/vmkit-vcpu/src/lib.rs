@@ -27,12 +27,22 @@ pub mod x86;
 
 pub use hypervisor::{DataMatch, Hypervisor, IoEventAddress, Kick, Vcpu, Vm};
 pub use interrupts::{IrqLine, IrqfdError, IrqfdLine, MsiLine};
-pub use kvm::{Error, KvmHypervisor, KvmKicker, KvmVcpu, KvmVm};
+pub use kvm::{Error, KvmHypervisor, KvmKicker, KvmVcpu, KvmVm, MAX_VCPUS};
 pub use pause::{Inspector, PauseHandle};
 pub use run::{
     ExitHandler, Exits, LoopExit, RunExit, handle_exits, run_until_stop, run_until_stop_inspected,
     run_until_stop_with_assist, run_until_stop_with_assist_inspected,
 };
+// Re-exports: the foreign crates and types of this crate's public signatures, so that callers
+// need not depend on the same versions themselves (`kvm::kvm_bindings` and `kvm::kvm_ioctls`
+// are the KVM backend's).
+/// vm-memory, whose guest memory [`Hypervisor::create_vm`] maps.
+pub use vm_memory;
+/// The guest-physical address type of [`Vcpu::setup_pvh`] and [`LongModeEntry`] (vm-memory's,
+/// as vmkit-boot returns it), re-exported so that callers need not pin the same vm-memory version.
+pub use vm_memory::GuestAddress;
+/// The guest memory [`Hypervisor::create_vm`] maps.
+pub use vm_memory::GuestMemoryMmap;
 /// The trigger traits the lines in [`interrupts`] implement (defined in vmkit-exits).
 pub use vmkit_exits::{InterruptTrigger, MsiTrigger};
 /// The eventfd type of [`Vm`]'s irqfd and ioeventfd methods and of [`IrqfdLine`], re-exported so

@@ -20,6 +20,7 @@ use vmkit_exits::state::Exception;
 use vmkit_exits::{
     Assisted, EmulationAssist, ExitAction, SoftExceptionRip, StopReason, VcpuState, VmExit,
 };
+use vmkit_vcpu::GuestAddress;
 use vmkit_vcpu::x86::SELECTOR_CODE;
 use vmkit_vcpu::{LongModeEntry, LoopExit, Vcpu, Vm, run_until_stop_with_assist};
 
@@ -264,11 +265,11 @@ fn run_guest(strategy: SoftExceptionRip) -> Option<Outcome> {
 
     let mut vcpu = m.vm.create_vcpu(0, 1).unwrap();
     vcpu.setup_long_mode(&LongModeEntry {
-        entry: CODE,
-        page_table: 0x9000,
-        gdt: 0x500,
-        boot_params: 0x7000,
-        stack_pointer: 0x8ff0,
+        entry: GuestAddress(CODE),
+        page_table: GuestAddress(0x9000),
+        gdt: GuestAddress(0x500),
+        boot_params: GuestAddress(0x7000),
+        stack_pointer: GuestAddress(0x8ff0),
     })
     .unwrap();
     let mut sregs = vcpu.special_registers().unwrap();

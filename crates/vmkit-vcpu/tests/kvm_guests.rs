@@ -20,6 +20,7 @@ use vmkit_exits::{
     VcpuState, VmExit,
 };
 use vmkit_vcpu::EventFd;
+use vmkit_vcpu::GuestAddress;
 use vmkit_vcpu::kvm::lapic_register;
 use vmkit_vcpu::x86::msr::{self, MsrValue};
 use vmkit_vcpu::x86::{LONG_MODE_GDT, LONG_MODE_GDT_SIZE, PageSize, SELECTOR_CODE};
@@ -302,11 +303,11 @@ fn long_mode_entry_runs_64_bit_code() {
     m.write(CODE, &code);
     let mut vcpu = m.vm.create_vcpu(0, 1).unwrap();
     let entry = LongModeEntry {
-        entry: CODE,
-        page_table: 0x9000,
-        gdt: 0x500,
-        boot_params: 0x7000,
-        stack_pointer: 0x8ff0,
+        entry: GuestAddress(CODE),
+        page_table: GuestAddress(0x9000),
+        gdt: GuestAddress(0x500),
+        boot_params: GuestAddress(0x7000),
+        stack_pointer: GuestAddress(0x8ff0),
     };
     vcpu.setup_long_mode(&entry).unwrap();
 
@@ -343,16 +344,16 @@ fn long_mode_entry_parameters_are_checked() {
     let Some(m) = Machine::new() else { return };
     let mut vcpu = m.vm.create_vcpu(0, 1).unwrap();
     let entry = LongModeEntry {
-        entry: CODE,
-        page_table: 0x9001,
-        gdt: 0x500,
-        boot_params: 0,
-        stack_pointer: 0,
+        entry: GuestAddress(CODE),
+        page_table: GuestAddress(0x9001),
+        gdt: GuestAddress(0x500),
+        boot_params: GuestAddress(0),
+        stack_pointer: GuestAddress(0),
     };
     assert!(matches!(vcpu.setup_long_mode(&entry), Err(Error::Entry(_))));
     let outside = LongModeEntry {
-        page_table: 0x9000,
-        gdt: 0xd000_0000,
+        page_table: GuestAddress(0x9000),
+        gdt: GuestAddress(0xd000_0000),
         ..entry
     };
     let err = vcpu.setup_long_mode(&outside).unwrap_err();
@@ -638,6 +639,23 @@ fn page_sizes_come_from_the_supported_cpuid() {
         kvm.supports_tsc_deadline(),
         kvm.kvm().get_api_version()
     );
+}
+
+#[test]
+fn phys_bits_are_the_hosts_and_build_a_layout() {
+    let Some(kvm) = common::hypervisor() else {
+        return;
+    };
+    let bits = kvm.phys_bits();
+    assert!((36..=52).contains(&bits), "implausible MAXPHYADDR {bits}");
+    let layout = vmkit_memory::GuestLayout::with_phys_bits(64 << 20, bits).unwrap();
+    assert_eq!(layout.phys_bits(), bits);
+    assert_eq!(
+        layout.mmio64_window().last().map(|a| a.0),
+        Some((1u64 << bits) - 1)
+    );
+    let memory = layout.create_guest_memory().unwrap();
+    kvm.create_vm(&layout, &memory).unwrap();
 }
 
 #[test]

@@ -197,11 +197,11 @@ fn walker_agrees_with_kvm_translate_on_live_guest_tables() {
 
     let mut vcpu: KvmVcpu = m.vm.create_vcpu(0, 1).unwrap();
     vcpu.setup_long_mode(&LongModeEntry {
-        entry: CODE,
-        page_table: root,
-        gdt: GDT,
-        boot_params: 0,
-        stack_pointer: 0,
+        entry: GuestAddress(CODE),
+        page_table: GuestAddress(root),
+        gdt: GuestAddress(GDT),
+        boot_params: GuestAddress(0),
+        stack_pointer: GuestAddress(0),
     })
     .unwrap();
     // Execute-disable needs EFER.NXE (else XD is a reserved bit); CR0.WP as kernels run.

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use common::{CODE, DONE_PORT, Machine};
 use vmkit_exits::{EmulationAssist, ExitAction, StopReason, VcpuState, VmExit};
+use vmkit_vcpu::GuestAddress;
 use vmkit_vcpu::x86::msr::{self, MsrValue};
 use vmkit_vcpu::x86::{gdt_entry, segment_from_gdt_entry};
 use vmkit_vcpu::{
@@ -585,11 +586,11 @@ fn run_variant(v: &Variant, assisted: bool) -> Option<Outcome> {
 
     let mut vcpu = m.vm.create_vcpu(0, 1).unwrap();
     vcpu.setup_long_mode(&LongModeEntry {
-        entry: CODE,
-        page_table: PML4,
-        gdt: 0x500,
-        boot_params: 0,
-        stack_pointer: KERNEL_STACK_TOP,
+        entry: GuestAddress(CODE),
+        page_table: GuestAddress(PML4),
+        gdt: GuestAddress(0x500),
+        boot_params: GuestAddress(0),
+        stack_pointer: GuestAddress(KERNEL_STACK_TOP),
     })
     .unwrap();
     let mut sregs = vcpu.special_registers().unwrap();

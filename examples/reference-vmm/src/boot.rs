@@ -19,7 +19,7 @@ use vmkit_boot::{
 use vmkit_devices::acpi_pm::{
     RESET_PORT, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT,
 };
-use vmkit_devices::cmos::{CMOS_PORT, RTC_IRQ};
+use vmkit_devices::cmos::{CMOS_BANK0_PORT_LEN, CMOS_PORT, RTC_IRQ};
 use vmkit_devices::i8042::{I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KEYBOARD_IRQ};
 use vmkit_devices::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
 use vmkit_memory::layout::{IOAPIC_START, LAPIC_START, PCI_ECAM_SIZE, PCI_ECAM_START};
@@ -30,8 +30,6 @@ use vmkit_vcpu::LongModeEntry;
 
 /// The OEM table id of every ACPI table: names this VMM.
 const OEM_TABLE_ID: &str = "VMKITREF";
-/// The ports of the CMOS RTC's first bank, as the DSDT describes them.
-const RTC_PORT_LEN: u16 = 2;
 
 /// Where and how the boot vCPU starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,9 +37,9 @@ pub enum Entry {
     /// The PVH entry: 32-bit protected mode, paging off, `ebx` = `hvm_start_info`.
     Pvh {
         /// The entry point.
-        entry: u64,
+        entry: GuestAddress,
         /// The address of `hvm_start_info`.
-        start_info: u64,
+        start_info: GuestAddress,
     },
     /// The 64-bit entry of the Linux boot protocol.
     LongMode(LongModeEntry),
@@ -97,7 +95,7 @@ pub fn acpi_platform(machine: &Machine<'_>) -> AcpiPlatform {
             irq: I8042_KEYBOARD_IRQ,
         }),
         rtc: Some(IsaDevice {
-            ports: PortRange::new(CMOS_PORT, RTC_PORT_LEN),
+            ports: PortRange::new(CMOS_PORT, CMOS_BANK0_PORT_LEN),
             irq: RTC_IRQ,
         }),
         pci: Some(PciHostBridge {
@@ -213,11 +211,11 @@ fn load_as(
             let tables = build_boot_page_tables(guest_mem, layout, page_sizes)
                 .context("cannot build the boot page tables")?;
             Ok(Entry::LongMode(LongModeEntry {
-                entry: boot.entry.0,
-                page_table: tables.cr3,
-                gdt: boot.gdt.0,
-                boot_params: boot.boot_params.0,
-                stack_pointer: boot.stack_pointer.0,
+                entry: boot.entry,
+                page_table: GuestAddress(tables.cr3),
+                gdt: boot.gdt,
+                boot_params: boot.boot_params,
+                stack_pointer: boot.stack_pointer,
             }))
         }
         _ => {
@@ -237,8 +235,8 @@ fn load_as(
                 );
             }
             Ok(Entry::Pvh {
-                entry: boot.entry.0,
-                start_info: boot.start_info.0,
+                entry: boot.entry,
+                start_info: boot.start_info,
             })
         }
     }

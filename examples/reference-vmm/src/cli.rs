@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use vmkit_vcpu::MAX_VCPUS;
 
 /// The default guest RAM size.
 #[cfg(test)]
@@ -160,8 +161,8 @@ pub struct DiskConfig {
     pub readonly: bool,
 }
 
-/// The most disks: one PCI slot each, after the host bridge.
-pub const MAX_DISKS: usize = 31;
+/// The most disks: one PCI slot each, every slot of the root bus but the host bridge's.
+pub const MAX_DISKS: usize = vmkit_devices::pci::MAX_ENDPOINTS;
 
 /// `--serial`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,9 +181,6 @@ pub enum SerialConfig {
     /// No UART at all.
     Off,
 }
-
-/// The most vCPUs the reference VMM starts (one APIC id byte, matching the MP-table limit).
-pub const MAX_VCPUS: u8 = 254;
 
 /// Splits `key=value[,key=value...]` into pairs, rejecting unknown keys.
 fn options<'a>(s: &'a str, known: &[&str]) -> anyhow::Result<Vec<(&'a str, &'a str)>> {
@@ -234,13 +232,14 @@ fn parse_memory(s: &str) -> anyhow::Result<MemoryConfig> {
 fn parse_cpus(s: &str) -> anyhow::Result<CpusConfig> {
     let mut boot = None;
     for (_, v) in options(s, &["boot"])? {
-        let n: u8 = v
+        let n: u32 = v
             .parse()
             .with_context(|| format!("invalid vCPU count {v:?}"))?;
+        // One vCPU per xAPIC ID: the limit is the platform's, as the backend enforces it.
         if n == 0 || n > MAX_VCPUS {
             bail!("vCPU count must be 1..={MAX_VCPUS}, got {n}");
         }
-        boot = Some(n);
+        boot = Some(u8::try_from(n).with_context(|| format!("vCPU count {n} is too large"))?);
     }
     Ok(CpusConfig {
         boot: boot.context("missing boot=")?,
@@ -334,7 +333,8 @@ mod tests {
         assert!(parse_memory("sizes=1G").is_err());
         assert_eq!(parse_cpus("boot=4").unwrap().boot, 4);
         assert!(parse_cpus("boot=0").is_err());
-        assert!(parse_cpus("boot=255").is_err());
+        assert_eq!(parse_cpus("boot=255").unwrap().boot, 255);
+        assert!(parse_cpus("boot=256").is_err());
         assert!(parse_cpus("boot=x").is_err());
         assert!(parse_cpus("max=2").is_err());
     }

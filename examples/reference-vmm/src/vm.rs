@@ -148,7 +148,9 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
         None => None,
     };
     let disk_images = disks::open_images(&cli.disks)?;
-    let mut layout = GuestLayout::new(cli.memory.size).context("--memory")?;
+    let hypervisor = KvmHypervisor::new().context("cannot use KVM")?;
+    let mut layout =
+        GuestLayout::with_phys_bits(cli.memory.size, hypervisor.phys_bits()).context("--memory")?;
     // The ACPI tables' window is reported as ACPI data in every memory map a loader writes.
     mark_acpi_memory(&mut layout).context("cannot reserve the ACPI tables' memory")?;
     let mut allocators = layout
@@ -158,7 +160,6 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
         .create_guest_memory()
         .context("cannot allocate guest memory")?;
 
-    let hypervisor = KvmHypervisor::new().context("cannot use KVM")?;
     let vm = Arc::new(
         hypervisor
             .create_vm(&layout, &guest_mem)
@@ -185,7 +186,7 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
     )));
     register(&io_bus, I8042_DATA_PORT, 1, "i8042-data", i8042.clone())?;
     register(&io_bus, I8042_COMMAND_PORT, 1, "i8042-cmd", i8042)?;
-    let (low_ram, high_ram) = ram_split(&layout);
+    let (low_ram, high_ram) = (layout.ram_below_4g(), layout.ram_above_4g());
     register(
         &io_bus,
         CMOS_PORT,
@@ -417,21 +418,6 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
     }
     let outcome = outcome?;
     Ok(report(&outcome, handler.assist.last_report(), report_by))
-}
-
-/// RAM below the 32-bit hole and above 4 GiB, as the CMOS memory-size registers report it.
-fn ram_split(layout: &GuestLayout) -> (u64, u64) {
-    let four_gib = 1u64 << 32;
-    layout
-        .ram_regions()
-        .iter()
-        .fold((0, 0), |(low, high), region| {
-            if region.start.0 >= four_gib {
-                (low, high + region.size)
-            } else {
-                (low + region.size, high)
-            }
-        })
 }
 
 fn register(

@@ -157,11 +157,11 @@ fn guest_runs_on_boot_page_tables_and_the_walker_agrees_with_kvm() {
         .unwrap();
     let mut vcpu = vm.create_vcpu(0, 1).unwrap();
     vcpu.setup_long_mode(&LongModeEntry {
-        entry: CODE,
-        page_table: tables.cr3,
-        gdt: GDT,
-        boot_params: 0,
-        stack_pointer: 0,
+        entry: GuestAddress(CODE),
+        page_table: GuestAddress(tables.cr3),
+        gdt: GuestAddress(GDT),
+        boot_params: GuestAddress(0),
+        stack_pointer: GuestAddress(0),
     })
     .unwrap();
 

@@ -474,7 +474,7 @@ fn walker_agrees_with_kvm_translate_on_tables_the_guest_built() {
         ready: Mutex::new(Vec::new()),
     };
     let mut vcpu = vm.create_vcpu(0, 1).unwrap();
-    vcpu.setup_pvh(boot.entry.0, boot.start_info.0).unwrap();
+    vcpu.setup_pvh(boot.entry, boot.start_info).unwrap();
     let watchdog = Watchdog::new(stop.clone(), vcpu.kicker());
     let run = |vcpu: &mut KvmVcpu| {
         let result = vcpu.run_loop(&harness, &stop).unwrap();

@@ -10,9 +10,11 @@ use vmkit_memory::{AddressRange, PortRange};
 
 use crate::acpi::AcpiError;
 
-/// The most vCPUs the tables describe: xAPIC ids are 8 bits and `0xff` is the broadcast id (and,
-/// as an ACPI processor UID, means "all processors" in the LAPIC NMI structure).
-pub const MAX_VCPUS: usize = 255;
+/// The most vCPUs the tables describe: vmkit-memory's platform limit
+/// ([`vmkit_memory::layout::MAX_VCPUS`]), as a count. xAPIC ids are 8 bits and `0xff` is the
+/// broadcast id (and, as an ACPI processor UID, means "all processors" in the LAPIC NMI
+/// structure).
+pub const MAX_VCPUS: usize = vmkit_memory::layout::MAX_VCPUS as usize;
 /// The most serial ports described: `COM1` to `COM4`.
 pub const MAX_SERIAL_PORTS: usize = 4;
 /// The DSDT names of the serial ports, in order.

@@ -42,6 +42,9 @@ pub use clock::{ManualWallClock, SystemClock, WallClock};
 pub const CMOS_PORT: u16 = 0x70;
 /// Ports of both banks (0x70–0x73).
 pub const CMOS_PORT_LEN: u16 = 4;
+/// Ports of the first bank (index 0x70, data 0x71): the RTC's ports as a PC's firmware tables
+/// (the DSDT's `PNP0B00` device) describe them.
+pub const CMOS_BANK0_PORT_LEN: u16 = 2;
 /// The ISA IRQ of a PC's RTC, as firmware tables describe it. This model raises no interrupt
 /// (its periodic, alarm and update flags are polled), so nothing is wired to it.
 pub const RTC_IRQ: u32 = 8;

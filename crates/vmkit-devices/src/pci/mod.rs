@@ -6,13 +6,19 @@
 //! configuration cycles, and keeps the buses in step with the BARs: it pre-assigns every BAR from
 //! the VMM's allocators (below 4 GiB), and whenever the guest rewrites a BAR or toggles decoding in
 //! the command register it moves, removes or restores the device's ranges on the MMIO (or port)
-//! bus. Devices never touch a bus themselves.
+//! bus. Devices never touch a bus themselves. The root bus has [`MAX_SLOTS`] slots; the host
+//! bridge takes slot 0, so at most [`MAX_ENDPOINTS`] devices plug in.
+//!
+//! [`MsixTable`] is the MSI-X table and pending-bit array any function with the MSI-X capability
+//! keeps in a BAR (the virtio-pci transport is one): it answers the guest's table accesses and
+//! turns a fired vector into the [`MsixMessage`] to send, or a pending bit while masked.
 //!
 //! Locking: the root serialises configuration cycles with its slot lock, takes a device's lock
 //! only to run the device's handler, and releases it before it changes a bus. BAR accesses reach
 //! a device through its own lock alone, never the root's.
 
 mod config;
+mod msix;
 mod root;
 
 pub use config::{
@@ -24,9 +30,10 @@ pub use config::{
     STATUS_CAPABILITIES_LIST, STATUS_INTERRUPT, STATUS_RW1C, SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID,
     VENDOR_ID,
 };
+pub use msix::{MSIX_ENTRY_SIZE, MsixDelivery, MsixMessage, MsixTable};
 pub use root::{
     CONFIG_ADDRESS_ENABLE, CONFIG_IO_LEN, CONFIG_IO_PORT, HOST_BRIDGE_DEVICE_ID,
-    HOST_BRIDGE_VENDOR_ID, HostBridge, MAX_SLOTS, PciError, PciRoot, PciStats,
+    HOST_BRIDGE_VENDOR_ID, HostBridge, MAX_ENDPOINTS, MAX_SLOTS, PciError, PciRoot, PciStats,
 };
 
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -26,6 +26,9 @@ pub const CONFIG_ADDRESS_ENABLE: u32 = 1 << 31;
 const CONFIG_ADDRESS_MASK: u32 = 0x80FF_FFFC;
 /// Device numbers on bus 0: slot 0 is the host bridge, 1..=31 take endpoints.
 pub const MAX_SLOTS: usize = 32;
+/// The most devices [`PciRoot::add_device`] places on the root bus: every slot but the host
+/// bridge's (slot 0). A VMM derives its limit on PCI devices (disks, say) from it.
+pub const MAX_ENDPOINTS: usize = MAX_SLOTS - 1;
 /// Host bridge vendor ID (Intel, as Cloud Hypervisor's host bridge).
 pub const HOST_BRIDGE_VENDOR_ID: u16 = 0x8086;
 /// Host bridge device ID (as Cloud Hypervisor's host bridge).

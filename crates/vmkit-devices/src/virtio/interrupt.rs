@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use log::debug;
 
-use super::msix::{MsixDelivery, MsixMessage, MsixTable};
 use super::{ISR_CONFIG, ISR_QUEUE, MsiTrigger, VIRTIO_MSI_NO_VECTOR, VirtioInterrupt};
 use crate::pci::lock;
+use crate::pci::{MsixDelivery, MsixMessage, MsixTable};
 use crate::trigger::InterruptTrigger;
 
 #[derive(Debug)]

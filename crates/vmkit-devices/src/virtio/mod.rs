@@ -18,7 +18,6 @@ pub mod common_cfg;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]
 pub mod driver;
 mod interrupt;
-mod msix;
 mod pci;
 #[cfg(test)]
 mod testing;
@@ -31,12 +30,11 @@ use virtio_bindings::{virtio_config, virtio_ids, virtio_ring};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use crate::pci::lock;
+use crate::pci::{MsixMessage, lock};
 
 /// The MSI sender trait, defined in vmkit-exits (it is PCI's, not virtio's); kept at this path.
 pub use vmkit_exits::MsiTrigger;
 
-pub use msix::{MSIX_ENTRY_SIZE, MsixDelivery, MsixMessage, MsixTable};
 pub use pci::{
     BAR_SIZE, COMMON_CFG_LEN, COMMON_CFG_OFFSET, DEVICE_CFG_OFFSET, ISR_OFFSET, MAX_QUEUES,
     MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET, NOTIFY_OFF_MULTIPLIER, NOTIFY_OFFSET,

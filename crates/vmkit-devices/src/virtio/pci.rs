@@ -9,13 +9,13 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmkit_exits::DeviceAction;
 
 use super::interrupt::PciInterrupt;
-use super::msix::MSIX_ENTRY_SIZE;
 use super::{
     F_RING_EVENT_IDX, F_VERSION_1, MsiTrigger, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET,
     STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, TRANSPORT_FEATURES,
     TYPE_BLOCK, TYPE_CONSOLE, TYPE_NET, VIRTIO_MSI_NO_VECTOR, VIRTIO_PCI_DEVICE_ID_BASE,
     VIRTIO_PCI_SUBSYSTEM_ID, VIRTIO_PCI_VENDOR_ID, VirtioDevice, VirtioInterrupt,
 };
+use crate::pci::MSIX_ENTRY_SIZE;
 use crate::pci::{
     BarKind, CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND, COMMAND_INTX_DISABLE, ConfigError, ConfigSpace,
     PciDevice, PciIds, STATUS, STATUS_INTERRUPT,

@@ -154,6 +154,26 @@ pub fn page_sizes(entries: &[kvm_cpuid_entry2]) -> PageSizes {
     }
 }
 
+/// The physical-address width when leaf `0x8000_0008` is missing: the architectural default of
+/// a CPU with PAE (Intel SDM, "MAXPHYADDR").
+pub const DEFAULT_PHYS_BITS: u8 = 36;
+
+/// The guest's physical-address width: `MAXPHYADDR` from leaf `0x8000_0008` EAX\[7:0\], lowered
+/// to EAX\[23:16\] when that is set (KVM reports there the widest guest-physical address its
+/// two-dimensional paging maps, which may be narrower than the host's); [`DEFAULT_PHYS_BITS`]
+/// without the leaf.
+pub fn phys_bits(entries: &[kvm_cpuid_entry2]) -> u8 {
+    let Some(leaf) = find(entries, 0x8000_0008, 0) else {
+        return DEFAULT_PHYS_BITS;
+    };
+    let [max_phys, _, guest_phys, _] = leaf.eax.to_le_bytes();
+    match (max_phys, guest_phys) {
+        (0, _) => DEFAULT_PHYS_BITS,
+        (max, 0) => max,
+        (max, guest) => max.min(guest),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +192,16 @@ mod tests {
             entry(0x8000_0008, 0, [0x3030, 0, 0x7007, 0]),
             entry(0x8000_001e, 0, [9, 0x0101, 0x0300, 0]),
         ]
+    }
+
+    #[test]
+    fn phys_bits_come_from_leaf_0x8000_0008() {
+        assert_eq!(phys_bits(&host()), 0x30);
+        let with = |eax| vec![entry(0x8000_0008, 0, [eax, 0, 0, 0])];
+        assert_eq!(phys_bits(&with(0x0030_3034)), 0x30, "guest width narrower");
+        assert_eq!(phys_bits(&with(0x0034_3027)), 0x27, "host width narrower");
+        assert_eq!(phys_bits(&with(0)), DEFAULT_PHYS_BITS);
+        assert_eq!(phys_bits(&[]), DEFAULT_PHYS_BITS);
     }
 
     fn get(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> kvm_cpuid_entry2 {

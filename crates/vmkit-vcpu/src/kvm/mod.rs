@@ -34,6 +34,9 @@ pub use error::Error;
 pub use kick::{KICK_SIGNAL_OFFSET, KvmKicker, kick_signal};
 /// The KVM structures and constants this backend speaks, for callers of its KVM-specific API.
 pub use kvm_bindings;
+/// The ioctl wrappers this backend is built on ([`KvmHypervisor::kvm`] returns one of its handles,
+/// and [`Error`] carries its errors).
+pub use kvm_ioctls;
 pub use vcpu::{KvmVcpu, MAX_VCPUS, lapic_register};
 
 use crate::hypervisor::{DataMatch, Hypervisor, IoEventAddress, Vm};
@@ -227,6 +230,10 @@ impl Hypervisor for KvmHypervisor {
 
     fn supported_page_sizes(&self) -> PageSizes {
         cpuid::page_sizes(&self.supported_cpuid)
+    }
+
+    fn phys_bits(&self) -> u8 {
+        cpuid::phys_bits(&self.supported_cpuid)
     }
 }
 

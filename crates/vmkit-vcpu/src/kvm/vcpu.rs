@@ -44,8 +44,9 @@ const APIC_MODE_NMI: u32 = 0b100;
 /// LVT delivery mode ExtINT (the 8259 PIC's output).
 const APIC_MODE_EXTINT: u32 = 0b111;
 
-/// The most vCPUs a VM may have: an xAPIC ID has 8 bits and 255 is the broadcast ID.
-pub const MAX_VCPUS: u32 = 255;
+/// The most vCPUs a VM may have (vmkit-memory's platform limit: an xAPIC ID has 8 bits and 255
+/// is the broadcast ID).
+pub use vmkit_memory::layout::MAX_VCPUS;
 
 /// Reads local APIC register `offset` from a `KVM_GET_LAPIC` image.
 pub fn lapic_register(lapic: &kvm_lapic_state, offset: usize) -> u32 {
@@ -498,7 +499,7 @@ impl Vcpu for KvmVcpu {
         self.set_mp_state(KVM_MP_STATE_HALTED)
     }
 
-    fn setup_pvh(&mut self, entry: u64, start_info: u64) -> Result<(), Error> {
+    fn setup_pvh(&mut self, entry: GuestAddress, start_info: GuestAddress) -> Result<(), Error> {
         self.reset_boot_state()?;
         let sregs = pvh_special_registers(&self.special_registers()?);
         self.set_special_registers(&sregs)?;
@@ -513,8 +514,8 @@ impl Vcpu for KvmVcpu {
         }
         self.vm
             .memory
-            .write_slice(&gdt, GuestAddress(entry.gdt))
-            .map_err(|_| Error::WriteGdt(entry.gdt))?;
+            .write_slice(&gdt, entry.gdt)
+            .map_err(|_| Error::WriteGdt(entry.gdt.0))?;
         self.reset_boot_state()?;
         let sregs = long_mode_special_registers(&self.special_registers()?, entry);
         self.set_special_registers(&sregs)?;

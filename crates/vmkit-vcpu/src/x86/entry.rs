@@ -5,6 +5,7 @@
 //! it reloads a selector agree. Selectors follow the Linux boot protocol: code at `0x10`
 //! (`__BOOT_CS`), data at `0x18` (`__BOOT_DS`), the TSS at `0x20`.
 
+use vm_memory::GuestAddress;
 use vmkit_exits::state::{DescriptorTable, Registers, Segment, SpecialRegisters};
 
 use vmkit_paging::x86::{CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_RESERVED};
@@ -90,27 +91,28 @@ pub enum EntryError {
 /// [`LONG_MODE_GDT`] to guest memory at [`gdt`](Self::gdt).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LongModeEntry {
-    /// Entry point (RIP).
-    pub entry: u64,
+    /// Entry point (RIP; the page tables identity-map it).
+    pub entry: GuestAddress,
     /// Guest-physical address of the top-level (PML4) page table (CR3), 4 KiB aligned.
-    pub page_table: u64,
+    pub page_table: GuestAddress,
     /// Guest-physical address where the boot GDT ([`LONG_MODE_GDT_SIZE`] bytes) is written.
-    pub gdt: u64,
+    pub gdt: GuestAddress,
     /// Address of the boot parameters (the zero page), passed in RSI.
-    pub boot_params: u64,
+    pub boot_params: GuestAddress,
     /// Initial stack pointer (RSP); the protocol does not require one, 0 leaves it unset.
-    pub stack_pointer: u64,
+    pub stack_pointer: GuestAddress,
 }
 
 impl LongModeEntry {
     /// Checks that CR3 can hold the page-table address and that the GDT fits.
     pub fn validate(&self) -> Result<(), EntryError> {
-        if !self.page_table.is_multiple_of(0x1000) || self.page_table >= MAX_PHYS_ADDR {
-            return Err(EntryError::PageTable(self.page_table));
+        let page_table = self.page_table.0;
+        if !page_table.is_multiple_of(0x1000) || page_table >= MAX_PHYS_ADDR {
+            return Err(EntryError::PageTable(page_table));
         }
-        match self.gdt.checked_add(LONG_MODE_GDT_SIZE) {
+        match self.gdt.0.checked_add(LONG_MODE_GDT_SIZE) {
             Some(end) if end <= MAX_PHYS_ADDR => Ok(()),
-            _ => Err(EntryError::Gdt(self.gdt)),
+            _ => Err(EntryError::Gdt(self.gdt.0)),
         }
     }
 }
@@ -128,10 +130,10 @@ fn flat_segments(sregs: &mut SpecialRegisters, code: u64) {
 
 /// General-purpose registers at a PVH entry: `EIP = entry`, `EBX = start_info`, `EFLAGS = 0x2`,
 /// everything else zero.
-pub fn pvh_registers(entry: u64, start_info: u64) -> Registers {
+pub fn pvh_registers(entry: GuestAddress, start_info: GuestAddress) -> Registers {
     Registers {
-        rip: entry,
-        rbx: start_info,
+        rip: entry.0,
+        rbx: start_info.0,
         rflags: RFLAGS_RESERVED,
         ..Registers::default()
     }
@@ -159,9 +161,9 @@ pub fn pvh_special_registers(current: &SpecialRegisters) -> SpecialRegisters {
 /// `RSP = stack_pointer`, `RFLAGS = 0x2` (interrupts off).
 pub fn long_mode_registers(entry: &LongModeEntry) -> Registers {
     Registers {
-        rip: entry.entry,
-        rsi: entry.boot_params,
-        rsp: entry.stack_pointer,
+        rip: entry.entry.0,
+        rsi: entry.boot_params.0,
+        rsp: entry.stack_pointer.0,
         rflags: RFLAGS_RESERVED,
         ..Registers::default()
     }
@@ -177,13 +179,13 @@ pub fn long_mode_special_registers(
     let mut sregs = *current;
     flat_segments(&mut sregs, CODE64);
     sregs.gdt = DescriptorTable {
-        base: entry.gdt,
+        base: entry.gdt.0,
         limit: (LONG_MODE_GDT_SIZE - 1) as u16,
     };
     sregs.idt = DescriptorTable::default();
     sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
     sregs.cr2 = 0;
-    sregs.cr3 = entry.page_table;
+    sregs.cr3 = entry.page_table.0;
     sregs.cr4 = CR4_PAE;
     sregs.cr8 = 0;
     sregs.efer = EFER_LME | EFER_LMA;
@@ -256,7 +258,7 @@ mod tests {
         }
         assert_eq!(s.tr.selector, SELECTOR_TSS);
 
-        let r = pvh_registers(0x10_0000, 0x6000);
+        let r = pvh_registers(GuestAddress(0x10_0000), GuestAddress(0x6000));
         assert_eq!((r.rip, r.rbx, r.rflags), (0x10_0000, 0x6000, 2));
         assert_eq!(r.rsi, 0);
     }
@@ -264,11 +266,11 @@ mod tests {
     #[test]
     fn long_mode_state_follows_the_boot_protocol() {
         let entry = LongModeEntry {
-            entry: 0x100_0200,
-            page_table: 0x9000,
-            gdt: 0x500,
-            boot_params: 0x7000,
-            stack_pointer: 0x8ff0,
+            entry: GuestAddress(0x100_0200),
+            page_table: GuestAddress(0x9000),
+            gdt: GuestAddress(0x500),
+            boot_params: GuestAddress(0x7000),
+            stack_pointer: GuestAddress(0x8ff0),
         };
         entry.validate().unwrap();
         let s = long_mode_special_registers(&SpecialRegisters::default(), &entry);
@@ -298,30 +300,30 @@ mod tests {
     #[test]
     fn entry_parameters_are_validated() {
         let ok = LongModeEntry {
-            entry: 0,
-            page_table: 0x1000,
-            gdt: 0,
-            boot_params: 0,
-            stack_pointer: 0,
+            entry: GuestAddress(0),
+            page_table: GuestAddress(0x1000),
+            gdt: GuestAddress(0),
+            boot_params: GuestAddress(0),
+            stack_pointer: GuestAddress(0),
         };
         assert_eq!(ok.validate(), Ok(()));
         let bad_cr3 = LongModeEntry {
-            page_table: 0x1234,
+            page_table: GuestAddress(0x1234),
             ..ok
         };
         assert_eq!(bad_cr3.validate(), Err(EntryError::PageTable(0x1234)));
         let huge_cr3 = LongModeEntry {
-            page_table: 1 << 52,
+            page_table: GuestAddress(1 << 52),
             ..ok
         };
         assert!(huge_cr3.validate().is_err());
         let bad_gdt = LongModeEntry {
-            gdt: u64::MAX - 8,
+            gdt: GuestAddress(u64::MAX - 8),
             ..ok
         };
         assert_eq!(bad_gdt.validate(), Err(EntryError::Gdt(u64::MAX - 8)));
         let high_gdt = LongModeEntry {
-            gdt: (1 << 52) - 8,
+            gdt: GuestAddress((1 << 52) - 8),
             ..ok
         };
         assert!(high_gdt.validate().is_err());

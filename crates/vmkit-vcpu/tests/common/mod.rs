@@ -89,7 +89,8 @@ impl Machine {
     pub fn pvh_vcpu(&self, code: &[u8]) -> KvmVcpu {
         self.write(CODE, code);
         let mut vcpu = self.vm.create_vcpu(0, 1).unwrap();
-        vcpu.setup_pvh(CODE, START_INFO).unwrap();
+        vcpu.setup_pvh(GuestAddress(CODE), GuestAddress(START_INFO))
+            .unwrap();
         vcpu
     }
 }

@@ -440,7 +440,7 @@ fn slots_run_out_and_failed_plugs_leave_nothing_behind() {
     m.allocators.free_mmio32(first).unwrap();
     assert_eq!(m.read32(1, 0), u32::MAX, "nothing was plugged");
 
-    for n in 1..MAX_SLOTS {
+    for n in 1..=MAX_ENDPOINTS {
         let dev = TestDevice::new(&[]);
         assert_eq!(
             m.root.add_device("d", dev, &mut m.allocators).unwrap(),

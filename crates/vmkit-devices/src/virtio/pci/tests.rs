@@ -2,7 +2,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::pci::{
-    BAR0, CAPABILITIES_POINTER, COMMAND_MEMORY_SPACE, INTERRUPT_LINE, INTERRUPT_PIN,
+    BAR0, CAPABILITIES_POINTER, COMMAND_MEMORY_SPACE, INTERRUPT_LINE, INTERRUPT_PIN, MsixMessage,
     STATUS_CAPABILITIES_LIST,
 };
 use crate::trigger::CountingTrigger;
@@ -10,8 +10,8 @@ use crate::virtio::testing::{
     Bar0, Ring, common_cfg, init, memory, negotiate, notify, setup_queue,
 };
 use crate::virtio::{
-    F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, ISR_CONFIG, ISR_QUEUE, MsiRecorder, MsixMessage,
-    QueueError, STATUS_FAILED,
+    F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, ISR_CONFIG, ISR_QUEUE, MsiRecorder, QueueError,
+    STATUS_FAILED,
 };
 
 /// What the dummy device saw, shared with the test.
