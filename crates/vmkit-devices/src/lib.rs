@@ -1,10 +1,10 @@
 #![doc = include_str!("../README.md")]
 //!
-//! Modules: [`serial`] (16550A UART on vm-superio), [`i8042`] (PS/2 controller and keyboard),
-//! [`cmos`] (RTC and NVRAM), [`debug_exit`] (QEMU-compatible debug-exit port), [`acpi_pm`]
-//! (hardware-reduced ACPI sleep control, sleep status and reset registers), [`testdev`]
-//! (QEMU-compatible pc-testdev), [`pci`] (root complex, host bridge, configuration space),
-//! [`virtio`] (modern virtio-pci transport and virtio-blk), [`trigger`] (interrupt lines) and
+//! Modules: `serial` (16550A UART on vm-superio), `i8042` (PS/2 controller and keyboard),
+//! `cmos` (RTC and NVRAM), `debug_exit` (QEMU-compatible debug-exit port), `acpi_pm`
+//! (hardware-reduced ACPI sleep control, sleep status and reset registers), `testdev`
+//! (QEMU-compatible pc-testdev), `pci` (root complex, host bridge, configuration space),
+//! `virtio` (modern virtio-pci transport and virtio-blk), [`trigger`] (interrupt lines) and
 //! [`io`] (access counters).
 //!
 //! Each module but `trigger` and `io` is behind a feature (see "Features" above); on docs.rs

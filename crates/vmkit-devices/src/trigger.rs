@@ -4,7 +4,7 @@
 //! hypervisor backend can implement them without knowing any device) and are re-exported here:
 //! the VMM hands each device an [`InterruptTrigger`] for each line it wires to it (vmkit-vcpu
 //! has ready-made ones: `IrqLine` over `KVM_IRQ_LINE`, `IrqfdLine` over an irqfd, with a
-//! resample fd for level lines). [`SuperioTrigger`] adapts a line to vm-superio's trigger,
+//! resample fd for level lines). `SuperioTrigger` (feature `legacy`) adapts a line to vm-superio's trigger,
 //! [`CountingTrigger`] is a test double that records what a device did, and [`NoopTrigger`]
 //! accepts everything.
 
