@@ -472,13 +472,25 @@ pub enum FakeVmEvent {
     Msi(u64, u32),
 }
 
-/// A VM that creates [`FakeVcpu`]s and records registrations.
+/// A VM that creates [`FakeVcpu`]s, each running the script given for its ID, and records
+/// registrations.
 #[derive(Debug, Default)]
 pub struct FakeVm {
     events: Mutex<Vec<FakeVmEvent>>,
+    scripts: Mutex<BTreeMap<u32, Vec<ScriptedExit>>>,
 }
 
 impl FakeVm {
+    /// Appends `exits` to the script of the vCPU with ID `id` that this VM creates next.
+    pub fn script(&self, id: u32, exits: impl IntoIterator<Item = ScriptedExit>) {
+        self.scripts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id)
+            .or_default()
+            .extend(exits);
+    }
+
     /// The registrations so far, oldest first.
     pub fn events(&self) -> Vec<FakeVmEvent> {
         self.events
@@ -500,8 +512,19 @@ impl Vm for FakeVm {
     type Vcpu = FakeVcpu;
     type Error = FakeError;
 
+    /// A vCPU with ID `id` whose script is the one given for `id` (taken: a second vCPU with
+    /// the same ID starts with an empty script).
     fn create_vcpu(&self, id: u32, _vcpu_count: u32) -> Result<FakeVcpu, FakeError> {
-        Ok(FakeVcpu::new(id))
+        let mut vcpu = FakeVcpu::new(id);
+        let script = self
+            .scripts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        for exit in script.into_iter().flatten() {
+            vcpu.push(exit);
+        }
+        Ok(vcpu)
     }
 
     fn register_irqfd(&self, _fd: &EventFd, gsi: u32) -> Result<(), FakeError> {
@@ -550,18 +573,30 @@ impl Vm for FakeVm {
     }
 }
 
-/// A hypervisor that creates [`FakeVm`]s and reports the page sizes it was given.
-#[derive(Clone, Copy, Debug)]
+/// A hypervisor that creates [`FakeVm`]s, each with the scripts given to
+/// [`script`](FakeHypervisor::script), and reports the page sizes it was given.
+#[derive(Clone, Debug)]
 pub struct FakeHypervisor {
     /// What [`Hypervisor::supported_page_sizes`] returns.
     pub page_sizes: PageSizes,
+    scripts: BTreeMap<u32, Vec<ScriptedExit>>,
 }
 
 impl Default for FakeHypervisor {
     fn default() -> Self {
         Self {
             page_sizes: PageSizes::ALL,
+            scripts: BTreeMap::new(),
         }
+    }
+}
+
+impl FakeHypervisor {
+    /// Appends `exits` to the script of vCPU `id` of every VM this hypervisor creates: code that
+    /// builds its VM itself (a VMM's composition) runs on scripted vCPUs.
+    pub fn script(mut self, id: u32, exits: impl IntoIterator<Item = ScriptedExit>) -> Self {
+        self.scripts.entry(id).or_default().extend(exits);
+        self
     }
 }
 
@@ -574,7 +609,10 @@ impl Hypervisor for FakeHypervisor {
         _layout: &GuestLayout,
         _memory: &GuestMemoryMmap,
     ) -> Result<FakeVm, FakeError> {
-        Ok(FakeVm::default())
+        Ok(FakeVm {
+            scripts: Mutex::new(self.scripts.clone()),
+            ..FakeVm::default()
+        })
     }
 
     fn supported_page_sizes(&self) -> PageSizes {
@@ -849,6 +887,29 @@ mod tests {
         }
         vcpu.halt().unwrap();
         assert_eq!(vcpu.halts(), 1);
+    }
+
+    #[test]
+    fn vcpus_of_a_scripted_hypervisor_run_their_scripts() {
+        let hypervisor = FakeHypervisor::default()
+            .script(1, [ScriptedExit::Hlt])
+            .script(1, [ScriptedExit::TripleFault]);
+        let layout = GuestLayout::new(2 << 20).unwrap();
+        let memory = layout.create_guest_memory().unwrap();
+        let vm = hypervisor.create_vm(&layout, &memory).unwrap();
+        vm.script(0, [ScriptedExit::Kicked]);
+        let mut vcpus = vm.create_vcpus(2).unwrap();
+        assert_eq!(
+            vcpus.iter().map(FakeVcpu::remaining).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert!(matches!(vcpus[0].run(), Ok(RunExit::Kicked)));
+        assert_eq!(only(vcpus[1].run().unwrap()), VmExit::Hlt);
+        assert_eq!(only(vcpus[1].run().unwrap()), VmExit::TripleFault);
+        // Each VM starts from the hypervisor's scripts; a script is taken by its vCPU.
+        let again = hypervisor.create_vm(&layout, &memory).unwrap();
+        assert_eq!(again.create_vcpu(1, 2).unwrap().remaining(), 2);
+        assert_eq!(again.create_vcpu(1, 2).unwrap().remaining(), 0);
     }
 
     #[test]

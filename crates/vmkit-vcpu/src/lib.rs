@@ -18,8 +18,13 @@
 //!   page sizes.
 //! - [`kvm`]: the KVM backend, its CPUID, kick protocol and the fuzzable
 //!   [`convert_exit`](kvm::exit::convert_exit).
-//! - [`fake`]: an in-memory backend replaying scripted exits, for tests without `/dev/kvm`.
+//! - `fake` (feature `test-utils`): an in-memory backend replaying scripted exits, for tests
+//!   without `/dev/kvm`.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(any(test, feature = "test-utils"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]
 pub mod fake;
 pub mod hypervisor;
 pub mod interrupts;

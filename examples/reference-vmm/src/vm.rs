@@ -811,6 +811,9 @@ fn report(outcome: &Outcome, assist_report: Option<AssistReport>, deadline: Inst
 }
 
 #[cfg(test)]
+mod fake_backend_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
