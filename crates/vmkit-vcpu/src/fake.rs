@@ -21,12 +21,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::hypervisor::{DataMatch, Hypervisor, IoEventAddress, Kick, Vcpu, Vm};
 use crate::run::{Exits, RunExit};
-use crate::x86::msr::{BOOT_MSRS, MsrValue};
+use crate::x86::msr::MsrValue;
 use crate::x86::state::{APIC_ID, APIC_LVT0, APIC_LVT1, IA32_PAT};
-use crate::x86::{
-    LapicState, LongModeEntry, PageSizes, long_mode_registers, long_mode_special_registers,
-    pvh_registers, pvh_special_registers,
-};
+use crate::x86::{LapicState, LongModeEntry, PageSizes};
 
 /// The offset bits of a 4 KiB page.
 const PAGE_MASK: u64 = 0xfff;
@@ -219,15 +216,6 @@ impl FakeVcpu {
     /// How often [`Vcpu::run`] was called.
     pub fn runs(&self) -> usize {
         self.runs
-    }
-
-    /// What every entry mode shares, as the KVM backend resets it: the x87/SSE state initial
-    /// and the boot MSRs.
-    fn reset_boot_state(&mut self) {
-        self.xsave = None;
-        for m in BOOT_MSRS {
-            self.msrs.insert(m.index, m.value);
-        }
     }
 
     fn complete(&self) {
@@ -435,21 +423,19 @@ impl Vcpu for FakeVcpu {
             .map(|page| page | (gva & PAGE_MASK)))
     }
 
+    /// The backend-neutral entry state ([`VcpuSnapshot::enter_pvh`](crate::VcpuSnapshot::enter_pvh)),
+    /// applied with [`set_state`](Vcpu::set_state).
     fn setup_pvh(&mut self, entry: u64, start_info: u64) -> Result<(), FakeError> {
-        self.complete();
-        self.reset_boot_state();
-        self.sregs = pvh_special_registers(&self.sregs);
-        self.regs.set(pvh_registers(entry, start_info));
-        Ok(())
+        let mut state = self.state()?;
+        state.enter_pvh(entry, start_info);
+        self.set_state(&state)
     }
 
+    /// As [`setup_pvh`](Vcpu::setup_pvh); the fake has no guest memory, so no GDT is written.
     fn setup_long_mode(&mut self, entry: &LongModeEntry) -> Result<(), FakeError> {
-        entry.validate()?;
-        self.complete();
-        self.reset_boot_state();
-        self.sregs = long_mode_special_registers(&self.sregs, entry);
-        self.regs.set(long_mode_registers(entry));
-        Ok(())
+        let mut state = self.state()?;
+        state.enter_long_mode(entry)?;
+        self.set_state(&state)
     }
 }
 

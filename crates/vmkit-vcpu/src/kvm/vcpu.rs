@@ -8,8 +8,8 @@ use std::sync::Arc;
 use kvm_bindings::{
     CpuId, KVM_EXIT_HYPERCALL, KVM_EXIT_IO, KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO,
     KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR, KVM_EXIT_XEN, KVM_MP_STATE_HALTED,
-    KVM_MP_STATE_RUNNABLE, KVMIO, Msrs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
-    kvm_run, kvm_xsave,
+    KVM_MP_STATE_RUNNABLE, KVMIO, Msrs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_run,
+    kvm_xsave,
 };
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
@@ -27,11 +27,8 @@ use super::run_area::RunArea;
 use super::{Error, VmShared};
 use crate::hypervisor::Vcpu;
 use crate::run::RunExit;
-use crate::x86::msr::{BOOT_MSRS, MsrValue, msr_name};
-use crate::x86::{
-    FpuState, LONG_MODE_GDT, LapicState, LongModeEntry, long_mode_registers,
-    long_mode_special_registers, pvh_registers, pvh_special_registers,
-};
+use crate::x86::msr::{MsrValue, msr_name};
+use crate::x86::{LONG_MODE_GDT, LapicState, LongModeEntry};
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 
@@ -130,20 +127,6 @@ impl KvmVcpu {
     /// nested state).
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
-    }
-
-    /// Resets what every entry mode shares: FPU (`FCW = 0x37f`, `MXCSR = 0x1f80`), the boot MSRs,
-    /// and the run state (runnable, also for an application processor still waiting for SIPI).
-    fn reset_boot_state(&mut self) -> Result<(), Error> {
-        let boot = FpuState::boot();
-        let fpu = kvm_fpu {
-            fcw: boot.fcw,
-            mxcsr: boot.mxcsr,
-            ..Default::default()
-        };
-        self.fd.set_fpu(&fpu).map_err(Error::ioctl("KVM_SET_FPU"))?;
-        self.set_msrs(&BOOT_MSRS)?;
-        self.set_mp_state(KVM_MP_STATE_RUNNABLE)
     }
 
     fn set_mp_state(&self, mp_state: u32) -> Result<(), Error> {
@@ -502,15 +485,23 @@ impl Vcpu for KvmVcpu {
         Ok((translation.valid != 0).then_some(translation.physical_address))
     }
 
+    /// The entry state is computed backend-neutrally ([`VcpuSnapshot::enter_pvh`](crate::VcpuSnapshot::enter_pvh)) and applied
+    /// with [`set_state`](Vcpu::set_state); then the vCPU is made runnable, also when it is an
+    /// application processor still waiting for SIPI.
     fn setup_pvh(&mut self, entry: u64, start_info: u64) -> Result<(), Error> {
-        self.reset_boot_state()?;
-        let sregs = pvh_special_registers(&self.special_registers()?);
-        self.set_special_registers(&sregs)?;
-        self.set_registers(&pvh_registers(entry, start_info))
+        let mut state = self.state()?;
+        state.enter_pvh(entry, start_info);
+        self.set_state(&state)?;
+        self.set_mp_state(KVM_MP_STATE_RUNNABLE)
     }
 
+    /// As [`setup_pvh`](Vcpu::setup_pvh), with
+    /// [`VcpuSnapshot::enter_long_mode`](crate::VcpuSnapshot::enter_long_mode); the
+    /// backend also writes [`LONG_MODE_GDT`] at `entry.gdt` in guest memory, which the segments'
+    /// descriptor caches describe.
     fn setup_long_mode(&mut self, entry: &LongModeEntry) -> Result<(), Error> {
-        entry.validate()?;
+        let mut state = self.state()?;
+        state.enter_long_mode(entry)?;
         let mut gdt = Vec::with_capacity(LONG_MODE_GDT.len() * 8);
         for descriptor in LONG_MODE_GDT {
             gdt.extend_from_slice(&descriptor.to_le_bytes());
@@ -519,10 +510,8 @@ impl Vcpu for KvmVcpu {
             .memory
             .write_slice(&gdt, GuestAddress(entry.gdt))
             .map_err(|_| Error::WriteGdt(entry.gdt))?;
-        self.reset_boot_state()?;
-        let sregs = long_mode_special_registers(&self.special_registers()?, entry);
-        self.set_special_registers(&sregs)?;
-        self.set_registers(&long_mode_registers(entry))
+        self.set_state(&state)?;
+        self.set_mp_state(KVM_MP_STATE_RUNNABLE)
     }
 }
 

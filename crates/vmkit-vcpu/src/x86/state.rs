@@ -2,10 +2,14 @@
 //! register page, and the whole-vCPU snapshot that [`Vcpu::state`](crate::Vcpu::state) returns
 //! and [`Vcpu::set_state`](crate::Vcpu::set_state) applies.
 
-use vmkit_exits::state::{Exception, Registers, SpecialRegisters};
+use vmkit_exits::state::{Exception, Registers, SpecialRegisters, XSAVE_AREA_SIZE};
 
+use super::entry::{
+    EntryError, LongModeEntry, long_mode_registers, long_mode_special_registers, pvh_registers,
+    pvh_special_registers,
+};
 use super::msr::{
-    CSTAR, IA32_MISC_ENABLE, IA32_MTRR_DEF_TYPE, IA32_SYSENTER_CS, IA32_SYSENTER_EIP,
+    BOOT_MSRS, CSTAR, IA32_MISC_ENABLE, IA32_MTRR_DEF_TYPE, IA32_SYSENTER_CS, IA32_SYSENTER_EIP,
     IA32_SYSENTER_ESP, KERNEL_GS_BASE, LSTAR, MsrValue, STAR, SYSCALL_MASK,
 };
 
@@ -183,8 +187,7 @@ pub struct VcpuSnapshot {
     pub registers: Registers,
     /// Segments, descriptor tables, control registers, EFER and the APIC base.
     pub special_registers: SpecialRegisters,
-    /// The standard-format XSAVE area ([`XSAVE_AREA_SIZE`](vmkit_exits::state::XSAVE_AREA_SIZE)
-    /// bytes).
+    /// The standard-format XSAVE area ([`XSAVE_AREA_SIZE`] bytes).
     pub xsave: Vec<u8>,
     /// XCR0.
     pub xcr0: u64,
@@ -195,6 +198,53 @@ pub struct VcpuSnapshot {
     pub lapic: LapicState,
     /// The exception queued for the next entry, if any.
     pub pending_exception: Option<Exception>,
+}
+
+impl VcpuSnapshot {
+    /// Turns this state into the PVH entry state: 32-bit protected mode with paging off, flat
+    /// 4 GiB code and data segments, `CR0 = PE | ET`, `EIP = entry`, `EBX = start_info`,
+    /// `EFLAGS = 0x2`; and what every entry resets ([`reset_for_entry`](Self::reset_for_entry)).
+    /// The local APIC is left as it is.
+    pub fn enter_pvh(&mut self, entry: u64, start_info: u64) {
+        self.reset_for_entry();
+        self.special_registers = pvh_special_registers(&self.special_registers);
+        self.registers = pvh_registers(entry, start_info);
+    }
+
+    /// Turns this state into the 64-bit entry state of the Linux boot protocol (see
+    /// [`LongModeEntry`]), after checking `entry`; and what every entry resets. The GDT the
+    /// segments come from ([`LONG_MODE_GDT`](super::LONG_MODE_GDT)) is the caller's to write at
+    /// `entry.gdt`: the state holds only the descriptor caches.
+    pub fn enter_long_mode(&mut self, entry: &LongModeEntry) -> Result<(), EntryError> {
+        entry.validate()?;
+        self.reset_for_entry();
+        self.special_registers = long_mode_special_registers(&self.special_registers, entry);
+        self.registers = long_mode_registers(entry);
+        Ok(())
+    }
+
+    /// What every entry mode shares: the x87 and SSE state as after `FNINIT` with SSE
+    /// exceptions masked ([`FpuState::boot`]) and every other XSAVE component initial, the boot
+    /// MSRs ([`BOOT_MSRS`]: replaced where the state has them, added where not), and no pending
+    /// exception.
+    pub fn reset_for_entry(&mut self) {
+        if self.xsave.len() < XSAVE_AREA_SIZE {
+            self.xsave.resize(XSAVE_AREA_SIZE, 0);
+        }
+        // The legacy region's MXCSR_MASK is the CPU's, not state: keep it.
+        let mut legacy = [0u8; FXSAVE_SIZE];
+        legacy[28..32].copy_from_slice(&self.xsave[28..32]);
+        let _ = FpuState::boot().write_fxsave(&mut legacy);
+        self.xsave[..FXSAVE_SIZE].copy_from_slice(&legacy);
+        self.xsave[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&XSTATE_X87_SSE.to_le_bytes());
+        for boot in BOOT_MSRS {
+            match self.msrs.iter_mut().find(|m| m.index == boot.index) {
+                Some(m) => m.value = boot.value,
+                None => self.msrs.push(boot),
+            }
+        }
+        self.pending_exception = None;
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +286,90 @@ mod tests {
             lapic.register(LAPIC_SIZE - 2),
             0xffff,
             "past the page reads as zero"
+        );
+    }
+
+    #[test]
+    fn entering_a_boot_protocol_resets_fpu_msrs_and_events_but_not_the_lapic() {
+        use super::super::msr::{IA32_TSC, LSTAR};
+
+        let mut lapic = LapicState::default();
+        lapic.set_register(APIC_ID, 1 << 24);
+        let mut state = VcpuSnapshot {
+            registers: Registers {
+                rax: 5,
+                ..Registers::default()
+            },
+            special_registers: SpecialRegisters::default(),
+            xsave: vec![0xff; XSAVE_AREA_SIZE],
+            xcr0: 7,
+            msrs: vec![
+                MsrValue {
+                    index: IA32_PAT,
+                    value: 0x0007_0406_0007_0406,
+                },
+                MsrValue {
+                    index: LSTAR,
+                    value: 0xffff_ffff_8100_0000,
+                },
+            ],
+            lapic,
+            pending_exception: Some(Exception {
+                vector: 13,
+                error_code: Some(0),
+            }),
+        };
+        state.enter_pvh(0x10_0000, 0x6000);
+        assert_eq!(
+            (state.registers.rip, state.registers.rbx),
+            (0x10_0000, 0x6000)
+        );
+        assert_eq!(state.registers.rax, 0);
+        assert_eq!(state.special_registers.cr0 & 1, 1, "protected mode");
+        let fpu = FpuState::from_fxsave(&state.xsave);
+        assert_eq!(fpu, FpuState::boot());
+        assert_eq!(&state.xsave[28..32], &[0xff; 4], "MXCSR_MASK kept");
+        assert_eq!(
+            state.xsave[XSTATE_BV..XSTATE_BV + 8],
+            XSTATE_X87_SSE.to_le_bytes()
+        );
+        assert_eq!(state.msrs[0].value, 0x0007_0406_0007_0406, "PAT kept");
+        assert_eq!(
+            state.msrs[1],
+            MsrValue {
+                index: LSTAR,
+                value: 0
+            }
+        );
+        assert!(
+            state
+                .msrs
+                .iter()
+                .any(|m| m.index == IA32_TSC && m.value == 0)
+        );
+        assert_eq!(state.msrs.len(), 2 + BOOT_MSRS.len() - 1, "each MSR once");
+        assert_eq!(state.pending_exception, None);
+        assert_eq!((state.lapic, state.xcr0), (lapic, 7));
+
+        let bad = LongModeEntry {
+            entry: 0x20_0000,
+            page_table: 1,
+            gdt: 0x500,
+            boot_params: 0x7000,
+            stack_pointer: 0,
+        };
+        let before = state.clone();
+        assert!(state.enter_long_mode(&bad).is_err());
+        assert_eq!(state, before, "a refused entry changes nothing");
+        state
+            .enter_long_mode(&LongModeEntry {
+                page_table: 0x9000,
+                ..bad
+            })
+            .unwrap();
+        assert_eq!(
+            (state.registers.rsi, state.special_registers.cr3),
+            (0x7000, 0x9000)
         );
     }
 }
