@@ -21,10 +21,16 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::hypervisor::{DataMatch, Hypervisor, IoEventAddress, Kick, Vcpu, Vm};
 use crate::run::{Exits, RunExit};
-use crate::x86::{
-    LongModeEntry, PageSizes, long_mode_registers, long_mode_special_registers, pvh_registers,
-    pvh_special_registers,
-};
+use crate::x86::msr::MsrValue;
+use crate::x86::state::{APIC_ID, APIC_LVT0, APIC_LVT1, IA32_PAT};
+use crate::x86::{LapicState, LongModeEntry, PageSizes};
+
+/// The offset bits of a 4 KiB page.
+const PAGE_MASK: u64 = 0xfff;
+/// `IA32_PAT` after reset: write-back, write-through, uncached-, uncached, twice.
+const PAT_RESET: u64 = 0x0007_0406_0007_0406;
+/// CR0.PG.
+const CR0_PG: u64 = 1 << 31;
 
 /// The fake backend's error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
@@ -144,18 +150,35 @@ pub struct FakeVcpu {
     xsave: Option<Vec<u8>>,
     xcr0: Option<u64>,
     msrs: BTreeMap<u32, u64>,
+    lapic: LapicState,
+    /// Guest-virtual page → guest-physical page, for [`Vcpu::translate`] with paging on.
+    pages: BTreeMap<u64, u64>,
     halts: usize,
     runs: usize,
     kicker: FakeKicker,
 }
 
 impl FakeVcpu {
-    /// A vCPU with ID `id` and an empty script.
+    /// A vCPU with ID `id` and an empty script; its local APIC has that ID, LINT0 in ExtINT
+    /// and LINT1 in NMI delivery mode, as the KVM backend sets them up.
     pub fn new(id: u32) -> Self {
+        let mut lapic = LapicState::default();
+        lapic.set_register(APIC_ID, id << 24);
+        lapic.set_register(APIC_LVT0, 0b111 << 8);
+        lapic.set_register(APIC_LVT1, 0b100 << 8);
         Self {
             id,
+            lapic,
+            msrs: BTreeMap::from([(IA32_PAT, PAT_RESET)]),
             ..Self::default()
         }
+    }
+
+    /// Makes [`Vcpu::translate`] map the 4 KiB page at `gva` to the one at `gpa` while the
+    /// guest's paging is on (with paging off every address translates to itself).
+    pub fn map_page(&mut self, gva: u64, gpa: u64) -> &mut Self {
+        self.pages.insert(gva & !PAGE_MASK, gpa & !PAGE_MASK);
+        self
     }
 
     /// Appends `exit` to the script.
@@ -361,23 +384,62 @@ impl Vcpu for FakeVcpu {
         Ok(())
     }
 
+    /// An MSR never written ends the list, as one the host lacks does on KVM.
+    fn msrs(&self, indices: &[u32]) -> Result<Vec<MsrValue>, FakeError> {
+        Ok(indices
+            .iter()
+            .map_while(|&index| {
+                let value = *self.msrs.get(&index)?;
+                Some(MsrValue { index, value })
+            })
+            .collect())
+    }
+
+    fn set_msrs(&mut self, msrs: &[MsrValue]) -> Result<(), FakeError> {
+        for m in msrs {
+            self.msrs.insert(m.index, m.value);
+        }
+        Ok(())
+    }
+
+    fn lapic(&self) -> Result<LapicState, FakeError> {
+        Ok(self.lapic)
+    }
+
+    fn set_lapic(&mut self, lapic: &LapicState) -> Result<(), FakeError> {
+        self.lapic = *lapic;
+        Ok(())
+    }
+
+    /// The identity with paging off; with paging on, the pages given to
+    /// [`map_page`](FakeVcpu::map_page), `None` elsewhere.
+    fn translate(&self, gva: u64) -> Result<Option<u64>, FakeError> {
+        if self.sregs.cr0 & CR0_PG == 0 {
+            return Ok(Some(gva));
+        }
+        Ok(self
+            .pages
+            .get(&(gva & !PAGE_MASK))
+            .map(|page| page | (gva & PAGE_MASK)))
+    }
+
+    /// The backend-neutral entry state ([`VcpuSnapshot::enter_pvh`](crate::VcpuSnapshot::enter_pvh)),
+    /// applied with [`set_state`](Vcpu::set_state).
     fn setup_pvh(
         &mut self,
         entry: GuestAddress,
         start_info: GuestAddress,
     ) -> Result<(), FakeError> {
-        self.complete();
-        self.sregs = pvh_special_registers(&self.sregs);
-        self.regs.set(pvh_registers(entry, start_info));
-        Ok(())
+        let mut state = self.state()?;
+        state.enter_pvh(entry, start_info);
+        self.set_state(&state)
     }
 
+    /// As [`setup_pvh`](Vcpu::setup_pvh); the fake has no guest memory, so no GDT is written.
     fn setup_long_mode(&mut self, entry: &LongModeEntry) -> Result<(), FakeError> {
-        entry.validate()?;
-        self.complete();
-        self.sregs = long_mode_special_registers(&self.sregs, entry);
-        self.regs.set(long_mode_registers(entry));
-        Ok(())
+        let mut state = self.state()?;
+        state.enter_long_mode(entry)?;
+        self.set_state(&state)
     }
 }
 
@@ -400,13 +462,25 @@ pub enum FakeVmEvent {
     Msi(u64, u32),
 }
 
-/// A VM that creates [`FakeVcpu`]s and records registrations.
+/// A VM that creates [`FakeVcpu`]s, each running the script given for its ID, and records
+/// registrations.
 #[derive(Debug, Default)]
 pub struct FakeVm {
     events: Mutex<Vec<FakeVmEvent>>,
+    scripts: Mutex<BTreeMap<u32, Vec<ScriptedExit>>>,
 }
 
 impl FakeVm {
+    /// Appends `exits` to the script of the vCPU with ID `id` that this VM creates next.
+    pub fn script(&self, id: u32, exits: impl IntoIterator<Item = ScriptedExit>) {
+        self.scripts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id)
+            .or_default()
+            .extend(exits);
+    }
+
     /// The registrations so far, oldest first.
     pub fn events(&self) -> Vec<FakeVmEvent> {
         self.events
@@ -428,8 +502,19 @@ impl Vm for FakeVm {
     type Vcpu = FakeVcpu;
     type Error = FakeError;
 
+    /// A vCPU with ID `id` whose script is the one given for `id` (taken: a second vCPU with
+    /// the same ID starts with an empty script).
     fn create_vcpu(&self, id: u32, _vcpu_count: u32) -> Result<FakeVcpu, FakeError> {
-        Ok(FakeVcpu::new(id))
+        let mut vcpu = FakeVcpu::new(id);
+        let script = self
+            .scripts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        for exit in script.into_iter().flatten() {
+            vcpu.push(exit);
+        }
+        Ok(vcpu)
     }
 
     fn register_irqfd(&self, _fd: &EventFd, gsi: u32) -> Result<(), FakeError> {
@@ -478,14 +563,16 @@ impl Vm for FakeVm {
     }
 }
 
-/// A hypervisor that creates [`FakeVm`]s and reports the page sizes it was given.
-#[derive(Clone, Copy, Debug)]
+/// A hypervisor that creates [`FakeVm`]s, each with the scripts given to
+/// [`script`](FakeHypervisor::script), and reports the page sizes it was given.
+#[derive(Clone, Debug)]
 pub struct FakeHypervisor {
     /// What [`Hypervisor::supported_page_sizes`] returns.
     pub page_sizes: PageSizes,
     /// What [`Hypervisor::phys_bits`] returns (default: vmkit-memory's
     /// [`DEFAULT_PHYS_BITS`](vmkit_memory::layout::DEFAULT_PHYS_BITS)).
     pub phys_bits: u8,
+    scripts: BTreeMap<u32, Vec<ScriptedExit>>,
 }
 
 impl Default for FakeHypervisor {
@@ -493,7 +580,17 @@ impl Default for FakeHypervisor {
         Self {
             page_sizes: PageSizes::ALL,
             phys_bits: vmkit_memory::layout::DEFAULT_PHYS_BITS,
+            scripts: BTreeMap::new(),
         }
+    }
+}
+
+impl FakeHypervisor {
+    /// Appends `exits` to the script of vCPU `id` of every VM this hypervisor creates: code that
+    /// builds its VM itself (a VMM's composition) runs on scripted vCPUs.
+    pub fn script(mut self, id: u32, exits: impl IntoIterator<Item = ScriptedExit>) -> Self {
+        self.scripts.entry(id).or_default().extend(exits);
+        self
     }
 }
 
@@ -506,7 +603,10 @@ impl Hypervisor for FakeHypervisor {
         _layout: &GuestLayout,
         _memory: &GuestMemoryMmap,
     ) -> Result<FakeVm, FakeError> {
-        Ok(FakeVm::default())
+        Ok(FakeVm {
+            scripts: Mutex::new(self.scripts.clone()),
+            ..FakeVm::default()
+        })
     }
 
     fn supported_page_sizes(&self) -> PageSizes {
@@ -526,6 +626,7 @@ mod tests {
 
     use super::*;
     use crate::run::{LoopExit, run_until_stop};
+    use crate::x86::state::XSTATE_BV;
 
     fn only(exit: RunExit<'_>) -> VmExit<'_> {
         match exit {
@@ -788,6 +889,29 @@ mod tests {
     }
 
     #[test]
+    fn vcpus_of_a_scripted_hypervisor_run_their_scripts() {
+        let hypervisor = FakeHypervisor::default()
+            .script(1, [ScriptedExit::Hlt])
+            .script(1, [ScriptedExit::TripleFault]);
+        let layout = GuestLayout::new(2 << 20).unwrap();
+        let memory = layout.create_guest_memory().unwrap();
+        let vm = hypervisor.create_vm(&layout, &memory).unwrap();
+        vm.script(0, [ScriptedExit::Kicked]);
+        let mut vcpus = vm.create_vcpus(2).unwrap();
+        assert_eq!(
+            vcpus.iter().map(FakeVcpu::remaining).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert!(matches!(vcpus[0].run(), Ok(RunExit::Kicked)));
+        assert_eq!(only(vcpus[1].run().unwrap()), VmExit::Hlt);
+        assert_eq!(only(vcpus[1].run().unwrap()), VmExit::TripleFault);
+        // Each VM starts from the hypervisor's scripts; a script is taken by its vCPU.
+        let again = hypervisor.create_vm(&layout, &memory).unwrap();
+        assert_eq!(again.create_vcpu(1, 2).unwrap().remaining(), 2);
+        assert_eq!(again.create_vcpu(1, 2).unwrap().remaining(), 0);
+    }
+
+    #[test]
     fn fake_vm_and_hypervisor_record_what_they_are_asked() {
         let hypervisor = FakeHypervisor::default();
         assert_eq!(hypervisor.supported_page_sizes(), PageSizes::ALL);
@@ -850,5 +974,73 @@ mod tests {
         v.clear_pending_exception().unwrap();
         assert_eq!(v.pending(), None);
         assert_eq!(v.injected().len(), 1);
+    }
+
+    #[test]
+    fn a_snapshot_loads_into_a_fresh_fake_vcpu_and_reads_back_equal() {
+        use crate::x86::msr::{LSTAR, STAR};
+
+        let mut v = FakeVcpu::new(2);
+        assert_eq!(v.lapic().unwrap().register(APIC_ID), 2 << 24);
+        v.setup_pvh(GuestAddress(0x10_0000), GuestAddress(0x6000))
+            .unwrap();
+        v.set_msrs(&[
+            MsrValue {
+                index: STAR,
+                value: 0x23_0010_0000_0000,
+            },
+            MsrValue {
+                index: LSTAR,
+                value: 0xffff_ffff_8100_0000,
+            },
+        ])
+        .unwrap();
+        let mut fpu = v.fpu().unwrap();
+        assert_eq!((fpu.fcw, fpu.mxcsr), (0x37f, 0x1f80));
+        fpu.xmm[1] = [7; 16];
+        v.set_fpu(&fpu).unwrap();
+        assert_eq!(v.fpu().unwrap(), fpu);
+        v.inject_exception(Exception {
+            vector: 13,
+            error_code: Some(0),
+        })
+        .unwrap();
+        let snapshot = v.state().unwrap();
+        assert_eq!(snapshot.registers.rip, 0x10_0000);
+        assert_eq!(
+            snapshot.msrs.iter().map(|m| m.index).collect::<Vec<_>>(),
+            crate::x86::SNAPSHOT_MSRS,
+            "the boot MSRs and PAT, in the order the backend lists them"
+        );
+        assert!(snapshot.msrs.contains(&MsrValue {
+            index: LSTAR,
+            value: 0xffff_ffff_8100_0000
+        }));
+        assert_eq!(snapshot.xsave[XSTATE_BV] & 0b11, 0b11);
+
+        let mut fresh = FakeVcpu::new(2);
+        assert_ne!(fresh.state().unwrap(), snapshot);
+        fresh.set_state(&snapshot).unwrap();
+        assert_eq!(fresh.state().unwrap(), snapshot);
+        assert_eq!(fresh.fpu().unwrap().xmm[1], [7; 16]);
+
+        let mut changed = snapshot.clone();
+        changed.registers.rbx = 42;
+        changed.pending_exception = None;
+        fresh.set_state(&changed).unwrap();
+        assert_eq!(fresh.registers().unwrap().rbx, 42);
+        assert_eq!(fresh.state().unwrap(), changed);
+    }
+
+    #[test]
+    fn translation_is_the_identity_until_paging_is_on() {
+        let mut v = FakeVcpu::new(0);
+        assert_eq!(v.translate(0x1234_5678).unwrap(), Some(0x1234_5678));
+        v.map_page(0xffff_8000_0000_1abc, 0x20_0000);
+        let mut sregs = v.special_registers().unwrap();
+        sregs.cr0 |= CR0_PG;
+        v.set_special_registers(&sregs).unwrap();
+        assert_eq!(v.translate(0xffff_8000_0000_1008).unwrap(), Some(0x20_0008));
+        assert_eq!(v.translate(0x1234_5678).unwrap(), None);
     }
 }

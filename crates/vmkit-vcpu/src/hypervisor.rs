@@ -6,12 +6,15 @@
 use std::sync::atomic::AtomicBool;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmkit_exits::state::XSAVE_AREA_SIZE;
 use vmkit_exits::{AssistPolicy, EmulationAssist, VcpuState};
 use vmkit_memory::GuestLayout;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::run::{ExitHandler, LoopExit, RunExit, run_until_stop, run_until_stop_with_assist};
-use crate::x86::{LongModeEntry, PageSizes};
+use crate::x86::msr::MsrValue;
+use crate::x86::state::{XSTATE_BV, XSTATE_X87_SSE};
+use crate::x86::{FpuState, LapicState, LongModeEntry, PageSizes, SNAPSHOT_MSRS, VcpuSnapshot};
 
 /// A hypervisor backend: creates VMs and reports what the host supports.
 pub trait Hypervisor {
@@ -171,6 +174,85 @@ pub trait Vcpu: VcpuState {
     /// Puts the vCPU into the 64-bit entry state of the Linux boot protocol (see
     /// [`LongModeEntry`]); FPU and boot MSRs reset.
     fn setup_long_mode(&mut self, entry: &LongModeEntry) -> Result<(), Self::Error>;
+
+    /// Reads the MSRs `indices`, in order; an MSR the vCPU does not have ends the list early.
+    fn msrs(&self, indices: &[u32]) -> Result<Vec<MsrValue>, Self::Error>;
+
+    /// Writes `msrs` in order; the first one the vCPU refuses is an error.
+    fn set_msrs(&mut self, msrs: &[MsrValue]) -> Result<(), Self::Error>;
+
+    /// The local APIC's registers.
+    fn lapic(&self) -> Result<LapicState, Self::Error>;
+
+    /// Loads the local APIC's registers.
+    fn set_lapic(&mut self, lapic: &LapicState) -> Result<(), Self::Error>;
+
+    /// The x87 and SSE state: the legacy region of the [`xsave`](VcpuState::xsave) area, so
+    /// what the guest sees (a component the area marks as initial reads as initial).
+    fn fpu(&self) -> Result<FpuState, Self::Error> {
+        Ok(FpuState::from_fxsave(&self.xsave()?))
+    }
+
+    /// Loads the x87 and SSE state: writes the legacy region of the XSAVE area and marks both
+    /// components as in use, so that the guest's next `XRSTOR` (and [`state`](Vcpu::state))
+    /// sees them. (KVM's own `KVM_SET_FPU` leaves the XSAVE header alone, so its values can be
+    /// lost.)
+    fn set_fpu(&mut self, fpu: &FpuState) -> Result<(), Self::Error> {
+        let mut area = self.xsave()?;
+        if area.len() < XSAVE_AREA_SIZE {
+            area.resize(XSAVE_AREA_SIZE, 0);
+        }
+        let _ = fpu.write_fxsave(&mut area);
+        let mut header = [0u8; 8];
+        header.copy_from_slice(&area[XSTATE_BV..XSTATE_BV + 8]);
+        let in_use = u64::from_le_bytes(header) | XSTATE_X87_SSE;
+        area[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&in_use.to_le_bytes());
+        self.set_xsave(&area)
+    }
+
+    /// Translates the guest-virtual address `gva` through the vCPU's current paging state as the
+    /// backend sees it: `Some(gpa)`, or `None` when the guest's page tables map no page there.
+    /// Only the address is reported; for access rights and the exact fault, walk the tables
+    /// with `vmkit_paging::X86Paging`.
+    fn translate(&self, gva: u64) -> Result<Option<u64>, Self::Error>;
+
+    /// The MSRs [`state`](Vcpu::state) saves: [`SNAPSHOT_MSRS`] unless the backend knows more.
+    fn snapshot_msrs(&self) -> &[u32] {
+        &SNAPSHOT_MSRS
+    }
+
+    /// The vCPU's architectural state, backend-neutral: registers, special registers, XSAVE
+    /// area and XCR0, the MSRs [`snapshot_msrs`](Vcpu::snapshot_msrs) lists, the local APIC and
+    /// the pending exception.
+    fn state(&self) -> Result<VcpuSnapshot, Self::Error> {
+        Ok(VcpuSnapshot {
+            registers: self.registers()?,
+            special_registers: self.special_registers()?,
+            xsave: self.xsave()?,
+            xcr0: self.xcr0()?,
+            msrs: self.msrs(self.snapshot_msrs())?,
+            lapic: self.lapic()?,
+            pending_exception: self.pending_exception()?,
+        })
+    }
+
+    /// Loads a state [`state`](Vcpu::state) returned, from this backend or another.
+    ///
+    /// The order is the one the state depends on: special registers first (EFER and the APIC
+    /// base decide what the rest may hold), then the general registers, XCR0 before the XSAVE
+    /// area it gates, the MSRs, the local APIC, and last the pending exception.
+    fn set_state(&mut self, state: &VcpuSnapshot) -> Result<(), Self::Error> {
+        self.set_special_registers(&state.special_registers)?;
+        self.set_registers(&state.registers)?;
+        self.set_xcr0(state.xcr0)?;
+        self.set_xsave(&state.xsave)?;
+        self.set_msrs(&state.msrs)?;
+        self.set_lapic(&state.lapic)?;
+        match state.pending_exception {
+            Some(exception) => self.inject_exception(exception),
+            None => self.clear_pending_exception(),
+        }
+    }
 
     /// Runs until a handler stops the VM or `stop` is set; see [`run_until_stop`].
     fn run_loop<H>(&mut self, handler: &H, stop: &AtomicBool) -> Result<LoopExit, Self::Error>

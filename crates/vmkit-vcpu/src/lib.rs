@@ -2,7 +2,9 @@
 //!
 //! # Modules
 //!
-//! - [`hypervisor`]: the [`Hypervisor`] / [`Vm`] / [`Vcpu`] trait family and [`Kick`].
+//! - [`hypervisor`]: the [`Hypervisor`] / [`Vm`] / [`Vcpu`] trait family and [`Kick`]; a
+//!   vCPU's whole state goes in and out as a [`VcpuSnapshot`] ([`Vcpu::state`],
+//!   [`Vcpu::set_state`]).
 //! - [`run`]: [`RunExit`] and [`Exits`] (one [`VmExit`](vmkit_exits::VmExit) per string-I/O
 //!   element), the [`ExitHandler`] trait, the [`run_until_stop`] driver and
 //!   [`run_until_stop_with_assist`], which hands emulation failures to the emulation assist,
@@ -12,11 +14,17 @@
 //!   (`KVM_SIGNAL_MSI`), implementing vmkit-exits' [`InterruptTrigger`] and [`MsiTrigger`].
 //! - [`pause`]: [`Inspector`] and [`PauseHandle`], pausing a running vCPU from another thread to
 //!   inspect it between two entries (registers, `KVM_TRANSLATE`, guest memory).
-//! - [`x86`]: backend-neutral entry state (PVH, 64-bit Linux), boot MSRs, page sizes.
+//! - [`x86`]: backend-neutral entry state (PVH, 64-bit Linux), boot MSRs, FPU and LAPIC state,
+//!   page sizes.
 //! - [`kvm`]: the KVM backend, its CPUID, kick protocol and the fuzzable
 //!   [`convert_exit`](kvm::exit::convert_exit).
-//! - [`fake`]: an in-memory backend replaying scripted exits, for tests without `/dev/kvm`.
+//! - `fake` (feature `test-utils`): an in-memory backend replaying scripted exits, for tests
+//!   without `/dev/kvm`.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(any(test, feature = "test-utils"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]
 pub mod fake;
 pub mod hypervisor;
 pub mod interrupts;
@@ -48,4 +56,4 @@ pub use vmkit_exits::{InterruptTrigger, MsiTrigger};
 /// The eventfd type of [`Vm`]'s irqfd and ioeventfd methods and of [`IrqfdLine`], re-exported so
 /// that callers need not depend on the same vmm-sys-util version.
 pub use vmm_sys_util::eventfd::EventFd;
-pub use x86::{LongModeEntry, PageSizes};
+pub use x86::{FpuState, LapicState, LongModeEntry, PageSizes, VcpuSnapshot};

@@ -21,7 +21,6 @@ use vmkit_exits::{
 };
 use vmkit_vcpu::EventFd;
 use vmkit_vcpu::GuestAddress;
-use vmkit_vcpu::kvm::lapic_register;
 use vmkit_vcpu::x86::msr::{self, MsrValue};
 use vmkit_vcpu::x86::{LONG_MODE_GDT, LONG_MODE_GDT_SIZE, PageSize, SELECTOR_CODE};
 use vmkit_vcpu::{
@@ -256,8 +255,8 @@ fn pvh_entry_state_reads_back_and_is_what_the_guest_sees() {
         ]
     );
     let lapic = vcpu.lapic().unwrap();
-    assert_eq!((lapic_register(&lapic, 0x350) >> 8) & 7, 7, "LINT0 ExtINT");
-    assert_eq!((lapic_register(&lapic, 0x360) >> 8) & 7, 4, "LINT1 NMI");
+    assert_eq!((lapic.register(0x350) >> 8) & 7, 7, "LINT0 ExtINT");
+    assert_eq!((lapic.register(0x360) >> 8) & 7, 4, "LINT1 NMI");
 
     let recorder = Recorder::new(0);
     assert_eq!(

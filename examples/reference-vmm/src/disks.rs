@@ -1,5 +1,5 @@
-//! `--disk`: each image becomes a virtio-blk device on the PCI root, with MSI-X through KVM and
-//! INTA# on a level-triggered GSI.
+//! `--disk`: each image becomes a virtio-blk device on the PCI root, with MSI-X through the
+//! backend's VM and INTA# on a level-triggered GSI.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -12,7 +12,7 @@ use vmkit_devices::virtio::{VirtioPciInterrupts, VirtioPciStats};
 use vmkit_devices::{DiskImage, VirtioBlock, VirtioPciDevice};
 use vmkit_memory::Allocators;
 use vmkit_memory::vm_memory::GuestMemoryMmap;
-use vmkit_vcpu::{IrqLine, KvmVm, MsiLine};
+use vmkit_vcpu::{IrqLine, MsiLine, Vm};
 
 use crate::cli::{DiskConfig, MAX_DISKS};
 
@@ -46,13 +46,16 @@ pub fn open_images(configs: &[DiskConfig]) -> Result<Vec<DiskImage>> {
 /// Plugs one virtio-blk device per image into `root`, named `vda`, `vdb`, … in order, with its
 /// BAR assigned below 4 GiB. Each gets MSI-X and, while the allocator has GSIs, an INTA# line
 /// of its own (beyond that, MSI-X only).
-pub fn attach(
+pub fn attach<V>(
     root: &PciRoot,
     images: Vec<DiskImage>,
     memory: &GuestMemoryMmap,
-    vm: &Arc<KvmVm>,
+    vm: &Arc<V>,
     allocators: &mut Allocators,
-) -> Result<Disks> {
+) -> Result<Disks>
+where
+    V: Vm + Send + Sync + 'static,
+{
     let mut devices = Vec::with_capacity(images.len());
     let mut intx_routes = Vec::new();
     for (index, image) in images.into_iter().enumerate() {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use reference_vmm_seccomp::{Filters, ThreadKind};
 use vmkit_boot::mark_acpi_memory;
+use vmkit_devices::DiskImage;
 use vmkit_devices::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN, AcpiPmDevice};
 use vmkit_devices::cmos::{CMOS_PORT, CMOS_PORT_LEN, CmosRtc};
 use vmkit_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
@@ -25,27 +26,37 @@ use vmkit_devices::testdev::{
 use vmkit_exits::assist::{AssistReport, EmulationAssist};
 use vmkit_exits::dispatch::ExitDispatcher;
 use vmkit_exits::{ExitAction, IoBus, MmioBus, PioDevice, StopReason, VmExit};
+use vmkit_memory::Allocators;
 use vmkit_memory::GuestLayout;
-use vmkit_vcpu::{
-    ExitHandler, Hypervisor, IrqLine, Kick, KvmHypervisor, KvmVm, LoopExit, Vcpu, Vm,
-};
+use vmkit_memory::vm_memory::GuestMemoryMmap;
+use vmkit_vcpu::{ExitHandler, Hypervisor, IrqLine, Kick, KvmHypervisor, LoopExit, Vcpu, Vm};
 
 use crate::boot;
 use crate::cli::{BuiltinGuest, Cli, SerialConfig, StatsFormat};
-use crate::disks;
+use crate::disks::{self, Disks};
 use crate::exit_code;
 use crate::files;
 use crate::guests::{ASSIST_ELF, EXITS_ELF, HELLO_ELF};
-use crate::lifecycle::{self, REPORT_GRACE, STOP_GRACE, ThreadPanic};
+use crate::lifecycle::{self, REPORT_GRACE, STOP_GRACE, Supervised, ThreadPanic};
 use crate::serial_output::{self, SerialDrain, SerialOutput};
 use crate::stats;
 use crate::stderr;
 use crate::terminal::{self, RawStdin};
 
-type Serial = SerialDevice<IrqLine<KvmVm>, Box<dyn Write + Send>>;
+/// What the composition needs of a backend's VM beyond [`Vm`]: devices' interrupt lines hold it
+/// on every thread (`Send + Sync`), and each vCPU moves to a thread of its own (`Send`).
+pub trait SharedVm: Vm<Vcpu: Send + 'static> + Send + Sync + 'static {}
+
+impl<V> SharedVm for V where V: Vm<Vcpu: Send + 'static> + Send + Sync + 'static {}
+
+/// COM1 on the backend's interrupt line.
+type Serial<V> = SerialDevice<IrqLine<V>, Box<dyn Write + Send>>;
 
 /// The two ends of COM1's output buffer: the UART's, and the serial output thread's.
 type SerialBuffer = (SerialOutput, SerialDrain);
+
+/// COM1 (unless `--serial off`) and its output buffer (unless its output goes nowhere).
+type Com1<V> = (Option<Arc<Serial<V>>>, Option<SerialBuffer>);
 
 /// The exit handler the vCPUs share: the dispatcher, the emulation assist that completes what
 /// the backend could not emulate, and the time of the first exit.
@@ -116,14 +127,59 @@ fn confine(filters: &Filters, kind: ThreadKind, tx: &mpsc::Sender<Event>) -> boo
 }
 
 /// Boots the VM `cli` describes and waits until it ends; returns the process exit status.
+///
+/// The steps, each a function of its own: [`load`] reads what the command line names and lays
+/// out guest memory, [`open_backend`] opens the hypervisor, [`Vmm::build`] wires devices, loads
+/// the guest and creates the vCPUs, [`Vmm::start`] runs every thread, [`Running::wait`] waits for
+/// the VM to end and [`Running::shutdown`] stops it and says how it ended.
 pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
     crate::logger::init(cli.verbose, cli.log_file.as_deref(), process_start)?;
+    // The backend is opened once the files are read and checked (bad input is reported the
+    // same with or without /dev/kvm), and before guest memory is laid out for its
+    // physical-address width.
+    let mut backend = None;
+    let loaded = load(cli, || Ok(backend.insert(open_backend()?).phys_bits()))?;
+    let Some(hypervisor) = backend else {
+        anyhow::bail!("the hypervisor backend was not opened");
+    };
+    let vmm = Vmm::build(cli, loaded, &hypervisor)?;
+    let running = vmm.start(cli)?;
+    let ended = running.wait(cli.timeout);
+    running.shutdown(ended, cli.stats, process_start)
+}
+
+/// The hypervisor backend the VMM runs on: the one place that names KVM.
+///
+/// Everything else in this module is generic over `vmkit_vcpu::{Hypervisor, Vm, Vcpu}`. KVM stays
+/// named here for two reasons: opening a backend is not part of the trait family (each has its
+/// own device and constructor), and the seccomp lists (`src/seccomp.rs`) allow KVM's ioctls by
+/// request number, so another backend needs lists of its own before it can run confined.
+fn open_backend() -> Result<KvmHypervisor> {
+    KvmHypervisor::new().context("cannot use KVM")
+}
+
+/// What the command line names, read and checked before any hypervisor is opened: the guest
+/// image, the initramfs, the disk images, and the guest's memory.
+struct Loaded {
+    kernel_name: String,
+    kernel: Cow<'static, [u8]>,
+    initramfs: Option<Vec<u8>>,
+    disk_images: Vec<DiskImage>,
+    layout: GuestLayout,
+    allocators: Allocators,
+    memory: GuestMemoryMmap,
+}
+
+/// Reads the guest image (or picks the built-in one), the initramfs and the disk images, and
+/// allocates guest memory laid out for `--memory` and the backend's physical-address width,
+/// which `phys_bits` gives (it opens the backend).
+fn load(cli: &Cli, phys_bits: impl FnOnce() -> Result<u8>) -> Result<Loaded> {
     let image = match (&cli.kernel, &cli.firmware) {
         (Some(path), _) => Some(("kernel", path)),
         (None, Some(path)) => Some(("firmware", path)),
         (None, None) => None,
     };
-    let (kernel_name, kernel): (String, Cow<'_, [u8]>) = match image {
+    let (kernel_name, kernel): (String, Cow<'static, [u8]>) = match image {
         Some((what, path)) => (
             format!("{what} {}", path.display()),
             Cow::Owned(files::read_image(what, path)?),
@@ -148,276 +204,410 @@ pub fn run(cli: &Cli, process_start: Instant) -> Result<u8> {
         None => None,
     };
     let disk_images = disks::open_images(&cli.disks)?;
-    let hypervisor = KvmHypervisor::new().context("cannot use KVM")?;
     let mut layout =
-        GuestLayout::with_phys_bits(cli.memory.size, hypervisor.phys_bits()).context("--memory")?;
+        GuestLayout::with_phys_bits(cli.memory.size, phys_bits()?).context("--memory")?;
     // The ACPI tables' window is reported as ACPI data in every memory map a loader writes.
     mark_acpi_memory(&mut layout).context("cannot reserve the ACPI tables' memory")?;
-    let mut allocators = layout
+    let allocators = layout
         .allocators()
         .context("cannot set up the address allocators")?;
-    let guest_mem = layout
+    let memory = layout
         .create_guest_memory()
         .context("cannot allocate guest memory")?;
+    Ok(Loaded {
+        kernel_name,
+        kernel,
+        initramfs,
+        disk_images,
+        layout,
+        allocators,
+        memory,
+    })
+}
 
-    let vm = Arc::new(
-        hypervisor
-            .create_vm(&layout, &guest_mem)
-            .context("cannot create the VM")?,
-    );
+/// A VM built and loaded, its vCPUs created and the boot vCPU in its entry state; nothing runs
+/// yet.
+pub struct Vmm<V: SharedVm> {
+    vm: Arc<V>,
+    vcpus: Vec<V::Vcpu>,
+    memory: GuestMemoryMmap,
+    handler: Arc<Handler>,
+    serial: Option<Arc<Serial<V>>>,
+    serial_buffer: Option<SerialBuffer>,
+    disks: Disks,
+}
 
-    // Devices on the port-I/O bus.
-    let io_bus = Arc::new(IoBus::new());
-    let mmio_bus = Arc::new(MmioBus::new());
-    let (serial, serial_output) = serial_device(&cli.serial, &vm)?;
-    if let Some(serial) = &serial {
-        register(&io_bus, COM1_PORT, SERIAL_PORT_LEN, "com1", serial.clone())?;
-    }
-    register(
-        &io_bus,
-        DEBUG_EXIT_PORT,
-        DEBUG_EXIT_PORT_LEN,
-        "debug-exit",
-        Arc::new(DebugExit::new()),
-    )?;
-    let i8042 = Arc::new(I8042Device::new(IrqLine::new(
-        vm.clone(),
-        I8042_KEYBOARD_IRQ,
-    )));
-    register(&io_bus, I8042_DATA_PORT, 1, "i8042-data", i8042.clone())?;
-    register(&io_bus, I8042_COMMAND_PORT, 1, "i8042-cmd", i8042)?;
-    let (low_ram, high_ram) = (layout.ram_below_4g(), layout.ram_above_4g());
-    register(
-        &io_bus,
-        CMOS_PORT,
-        CMOS_PORT_LEN,
-        "cmos",
-        Arc::new(CmosRtc::new(low_ram, high_ram)),
-    )?;
-    register(
-        &io_bus,
-        ACPI_PM_PORT,
-        ACPI_PM_PORT_LEN,
-        "acpi-pm",
-        Arc::new(AcpiPmDevice::new()),
-    )?;
-    if cli.testdev {
-        register_testdev(&io_bus, &mmio_bus, &vm)?;
-    }
-
-    // PCI: the root complex (0xCF8..0xD00 and ECAM) with its host bridge, and the disks.
-    let pci_root = PciRoot::new(&io_bus, &mmio_bus).context("cannot set up the PCI root")?;
-    let disks = disks::attach(&pci_root, disk_images, &guest_mem, &vm, &mut allocators)?;
-    let handler = Arc::new(Handler {
-        dispatcher: ExitDispatcher::new(io_bus, mmio_bus),
-        assist: EmulationAssist::default(),
-        first_exit: OnceLock::new(),
-    });
-
-    // The machine description, then the guest image that reads it.
-    let machine = boot::Machine {
-        layout: &layout,
-        vcpus: usize::from(cli.cpus.boot),
-        com1: serial.is_some(),
-        pci_intx: disks.intx_routes().to_vec(),
-    };
-    let rsdp = boot::write_firmware_tables(&guest_mem, &machine)?;
-    let entry = boot::load(
-        &guest_mem,
-        &layout,
-        &boot::Image {
-            name: &kernel_name,
-            bytes: &kernel,
-            firmware: cli.firmware.is_some(),
-            cmdline: &cli.cmdline,
-            initramfs: initramfs.as_deref(),
-        },
-        rsdp,
-        hypervisor.supported_page_sizes(),
-    )?;
-    drop(kernel);
-    drop(initramfs);
-
-    // vCPUs: the BSP enters at the PVH entry point; application processors wait in the
-    // in-kernel LAPIC for INIT/SIPI.
-    let mut vcpus = vm
-        .create_vcpus(u32::from(cli.cpus.boot))
-        .context("cannot create the vCPUs")?;
-    if let Some(bsp) = vcpus.first_mut() {
-        match entry {
-            boot::Entry::Pvh { entry, start_info } => bsp.setup_pvh(entry, start_info),
-            boot::Entry::LongMode(entry) => bsp.setup_long_mode(&entry),
-        }
-        .context("cannot set the boot vCPU's entry state")?;
-    }
-
-    // One seccomp list per kind of thread: each thread spawned below installs its own first
-    // thing, and this thread installs the main list once they all run.
-    let filters = Filters::new(cli.seccomp, exit_code::SECCOMP_VIOLATION).context("--seccomp")?;
-    let (tx, rx) = mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    // The guest's serial output, drained to the host by a thread of its own.
-    let serial_output = match serial_output {
-        Some((output, drain)) => {
-            let (filters, failed) = (filters.clone(), tx.clone());
-            let thread =
-                lifecycle::spawn("serial-out".into(), report_panic(tx.clone()), move || {
-                    if confine(&filters, ThreadKind::SerialOutput, &failed) {
-                        drain.run()
-                    }
-                })
-                .context("cannot start the serial output thread")?;
-            Some((output, thread))
-        }
-        None => None,
-    };
-    let mut kickers = Vec::with_capacity(vcpus.len());
-    let mut threads = Vec::with_capacity(vcpus.len());
-    for mut vcpu in vcpus {
-        kickers.push(vcpu.kicker());
-        let (tx, handler, stop) = (tx.clone(), handler.clone(), stop.clone());
-        let memory = guest_mem.clone();
-        let filters = filters.clone();
-        let id = vcpu.id();
-        let thread = lifecycle::spawn(format!("vcpu{id}"), report_panic(tx.clone()), move || {
-            if !confine(&filters, ThreadKind::Vcpu, &tx) {
-                return;
-            }
-            let result = vcpu
-                .run_loop_with_assist(&*handler, &handler.assist, &memory, &stop)
-                .map_err(|e| chain(&e));
-            let _ = tx.send(Event::VcpuEnded { id, result });
-        })
-        .context("cannot start a vCPU thread")?;
-        threads.push(thread);
-    }
-    spawn_signal_thread(tx.clone(), stop.clone(), filters.clone())?;
-    let _raw_stdin = match (&cli.serial, &serial) {
-        (SerialConfig::Tty, Some(serial)) => {
-            spawn_stdin_thread(serial.clone(), tx, filters.clone())?;
-            RawStdin::enable()
-        }
-        _ => None,
-    };
-    // Last, this thread's own list: every other thread runs under its own by now.
-    filters
-        .apply(ThreadKind::Main)
-        .context("--seccomp: cannot confine the main thread")?;
-
-    // Wait for the first vCPU to stop the VM, a signal, a panic, or the timeout. A timeout too
-    // far away to represent (the command line refuses those) is no timeout.
-    let deadline = cli
-        .timeout
-        .and_then(|t| Some((Instant::now().checked_add(t)?, t)));
-    let outcome = loop {
-        let event = match deadline {
-            Some((at, limit)) => {
-                match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(event) => event,
-                    Err(RecvTimeoutError::Timeout) => break Ok(Outcome::Timeout(limit)),
-                    Err(RecvTimeoutError::Disconnected) => {
-                        break Err(anyhow::anyhow!("every vCPU thread ended"));
-                    }
-                }
-            }
-            None => match rx.recv() {
-                Ok(event) => event,
-                Err(_) => break Err(anyhow::anyhow!("every vCPU thread ended")),
-            },
-        };
-        match event {
-            Event::VcpuEnded {
-                id,
-                result: Ok(LoopExit::Stopped(reason)),
-            } => break Ok(Outcome::Stopped { vcpu: id, reason }),
-            // Only the stop flag ends a loop this way, and only this thread sets it.
-            Event::VcpuEnded {
-                result: Ok(LoopExit::StopRequested),
-                ..
-            } => {}
-            Event::VcpuEnded { id, result: Err(e) } => {
-                break Err(anyhow::anyhow!("vCPU {id}: {e}"));
-            }
-            Event::Signal(signal) => break Ok(Outcome::Signal(signal)),
-            Event::Panicked(panic) => break Ok(Outcome::Panicked(panic)),
-            Event::Failed(e) => break Err(anyhow::anyhow!(e)),
-        }
-    };
-    let guest_end = Instant::now();
-
-    // Stop every vCPU: set the flag, kick them out of KVM_RUN and join them; then let the
-    // serial output thread write what the guest left in the buffer. A thread still running at
-    // the deadline is abandoned: the process exits without it.
-    let stop_by = guest_end.checked_add(STOP_GRACE).unwrap_or(guest_end);
-    stop.store(true, Ordering::Release);
-    for kicker in &kickers {
-        kicker.kick();
-    }
-    let mut abandoned = lifecycle::join_until(threads, stop_by);
-    let output_stats = serial_output.map(|(output, thread)| {
-        output.close();
-        abandoned.extend(lifecycle::join_until(vec![thread], stop_by));
-        output
-    });
-    drop(_raw_stdin);
-    // A thread that panicked while the VM stopped ends it as a panic too.
-    let outcome = match rx.try_iter().find_map(|event| match event {
-        Event::Panicked(panic) => Some(panic),
-        _ => None,
-    }) {
-        Some(panic) => Ok(Outcome::Panicked(panic)),
-        None => outcome,
-    };
-
-    // The last lines: abandoned threads, the statistics, how the VM ended, each within the
-    // deadline (stderr may be a pipe nobody reads).
-    let report_by = Instant::now()
-        .checked_add(REPORT_GRACE)
-        .unwrap_or_else(Instant::now);
-    if !abandoned.is_empty() {
-        stderr::line_until(
-            format_args!(
-                "abandoned {} (still running {} s after the VM stopped)",
-                abandoned.join(", "),
-                STOP_GRACE.as_secs_f64()
-            ),
-            report_by,
+impl<V: SharedVm> Vmm<V> {
+    /// Creates the VM on `hypervisor`, puts the devices `cli` asks for on its buses, writes the
+    /// firmware tables and loads the guest, then creates the vCPUs and puts the boot vCPU into
+    /// the guest's entry state.
+    fn build<H>(cli: &Cli, loaded: Loaded, hypervisor: &H) -> Result<Self>
+    where
+        H: Hypervisor<Vm = V>,
+    {
+        let Loaded {
+            kernel_name,
+            kernel,
+            initramfs,
+            disk_images,
+            layout,
+            mut allocators,
+            memory,
+        } = loaded;
+        let vm = Arc::new(
+            hypervisor
+                .create_vm(&layout, &memory)
+                .context("cannot create the VM")?,
         );
-    }
-    if let Some(format) = cli.stats {
-        let report = stats::Report {
-            exits: handler
-                .dispatcher
-                .stats()
-                .with_assist(handler.assist.counts()),
-            disks: disks.stats(report_by),
-            com1: output_stats.as_ref().map(SerialOutput::stats),
-            log: crate::logger::stats(),
-            timeline: stats::Timeline::new(
-                process_start,
-                handler.first_exit.get().copied(),
-                serial.as_deref().and_then(Serial::first_output_at),
-                guest_end,
-            ),
+
+        // Devices on the port-I/O bus.
+        let io_bus = Arc::new(IoBus::new());
+        let mmio_bus = Arc::new(MmioBus::new());
+        let (serial, serial_buffer) = serial_device(&cli.serial, &vm)?;
+        if let Some(serial) = &serial {
+            register(&io_bus, COM1_PORT, SERIAL_PORT_LEN, "com1", serial.clone())?;
+        }
+        register(
+            &io_bus,
+            DEBUG_EXIT_PORT,
+            DEBUG_EXIT_PORT_LEN,
+            "debug-exit",
+            Arc::new(DebugExit::new()),
+        )?;
+        let i8042 = Arc::new(I8042Device::new(IrqLine::new(
+            vm.clone(),
+            I8042_KEYBOARD_IRQ,
+        )));
+        register(&io_bus, I8042_DATA_PORT, 1, "i8042-data", i8042.clone())?;
+        register(&io_bus, I8042_COMMAND_PORT, 1, "i8042-cmd", i8042)?;
+        let (low_ram, high_ram) = (layout.ram_below_4g(), layout.ram_above_4g());
+        register(
+            &io_bus,
+            CMOS_PORT,
+            CMOS_PORT_LEN,
+            "cmos",
+            Arc::new(CmosRtc::new(low_ram, high_ram)),
+        )?;
+        register(
+            &io_bus,
+            ACPI_PM_PORT,
+            ACPI_PM_PORT_LEN,
+            "acpi-pm",
+            Arc::new(AcpiPmDevice::new()),
+        )?;
+        if cli.testdev {
+            register_testdev(&io_bus, &mmio_bus, &vm)?;
+        }
+
+        // PCI: the root complex (0xCF8..0xD00 and ECAM) with its host bridge, and the disks.
+        let pci_root = PciRoot::new(&io_bus, &mmio_bus).context("cannot set up the PCI root")?;
+        let disks = disks::attach(&pci_root, disk_images, &memory, &vm, &mut allocators)?;
+        let handler = Arc::new(Handler {
+            dispatcher: ExitDispatcher::new(io_bus, mmio_bus),
+            assist: EmulationAssist::default(),
+            first_exit: OnceLock::new(),
+        });
+
+        // The machine description, then the guest image that reads it.
+        let machine = boot::Machine {
+            layout: &layout,
+            vcpus: usize::from(cli.cpus.boot),
+            com1: serial.is_some(),
+            pci_intx: disks.intx_routes().to_vec(),
         };
-        // Written in one call, which holds stderr's lock: no other line of the VMM cuts it.
-        let bytes = match format {
-            StatsFormat::Text => {
-                let mut text = Vec::new();
-                let _ = report.write_text(&mut text);
-                text
-            }
-            StatsFormat::Json => match report.to_json_line() {
-                Ok(line) => line.into_bytes(),
-                Err(e) => {
-                    format!("reference-vmm: cannot encode the statistics: {e}\n").into_bytes()
-                }
+        let rsdp = boot::write_firmware_tables(&memory, &machine)?;
+        let entry = boot::load(
+            &memory,
+            &layout,
+            &boot::Image {
+                name: &kernel_name,
+                bytes: &kernel,
+                firmware: cli.firmware.is_some(),
+                cmdline: &cli.cmdline,
+                initramfs: initramfs.as_deref(),
             },
-        };
-        stderr::write_until(&bytes, report_by);
+            rsdp,
+            hypervisor.supported_page_sizes(),
+        )?;
+        drop(kernel);
+        drop(initramfs);
+
+        // vCPUs: the BSP enters at the PVH entry point; application processors wait in the
+        // in-kernel LAPIC for INIT/SIPI.
+        let mut vcpus = vm
+            .create_vcpus(u32::from(cli.cpus.boot))
+            .context("cannot create the vCPUs")?;
+        if let Some(bsp) = vcpus.first_mut() {
+            match entry {
+                boot::Entry::Pvh { entry, start_info } => bsp.setup_pvh(entry, start_info),
+                boot::Entry::LongMode(entry) => bsp.setup_long_mode(&entry),
+            }
+            .context("cannot set the boot vCPU's entry state")?;
+        }
+        Ok(Self {
+            vm,
+            vcpus,
+            memory,
+            handler,
+            serial,
+            serial_buffer,
+            disks,
+        })
     }
-    let outcome = outcome?;
-    Ok(report(&outcome, handler.assist.last_report(), report_by))
+
+    /// Starts every thread, each under its own seccomp list: the serial output thread, one
+    /// thread per vCPU, the signal thread and, when COM1 is the terminal, the stdin thread; then
+    /// confines the calling thread to the main list.
+    fn start(self, cli: &Cli) -> Result<Running<V>> {
+        let Self {
+            vm,
+            vcpus,
+            memory,
+            handler,
+            serial,
+            serial_buffer,
+            disks,
+        } = self;
+        // One seccomp list per kind of thread: each thread spawned below installs its own first
+        // thing, and this thread installs the main list once they all run.
+        let filters =
+            Filters::new(cli.seccomp, exit_code::SECCOMP_VIOLATION).context("--seccomp")?;
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        // The guest's serial output, drained to the host by a thread of its own.
+        let serial_output = match serial_buffer {
+            Some((output, drain)) => {
+                let (filters, failed) = (filters.clone(), tx.clone());
+                let thread =
+                    lifecycle::spawn("serial-out".into(), report_panic(tx.clone()), move || {
+                        if confine(&filters, ThreadKind::SerialOutput, &failed) {
+                            drain.run()
+                        }
+                    })
+                    .context("cannot start the serial output thread")?;
+                Some((output, thread))
+            }
+            None => None,
+        };
+        let mut kickers = Vec::with_capacity(vcpus.len());
+        let mut vcpu_threads = Vec::with_capacity(vcpus.len());
+        for vcpu in vcpus {
+            kickers.push(vcpu.kicker());
+            let thread = spawn_vcpu_thread(vcpu, &handler, &memory, &stop, &filters, &tx)?;
+            vcpu_threads.push(thread);
+        }
+        spawn_signal_thread(tx.clone(), stop.clone(), filters.clone())?;
+        let raw_stdin = match (&cli.serial, &serial) {
+            (SerialConfig::Tty, Some(serial)) => {
+                spawn_stdin_thread(serial.clone(), tx, filters.clone())?;
+                RawStdin::enable()
+            }
+            _ => None,
+        };
+        // Last, this thread's own list: every other thread runs under its own by now.
+        filters
+            .apply(ThreadKind::Main)
+            .context("--seccomp: cannot confine the main thread")?;
+        Ok(Running {
+            _vm: vm,
+            handler,
+            serial,
+            disks,
+            kickers,
+            vcpu_threads,
+            serial_output,
+            raw_stdin,
+            stop,
+            events: rx,
+        })
+    }
+}
+
+/// Runs `vcpu` on a thread of its own until a handler stops the VM, the stop flag is set or the
+/// backend fails; the thread then tells the main loop how its vCPU ended.
+fn spawn_vcpu_thread<C>(
+    mut vcpu: C,
+    handler: &Arc<Handler>,
+    memory: &GuestMemoryMmap,
+    stop: &Arc<AtomicBool>,
+    filters: &Filters,
+    tx: &mpsc::Sender<Event>,
+) -> Result<Supervised>
+where
+    C: Vcpu + Send + 'static,
+{
+    let (tx, handler, stop) = (tx.clone(), handler.clone(), stop.clone());
+    let memory = memory.clone();
+    let filters = filters.clone();
+    let id = vcpu.id();
+    lifecycle::spawn(format!("vcpu{id}"), report_panic(tx.clone()), move || {
+        if !confine(&filters, ThreadKind::Vcpu, &tx) {
+            return;
+        }
+        let result = vcpu
+            .run_loop_with_assist(&*handler, &handler.assist, &memory, &stop)
+            .map_err(|e| chain(&e));
+        let _ = tx.send(Event::VcpuEnded { id, result });
+    })
+    .context("cannot start a vCPU thread")
+}
+
+/// A running VM: its threads, the kickers of its vCPUs and the channel they report on.
+pub struct Running<V: SharedVm> {
+    /// Kept until the end: the vCPUs and interrupt lines use it.
+    _vm: Arc<V>,
+    handler: Arc<Handler>,
+    serial: Option<Arc<Serial<V>>>,
+    disks: Disks,
+    kickers: Vec<<V::Vcpu as Vcpu>::Kicker>,
+    vcpu_threads: Vec<Supervised>,
+    serial_output: Option<(SerialOutput, Supervised)>,
+    raw_stdin: Option<RawStdin>,
+    stop: Arc<AtomicBool>,
+    events: mpsc::Receiver<Event>,
+}
+
+/// How and when the guest's run ended: [`Running::wait`]'s answer.
+struct Ended {
+    outcome: Result<Outcome>,
+    at: Instant,
+}
+
+impl<V: SharedVm> Running<V> {
+    /// Waits for the first vCPU to stop the VM, a signal, a panic, or `timeout`. A timeout too
+    /// far away to represent (the command line refuses those) is no timeout.
+    fn wait(&self, timeout: Option<Duration>) -> Ended {
+        let deadline = timeout.and_then(|t| Some((Instant::now().checked_add(t)?, t)));
+        let outcome = loop {
+            let event = match deadline {
+                Some((at, limit)) => {
+                    match self
+                        .events
+                        .recv_timeout(at.saturating_duration_since(Instant::now()))
+                    {
+                        Ok(event) => event,
+                        Err(RecvTimeoutError::Timeout) => break Ok(Outcome::Timeout(limit)),
+                        Err(RecvTimeoutError::Disconnected) => {
+                            break Err(anyhow::anyhow!("every vCPU thread ended"));
+                        }
+                    }
+                }
+                None => match self.events.recv() {
+                    Ok(event) => event,
+                    Err(_) => break Err(anyhow::anyhow!("every vCPU thread ended")),
+                },
+            };
+            match event {
+                Event::VcpuEnded {
+                    id,
+                    result: Ok(LoopExit::Stopped(reason)),
+                } => break Ok(Outcome::Stopped { vcpu: id, reason }),
+                // Only the stop flag ends a loop this way, and only this thread sets it.
+                Event::VcpuEnded {
+                    result: Ok(LoopExit::StopRequested),
+                    ..
+                } => {}
+                Event::VcpuEnded { id, result: Err(e) } => {
+                    break Err(anyhow::anyhow!("vCPU {id}: {e}"));
+                }
+                Event::Signal(signal) => break Ok(Outcome::Signal(signal)),
+                Event::Panicked(panic) => break Ok(Outcome::Panicked(panic)),
+                Event::Failed(e) => break Err(anyhow::anyhow!(e)),
+            }
+        };
+        Ended {
+            outcome,
+            at: Instant::now(),
+        }
+    }
+
+    /// Stops the VM and reports how it ended: the abandoned threads, the statistics (`stats`)
+    /// and the outcome's line; returns the exit status.
+    fn shutdown(
+        self,
+        ended: Ended,
+        stats: Option<StatsFormat>,
+        process_start: Instant,
+    ) -> Result<u8> {
+        let Ended {
+            outcome,
+            at: guest_end,
+        } = ended;
+        // Stop every vCPU: set the flag, kick them out of the guest and join them; then let the
+        // serial output thread write what the guest left in the buffer. A thread still running
+        // at the deadline is abandoned: the process exits without it.
+        let stop_by = guest_end.checked_add(STOP_GRACE).unwrap_or(guest_end);
+        self.stop.store(true, Ordering::Release);
+        for kicker in &self.kickers {
+            kicker.kick();
+        }
+        let mut abandoned = lifecycle::join_until(self.vcpu_threads, stop_by);
+        let output_stats = self.serial_output.map(|(output, thread)| {
+            output.close();
+            abandoned.extend(lifecycle::join_until(vec![thread], stop_by));
+            output
+        });
+        drop(self.raw_stdin);
+        // A thread that panicked while the VM stopped ends it as a panic too.
+        let outcome = match self.events.try_iter().find_map(|event| match event {
+            Event::Panicked(panic) => Some(panic),
+            _ => None,
+        }) {
+            Some(panic) => Ok(Outcome::Panicked(panic)),
+            None => outcome,
+        };
+
+        // The last lines: abandoned threads, the statistics, how the VM ended, each within the
+        // deadline (stderr may be a pipe nobody reads).
+        let report_by = Instant::now()
+            .checked_add(REPORT_GRACE)
+            .unwrap_or_else(Instant::now);
+        if !abandoned.is_empty() {
+            stderr::line_until(
+                format_args!(
+                    "abandoned {} (still running {} s after the VM stopped)",
+                    abandoned.join(", "),
+                    STOP_GRACE.as_secs_f64()
+                ),
+                report_by,
+            );
+        }
+        let handler = &self.handler;
+        if let Some(format) = stats {
+            let report = stats::Report {
+                exits: handler
+                    .dispatcher
+                    .stats()
+                    .with_assist(handler.assist.counts()),
+                disks: self.disks.stats(report_by),
+                com1: output_stats.as_ref().map(SerialOutput::stats),
+                log: crate::logger::stats(),
+                timeline: stats::Timeline::new(
+                    process_start,
+                    handler.first_exit.get().copied(),
+                    self.serial.as_deref().and_then(Serial::first_output_at),
+                    guest_end,
+                ),
+            };
+            // Written in one call, which holds stderr's lock: no other line of the VMM cuts it.
+            let bytes = match format {
+                StatsFormat::Text => {
+                    let mut text = Vec::new();
+                    let _ = report.write_text(&mut text);
+                    text
+                }
+                StatsFormat::Json => match report.to_json_line() {
+                    Ok(line) => line.into_bytes(),
+                    Err(e) => {
+                        format!("reference-vmm: cannot encode the statistics: {e}\n").into_bytes()
+                    }
+                },
+            };
+            stderr::write_until(&bytes, report_by);
+        }
+        let outcome = outcome?;
+        Ok(report(&outcome, handler.assist.last_report(), report_by))
+    }
 }
 
 fn register(
@@ -433,7 +623,10 @@ fn register(
 
 /// QEMU's `pc-testdev`: its register and interrupt-line ports, its interrupt lines wired to the
 /// GSIs of the same number, and its scratch memory.
-fn register_testdev(io_bus: &IoBus, mmio_bus: &MmioBus, vm: &Arc<KvmVm>) -> Result<()> {
+fn register_testdev<V>(io_bus: &IoBus, mmio_bus: &MmioBus, vm: &Arc<V>) -> Result<()>
+where
+    V: SharedVm,
+{
     let mut testdev = PcTestDev::new();
     for line in 0..IRQ_LINE_COUNT {
         let irq = IrqLine::new(vm.clone(), u32::from(line));
@@ -455,10 +648,10 @@ fn register_testdev(io_bus: &IoBus, mmio_bus: &MmioBus, vm: &Arc<KvmVm>) -> Resu
 
 /// COM1, and the buffer its output goes through to stdout or a file (drained by the serial
 /// output thread, so a host that does not read never blocks the vCPU writing to the UART).
-fn serial_device(
-    config: &SerialConfig,
-    vm: &Arc<KvmVm>,
-) -> Result<(Option<Arc<Serial>>, Option<SerialBuffer>)> {
+fn serial_device<V>(config: &SerialConfig, vm: &Arc<V>) -> Result<Com1<V>>
+where
+    V: SharedVm,
+{
     let (sink, limit): (Box<dyn Write + Send>, _) = match config {
         SerialConfig::Off => return Ok((None, None)),
         // An unbuffered handle: guest output appears as the guest writes it.
@@ -526,11 +719,14 @@ fn spawn_signal_thread(
 }
 
 /// Feeds stdin to the guest's UART, waiting while its receive FIFO is full.
-fn spawn_stdin_thread(
-    serial: Arc<Serial>,
+fn spawn_stdin_thread<V>(
+    serial: Arc<Serial<V>>,
     tx: mpsc::Sender<Event>,
     filters: Filters,
-) -> Result<()> {
+) -> Result<()>
+where
+    V: SharedVm,
+{
     lifecycle::spawn("stdin".into(), report_panic(tx.clone()), move || {
         if !confine(&filters, ThreadKind::Stdin, &tx) {
             return;
@@ -606,6 +802,9 @@ fn report(outcome: &Outcome, assist_report: Option<AssistReport>, deadline: Inst
         }
     }
 }
+
+#[cfg(test)]
+mod fake_backend_tests;
 
 #[cfg(test)]
 mod tests {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use kvm_bindings::{
     CpuId, KVM_EXIT_HYPERCALL, KVM_EXIT_IO, KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO,
     KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR, KVM_EXIT_XEN, KVM_MP_STATE_HALTED,
-    KVM_MP_STATE_RUNNABLE, KVMIO, Msrs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
-    kvm_run, kvm_xsave,
+    KVM_MP_STATE_RUNNABLE, KVMIO, Msrs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_run,
+    kvm_xsave,
 };
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
@@ -27,11 +27,8 @@ use super::run_area::RunArea;
 use super::{Error, VmShared};
 use crate::hypervisor::Vcpu;
 use crate::run::RunExit;
-use crate::x86::msr::{BOOT_MSRS, MsrValue, msr_name};
-use crate::x86::{
-    LONG_MODE_GDT, LongModeEntry, long_mode_registers, long_mode_special_registers, pvh_registers,
-    pvh_special_registers,
-};
+use crate::x86::msr::{MsrValue, msr_name};
+use crate::x86::{LONG_MODE_GDT, LapicState, LongModeEntry};
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 
@@ -131,106 +128,6 @@ impl KvmVcpu {
     /// nested state).
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
-    }
-
-    /// The local APIC's registers (`KVM_GET_LAPIC`); read one with [`lapic_register`].
-    pub fn lapic(&self) -> Result<kvm_lapic_state, Error> {
-        self.complete_pending()?;
-        self.fd.get_lapic().map_err(Error::ioctl("KVM_GET_LAPIC"))
-    }
-
-    /// Reads the MSRs `indices`; an MSR the host does not have ends the list early.
-    pub fn msrs(&self, indices: &[u32]) -> Result<Vec<MsrValue>, Error> {
-        self.complete_pending()?;
-        let entries: Vec<kvm_msr_entry> = indices
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|_| Error::TooManyEntries {
-            what: "MSR",
-            count: entries.len(),
-        })?;
-        let n = self
-            .fd
-            .get_msrs(&mut msrs)
-            .map_err(Error::ioctl("KVM_GET_MSRS"))?;
-        Ok(msrs
-            .as_slice()
-            .iter()
-            .take(n)
-            .map(|e| MsrValue {
-                index: e.index,
-                value: e.data,
-            })
-            .collect())
-    }
-
-    /// Writes `msrs` in order; the first one the host refuses is named in
-    /// [`Error::SetMsrs`].
-    pub fn set_msrs(&mut self, msrs: &[MsrValue]) -> Result<(), Error> {
-        self.complete_pending()?;
-        let entries: Vec<kvm_msr_entry> = msrs
-            .iter()
-            .map(|m| kvm_msr_entry {
-                index: m.index,
-                data: m.value,
-                ..Default::default()
-            })
-            .collect();
-        let list = Msrs::from_entries(&entries).map_err(|_| Error::TooManyEntries {
-            what: "MSR",
-            count: entries.len(),
-        })?;
-        let n = self
-            .fd
-            .set_msrs(&list)
-            .map_err(Error::ioctl("KVM_SET_MSRS"))?;
-        match msrs.get(n) {
-            None => Ok(()),
-            Some(refused) => Err(Error::SetMsrs {
-                index: refused.index,
-                name: msr_name(refused.index),
-                value: refused.value,
-            }),
-        }
-    }
-
-    /// The FPU state (`KVM_GET_FPU`).
-    pub fn fpu(&self) -> Result<kvm_fpu, Error> {
-        self.complete_pending()?;
-        self.fd.get_fpu().map_err(Error::ioctl("KVM_GET_FPU"))
-    }
-
-    /// Translates the guest-virtual address `gva` through the vCPU's current paging state as
-    /// KVM sees it (`KVM_TRANSLATE`): `Some(gpa)`, or `None` when the guest's page tables map
-    /// no page there (or the walk hits a reserved bit).
-    ///
-    /// KVM walks as a supervisor read and reports nothing else faithfully (its writeable and
-    /// user-mode fields are fixed), so only the address and its validity are returned; for
-    /// the rights and the exact fault, walk the tables with `vmkit_paging::X86Paging`.
-    pub fn translate(&self, gva: u64) -> Result<Option<u64>, Error> {
-        self.complete_pending()?;
-        let translation = self
-            .fd
-            .translate_gva(gva)
-            .map_err(Error::ioctl("KVM_TRANSLATE"))?;
-        Ok((translation.valid != 0).then_some(translation.physical_address))
-    }
-
-    /// Resets what every entry mode shares: FPU (`FCW = 0x37f`, `MXCSR = 0x1f80`), the boot MSRs,
-    /// and the run state (runnable, also for an application processor still waiting for SIPI).
-    fn reset_boot_state(&mut self) -> Result<(), Error> {
-        let fpu = kvm_fpu {
-            fcw: 0x37f,
-            mxcsr: 0x1f80,
-            ..Default::default()
-        };
-        self.fd.set_fpu(&fpu).map_err(Error::ioctl("KVM_SET_FPU"))?;
-        self.set_msrs(&BOOT_MSRS)?;
-        self.set_mp_state(KVM_MP_STATE_RUNNABLE)
     }
 
     fn set_mp_state(&self, mp_state: u32) -> Result<(), Error> {
@@ -499,15 +396,113 @@ impl Vcpu for KvmVcpu {
         self.set_mp_state(KVM_MP_STATE_HALTED)
     }
 
-    fn setup_pvh(&mut self, entry: GuestAddress, start_info: GuestAddress) -> Result<(), Error> {
-        self.reset_boot_state()?;
-        let sregs = pvh_special_registers(&self.special_registers()?);
-        self.set_special_registers(&sregs)?;
-        self.set_registers(&pvh_registers(entry, start_info))
+    fn msrs(&self, indices: &[u32]) -> Result<Vec<MsrValue>, Error> {
+        self.complete_pending()?;
+        let entries: Vec<kvm_msr_entry> = indices
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| Error::TooManyEntries {
+            what: "MSR",
+            count: entries.len(),
+        })?;
+        let n = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(Error::ioctl("KVM_GET_MSRS"))?;
+        Ok(msrs
+            .as_slice()
+            .iter()
+            .take(n)
+            .map(|e| MsrValue {
+                index: e.index,
+                value: e.data,
+            })
+            .collect())
     }
 
+    /// The first MSR the host refuses is named in [`Error::SetMsrs`].
+    fn set_msrs(&mut self, msrs: &[MsrValue]) -> Result<(), Error> {
+        self.complete_pending()?;
+        let entries: Vec<kvm_msr_entry> = msrs
+            .iter()
+            .map(|m| kvm_msr_entry {
+                index: m.index,
+                data: m.value,
+                ..Default::default()
+            })
+            .collect();
+        let list = Msrs::from_entries(&entries).map_err(|_| Error::TooManyEntries {
+            what: "MSR",
+            count: entries.len(),
+        })?;
+        let n = self
+            .fd
+            .set_msrs(&list)
+            .map_err(Error::ioctl("KVM_SET_MSRS"))?;
+        match msrs.get(n) {
+            None => Ok(()),
+            Some(refused) => Err(Error::SetMsrs {
+                index: refused.index,
+                name: msr_name(refused.index),
+                value: refused.value,
+            }),
+        }
+    }
+
+    fn lapic(&self) -> Result<LapicState, Error> {
+        self.complete_pending()?;
+        let kvm = self.fd.get_lapic().map_err(Error::ioctl("KVM_GET_LAPIC"))?;
+        let mut lapic = LapicState::default();
+        for (b, r) in lapic.regs.iter_mut().zip(kvm.regs.iter()) {
+            *b = *r as u8;
+        }
+        Ok(lapic)
+    }
+
+    fn set_lapic(&mut self, lapic: &LapicState) -> Result<(), Error> {
+        self.complete_pending()?;
+        let mut kvm = kvm_lapic_state::default();
+        for (r, b) in kvm.regs.iter_mut().zip(lapic.regs.iter()) {
+            *r = *b as libc::c_char;
+        }
+        self.fd
+            .set_lapic(&kvm)
+            .map_err(Error::ioctl("KVM_SET_LAPIC"))
+    }
+
+    /// `KVM_TRANSLATE` walks as a supervisor read and reports nothing else faithfully (its
+    /// writeable and user-mode fields are fixed), so only the address and its validity are
+    /// returned; a walk that hits a reserved bit is `None` too.
+    fn translate(&self, gva: u64) -> Result<Option<u64>, Error> {
+        self.complete_pending()?;
+        let translation = self
+            .fd
+            .translate_gva(gva)
+            .map_err(Error::ioctl("KVM_TRANSLATE"))?;
+        Ok((translation.valid != 0).then_some(translation.physical_address))
+    }
+
+    /// The entry state is computed backend-neutrally ([`VcpuSnapshot::enter_pvh`](crate::VcpuSnapshot::enter_pvh)) and applied
+    /// with [`set_state`](Vcpu::set_state); then the vCPU is made runnable, also when it is an
+    /// application processor still waiting for SIPI.
+    fn setup_pvh(&mut self, entry: GuestAddress, start_info: GuestAddress) -> Result<(), Error> {
+        let mut state = self.state()?;
+        state.enter_pvh(entry, start_info);
+        self.set_state(&state)?;
+        self.set_mp_state(KVM_MP_STATE_RUNNABLE)
+    }
+
+    /// As [`setup_pvh`](Vcpu::setup_pvh), with
+    /// [`VcpuSnapshot::enter_long_mode`](crate::VcpuSnapshot::enter_long_mode); the
+    /// backend also writes [`LONG_MODE_GDT`] at `entry.gdt` in guest memory, which the segments'
+    /// descriptor caches describe.
     fn setup_long_mode(&mut self, entry: &LongModeEntry) -> Result<(), Error> {
-        entry.validate()?;
+        let mut state = self.state()?;
+        state.enter_long_mode(entry)?;
         let mut gdt = Vec::with_capacity(LONG_MODE_GDT.len() * 8);
         for descriptor in LONG_MODE_GDT {
             gdt.extend_from_slice(&descriptor.to_le_bytes());
@@ -516,10 +511,8 @@ impl Vcpu for KvmVcpu {
             .memory
             .write_slice(&gdt, entry.gdt)
             .map_err(|_| Error::WriteGdt(entry.gdt.0))?;
-        self.reset_boot_state()?;
-        let sregs = long_mode_special_registers(&self.special_registers()?, entry);
-        self.set_special_registers(&sregs)?;
-        self.set_registers(&long_mode_registers(entry))
+        self.set_state(&state)?;
+        self.set_mp_state(KVM_MP_STATE_RUNNABLE)
     }
 }
 

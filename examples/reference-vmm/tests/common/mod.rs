@@ -179,6 +179,7 @@ pub fn agree_with_kvm(
     gva: u64,
 ) -> Agreed {
     use vmkit_paging::{Access, Privilege, WalkError};
+    use vmkit_vcpu::Vcpu;
     let access = Access::read(Privilege::Supervisor);
     let kvm = vcpu
         .translate(gva)
