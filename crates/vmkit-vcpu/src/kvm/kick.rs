@@ -3,7 +3,8 @@
 //! One atomic word holds the vCPU's kick state: `PENDING` (a kick waits for the next run),
 //! `RUNNING` (the vCPU thread is inside its run window, opened right before `KVM_RUN` and closed
 //! right after) and the number of kickers in flight. A kick sets `PENDING`; if the window is
-//! open it also counts itself in flight, in the same atomic step, then sets the run area's
+//! open and no kick is pending yet it also counts itself in flight, in the same atomic step (a
+//! later kick finds `PENDING` and has nothing to add), then sets the run area's
 //! `immediate_exit` byte and sends the thread the kick signal, whose handler does nothing and is
 //! installed without `SA_RESTART`:
 //!
@@ -133,10 +134,16 @@ impl KickState {
     }
 
     fn kick(&self) {
-        // Set PENDING and, if the window is open, count this kicker in flight, in one step.
+        // Set PENDING and, if the window is open and no kick is pending yet, count this kicker
+        // in flight, in one step. A kick that finds the window open and PENDING already set has
+        // nothing to add: either the window saw PENDING when it opened and raised
+        // `immediate_exit` itself, or the kicker that set it is raising the byte and sending the
+        // signal. So a window gets at most one signal however many kicks it meets (a storm of
+        // queued real-time signals could otherwise keep the vCPU thread in signal delivery).
         let mut state = self.state.load(Ordering::Relaxed);
-        loop {
-            let next = if state & RUNNING != 0 {
+        let signal = loop {
+            let signal = state & RUNNING != 0 && state & PENDING == 0;
+            let next = if signal {
                 (state | PENDING) + KICKER
             } else {
                 state | PENDING
@@ -145,11 +152,11 @@ impl KickState {
                 .state
                 .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => break,
+                Ok(_) => break signal,
                 Err(now) => state = now,
             }
-        }
-        if state & RUNNING == 0 {
+        };
+        if !signal {
             return;
         }
         // Acquire (the exchange above): `thread` and `immediate_exit` are the open window's.
