@@ -483,6 +483,27 @@ fn timeout_stops_a_guest_halted_with_interrupts_off() {
     assert_eq!(status.code(), Some(TIMEOUT));
 }
 
+/// Waits until process `pid` runs a thread named `name` (the VMM's `signals` thread exists once
+/// its signal handlers are installed): a signal sent earlier would meet the default action.
+fn wait_for_thread(pid: u32, name: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let found = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == name)
+            });
+        if found {
+            return;
+        }
+        assert!(start.elapsed() < limit, "no thread {name} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn signal_stops_the_vm(signal: libc::c_int, expected: i32) {
     let dir = TempDir::new(&format!("signal{signal}"));
     let kernel = dir.file("k.elf", &guest(SPIN_HLT));
@@ -496,7 +517,9 @@ fn signal_stops_the_vm(signal: libc::c_int, expected: i32) {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    // Let the guest reach its halt loop (the first exit cannot be observed from here).
+    // Let the guest reach its halt loop (the first exit cannot be observed from here), with the
+    // VMM's signal handlers installed.
+    wait_for_thread(child.id(), "signals", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: `child.id()` is the pid of a child this test spawned and has not yet reaped.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
@@ -670,7 +693,8 @@ fn a_second_signal_ends_the_vmm_at_once() {
     let dir = TempDir::new("second-signal");
     let kernel = dir.file("k.elf", &guest(SERIAL_FLOOD));
     let mut vmm = spawn_unread_stdout(&["--kernel", kernel.to_str().unwrap()]);
-    // Let the flood fill the pipe.
+    // Let the flood fill the pipe, with the VMM's signal handlers installed.
+    wait_for_thread(vmm.child.id(), "signals", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     let pid = vmm.child.id() as libc::pid_t;
     for signal in [libc::SIGINT, libc::SIGTERM] {
