@@ -868,6 +868,9 @@ impl ShadowMmu {
     /// link to `id` makes their entries reachable through linear addresses that never used
     /// them, and no TLB can hold a stale translation of an address it never translated.
     fn sync_below<M: PhysMemory + ?Sized>(&mut self, mem: &M, id: PageId) {
+        if self.unsync.is_empty() {
+            return;
+        }
         let below: Vec<u64> = self
             .unsync
             .iter()
