@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 pub const MAX_IMAGE_SIZE: u64 = 1 << 30;
 
 /// What a file is, for messages.
-fn kind(file_type: std::fs::FileType) -> &'static str {
+pub fn kind(file_type: std::fs::FileType) -> &'static str {
     if file_type.is_file() {
         "a regular file"
     } else if file_type.is_dir() {

@@ -152,24 +152,6 @@ fn level(verbose: u8, env: Option<&str>) -> anyhow::Result<LevelFilter> {
     })
 }
 
-/// Kinds of files that are not regular, for the message refusing one.
-fn kind(file_type: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if file_type.is_dir() {
-        "a directory"
-    } else if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_char_device() {
-        "a character device"
-    } else if file_type.is_block_device() {
-        "a block device"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    }
-}
-
 /// Whether lines can go to a file of this type: a regular file, or a character device (a
 /// terminal, `/dev/null`), which the non-blocking writes never wait for.
 fn loggable(file_type: std::fs::FileType) -> bool {
@@ -185,7 +167,7 @@ fn open_log_file(path: &Path) -> anyhow::Result<File> {
         anyhow::anyhow!(
             "log file {} is {}, not a regular file or a character device",
             path.display(),
-            kind(file_type)
+            crate::files::kind(file_type)
         )
     };
     if let Ok(meta) = std::fs::metadata(path)
