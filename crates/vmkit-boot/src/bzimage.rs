@@ -100,8 +100,9 @@ pub use header::{
     MIN_SETUP_HEADER_END, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64,
 };
 
+use crate::boot_data::{BootDataError, UsableRam, check_cmdline, highest_fit, usable_ram};
 use crate::page_tables::{IDENTITY_MAP_END, PAGE_TABLES_END, PAGE_TABLES_START};
-use crate::pvh::{self, UsableRam, highest_fit, write_cmdline};
+use crate::pvh::{self, write_cmdline};
 
 /// Why a bzImage could not be loaded ([`load_bzimage`]). Every problem with the image or the
 /// configuration is found before anything is written to guest memory; only the last three
@@ -202,30 +203,8 @@ pub enum BzImageError {
         /// 4 GiB.
         limit: u64,
     },
-    /// the command line is {len} bytes; at most {max} fit
-    CmdlineTooLong {
-        /// Length of the command line in bytes.
-        len: usize,
-        /// The most bytes accepted, without the terminating NUL.
-        max: usize,
-    },
-    /// the command line contains a NUL byte
-    CmdlineHasNul,
-    /// the memory map has {count} entries; between 1 and {max} are accepted
-    BadMemoryMapSize {
-        /// Number of entries given.
-        count: usize,
-        /// The most entries the boot structures hold.
-        max: usize,
-    },
-    /// the boot structures ({size:#x} bytes at {addr:#x}) do not lie in guest RAM that the memory
-    /// map reports usable
-    BootDataOutOfMemory {
-        /// First address of the boot structure area.
-        addr: u64,
-        /// Size of the area.
-        size: u64,
-    },
+    /// the command line, the memory map or the boot structures do not fit
+    BootData(#[from] BootDataError),
     /// the kernel loader failed
     Loader(#[source] linux_loader::loader::Error),
     /// writing the boot structures failed
@@ -380,23 +359,11 @@ fn load<M: GuestMemoryBackend>(
     config: &LinuxConfig<'_>,
 ) -> Result<LinuxBoot, BzImageError> {
     let bz = BzImage::parse(image)?;
-    check_cmdline(config.cmdline, bz.cmdline_size())?;
+    check_kernel_cmdline(config.cmdline, bz.cmdline_size())?;
     if config.initramfs.is_some_and(<[u8]>::is_empty) {
         return Err(BzImageError::EmptyInitramfs);
     }
-    if memory_map.is_empty() || memory_map.len() > MAX_E820_ENTRIES {
-        return Err(BzImageError::BadMemoryMapSize {
-            count: memory_map.len(),
-            max: MAX_E820_ENTRIES,
-        });
-    }
-
-    let ram = UsableRam::new(memory_map, guest_mem);
-    for (addr, size) in BOOT_DATA_AREAS {
-        if !ram.contains(addr, size) {
-            return Err(BzImageError::BootDataOutOfMemory { addr, size });
-        }
-    }
+    let ram = usable_ram(memory_map, MAX_E820_ENTRIES, guest_mem, &BOOT_DATA_AREAS)?;
     let kernel_size = bz.kernel_size();
     if !ram.contains(KERNEL_LOAD_ADDR.0, kernel_size) {
         return Err(BzImageError::KernelOutOfMemory {
@@ -454,20 +421,11 @@ fn load<M: GuestMemoryBackend>(
 }
 
 /// Checks the command line against the kernel's `cmdline_size` and the command-line area.
-fn check_cmdline(cmdline: &str, cmdline_size: u64) -> Result<(), BzImageError> {
+fn check_kernel_cmdline(cmdline: &str, cmdline_size: u64) -> Result<(), BootDataError> {
     let max = usize::try_from(cmdline_size)
         .unwrap_or(usize::MAX)
         .min(CMDLINE_CAPACITY - 1);
-    if cmdline.len() > max {
-        return Err(BzImageError::CmdlineTooLong {
-            len: cmdline.len(),
-            max,
-        });
-    }
-    if cmdline.bytes().any(|byte| byte == 0) {
-        return Err(BzImageError::CmdlineHasNul);
-    }
-    Ok(())
+    check_cmdline(cmdline, max)
 }
 
 /// The kernel's runtime range, `init_size` bytes from its runtime start: it must lie in usable

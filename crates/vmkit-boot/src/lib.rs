@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod acpi;
+mod boot_data;
 pub mod bzimage;
 pub mod elf;
 mod format;
@@ -10,6 +11,7 @@ pub mod pvh;
 pub mod smbios;
 
 pub use acpi::{AcpiError, AcpiPlatform, AcpiTables, mark_acpi_memory, write_acpi_tables};
+pub use boot_data::BootDataError;
 pub use bzimage::{BzImageError, LinuxBoot, LinuxConfig, load_bzimage};
 pub use elf::ElfError;
 pub use format::{ImageFormat, detect_image};

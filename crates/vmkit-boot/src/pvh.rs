@@ -40,8 +40,9 @@ use linux_loader::loader::elf::start_info::{
 };
 use log::debug;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-use vmkit_memory::{MemoryKind, MemoryMapEntry};
+use vmkit_memory::MemoryMapEntry;
 
+use crate::boot_data::{BootDataError, UsableRam, check_cmdline, highest_fit, usable_ram};
 use crate::elf::{ElfError, ElfImage, LoadSegment};
 use crate::page_tables::{PAGE_TABLES_END, PAGE_TABLES_START};
 
@@ -77,30 +78,8 @@ pub enum PvhError {
         /// `p_memsz`.
         size: u64,
     },
-    /// the command line is {len} bytes; at most {max} fit
-    CmdlineTooLong {
-        /// Length of the command line in bytes.
-        len: usize,
-        /// The most bytes accepted, without the terminating NUL.
-        max: usize,
-    },
-    /// the command line contains a NUL byte
-    CmdlineHasNul,
-    /// the memory map has {count} entries; between 1 and {max} are accepted
-    BadMemoryMapSize {
-        /// Number of entries given.
-        count: usize,
-        /// The most entries the boot structures hold.
-        max: usize,
-    },
-    /// the boot structures ({size:#x} bytes at {addr:#x}) do not lie in guest RAM that the memory
-    /// map reports usable
-    BootDataOutOfMemory {
-        /// First address of the boot structure area.
-        addr: u64,
-        /// Size of the area.
-        size: u64,
-    },
+    /// the command line, the memory map or the boot structures do not fit
+    BootData(#[from] BootDataError),
     /// {count} modules were given; at most {max} are accepted
     TooManyModules {
         /// Number of modules given.
@@ -263,26 +242,14 @@ fn load<M: GuestMemoryBackend>(
     {
         return Err(PvhError::EntryOutsideSegments(entry.0));
     }
-    check_cmdline(config.cmdline)?;
+    check_cmdline(config.cmdline, CMDLINE_CAPACITY - 1)?;
     if config.modules.len() > MAX_MODULES {
         return Err(PvhError::TooManyModules {
             count: config.modules.len(),
             max: MAX_MODULES,
         });
     }
-    if memory_map.is_empty() || memory_map.len() > MAX_MEMMAP_ENTRIES {
-        return Err(PvhError::BadMemoryMapSize {
-            count: memory_map.len(),
-            max: MAX_MEMMAP_ENTRIES,
-        });
-    }
-
-    let ram = UsableRam::new(memory_map, guest_mem);
-    for (addr, size) in BOOT_DATA_AREAS {
-        if !ram.contains(addr, size) {
-            return Err(PvhError::BootDataOutOfMemory { addr, size });
-        }
-    }
+    let ram = usable_ram(memory_map, MAX_MEMMAP_ENTRIES, guest_mem, &BOOT_DATA_AREAS)?;
     for segment in elf.segments() {
         check_segment(&ram, segment)?;
     }
@@ -345,58 +312,6 @@ fn check_segment<M: GuestMemoryBackend>(
     Ok(())
 }
 
-fn check_cmdline(cmdline: &str) -> Result<(), PvhError> {
-    if cmdline.len() >= CMDLINE_CAPACITY {
-        return Err(PvhError::CmdlineTooLong {
-            len: cmdline.len(),
-            max: CMDLINE_CAPACITY - 1,
-        });
-    }
-    if cmdline.bytes().any(|byte| byte == 0) {
-        return Err(PvhError::CmdlineHasNul);
-    }
-    Ok(())
-}
-
-/// The usable RAM of a memory map that guest memory backs: sorted, merged `[start, end)` ranges.
-pub(crate) struct UsableRam<'m, M> {
-    pub(crate) ranges: Vec<(u64, u64)>,
-    guest_mem: &'m M,
-}
-
-impl<'m, M: GuestMemoryBackend> UsableRam<'m, M> {
-    pub(crate) fn new(map: &[MemoryMapEntry], guest_mem: &'m M) -> Self {
-        let mut entries: Vec<(u64, u64)> = map
-            .iter()
-            .filter(|e| e.kind == MemoryKind::Ram && e.size > 0)
-            .map(|e| (e.addr, e.addr.saturating_add(e.size)))
-            .collect();
-        entries.sort_unstable();
-        let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(entries.len());
-        for (start, end) in entries {
-            match ranges.last_mut() {
-                Some(last) if start <= last.1 => last.1 = last.1.max(end),
-                _ => ranges.push((start, end)),
-            }
-        }
-        UsableRam { ranges, guest_mem }
-    }
-
-    /// Whether `[addr, addr + size)` is usable RAM backed by guest memory.
-    pub(crate) fn contains(&self, addr: u64, size: u64) -> bool {
-        let Some(end) = addr.checked_add(size) else {
-            return false;
-        };
-        let Ok(len) = usize::try_from(size) else {
-            return false;
-        };
-        self.ranges
-            .iter()
-            .any(|&(start, stop)| start <= addr && end <= stop)
-            && self.guest_mem.check_range(GuestAddress(addr), len)
-    }
-}
-
 /// Places each module, in order, at the highest [`MODULE_ALIGN`]-aligned address below
 /// [`MODULE_LIMIT`] where it lies in usable RAM without overlapping `taken` (the boot structures,
 /// the boot page-table window, the segments and the modules placed before it).
@@ -425,30 +340,6 @@ fn place_modules<M: GuestMemoryBackend>(
         });
     }
     Ok(placed)
-}
-
-/// The highest aligned start in `[start, end)` of `size` bytes that overlaps none of `taken`.
-pub(crate) fn highest_fit(
-    start: u64,
-    mut end: u64,
-    size: u64,
-    taken: &[(u64, u64)],
-) -> Option<u64> {
-    loop {
-        let candidate = end.checked_sub(size)? & !(MODULE_ALIGN - 1);
-        if candidate < start {
-            return None;
-        }
-        let candidate_end = candidate + size;
-        match taken
-            .iter()
-            .find(|&&(used, used_end)| used < candidate_end && candidate < used_end)
-        {
-            // Every fit above the candidate was ruled out; the next one ends below `used`.
-            Some(&(used, _)) => end = used,
-            None => return Some(candidate),
-        }
-    }
 }
 
 /// Zeroes `size` bytes of guest memory from `addr`.
@@ -531,7 +422,7 @@ mod tests {
     use super::*;
     use crate::elf::ElfBuilder;
     use vm_memory::GuestMemoryMmap;
-    use vmkit_memory::GuestLayout;
+    use vmkit_memory::{GuestLayout, MemoryKind};
 
     const RAM: u64 = 64 << 20;
     const TEXT: GuestAddress = GuestAddress(0x10_0000);
@@ -864,14 +755,14 @@ mod tests {
         let too_long = "a".repeat(CMDLINE_CAPACITY);
         assert!(matches!(
             load_err(&image(), &PvhConfig::new(&too_long)),
-            PvhError::CmdlineTooLong {
+            PvhError::BootData(BootDataError::CmdlineTooLong {
                 len: 4096,
                 max: 4095
-            }
+            })
         ));
         assert!(matches!(
             load_err(&image(), &PvhConfig::new("a\0b")),
-            PvhError::CmdlineHasNul
+            PvhError::BootData(BootDataError::CmdlineHasNul)
         ));
     }
 
@@ -880,21 +771,24 @@ mod tests {
         let err = load_with(&[], &image(), &PvhConfig::default()).unwrap_err();
         assert!(matches!(
             err,
-            PvhError::BadMemoryMapSize { count: 0, max: 128 }
+            PvhError::BootData(BootDataError::BadMemoryMapSize { count: 0, max: 128 })
         ));
         let many: Vec<MemoryMapEntry> = (0..129).map(|i| ram_entry(i << 20, 1 << 20)).collect();
         let err = load_with(&many, &image(), &PvhConfig::default()).unwrap_err();
-        assert!(matches!(err, PvhError::BadMemoryMapSize { count: 129, .. }));
+        assert!(matches!(
+            err,
+            PvhError::BootData(BootDataError::BadMemoryMapSize { count: 129, .. })
+        ));
 
         // No usable RAM below 1 MiB: the boot structures have nowhere to go.
         let high_only = [ram_entry(0x10_0000, RAM - 0x10_0000)];
         let err = load_with(&high_only, &image(), &PvhConfig::default()).unwrap_err();
         assert!(matches!(
             err,
-            PvhError::BootDataOutOfMemory {
+            PvhError::BootData(BootDataError::BootDataOutOfMemory {
                 addr: 0x6000,
                 size: 0x2000
-            }
+            })
         ));
         // RAM around the start info but not the command line.
         let partial = [
@@ -904,7 +798,7 @@ mod tests {
         let err = load_with(&partial, &image(), &PvhConfig::default()).unwrap_err();
         assert!(matches!(
             err,
-            PvhError::BootDataOutOfMemory { addr: 0x2_0000, .. }
+            PvhError::BootData(BootDataError::BootDataOutOfMemory { addr: 0x2_0000, .. })
         ));
     }
 

@@ -1,15 +1,19 @@
 //! Exit costs: the conversion of a run area into `VmExit`s, and — where `/dev/kvm` is usable — a
-//! full `out` exit round trip through KVM (guest `out`, exit, conversion, handler, re-entry).
+//! full `out` exit round trip through KVM (guest `out`, exit, conversion, handler, re-entry) and
+//! the host-side cost of raising an interrupt with each ready-made trigger.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use vmkit_exits::VcpuState;
-use vmkit_exits::{ExitAction, VmExit};
+use vmkit_exits::{ExitAction, InterruptTrigger, MsiTrigger, VmExit};
 use vmkit_memory::GuestLayout;
 use vmkit_memory::vm_memory::{Bytes, GuestAddress};
 use vmkit_vcpu::kvm::exit::{RunAreaBuf, convert_exit, record};
-use vmkit_vcpu::{Hypervisor, KvmHypervisor, RunExit, Vcpu, Vm, handle_exits};
+use vmkit_vcpu::{
+    Hypervisor, IrqLine, IrqfdLine, KvmHypervisor, MsiLine, RunExit, Vcpu, Vm, handle_exits,
+};
 
 fn conversion(c: &mut Criterion) {
     let mut out = RunAreaBuf::new(record::AREA_SIZE);
@@ -67,5 +71,33 @@ fn kvm_round_trip(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, conversion, kvm_round_trip);
+/// What raising an interrupt costs the thread that raises it: an edge on GSI 4 through
+/// `KVM_IRQ_LINE` (two ioctls: raise, lower), through an irqfd (one eventfd write; the
+/// backend injects it on its own), and an MSI through `KVM_SIGNAL_MSI`. The guest does not run:
+/// the IOAPIC pin stays masked and the MSI's vCPU never takes it, so this is the raising
+/// thread's cost alone.
+fn kvm_triggers(c: &mut Criterion) {
+    let Ok(kvm) = KvmHypervisor::new() else {
+        eprintln!("kvm/trigger skipped: /dev/kvm is not usable here");
+        return;
+    };
+    let layout = GuestLayout::new(2 << 20).expect("layout");
+    let memory = layout.create_guest_memory().expect("memory");
+    let vm = Arc::new(kvm.create_vm(&layout, &memory).expect("vm"));
+    let _vcpu = vm.create_vcpu(0, 1).expect("vcpu");
+    let irq_line = IrqLine::new(vm.clone(), 4);
+    c.bench_function("kvm/trigger/irq_line_edge", |b| {
+        b.iter(|| irq_line.trigger().expect("KVM_IRQ_LINE"))
+    });
+    let irqfd = IrqfdLine::edge(vm.clone(), 5).expect("irqfd");
+    c.bench_function("kvm/trigger/irqfd_edge", |b| {
+        b.iter(|| irqfd.trigger().expect("irqfd write"))
+    });
+    let msi = MsiLine::new(vm.clone());
+    c.bench_function("kvm/trigger/msi", |b| {
+        b.iter(|| msi.send(0xfee0_0000, 0x30).expect("KVM_SIGNAL_MSI"))
+    });
+}
+
+criterion_group!(benches, conversion, kvm_round_trip, kvm_triggers);
 criterion_main!(benches);

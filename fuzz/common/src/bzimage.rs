@@ -604,12 +604,13 @@ mod tests {
             let layout = guest_layout(input.reserved_hole);
             let outcome = match load_bzimage(&mem, layout.memory_map(), &image, &config) {
                 Ok(_) => "Ok".to_owned(),
-                Err(error) => format!("{error:?}")
-                    .split([' ', '(', '{'])
-                    .next()
-                    .unwrap()
-                    .to_owned(),
-            };
+                Err(BzImageError::BootData(error)) => format!("{error:?}"),
+                Err(error) => format!("{error:?}"),
+            }
+            .split([' ', '(', '{'])
+            .next()
+            .unwrap()
+            .to_owned();
             outcomes.push((name, outcome));
         }
         let expected = [

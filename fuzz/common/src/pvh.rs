@@ -460,6 +460,7 @@ mod tests {
             let outcome = match load_pvh(&mem, layout.memory_map(), &image, &config) {
                 Ok(_) => "Ok".to_owned(),
                 Err(PvhError::Elf(error)) => format!("{error:?}"),
+                Err(PvhError::BootData(error)) => format!("{error:?}"),
                 Err(error) => format!("{error:?}"),
             }
             .split([' ', '(', '{'])

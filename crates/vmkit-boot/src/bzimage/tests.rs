@@ -506,7 +506,7 @@ fn rejects_bad_command_lines() {
     .unwrap();
     assert!(matches!(
         load_err(&image, &LinuxConfig::new(&"a".repeat(17))),
-        BzImageError::CmdlineTooLong { len: 17, max: 16 }
+        BzImageError::BootData(BootDataError::CmdlineTooLong { len: 17, max: 16 })
     ));
     // A kernel taking more than the command-line area gets what the area holds.
     let generous = BzImageBuilder::new().cmdline_size(u32::MAX).build();
@@ -524,14 +524,14 @@ fn rejects_bad_command_lines() {
     assert_eq!(mem.read_obj::<u8>(end).unwrap(), 0);
     assert!(matches!(
         load_err(&generous, &LinuxConfig::new(&"a".repeat(CMDLINE_CAPACITY))),
-        BzImageError::CmdlineTooLong {
+        BzImageError::BootData(BootDataError::CmdlineTooLong {
             len: 4096,
             max: 4095
-        }
+        })
     ));
     assert!(matches!(
         load_err(&image, &LinuxConfig::new("a\0b")),
-        BzImageError::CmdlineHasNul
+        BzImageError::BootData(BootDataError::CmdlineHasNul)
     ));
 }
 
@@ -541,27 +541,36 @@ fn rejects_bad_memory_maps() {
     let config = LinuxConfig::default();
     assert!(matches!(
         load_with(&[], &image, &config),
-        Err(BzImageError::BadMemoryMapSize { count: 0, max: 128 })
+        Err(BzImageError::BootData(BootDataError::BadMemoryMapSize {
+            count: 0,
+            max: 128
+        }))
     ));
     let many: Vec<MemoryMapEntry> = (0..129).map(|i| ram_entry(i << 20, 1 << 20)).collect();
     assert!(matches!(
         load_with(&many, &image, &config),
-        Err(BzImageError::BadMemoryMapSize { count: 129, .. })
+        Err(BzImageError::BootData(BootDataError::BadMemoryMapSize {
+            count: 129,
+            ..
+        }))
     ));
     // No usable RAM below 1 MiB: the boot structures have nowhere to go.
     let high_only = [ram_entry(MIB, RAM - MIB)];
     assert!(matches!(
         load_with(&high_only, &image, &config),
-        Err(BzImageError::BootDataOutOfMemory {
+        Err(BzImageError::BootData(BootDataError::BootDataOutOfMemory {
             addr: 0x500,
             size: 0x100
-        })
+        }))
     ));
     // RAM for the zero page but not the command line.
     let partial = [ram_entry(0, 0x1_0000), ram_entry(MIB, RAM - MIB)];
     assert!(matches!(
         load_with(&partial, &image, &config),
-        Err(BzImageError::BootDataOutOfMemory { addr: 0x2_0000, .. })
+        Err(BzImageError::BootData(BootDataError::BootDataOutOfMemory {
+            addr: 0x2_0000,
+            ..
+        }))
     ));
 }
 
@@ -807,6 +816,6 @@ fn image_errors_come_first() {
     ));
     assert!(matches!(
         load_with(&[], &BzImageBuilder::new().build(), &config),
-        Err(BzImageError::CmdlineHasNul)
+        Err(BzImageError::BootData(BootDataError::CmdlineHasNul))
     ));
 }
