@@ -8,10 +8,10 @@
 //! [`CountingTrigger`] is a test double that records what a device did, and [`NoopTrigger`]
 //! accepts everything.
 
+#[cfg(feature = "legacy")]
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-pub use vmkit_exits::{InterruptTrigger, MsiTrigger, NoopTrigger};
+pub use vmkit_exits::{CountingTrigger, InterruptTrigger, MsiTrigger, NoopTrigger};
 
 /// Adapts an [`InterruptTrigger`] to the [`vm_superio::Trigger`] the vm-superio devices take:
 /// their `trigger()` is an edge.
@@ -28,109 +28,10 @@ impl<T: InterruptTrigger> vm_superio::Trigger for SuperioTrigger<T> {
     }
 }
 
-/// A test double that counts what a device did to its line and can be told to fail.
-#[derive(Debug, Default)]
-pub struct CountingTrigger {
-    edges: AtomicU64,
-    asserts: AtomicU64,
-    deasserts: AtomicU64,
-    level: AtomicBool,
-    failing: AtomicBool,
-}
-
-impl CountingTrigger {
-    /// A line that succeeds and has counted nothing yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// How many edges were triggered.
-    pub fn edges(&self) -> u64 {
-        self.edges.load(Ordering::Relaxed)
-    }
-
-    /// How many times the level line was asserted.
-    pub fn asserts(&self) -> u64 {
-        self.asserts.load(Ordering::Relaxed)
-    }
-
-    /// How many times the level line was deasserted.
-    pub fn deasserts(&self) -> u64 {
-        self.deasserts.load(Ordering::Relaxed)
-    }
-
-    /// Whether the level line is raised now.
-    pub fn is_asserted(&self) -> bool {
-        self.level.load(Ordering::Relaxed)
-    }
-
-    /// Makes every later call fail (`true`) or succeed again (`false`). Failed calls are not
-    /// counted.
-    pub fn set_failing(&self, failing: bool) {
-        self.failing.store(failing, Ordering::Relaxed);
-    }
-
-    fn check(&self) -> io::Result<()> {
-        if self.failing.load(Ordering::Relaxed) {
-            Err(io::Error::other("interrupt line configured to fail"))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl InterruptTrigger for CountingTrigger {
-    fn trigger(&self) -> io::Result<()> {
-        self.check()?;
-        self.edges.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn assert(&self) -> io::Result<()> {
-        self.check()?;
-        self.asserts.fetch_add(1, Ordering::Relaxed);
-        self.level.store(true, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn deassert(&self) -> io::Result<()> {
-        self.check()?;
-        self.deasserts.fetch_add(1, Ordering::Relaxed);
-        self.level.store(false, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
-
-    #[test]
-    fn counts_edges_and_levels() {
-        let line = CountingTrigger::new();
-        line.trigger().unwrap();
-        line.trigger().unwrap();
-        assert_eq!(line.edges(), 2);
-        assert!(!line.is_asserted());
-        line.assert().unwrap();
-        assert!(line.is_asserted());
-        line.deassert().unwrap();
-        assert!(!line.is_asserted());
-        assert_eq!((line.asserts(), line.deasserts()), (1, 1));
-    }
-
-    #[test]
-    fn failing_line_reports_errors_and_counts_nothing() {
-        let line = CountingTrigger::new();
-        line.set_failing(true);
-        assert!(line.trigger().is_err());
-        assert!(line.assert().is_err());
-        assert!(line.deassert().is_err());
-        assert_eq!((line.edges(), line.asserts(), line.deasserts()), (0, 0, 0));
-        line.set_failing(false);
-        assert!(line.trigger().is_ok());
-    }
 
     #[test]
     fn shared_and_boxed_lines_forward() {

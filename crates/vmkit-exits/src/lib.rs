@@ -38,5 +38,5 @@ pub use guest::{GuestFault, Unsupported};
 pub use ratelimit::{Clock, LogLimit, ManualClock, MonotonicClock, RateLimiter};
 pub use state::VcpuState;
 pub use stats::{AccessCounts, AssistCounts, ExitStats, RangeStats};
-pub use trigger::{InterruptTrigger, MsiTrigger, NoopTrigger};
+pub use trigger::{CountingTrigger, InterruptTrigger, MsiTrigger, NoopTrigger};
 pub use xsave::XsaveLayout;

@@ -5,10 +5,13 @@
 //! [`MsiTrigger`] (a PCI device's MSI/MSI-X messages); the VMM hands them implementations. The
 //! traits live in this layer so that a hypervisor backend (vmkit-vcpu's KVM triggers) and a
 //! device crate (vmkit-devices) can meet without knowing each other. [`NoopTrigger`] accepts
-//! everything and does nothing, for devices whose interrupts nobody listens to.
+//! everything and does nothing, for devices whose interrupts nobody listens to;
+//! [`CountingTrigger`] counts what a device did to its line and can be told to fail, for tests
+//! and fuzz harnesses.
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// An interrupt line a device raises.
 ///
@@ -99,6 +102,86 @@ impl MsiTrigger for NoopTrigger {
     }
 }
 
+/// A test double that counts what a device did to its line and can be told to fail.
+#[derive(Debug, Default)]
+pub struct CountingTrigger {
+    calls: AtomicU64,
+    edges: AtomicU64,
+    asserts: AtomicU64,
+    deasserts: AtomicU64,
+    level: AtomicBool,
+    failing: AtomicBool,
+}
+
+impl CountingTrigger {
+    /// A line that succeeds and has counted nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many calls the device made, failed ones included: the work it asked of its line.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// How many edges were triggered.
+    pub fn edges(&self) -> u64 {
+        self.edges.load(Ordering::Relaxed)
+    }
+
+    /// How many times the level line was asserted.
+    pub fn asserts(&self) -> u64 {
+        self.asserts.load(Ordering::Relaxed)
+    }
+
+    /// How many times the level line was deasserted.
+    pub fn deasserts(&self) -> u64 {
+        self.deasserts.load(Ordering::Relaxed)
+    }
+
+    /// Whether the level line is raised now.
+    pub fn is_asserted(&self) -> bool {
+        self.level.load(Ordering::Relaxed)
+    }
+
+    /// Makes every later call fail (`true`) or succeed again (`false`). Failed calls are not
+    /// counted.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+
+    fn check(&self) -> io::Result<()> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.failing.load(Ordering::Relaxed) {
+            Err(io::Error::other("interrupt line configured to fail"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl InterruptTrigger for CountingTrigger {
+    fn trigger(&self) -> io::Result<()> {
+        self.check()?;
+        self.edges.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn assert(&self) -> io::Result<()> {
+        self.check()?;
+        self.asserts.fetch_add(1, Ordering::Relaxed);
+        self.level.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn deassert(&self) -> io::Result<()> {
+        self.check()?;
+        self.deasserts.fetch_add(1, Ordering::Relaxed);
+        self.level.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +245,31 @@ mod tests {
         let shared: Arc<dyn MsiTrigger> = calls.clone();
         shared.send(0xFEE0_0000, 0x41).unwrap();
         assert_eq!(calls.0.load(Ordering::Relaxed), 2212);
+    }
+    #[test]
+    fn counts_edges_and_levels() {
+        let line = CountingTrigger::new();
+        line.trigger().unwrap();
+        line.trigger().unwrap();
+        assert_eq!(line.edges(), 2);
+        assert!(!line.is_asserted());
+        line.assert().unwrap();
+        assert!(line.is_asserted());
+        line.deassert().unwrap();
+        assert!(!line.is_asserted());
+        assert_eq!((line.asserts(), line.deasserts()), (1, 1));
+    }
+
+    #[test]
+    fn failing_line_reports_errors_and_counts_nothing() {
+        let line = CountingTrigger::new();
+        line.set_failing(true);
+        assert!(line.trigger().is_err());
+        assert!(line.assert().is_err());
+        assert!(line.deassert().is_err());
+        assert_eq!((line.edges(), line.asserts(), line.deasserts()), (0, 0, 0));
+        assert_eq!(line.calls(), 3);
+        line.set_failing(false);
+        assert!(line.trigger().is_ok());
     }
 }

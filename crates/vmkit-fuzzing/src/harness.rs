@@ -1,0 +1,374 @@
+//! The device harness: runs a decoded input against two identical instances of a fixture's
+//! devices in lockstep and checks, after every step, what every device owes the VMM.
+
+use std::fmt;
+use std::sync::Arc;
+
+use vmkit_exits::{
+    BusAddress, BusRange, CountingTrigger, DeviceAction, IoBus, MmioBus, MmioDevice, PioDevice,
+    is_valid_access_size,
+};
+
+use crate::ops::{Access, Op, decode};
+
+/// The address space a region lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    /// Port I/O (16-bit ports).
+    Pio,
+    /// Memory-mapped I/O (64-bit guest-physical addresses).
+    Mmio,
+}
+
+impl Space {
+    fn last(self) -> u64 {
+        match self {
+            Space::Pio => u64::from(u16::MAX),
+            Space::Mmio => u64::MAX,
+        }
+    }
+}
+
+/// A range the fixture registered: the target of the accesses that name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// The fixture's name for it (in failure messages).
+    pub name: String,
+    /// Its address space.
+    pub space: Space,
+    /// Its first address.
+    pub base: u64,
+    /// Its length in bytes (at least 1).
+    pub len: u64,
+}
+
+/// What a fixture builds its devices on: the buses a VMM would route exits through, and
+/// interrupt lines whose every call the harness counts.
+#[derive(Debug, Default)]
+pub struct Setup {
+    pio: IoBus,
+    mmio: MmioBus,
+    regions: Vec<Region>,
+    lines: Vec<Arc<CountingTrigger>>,
+}
+
+impl Setup {
+    /// Puts `device` on the port bus at `base..base + len`, as the access target `name`.
+    ///
+    /// # Panics
+    /// If the range is empty, runs past port 0xFFFF or overlaps one registered before: the
+    /// fixture is wrong, not the device.
+    pub fn pio(&mut self, name: &str, base: u16, len: u16, device: Arc<dyn PioDevice>) {
+        if let Err(e) = self
+            .pio
+            .register_named(BusRange::new(base, u64::from(len)), name, device)
+        {
+            panic!("fixture: cannot register {name}: {e}");
+        }
+        self.region(name, Space::Pio, u64::from(base), u64::from(len));
+    }
+
+    /// Puts `device` on the MMIO bus at `base..base + len`, as the access target `name`.
+    ///
+    /// # Panics
+    /// If the range is empty, wraps or overlaps one registered before: the fixture is wrong,
+    /// not the device.
+    pub fn mmio(&mut self, name: &str, base: u64, len: u64, device: Arc<dyn MmioDevice>) {
+        if let Err(e) = self
+            .mmio
+            .register_named(BusRange::new(base, len), name, device)
+        {
+            panic!("fixture: cannot register {name}: {e}");
+        }
+        self.region(name, Space::Mmio, base, len);
+    }
+
+    /// An interrupt line for a device: it counts every call (each counts towards the
+    /// per-access bound) and fails while the input says lines fail.
+    pub fn interrupt(&mut self) -> Arc<CountingTrigger> {
+        let line = Arc::new(CountingTrigger::new());
+        self.lines.push(line.clone());
+        line
+    }
+
+    /// The port bus, for a fixture whose devices move their own ranges (a PCI root).
+    pub fn io_bus(&self) -> &IoBus {
+        &self.pio
+    }
+
+    /// The MMIO bus, for a fixture whose devices move their own ranges (a PCI root).
+    pub fn mmio_bus(&self) -> &MmioBus {
+        &self.mmio
+    }
+
+    /// The regions registered so far, in order.
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    fn region(&mut self, name: &str, space: Space, base: u64, len: u64) {
+        self.regions.push(Region {
+            name: name.to_owned(),
+            space,
+            base,
+            len,
+        });
+    }
+
+    fn line_calls(&self) -> u64 {
+        self.lines.iter().map(|line| line.calls()).sum()
+    }
+
+    fn set_failing(&self, failing: bool) {
+        for line in &self.lines {
+            line.set_failing(failing);
+        }
+    }
+
+    fn read(&self, space: Space, addr: u64, data: &mut [u8]) -> bool {
+        match space {
+            Space::Pio => u16::from_u64(addr).is_some_and(|port| self.pio.read(port, data)),
+            Space::Mmio => self.mmio.read(addr, data),
+        }
+    }
+
+    fn write(&self, space: Space, addr: u64, data: &[u8]) -> Option<DeviceAction> {
+        match space {
+            Space::Pio => self.pio.write(u16::from_u64(addr)?, data),
+            Space::Mmio => self.mmio.write(addr, data),
+        }
+    }
+}
+
+/// The devices under test, as a fuzz target describes them.
+///
+/// `build` must make the same devices every time, deterministic in what they answer: the
+/// harness runs two instances side by side and holds their answers equal (that is how it sees
+/// a read that leaves bytes unfilled). Give devices a manual clock, not the host's.
+pub trait Fixture {
+    /// What the fixture keeps of one instance, for its own operations and checks.
+    type Devices;
+
+    /// Builds one instance: creates the devices and registers them on `setup`.
+    fn build(&self, setup: &mut Setup) -> Self::Devices;
+
+    /// Performs the fixture's operation `tag` with `data` on one instance (the VMM feeding
+    /// serial input, a clock step, a key press). Does nothing by default.
+    fn user_op(&self, devices: &Self::Devices, tag: u8, data: &[u8]) {
+        let _ = (devices, tag, data);
+    }
+
+    /// Checks the fixture's own invariants on one instance after every step. Panics on a
+    /// violation (the fuzzer reports it). Checks nothing by default.
+    fn check(&self, devices: &Self::Devices) {
+        let _ = devices;
+    }
+
+    /// The most interrupt-line calls one guest access may cause: the bound on the work of one
+    /// exit that no guest value can raise. 4 by default.
+    fn max_line_calls_per_access(&self) -> u64 {
+        4
+    }
+}
+
+/// A reference model of the devices: what each access should answer. The harness compares the
+/// devices' answers against it on every access a region claims.
+pub trait Model {
+    /// The answer to a read of `data.len()` bytes at `offset` of region `region` (an index into
+    /// [`Setup::regions`]).
+    fn read(&mut self, region: usize, offset: u64, data: &mut [u8]);
+    /// The answer to a write of `data` at `offset` of region `region`.
+    fn write(&mut self, region: usize, offset: u64, data: &[u8]) -> DeviceAction;
+    /// The machine was reset: the devices are new.
+    fn reset(&mut self);
+}
+
+struct Instance<D> {
+    setup: Setup,
+    devices: D,
+}
+
+impl<D> Instance<D> {
+    fn new<F: Fixture<Devices = D>>(fixture: &F) -> Self {
+        let mut setup = Setup::default();
+        let devices = fixture.build(&mut setup);
+        Instance { setup, devices }
+    }
+}
+
+/// Runs inputs against a [`Fixture`]'s devices.
+///
+/// Each input is decoded into [`Op`]s (see [`ops`](crate::ops)) and run on two instances of the
+/// fixture in lockstep. After every step it checks:
+///
+/// - nothing panicked (a panic is the fuzzer's finding);
+/// - a read that a region claims fills every byte of the access, the same on both instances
+///   (one reads into a buffer of 0x00, the other of 0xFF);
+/// - both instances claim the same accesses and give the same write answers
+///   ([`DeviceAction`]);
+/// - one access costs at most [`Fixture::max_line_calls_per_access`] interrupt-line calls;
+/// - with a [`Model`], every claimed access answers what the model says;
+/// - the fixture's own [`check`](Fixture::check).
+///
+/// Accesses go through vmkit-exits' buses, with the sizes its dispatcher passes (1, 2, 4 and 8
+/// bytes): an access a bus does not route to a region whole is unclaimed, as in a VMM.
+pub struct DeviceFuzzer<F: Fixture> {
+    fixture: F,
+}
+
+impl<F: Fixture> fmt::Debug for DeviceFuzzer<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceFuzzer").finish_non_exhaustive()
+    }
+}
+
+impl<F: Fixture> DeviceFuzzer<F> {
+    /// A harness for `fixture`'s devices.
+    pub fn new(fixture: F) -> Self {
+        DeviceFuzzer { fixture }
+    }
+
+    /// Runs the input `data`, checking every invariant. Panics on a violation.
+    pub fn run(&self, data: &[u8]) {
+        self.run_ops(&decode(data), None);
+    }
+
+    /// Runs the input `data` against `model` too.
+    pub fn run_with_model(&self, data: &[u8], model: &mut (dyn Model + '_)) {
+        self.run_ops(&decode(data), Some(model));
+    }
+
+    /// Runs decoded operations (seeds written as operations), against `model` if given.
+    pub fn run_ops(&self, ops: &[Op], mut model: Option<&mut (dyn Model + '_)>) {
+        let mut pair = [Instance::new(&self.fixture), Instance::new(&self.fixture)];
+        assert_eq!(
+            pair[0].setup.regions, pair[1].setup.regions,
+            "fixture: two builds registered different regions"
+        );
+        for (step, op) in ops.iter().enumerate() {
+            match op {
+                Op::Access(access) => self.access(&pair, model.as_deref_mut(), step, access),
+                Op::Burst { count, access } => {
+                    for _ in 0..*count {
+                        self.access(&pair, model.as_deref_mut(), step, access);
+                    }
+                }
+                Op::Reset => {
+                    pair = [Instance::new(&self.fixture), Instance::new(&self.fixture)];
+                    if let Some(model) = model.as_deref_mut() {
+                        model.reset();
+                    }
+                }
+                Op::FailInterrupts(failing) => {
+                    for instance in &pair {
+                        instance.setup.set_failing(*failing);
+                    }
+                }
+                Op::User { tag, data } => {
+                    for instance in &pair {
+                        self.fixture.user_op(&instance.devices, *tag, data);
+                    }
+                }
+            }
+            for instance in &pair {
+                self.fixture.check(&instance.devices);
+            }
+        }
+    }
+
+    fn access<'m>(
+        &self,
+        pair: &[Instance<F::Devices>; 2],
+        model: Option<&mut (dyn Model + 'm)>,
+        step: usize,
+        access: &Access,
+    ) {
+        let regions = &pair[0].setup.regions;
+        if regions.is_empty() {
+            return;
+        }
+        let region = &regions[usize::from(access.region) % regions.len()];
+        let Some(addr) = access
+            .offset
+            .address(region.base, region.len, region.space.last())
+        else {
+            return;
+        };
+        let size = access.read.map_or(access.data.len(), usize::from);
+        if !is_valid_access_size(size) {
+            return;
+        }
+        // The region that holds the whole access, if any: the one the model answers for.
+        let claimant = regions.iter().position(|r| {
+            let last = addr.checked_add(size as u64 - 1);
+            r.space == region.space
+                && addr >= r.base
+                && last.is_some_and(|last| last - r.base < r.len)
+        });
+        let calls_before = pair.each_ref().map(|i| i.setup.line_calls());
+        let what = || {
+            format!(
+                "step {step}: {} of {size} bytes at {addr:#x} ({:?}, aimed at {} {:?})",
+                if access.read.is_some() {
+                    "read"
+                } else {
+                    "write"
+                },
+                region.space,
+                region.name,
+                access.offset
+            )
+        };
+        if access.read.is_some() {
+            let mut zeroes = [0u8; 8];
+            let mut ones = [0xFFu8; 8];
+            let claimed = [
+                pair[0].setup.read(region.space, addr, &mut zeroes[..size]),
+                pair[1].setup.read(region.space, addr, &mut ones[..size]),
+            ];
+            assert_eq!(
+                claimed[0],
+                claimed[1],
+                "{}: claimed by one instance only",
+                what()
+            );
+            if claimed[0] {
+                assert_eq!(
+                    zeroes[..size],
+                    ones[..size],
+                    "{}: bytes left unfilled, or the answer is not deterministic",
+                    what()
+                );
+            }
+            if let (Some(model), Some(index), true) = (model, claimant, claimed[0]) {
+                let mut expected = [0u8; 8];
+                model.read(index, addr - regions[index].base, &mut expected[..size]);
+                assert_eq!(
+                    zeroes[..size],
+                    expected[..size],
+                    "{}: the model answers otherwise",
+                    what()
+                );
+            }
+        } else {
+            let answers = [
+                pair[0].setup.write(region.space, addr, &access.data),
+                pair[1].setup.write(region.space, addr, &access.data),
+            ];
+            assert_eq!(answers[0], answers[1], "{}: the instances disagree", what());
+            if let (Some(model), Some(answer), Some(index)) = (model, answers[0], claimant) {
+                let expected = model.write(index, addr - regions[index].base, &access.data);
+                assert_eq!(answer, expected, "{}: the model answers otherwise", what());
+            }
+        }
+        let bound = self.fixture.max_line_calls_per_access();
+        for (instance, before) in pair.iter().zip(calls_before) {
+            let calls = instance.setup.line_calls() - before;
+            assert!(
+                calls <= bound,
+                "{}: {calls} interrupt-line calls, more than the bound of {bound}",
+                what()
+            );
+        }
+    }
+}

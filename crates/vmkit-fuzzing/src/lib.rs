@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+
+pub mod harness;
+pub mod ops;
+
+pub use harness::{DeviceFuzzer, Fixture, Model, Region, Setup, Space};
+pub use ops::{Access, Offset, Op, decode, encode};
+// Re-exports: the foreign crates of this crate's public signatures, so that a fuzz target need
+// not pin the same versions.
+/// arbitrary, whose `Unstructured` the operation decoders read.
+pub use arbitrary;
+/// vmkit-exits, whose device traits, buses and triggers the harness drives.
+pub use vmkit_exits;
+
+#[cfg(test)]
+mod tests;

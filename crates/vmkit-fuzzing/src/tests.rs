@@ -1,0 +1,265 @@
+//! The harness against devices that break each rule: it must catch every one.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vmkit_exits::{CountingTrigger, DeviceAction, InterruptTrigger, MmioDevice, PioDevice};
+
+use crate::{Access, DeviceFuzzer, Fixture, Model, Offset, Op, Setup};
+
+/// What each device gets wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flaw {
+    None,
+    /// Leaves the last byte of every read as it found it.
+    Unfilled,
+    /// Answers reads from a global counter: not deterministic.
+    Global,
+    /// Rings its line twice per write.
+    ChattyLine,
+    /// Panics on a 8-byte write.
+    PanicsOnWide,
+}
+
+static GLOBAL: AtomicU32 = AtomicU32::new(0);
+
+struct Register {
+    value: Mutex<u64>,
+    irq: Arc<CountingTrigger>,
+    flaw: Flaw,
+}
+
+impl Register {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        let value = match self.flaw {
+            Flaw::Global => u64::from(GLOBAL.fetch_add(1, Ordering::Relaxed)),
+            _ => *self.value.lock().unwrap_or_else(|e| e.into_inner()),
+        };
+        let bytes = value.to_le_bytes();
+        let len = data.len();
+        for (i, byte) in data.iter_mut().enumerate() {
+            if self.flaw == Flaw::Unfilled && i == len - 1 {
+                continue;
+            }
+            *byte = bytes.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> DeviceAction {
+        if self.flaw == Flaw::PanicsOnWide && data.len() == 8 {
+            panic!("wide write");
+        }
+        let mut value = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bytes = value.to_le_bytes();
+        for (i, &byte) in data.iter().enumerate() {
+            if let Some(slot) = bytes.get_mut(offset as usize + i) {
+                *slot = byte;
+            }
+        }
+        *value = u64::from_le_bytes(bytes);
+        let _ = self.irq.trigger();
+        if self.flaw == Flaw::ChattyLine {
+            let _ = self.irq.trigger();
+        }
+        if offset == 7 {
+            DeviceAction::Stop(vmkit_exits::StopReason::PowerOff)
+        } else {
+            DeviceAction::Resume
+        }
+    }
+}
+
+impl PioDevice for Register {
+    fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
+        self.read(u64::from(offset), data);
+    }
+    fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+        self.write(u64::from(offset), data)
+    }
+}
+
+impl MmioDevice for Register {
+    fn mmio_read(&self, _base: u64, offset: u64, data: &mut [u8]) {
+        self.read(offset, data);
+    }
+    fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
+        self.write(offset, data)
+    }
+}
+
+struct Registers(Flaw);
+
+impl Fixture for Registers {
+    type Devices = (Arc<Register>, Arc<Register>);
+
+    fn build(&self, setup: &mut Setup) -> Self::Devices {
+        let make = |setup: &mut Setup| {
+            Arc::new(Register {
+                value: Mutex::new(0),
+                irq: setup.interrupt(),
+                flaw: self.0,
+            })
+        };
+        let port = make(setup);
+        let mmio = make(setup);
+        setup.pio("port", 0x80, 8, port.clone());
+        setup.mmio("mmio", 0xFFFF_FFFF_FFFF_FFF8, 8, mmio.clone());
+        (port, mmio)
+    }
+
+    fn user_op(&self, devices: &Self::Devices, tag: u8, data: &[u8]) {
+        if tag == 1 {
+            let mut bytes = [0u8; 8];
+            let n = data.len().min(8);
+            bytes[..n].copy_from_slice(&data[..n]);
+            *devices.0.value.lock().unwrap_or_else(|e| e.into_inner()) = u64::from_le_bytes(bytes);
+        }
+    }
+
+    fn max_line_calls_per_access(&self) -> u64 {
+        1
+    }
+}
+
+/// The same register as a model: what a correct device answers.
+#[derive(Default)]
+struct RegisterModel([u64; 2]);
+
+impl Model for RegisterModel {
+    fn read(&mut self, region: usize, offset: u64, data: &mut [u8]) {
+        let bytes = self.0[region].to_le_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = bytes.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+    fn write(&mut self, region: usize, offset: u64, data: &[u8]) -> DeviceAction {
+        let mut bytes = self.0[region].to_le_bytes();
+        for (i, &byte) in data.iter().enumerate() {
+            if let Some(slot) = bytes.get_mut(offset as usize + i) {
+                *slot = byte;
+            }
+        }
+        self.0[region] = u64::from_le_bytes(bytes);
+        if offset == 7 {
+            DeviceAction::Stop(vmkit_exits::StopReason::PowerOff)
+        } else {
+            DeviceAction::Resume
+        }
+    }
+    fn reset(&mut self) {
+        self.0 = [0; 2];
+    }
+}
+
+fn scenario() -> Vec<Op> {
+    let mut ops = Vec::new();
+    for region in 0..2 {
+        ops.extend([
+            Op::Access(Access::write_at(
+                region,
+                Offset::FromStart(0),
+                &[1, 2, 3, 4],
+            )),
+            Op::Access(Access::read_at(region, Offset::FromStart(0), 4)),
+            Op::Access(Access::read_at(region, Offset::FromStart(2), 2)),
+            Op::Access(Access::write_at(region, Offset::FromStart(7), &[9])),
+            Op::Access(Access::read_at(region, Offset::BeforeEnd(3), 4)),
+            Op::Access(Access::read_at(region, Offset::BeforeEnd(1), 4)),
+            Op::Access(Access::read_at(region, Offset::BeforeStart(0), 2)),
+            Op::Access(Access::write_at(region, Offset::FromStart(0), &[5; 8])),
+            Op::Burst {
+                count: 3,
+                access: Access::read_at(region, Offset::FromStart(1), 1),
+            },
+            Op::Access(Access::read_at(region, Offset::Absolute(0x1234), 8)),
+            Op::FailInterrupts(true),
+            Op::Access(Access::write_at(region, Offset::FromStart(1), &[7])),
+            Op::FailInterrupts(false),
+            Op::Reset,
+            Op::Access(Access::read_at(region, Offset::FromStart(0), 8)),
+        ]);
+    }
+    ops
+}
+
+fn outcome(flaw: Flaw, ops: &[Op], with_model: bool) -> Result<(), String> {
+    let fuzzer = DeviceFuzzer::new(Registers(flaw));
+    catch_unwind(AssertUnwindSafe(|| {
+        if with_model {
+            fuzzer.run_ops(ops, Some(&mut RegisterModel::default()));
+        } else {
+            fuzzer.run_ops(ops, None);
+        }
+    }))
+    .map_err(|panic| {
+        panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default()
+    })
+}
+
+#[test]
+fn a_correct_device_passes_with_and_without_its_model() {
+    outcome(Flaw::None, &scenario(), true).unwrap();
+    outcome(Flaw::None, &scenario(), false).unwrap();
+    // Random inputs too.
+    let fuzzer = DeviceFuzzer::new(Registers(Flaw::None));
+    let mut model = RegisterModel::default();
+    for seed in 0..200u32 {
+        let bytes: Vec<u8> = (0..512u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed * 40_503) >> 13) as u8)
+            .collect();
+        fuzzer.run(&bytes);
+        fuzzer.run_with_model(&bytes, &mut model);
+        model.reset();
+    }
+}
+
+#[test]
+fn each_flaw_is_caught_and_named() {
+    let unfilled = outcome(Flaw::Unfilled, &scenario(), false).unwrap_err();
+    assert!(unfilled.contains("bytes left unfilled"), "{unfilled}");
+    assert!(
+        unfilled.contains("step 1: read of 4 bytes at 0x80"),
+        "{unfilled}"
+    );
+    let global = outcome(Flaw::Global, &scenario(), false).unwrap_err();
+    assert!(global.contains("not deterministic"), "{global}");
+    let chatty = outcome(Flaw::ChattyLine, &scenario(), false).unwrap_err();
+    assert!(
+        chatty.contains("2 interrupt-line calls, more than the bound of 1"),
+        "{chatty}"
+    );
+    let wide = outcome(Flaw::PanicsOnWide, &scenario(), false).unwrap_err();
+    assert_eq!(wide, "wide write");
+}
+
+#[test]
+fn a_device_that_differs_from_its_model_is_caught() {
+    // The fixture's own operation changes the port register behind the model's back.
+    let ops = [
+        Op::User {
+            tag: 1,
+            data: vec![0xAA],
+        },
+        Op::Access(Access::read_at(0, Offset::FromStart(0), 1)),
+    ];
+    outcome(Flaw::None, &ops, false).unwrap();
+    let message = outcome(Flaw::None, &ops, true).unwrap_err();
+    assert!(message.contains("the model answers otherwise"), "{message}");
+}
+
+#[test]
+fn accesses_outside_every_region_reach_no_device() {
+    // Straddling the end of the space and before the start: unclaimed, never routed.
+    let ops = [
+        Op::Access(Access::write_at(1, Offset::BeforeEnd(0), &[1, 2])),
+        Op::Access(Access::write_at(0, Offset::BeforeStart(0), &[1, 2, 3, 4])),
+        Op::Access(Access::read_at(0, Offset::FromStart(0), 8)),
+        Op::Access(Access::read_at(1, Offset::FromStart(0), 8)),
+    ];
+    outcome(Flaw::None, &ops, true).unwrap();
+}
