@@ -44,12 +44,28 @@ pub struct Region {
 
 /// What a fixture builds its devices on: the buses a VMM would route exits through, and
 /// interrupt lines whose every call the harness counts.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Setup {
     pio: IoBus,
     mmio: MmioBus,
     regions: Vec<Region>,
+    handlers: Vec<Handler>,
     lines: Vec<Arc<CountingTrigger>>,
+}
+
+impl fmt::Debug for Setup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Setup")
+            .field("regions", &self.regions)
+            .field("lines", &self.lines.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The device behind a region, for accesses handed to it directly.
+enum Handler {
+    Pio(Arc<dyn PioDevice>),
+    Mmio(Arc<dyn MmioDevice>),
 }
 
 impl Setup {
@@ -59,12 +75,13 @@ impl Setup {
     /// If the range is empty, runs past port 0xFFFF or overlaps one registered before: the
     /// fixture is wrong, not the device.
     pub fn pio(&mut self, name: &str, base: u16, len: u16, device: Arc<dyn PioDevice>) {
-        if let Err(e) = self
-            .pio
-            .register_named(BusRange::new(base, u64::from(len)), name, device)
+        if let Err(e) =
+            self.pio
+                .register_named(BusRange::new(base, u64::from(len)), name, device.clone())
         {
             panic!("fixture: cannot register {name}: {e}");
         }
+        self.handlers.push(Handler::Pio(device));
         self.region(name, Space::Pio, u64::from(base), u64::from(len));
     }
 
@@ -76,10 +93,11 @@ impl Setup {
     pub fn mmio(&mut self, name: &str, base: u64, len: u64, device: Arc<dyn MmioDevice>) {
         if let Err(e) = self
             .mmio
-            .register_named(BusRange::new(base, len), name, device)
+            .register_named(BusRange::new(base, len), name, device.clone())
         {
             panic!("fixture: cannot register {name}: {e}");
         }
+        self.handlers.push(Handler::Mmio(device));
         self.region(name, Space::Mmio, base, len);
     }
 
@@ -125,6 +143,25 @@ impl Setup {
         }
     }
 
+    /// A read handed to region `index`'s device at `offset`, without a bus.
+    fn read_direct(&self, index: usize, offset: u64, data: &mut [u8]) {
+        let base = self.regions[index].base;
+        match &self.handlers[index] {
+            // Region bases and relative offsets of the port space fit 16 bits.
+            Handler::Pio(device) => device.pio_read(base as u16, offset as u16, data),
+            Handler::Mmio(device) => device.mmio_read(base, offset, data),
+        }
+    }
+
+    /// A write handed to region `index`'s device at `offset`, without a bus.
+    fn write_direct(&self, index: usize, offset: u64, data: &[u8]) -> DeviceAction {
+        let base = self.regions[index].base;
+        match &self.handlers[index] {
+            Handler::Pio(device) => device.pio_write(base as u16, offset as u16, data),
+            Handler::Mmio(device) => device.mmio_write(base, offset, data),
+        }
+    }
+
     fn read(&self, space: Space, addr: u64, data: &mut [u8]) -> bool {
         match space {
             Space::Pio => u16::from_u64(addr).is_some_and(|port| self.pio.read(port, data)),
@@ -148,9 +185,14 @@ impl Setup {
 pub trait Fixture {
     /// What the fixture keeps of one instance, for its own operations and checks.
     type Devices;
+    /// The reference model the devices' answers are compared with ([`NoModel`] for none).
+    type Model: Model;
 
     /// Builds one instance: creates the devices and registers them on `setup`.
     fn build(&self, setup: &mut Setup) -> Self::Devices;
+
+    /// A fresh model, for a fresh machine (at the start, and at every reset).
+    fn model(&self) -> Self::Model;
 
     /// Performs the fixture's operation `tag` with `data` on one instance (the VMM feeding
     /// serial input, a clock step, a key press). Does nothing by default.
@@ -158,10 +200,11 @@ pub trait Fixture {
         let _ = (devices, tag, data);
     }
 
-    /// Checks the fixture's own invariants on one instance after every step. Panics on a
-    /// violation (the fuzzer reports it). Checks nothing by default.
-    fn check(&self, devices: &Self::Devices) {
-        let _ = devices;
+    /// Checks the fixture's own invariants on one instance after every step, against the model
+    /// if it keeps state to compare with (counters, say). Panics on a violation (the fuzzer
+    /// reports it). Checks nothing by default.
+    fn check(&self, devices: &Self::Devices, model: &Self::Model) {
+        let _ = (devices, model);
     }
 
     /// The most interrupt-line calls one guest access may cause: the bound on the work of one
@@ -174,13 +217,29 @@ pub trait Fixture {
 /// A reference model of the devices: what each access should answer. The harness compares the
 /// devices' answers against it on every access a region claims.
 pub trait Model {
+    /// Whether the harness compares answers with this model (`false` only for [`NoModel`]).
+    const COMPARES: bool = true;
     /// The answer to a read of `data.len()` bytes at `offset` of region `region` (an index into
     /// [`Setup::regions`]).
     fn read(&mut self, region: usize, offset: u64, data: &mut [u8]);
     /// The answer to a write of `data` at `offset` of region `region`.
     fn write(&mut self, region: usize, offset: u64, data: &[u8]) -> DeviceAction;
-    /// The machine was reset: the devices are new.
-    fn reset(&mut self);
+    /// The fixture's operation `tag` with `data` (see [`Fixture::user_op`]). Nothing by default.
+    fn user_op(&mut self, tag: u8, data: &[u8]) {
+        let _ = (tag, data);
+    }
+}
+
+/// No model: only the invariants every device owes (and the fixture's checks) hold.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoModel;
+
+impl Model for NoModel {
+    const COMPARES: bool = false;
+    fn read(&mut self, _region: usize, _offset: u64, _data: &mut [u8]) {}
+    fn write(&mut self, _region: usize, _offset: u64, _data: &[u8]) -> DeviceAction {
+        DeviceAction::Resume
+    }
 }
 
 struct Instance<D> {
@@ -210,8 +269,10 @@ impl<D> Instance<D> {
 /// - with a [`Model`], every claimed access answers what the model says;
 /// - the fixture's own [`check`](Fixture::check).
 ///
-/// Accesses go through vmkit-exits' buses, with the sizes its dispatcher passes (1, 2, 4 and 8
-/// bytes): an access a bus does not route to a region whole is unclaimed, as in a VMM.
+/// [`Op::Access`] goes through vmkit-exits' buses, with the sizes its dispatcher passes (1, 2, 4
+/// and 8 bytes): an access a bus does not route to a region whole is unclaimed, as in a VMM.
+/// [`Op::Direct`] hands any size (0 to 8) at any offset to the region's device, as another
+/// VMM's bus might: the device contract says every handler answers those too.
 pub struct DeviceFuzzer<F: Fixture> {
     fixture: F,
 }
@@ -230,16 +291,12 @@ impl<F: Fixture> DeviceFuzzer<F> {
 
     /// Runs the input `data`, checking every invariant. Panics on a violation.
     pub fn run(&self, data: &[u8]) {
-        self.run_ops(&decode(data), None);
+        self.run_ops(&decode(data));
     }
 
-    /// Runs the input `data` against `model` too.
-    pub fn run_with_model(&self, data: &[u8], model: &mut (dyn Model + '_)) {
-        self.run_ops(&decode(data), Some(model));
-    }
-
-    /// Runs decoded operations (seeds written as operations), against `model` if given.
-    pub fn run_ops(&self, ops: &[Op], mut model: Option<&mut (dyn Model + '_)>) {
+    /// Runs decoded operations (seeds written as operations).
+    pub fn run_ops(&self, ops: &[Op]) {
+        let mut model = self.fixture.model();
         let mut pair = [Instance::new(&self.fixture), Instance::new(&self.fixture)];
         assert_eq!(
             pair[0].setup.regions, pair[1].setup.regions,
@@ -247,17 +304,16 @@ impl<F: Fixture> DeviceFuzzer<F> {
         );
         for (step, op) in ops.iter().enumerate() {
             match op {
-                Op::Access(access) => self.access(&pair, model.as_deref_mut(), step, access),
+                Op::Access(access) => self.access(&pair, &mut model, step, access),
+                Op::Direct(access) => self.direct(&pair, &mut model, step, access),
                 Op::Burst { count, access } => {
                     for _ in 0..*count {
-                        self.access(&pair, model.as_deref_mut(), step, access);
+                        self.access(&pair, &mut model, step, access);
                     }
                 }
                 Op::Reset => {
                     pair = [Instance::new(&self.fixture), Instance::new(&self.fixture)];
-                    if let Some(model) = model.as_deref_mut() {
-                        model.reset();
-                    }
+                    model = self.fixture.model();
                 }
                 Op::FailInterrupts(failing) => {
                     for instance in &pair {
@@ -268,18 +324,107 @@ impl<F: Fixture> DeviceFuzzer<F> {
                     for instance in &pair {
                         self.fixture.user_op(&instance.devices, *tag, data);
                     }
+                    model.user_op(*tag, data);
                 }
             }
             for instance in &pair {
-                self.fixture.check(&instance.devices);
+                self.fixture.check(&instance.devices, &model);
             }
         }
     }
 
-    fn access<'m>(
+    fn direct(
         &self,
         pair: &[Instance<F::Devices>; 2],
-        model: Option<&mut (dyn Model + 'm)>,
+        model: &mut F::Model,
+        step: usize,
+        access: &Access,
+    ) {
+        let regions = &pair[0].setup.regions;
+        if regions.is_empty() {
+            return;
+        }
+        let index = usize::from(access.region) % regions.len();
+        let region = &regions[index];
+        let offset = access.offset.relative(region.len, region.space.last());
+        let size = access.read.map_or(access.data.len(), usize::from);
+        let calls_before = pair.each_ref().map(|i| i.setup.line_calls());
+        let what = || {
+            format!(
+                "step {step}: direct {} of {size} bytes at offset {offset:#x} of {} ({:?} at {:#x})",
+                if access.read.is_some() {
+                    "read"
+                } else {
+                    "write"
+                },
+                region.name,
+                region.space,
+                region.base
+            )
+        };
+        if access.read.is_some() {
+            let mut zeroes = [0u8; 8];
+            let mut ones = [0xFFu8; 8];
+            pair[0]
+                .setup
+                .read_direct(index, offset, &mut zeroes[..size]);
+            pair[1].setup.read_direct(index, offset, &mut ones[..size]);
+            assert_eq!(
+                zeroes[..size],
+                ones[..size],
+                "{}: bytes left unfilled, or the answer is not deterministic",
+                what()
+            );
+            let mut expected = [0u8; 8];
+            model.read(index, offset, &mut expected[..size]);
+            if F::Model::COMPARES {
+                assert_eq!(
+                    zeroes[..size],
+                    expected[..size],
+                    "{}: the model answers otherwise",
+                    what()
+                );
+            }
+        } else {
+            let answers = [
+                pair[0].setup.write_direct(index, offset, &access.data),
+                pair[1].setup.write_direct(index, offset, &access.data),
+            ];
+            assert_eq!(answers[0], answers[1], "{}: the instances disagree", what());
+            let expected = model.write(index, offset, &access.data);
+            if F::Model::COMPARES {
+                assert_eq!(
+                    answers[0],
+                    expected,
+                    "{}: the model answers otherwise",
+                    what()
+                );
+            }
+        }
+        self.check_line_calls(pair, calls_before, &what);
+    }
+
+    fn check_line_calls(
+        &self,
+        pair: &[Instance<F::Devices>; 2],
+        before: [u64; 2],
+        what: &dyn Fn() -> String,
+    ) {
+        let bound = self.fixture.max_line_calls_per_access();
+        for (instance, before) in pair.iter().zip(before) {
+            let calls = instance.setup.line_calls() - before;
+            assert!(
+                calls <= bound,
+                "{}: {calls} interrupt-line calls, more than the bound of {bound}",
+                what()
+            );
+        }
+    }
+
+    fn access(
+        &self,
+        pair: &[Instance<F::Devices>; 2],
+        model: &mut F::Model,
         step: usize,
         access: &Access,
     ) {
@@ -340,15 +485,17 @@ impl<F: Fixture> DeviceFuzzer<F> {
                     what()
                 );
             }
-            if let (Some(model), Some(index), true) = (model, claimant, claimed[0]) {
+            if let (Some(index), true) = (claimant, claimed[0]) {
                 let mut expected = [0u8; 8];
                 model.read(index, addr - regions[index].base, &mut expected[..size]);
-                assert_eq!(
-                    zeroes[..size],
-                    expected[..size],
-                    "{}: the model answers otherwise",
-                    what()
-                );
+                if F::Model::COMPARES {
+                    assert_eq!(
+                        zeroes[..size],
+                        expected[..size],
+                        "{}: the model answers otherwise",
+                        what()
+                    );
+                }
             }
         } else {
             let answers = [
@@ -356,19 +503,13 @@ impl<F: Fixture> DeviceFuzzer<F> {
                 pair[1].setup.write(region.space, addr, &access.data),
             ];
             assert_eq!(answers[0], answers[1], "{}: the instances disagree", what());
-            if let (Some(model), Some(answer), Some(index)) = (model, answers[0], claimant) {
+            if let (Some(answer), Some(index)) = (answers[0], claimant) {
                 let expected = model.write(index, addr - regions[index].base, &access.data);
-                assert_eq!(answer, expected, "{}: the model answers otherwise", what());
+                if F::Model::COMPARES {
+                    assert_eq!(answer, expected, "{}: the model answers otherwise", what());
+                }
             }
         }
-        let bound = self.fixture.max_line_calls_per_access();
-        for (instance, before) in pair.iter().zip(calls_before) {
-            let calls = instance.setup.line_calls() - before;
-            assert!(
-                calls <= bound,
-                "{}: {calls} interrupt-line calls, more than the bound of {bound}",
-                what()
-            );
-        }
+        self.check_line_calls(pair, calls_before, &what);
     }
 }

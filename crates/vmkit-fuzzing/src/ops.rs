@@ -72,6 +72,20 @@ impl Offset {
         (addr <= space_last).then_some(addr)
     }
 
+    /// The offset this stands for when an access is handed to the region's device directly
+    /// ([`Op::Direct`]): `FromStart` and `BeforeEnd` as for [`address`](Self::address),
+    /// `BeforeStart` as the offsets that wrap below zero, `Absolute` as itself; truncated to
+    /// the space's width (`space_last`).
+    pub fn relative(self, len: u64, space_last: u64) -> u64 {
+        let offset = match self {
+            Offset::FromStart(n) => u64::from(n) % len.saturating_add(8),
+            Offset::BeforeEnd(n) => len.saturating_sub(u64::from(n).saturating_add(1)),
+            Offset::BeforeStart(n) => 0u64.wrapping_sub(u64::from(n % 8) + 1),
+            Offset::Absolute(n) => n,
+        };
+        offset & space_last
+    }
+
     fn read(u: &mut Unstructured<'_>) -> arbitrary::Result<Self> {
         Ok(match byte(u)? % 4 {
             0 => Offset::FromStart(u16::from_le_bytes(le_bytes(u)?)),
@@ -103,8 +117,13 @@ impl Offset {
 /// One step of a fuzz input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// One guest access.
+    /// One guest access, routed by the bus as a vmkit VMM routes it: sizes 1, 2, 4 and 8, and
+    /// only when the region holds the whole access.
     Access(Access),
+    /// One access handed to the region's device as it is, without a bus: any size from 0 to 8
+    /// at any offset ([`Offset::relative`]), as another VMM's bus might pass it. Every device
+    /// handler answers any offset and size.
+    Direct(Access),
     /// The same access `count` times in a row (1 to [`MAX_BURST`]): a driver polling a
     /// register, or a guest hammering a doorbell.
     Burst {
@@ -127,7 +146,7 @@ pub enum Op {
     },
 }
 
-const OP_KINDS: u8 = 6;
+const OP_KINDS: u8 = 7;
 
 impl Access {
     fn read(u: &mut Unstructured<'_>, write: bool) -> arbitrary::Result<Self> {
@@ -203,6 +222,10 @@ impl Op {
             }
             3 => Op::Reset,
             4 => Op::FailInterrupts(byte(u)? & 1 == 1),
+            5 => {
+                let write = byte(u)? & 1 == 1;
+                Op::Direct(Access::read(u, write)?)
+            }
             _ => {
                 let tag = byte(u)?;
                 let len = usize::from(byte(u)?) % (MAX_USER_BYTES + 1);
@@ -229,9 +252,13 @@ impl Op {
             }
             Op::Reset => out.push(3),
             Op::FailInterrupts(fail) => out.extend_from_slice(&[4, u8::from(*fail)]),
+            Op::Direct(access) => {
+                out.extend_from_slice(&[5, access.tag()]);
+                clamped(access).encode(out);
+            }
             Op::User { tag, data } => {
                 let data = &data[..data.len().min(MAX_USER_BYTES)];
-                out.extend_from_slice(&[5, *tag, data.len() as u8]);
+                out.extend_from_slice(&[6, *tag, data.len() as u8]);
                 out.extend_from_slice(data);
             }
         }
@@ -294,6 +321,8 @@ mod tests {
             },
             Op::Reset,
             Op::FailInterrupts(true),
+            Op::Direct(Access::read_at(1, Offset::BeforeStart(2), 3)),
+            Op::Direct(Access::write_at(0, Offset::FromStart(9), &[])),
             Op::User {
                 tag: 7,
                 data: b"input".to_vec(),
@@ -335,8 +364,8 @@ mod tests {
             assert!(ops.len() <= every_kind().len());
             assert_eq!(ops[..], every_kind()[..ops.len()]);
         }
-        // 0xFF is a reset: one byte an operation, up to the limit.
-        assert_eq!(decode(&[0xFF; 4096]).len(), MAX_OPS);
+        // 0xFC is a reset: one byte an operation, up to the limit.
+        assert_eq!(decode(&[0xFC; 4096]).len(), MAX_OPS);
         assert!(decode(&[]).is_empty());
     }
 
@@ -363,5 +392,10 @@ mod tests {
             None,
             "past the end of the space"
         );
+        assert_eq!(Offset::FromStart(10).relative(len, last), 10);
+        assert_eq!(Offset::BeforeEnd(1).relative(len, last), 6);
+        assert_eq!(Offset::BeforeStart(0).relative(len, last), 0xFFFF);
+        assert_eq!(Offset::BeforeStart(0).relative(len, u64::MAX), u64::MAX);
+        assert_eq!(Offset::Absolute(0x1_0002).relative(len, last), 2);
     }
 }

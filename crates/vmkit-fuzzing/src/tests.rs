@@ -1,12 +1,13 @@
 //! The harness against devices that break each rule: it must catch every one.
 
+use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmkit_exits::{CountingTrigger, DeviceAction, InterruptTrigger, MmioDevice, PioDevice};
 
-use crate::{Access, DeviceFuzzer, Fixture, Model, Offset, Op, Setup};
+use crate::{Access, DeviceFuzzer, Fixture, Model, NoModel, Offset, Op, Setup};
 
 /// What each device gets wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,9 +21,17 @@ enum Flaw {
     ChattyLine,
     /// Panics on a 8-byte write.
     PanicsOnWide,
+    /// Takes the fixture's own operation otherwise than the model does.
+    Sneaky,
 }
 
 static GLOBAL: AtomicU32 = AtomicU32::new(0);
+
+/// The byte of the register that byte `i` of an access at `offset` lands on (any offset: the
+/// harness hands devices offsets far past their registers).
+fn lane(offset: u64, i: usize) -> Option<usize> {
+    usize::try_from(offset).ok()?.checked_add(i)
+}
 
 struct Register {
     value: Mutex<u64>,
@@ -42,7 +51,10 @@ impl Register {
             if self.flaw == Flaw::Unfilled && i == len - 1 {
                 continue;
             }
-            *byte = bytes.get(offset as usize + i).copied().unwrap_or(0);
+            *byte = lane(offset, i)
+                .and_then(|p| bytes.get(p))
+                .copied()
+                .unwrap_or(0);
         }
     }
 
@@ -53,7 +65,7 @@ impl Register {
         let mut value = self.value.lock().unwrap_or_else(|e| e.into_inner());
         let mut bytes = value.to_le_bytes();
         for (i, &byte) in data.iter().enumerate() {
-            if let Some(slot) = bytes.get_mut(offset as usize + i) {
+            if let Some(slot) = lane(offset, i).and_then(|p| bytes.get_mut(p)) {
                 *slot = byte;
             }
         }
@@ -88,10 +100,15 @@ impl MmioDevice for Register {
     }
 }
 
-struct Registers(Flaw);
+struct Registers<M>(Flaw, PhantomData<M>);
 
-impl Fixture for Registers {
+impl<M: Model + Default> Fixture for Registers<M> {
     type Devices = (Arc<Register>, Arc<Register>);
+    type Model = M;
+
+    fn model(&self) -> M {
+        M::default()
+    }
 
     fn build(&self, setup: &mut Setup) -> Self::Devices {
         let make = |setup: &mut Setup| {
@@ -108,13 +125,14 @@ impl Fixture for Registers {
         (port, mmio)
     }
 
-    fn user_op(&self, devices: &Self::Devices, tag: u8, data: &[u8]) {
-        if tag == 1 {
-            let mut bytes = [0u8; 8];
-            let n = data.len().min(8);
-            bytes[..n].copy_from_slice(&data[..n]);
-            *devices.0.value.lock().unwrap_or_else(|e| e.into_inner()) = u64::from_le_bytes(bytes);
-        }
+    fn user_op(&self, devices: &Self::Devices, _tag: u8, data: &[u8]) {
+        let value = user_value(data);
+        let value = if self.0 == Flaw::Sneaky {
+            !value
+        } else {
+            value
+        };
+        *devices.0.value.lock().unwrap_or_else(|e| e.into_inner()) = value;
     }
 
     fn max_line_calls_per_access(&self) -> u64 {
@@ -122,33 +140,46 @@ impl Fixture for Registers {
     }
 }
 
+/// The value the fixture's own operation puts in the port register: its first 8 bytes.
+fn user_value(data: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = data.len().min(8);
+    bytes[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(bytes)
+}
+
 /// The same register as a model: what a correct device answers.
 #[derive(Default)]
-struct RegisterModel([u64; 2]);
+struct RegisterModel {
+    values: [u64; 2],
+}
 
 impl Model for RegisterModel {
     fn read(&mut self, region: usize, offset: u64, data: &mut [u8]) {
-        let bytes = self.0[region].to_le_bytes();
+        let bytes = self.values[region].to_le_bytes();
         for (i, byte) in data.iter_mut().enumerate() {
-            *byte = bytes.get(offset as usize + i).copied().unwrap_or(0);
+            *byte = lane(offset, i)
+                .and_then(|p| bytes.get(p))
+                .copied()
+                .unwrap_or(0);
         }
     }
     fn write(&mut self, region: usize, offset: u64, data: &[u8]) -> DeviceAction {
-        let mut bytes = self.0[region].to_le_bytes();
+        let mut bytes = self.values[region].to_le_bytes();
         for (i, &byte) in data.iter().enumerate() {
-            if let Some(slot) = bytes.get_mut(offset as usize + i) {
+            if let Some(slot) = lane(offset, i).and_then(|p| bytes.get_mut(p)) {
                 *slot = byte;
             }
         }
-        self.0[region] = u64::from_le_bytes(bytes);
+        self.values[region] = u64::from_le_bytes(bytes);
         if offset == 7 {
             DeviceAction::Stop(vmkit_exits::StopReason::PowerOff)
         } else {
             DeviceAction::Resume
         }
     }
-    fn reset(&mut self) {
-        self.0 = [0; 2];
+    fn user_op(&mut self, _tag: u8, data: &[u8]) {
+        self.values[0] = user_value(data);
     }
 }
 
@@ -184,12 +215,11 @@ fn scenario() -> Vec<Op> {
 }
 
 fn outcome(flaw: Flaw, ops: &[Op], with_model: bool) -> Result<(), String> {
-    let fuzzer = DeviceFuzzer::new(Registers(flaw));
     catch_unwind(AssertUnwindSafe(|| {
         if with_model {
-            fuzzer.run_ops(ops, Some(&mut RegisterModel::default()));
+            DeviceFuzzer::new(Registers::<RegisterModel>(flaw, PhantomData)).run_ops(ops);
         } else {
-            fuzzer.run_ops(ops, None);
+            DeviceFuzzer::new(Registers::<NoModel>(flaw, PhantomData)).run_ops(ops);
         }
     }))
     .map_err(|panic| {
@@ -206,15 +236,14 @@ fn a_correct_device_passes_with_and_without_its_model() {
     outcome(Flaw::None, &scenario(), true).unwrap();
     outcome(Flaw::None, &scenario(), false).unwrap();
     // Random inputs too.
-    let fuzzer = DeviceFuzzer::new(Registers(Flaw::None));
-    let mut model = RegisterModel::default();
+    let plain = DeviceFuzzer::new(Registers::<NoModel>(Flaw::None, PhantomData));
+    let modelled = DeviceFuzzer::new(Registers::<RegisterModel>(Flaw::None, PhantomData));
     for seed in 0..200u32 {
         let bytes: Vec<u8> = (0..512u32)
             .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed * 40_503) >> 13) as u8)
             .collect();
-        fuzzer.run(&bytes);
-        fuzzer.run_with_model(&bytes, &mut model);
-        model.reset();
+        plain.run(&bytes);
+        modelled.run(&bytes);
     }
 }
 
@@ -239,7 +268,7 @@ fn each_flaw_is_caught_and_named() {
 
 #[test]
 fn a_device_that_differs_from_its_model_is_caught() {
-    // The fixture's own operation changes the port register behind the model's back.
+    // The device takes the fixture's own operation otherwise than the model.
     let ops = [
         Op::User {
             tag: 1,
@@ -247,8 +276,9 @@ fn a_device_that_differs_from_its_model_is_caught() {
         },
         Op::Access(Access::read_at(0, Offset::FromStart(0), 1)),
     ];
-    outcome(Flaw::None, &ops, false).unwrap();
-    let message = outcome(Flaw::None, &ops, true).unwrap_err();
+    outcome(Flaw::None, &ops, true).unwrap();
+    outcome(Flaw::Sneaky, &ops, false).unwrap();
+    let message = outcome(Flaw::Sneaky, &ops, true).unwrap_err();
     assert!(message.contains("the model answers otherwise"), "{message}");
 }
 
