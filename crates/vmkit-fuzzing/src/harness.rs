@@ -180,8 +180,8 @@ impl Setup {
 /// The devices under test, as a fuzz target describes them.
 ///
 /// `build` must make the same devices every time, deterministic in what they answer: the
-/// harness runs two instances side by side and holds their answers equal (that is how it sees
-/// a read that leaves bytes unfilled). Give devices a manual clock, not the host's.
+/// harness runs two instances side by side when there is no model and holds their answers
+/// equal (that is how it sees a read that leaves bytes unfilled). Give devices a manual clock, not the host's.
 pub trait Fixture {
     /// What the fixture keeps of one instance, for its own operations and checks.
     type Devices;
@@ -257,12 +257,14 @@ impl<D> Instance<D> {
 
 /// Runs inputs against a [`Fixture`]'s devices.
 ///
-/// Each input is decoded into [`Op`]s (see [`ops`](crate::ops)) and run on two instances of the
-/// fixture in lockstep. After every step it checks:
+/// Each input is decoded into [`Op`]s (see [`ops`](crate::ops)) and run on the fixture's
+/// devices: one instance when the fixture has a [`Model`], two in lockstep when it has none.
+/// After every step it checks:
 ///
 /// - nothing panicked (a panic is the fuzzer's finding);
-/// - a read that a region claims fills every byte of the access, the same on both instances
-///   (one reads into a buffer of 0x00, the other of 0xFF);
+/// - a read that a region claims fills every byte of the access: without a model, the same on
+///   both instances (one reads into a buffer of 0x00, the other of 0xFF); with one, into a
+///   buffer holding the complement of the model's answer;
 /// - both instances claim the same accesses and give the same write answers
 ///   ([`DeviceAction`]);
 /// - one access costs at most [`Fixture::max_line_calls_per_access`] interrupt-line calls;
@@ -297,121 +299,141 @@ impl<F: Fixture> DeviceFuzzer<F> {
     /// Runs decoded operations (seeds written as operations).
     pub fn run_ops(&self, ops: &[Op]) {
         let mut model = self.fixture.model();
-        let mut pair = [Instance::new(&self.fixture), Instance::new(&self.fixture)];
-        assert_eq!(
-            pair[0].setup.regions, pair[1].setup.regions,
-            "fixture: two builds registered different regions"
-        );
+        let mut instances = self.build();
         for (step, op) in ops.iter().enumerate() {
             match op {
-                Op::Access(access) => self.access(&pair, &mut model, step, access),
-                Op::Direct(access) => self.direct(&pair, &mut model, step, access),
+                Op::Access(access) => self.access(&instances, &mut model, step, access, false),
+                Op::Direct(access) => self.access(&instances, &mut model, step, access, true),
                 Op::Burst { count, access } => {
                     for _ in 0..*count {
-                        self.access(&pair, &mut model, step, access);
+                        self.access(&instances, &mut model, step, access, false);
                     }
                 }
                 Op::Reset => {
-                    pair = [Instance::new(&self.fixture), Instance::new(&self.fixture)];
+                    instances = self.build();
                     model = self.fixture.model();
                 }
                 Op::FailInterrupts(failing) => {
-                    for instance in &pair {
+                    for instance in &instances {
                         instance.setup.set_failing(*failing);
                     }
                 }
                 Op::User { tag, data } => {
-                    for instance in &pair {
+                    for instance in &instances {
                         self.fixture.user_op(&instance.devices, *tag, data);
                     }
                     model.user_op(*tag, data);
                 }
             }
-            for instance in &pair {
+            for instance in &instances {
                 self.fixture.check(&instance.devices, &model);
             }
         }
     }
 
-    fn direct(
+    /// The instances a run compares: one when a model states every answer (a read buffer
+    /// pre-filled with the complement of the model's answer shows an unfilled byte), two
+    /// otherwise (one reads into 0x00 bytes, the other into 0xFF bytes).
+    fn build(&self) -> Vec<Instance<F::Devices>> {
+        let copies = if F::Model::COMPARES { 1 } else { 2 };
+        let instances: Vec<_> = (0..copies).map(|_| Instance::new(&self.fixture)).collect();
+        if let [a, b] = &instances[..] {
+            assert_eq!(
+                a.setup.regions, b.setup.regions,
+                "fixture: two builds registered different regions"
+            );
+        }
+        instances
+    }
+
+    fn access(
         &self,
-        pair: &[Instance<F::Devices>; 2],
+        instances: &[Instance<F::Devices>],
         model: &mut F::Model,
         step: usize,
         access: &Access,
+        direct: bool,
     ) {
-        let regions = &pair[0].setup.regions;
+        let regions = &instances[0].setup.regions;
         if regions.is_empty() {
             return;
         }
         let index = usize::from(access.region) % regions.len();
         let region = &regions[index];
-        let offset = access.offset.relative(region.len, region.space.last());
         let size = access.read.map_or(access.data.len(), usize::from);
-        let calls_before = pair.each_ref().map(|i| i.setup.line_calls());
+        // Where the access goes, and the (region, offset) the model answers for: a direct
+        // access always reaches its region; a routed one only a region that holds it whole.
+        let (addr, target) = if direct {
+            let offset = access.offset.relative(region.len, region.space.last());
+            (offset, Some((index, offset)))
+        } else {
+            let Some(addr) = access
+                .offset
+                .address(region.base, region.len, region.space.last())
+            else {
+                return;
+            };
+            if !is_valid_access_size(size) {
+                return;
+            }
+            let target = regions.iter().position(|r| {
+                let last = addr.checked_add(size as u64 - 1);
+                r.space == region.space
+                    && addr >= r.base
+                    && last.is_some_and(|last| last - r.base < r.len)
+            });
+            (addr, target.map(|i| (i, addr - regions[i].base)))
+        };
         let what = || {
             format!(
-                "step {step}: direct {} of {size} bytes at offset {offset:#x} of {} ({:?} at {:#x})",
+                "step {step}: {}{} of {size} bytes at {} {addr:#x} ({:?} region {} at {:#x}, {:?})",
+                if direct { "direct " } else { "" },
                 if access.read.is_some() {
                     "read"
                 } else {
                     "write"
                 },
-                region.name,
+                if direct { "offset" } else { "address" },
                 region.space,
-                region.base
+                region.name,
+                region.base,
+                access.offset
             )
         };
-        if access.read.is_some() {
-            let mut zeroes = [0u8; 8];
-            let mut ones = [0xFFu8; 8];
-            pair[0]
-                .setup
-                .read_direct(index, offset, &mut zeroes[..size]);
-            pair[1].setup.read_direct(index, offset, &mut ones[..size]);
-            assert_eq!(
-                zeroes[..size],
-                ones[..size],
-                "{}: bytes left unfilled, or the answer is not deterministic",
-                what()
-            );
-            let mut expected = [0u8; 8];
-            model.read(index, offset, &mut expected[..size]);
-            if F::Model::COMPARES {
-                assert_eq!(
-                    zeroes[..size],
-                    expected[..size],
-                    "{}: the model answers otherwise",
-                    what()
-                );
+        let perform = |setup: &Setup, data: &mut [u8]| -> bool {
+            if direct {
+                setup.read_direct(index, addr, data);
+                true
+            } else {
+                setup.read(region.space, addr, data)
             }
+        };
+        let calls_before: Vec<u64> = instances.iter().map(|i| i.setup.line_calls()).collect();
+        if access.read.is_some() {
+            self.check_read(instances, model, target, size, &perform, &what);
         } else {
-            let answers = [
-                pair[0].setup.write_direct(index, offset, &access.data),
-                pair[1].setup.write_direct(index, offset, &access.data),
-            ];
-            assert_eq!(answers[0], answers[1], "{}: the instances disagree", what());
-            let expected = model.write(index, offset, &access.data);
-            if F::Model::COMPARES {
-                assert_eq!(
-                    answers[0],
-                    expected,
-                    "{}: the model answers otherwise",
-                    what()
-                );
+            let answers: Vec<Option<DeviceAction>> = instances
+                .iter()
+                .map(|i| {
+                    if direct {
+                        Some(i.setup.write_direct(index, addr, &access.data))
+                    } else {
+                        i.setup.write(region.space, addr, &access.data)
+                    }
+                })
+                .collect();
+            if let [a, b] = &answers[..] {
+                assert_eq!(a, b, "{}: the instances disagree", what());
+            }
+            if let (Some(answer), Some((index, offset))) = (answers[0], target) {
+                let expected = model.write(index, offset, &access.data);
+                if F::Model::COMPARES {
+                    assert_eq!(answer, expected, "{}: the model answers otherwise", what());
+                }
             }
         }
-        self.check_line_calls(pair, calls_before, &what);
-    }
-
-    fn check_line_calls(
-        &self,
-        pair: &[Instance<F::Devices>; 2],
-        before: [u64; 2],
-        what: &dyn Fn() -> String,
-    ) {
         let bound = self.fixture.max_line_calls_per_access();
-        for (instance, before) in pair.iter().zip(before) {
+        for (instance, before) in instances.iter().zip(calls_before) {
             let calls = instance.setup.line_calls() - before;
             assert!(
                 calls <= bound,
@@ -421,55 +443,21 @@ impl<F: Fixture> DeviceFuzzer<F> {
         }
     }
 
-    fn access(
+    fn check_read(
         &self,
-        pair: &[Instance<F::Devices>; 2],
+        instances: &[Instance<F::Devices>],
         model: &mut F::Model,
-        step: usize,
-        access: &Access,
+        target: Option<(usize, u64)>,
+        size: usize,
+        perform: &dyn Fn(&Setup, &mut [u8]) -> bool,
+        what: &dyn Fn() -> String,
     ) {
-        let regions = &pair[0].setup.regions;
-        if regions.is_empty() {
-            return;
-        }
-        let region = &regions[usize::from(access.region) % regions.len()];
-        let Some(addr) = access
-            .offset
-            .address(region.base, region.len, region.space.last())
-        else {
-            return;
-        };
-        let size = access.read.map_or(access.data.len(), usize::from);
-        if !is_valid_access_size(size) {
-            return;
-        }
-        // The region that holds the whole access, if any: the one the model answers for.
-        let claimant = regions.iter().position(|r| {
-            let last = addr.checked_add(size as u64 - 1);
-            r.space == region.space
-                && addr >= r.base
-                && last.is_some_and(|last| last - r.base < r.len)
-        });
-        let calls_before = pair.each_ref().map(|i| i.setup.line_calls());
-        let what = || {
-            format!(
-                "step {step}: {} of {size} bytes at {addr:#x} ({:?}, aimed at {} {:?})",
-                if access.read.is_some() {
-                    "read"
-                } else {
-                    "write"
-                },
-                region.space,
-                region.name,
-                access.offset
-            )
-        };
-        if access.read.is_some() {
+        if let [a, b] = instances {
             let mut zeroes = [0u8; 8];
             let mut ones = [0xFFu8; 8];
             let claimed = [
-                pair[0].setup.read(region.space, addr, &mut zeroes[..size]),
-                pair[1].setup.read(region.space, addr, &mut ones[..size]),
+                perform(&a.setup, &mut zeroes[..size]),
+                perform(&b.setup, &mut ones[..size]),
             ];
             assert_eq!(
                 claimed[0],
@@ -485,31 +473,30 @@ impl<F: Fixture> DeviceFuzzer<F> {
                     what()
                 );
             }
-            if let (Some(index), true) = (claimant, claimed[0]) {
+            if let Some((index, offset)) = target.filter(|_| claimed[0]) {
                 let mut expected = [0u8; 8];
-                model.read(index, addr - regions[index].base, &mut expected[..size]);
-                if F::Model::COMPARES {
-                    assert_eq!(
-                        zeroes[..size],
-                        expected[..size],
-                        "{}: the model answers otherwise",
-                        what()
-                    );
-                }
+                model.read(index, offset, &mut expected[..size]);
             }
-        } else {
-            let answers = [
-                pair[0].setup.write(region.space, addr, &access.data),
-                pair[1].setup.write(region.space, addr, &access.data),
-            ];
-            assert_eq!(answers[0], answers[1], "{}: the instances disagree", what());
-            if let (Some(answer), Some(index)) = (answers[0], claimant) {
-                let expected = model.write(index, addr - regions[index].base, &access.data);
-                if F::Model::COMPARES {
-                    assert_eq!(answer, expected, "{}: the model answers otherwise", what());
-                }
-            }
+            return;
         }
-        self.check_line_calls(pair, calls_before, &what);
+        let mut data = [0u8; 8];
+        let Some((index, offset)) = target else {
+            // No region holds the access (or a device moved its range): nothing to compare.
+            perform(&instances[0].setup, &mut data[..size]);
+            return;
+        };
+        let mut expected = [0u8; 8];
+        model.read(index, offset, &mut expected[..size]);
+        for (byte, want) in data.iter_mut().zip(expected) {
+            *byte = !want;
+        }
+        let claimed = perform(&instances[0].setup, &mut data[..size]);
+        assert!(claimed, "{}: no device claimed it", what());
+        assert_eq!(
+            data[..size],
+            expected[..size],
+            "{}: the model answers otherwise (or bytes were left unfilled)",
+            what()
+        );
     }
 }

@@ -252,9 +252,14 @@ fn each_flaw_is_caught_and_named() {
     let unfilled = outcome(Flaw::Unfilled, &scenario(), false).unwrap_err();
     assert!(unfilled.contains("bytes left unfilled"), "{unfilled}");
     assert!(
-        unfilled.contains("step 1: read of 4 bytes at 0x80"),
+        unfilled.contains("step 1: read of 4 bytes at address 0x80"),
         "{unfilled}"
     );
+    // With a model, one instance: the complement of the model's answer shows the hole.
+    let unfilled = outcome(Flaw::Unfilled, &scenario(), true).unwrap_err();
+    assert!(unfilled.contains("bytes were left unfilled"), "{unfilled}");
+    let chatty = outcome(Flaw::ChattyLine, &scenario(), true).unwrap_err();
+    assert!(chatty.contains("more than the bound of 1"), "{chatty}");
     let global = outcome(Flaw::Global, &scenario(), false).unwrap_err();
     assert!(global.contains("not deterministic"), "{global}");
     let chatty = outcome(Flaw::ChattyLine, &scenario(), false).unwrap_err();
