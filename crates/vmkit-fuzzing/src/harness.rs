@@ -33,7 +33,7 @@ impl Space {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Region {
     /// The fixture's name for it (in failure messages).
-    pub name: String,
+    pub name: &'static str,
     /// Its address space.
     pub space: Space,
     /// Its first address.
@@ -74,10 +74,10 @@ impl Setup {
     /// # Panics
     /// If the range is empty, runs past port 0xFFFF or overlaps one registered before: the
     /// fixture is wrong, not the device.
-    pub fn pio(&mut self, name: &str, base: u16, len: u16, device: Arc<dyn PioDevice>) {
-        if let Err(e) =
-            self.pio
-                .register_named(BusRange::new(base, u64::from(len)), name, device.clone())
+    pub fn pio(&mut self, name: &'static str, base: u16, len: u16, device: Arc<dyn PioDevice>) {
+        if let Err(e) = self
+            .pio
+            .register(BusRange::new(base, u64::from(len)), device.clone())
         {
             panic!("fixture: cannot register {name}: {e}");
         }
@@ -90,11 +90,8 @@ impl Setup {
     /// # Panics
     /// If the range is empty, wraps or overlaps one registered before: the fixture is wrong,
     /// not the device.
-    pub fn mmio(&mut self, name: &str, base: u64, len: u64, device: Arc<dyn MmioDevice>) {
-        if let Err(e) = self
-            .mmio
-            .register_named(BusRange::new(base, len), name, device.clone())
-        {
+    pub fn mmio(&mut self, name: &'static str, base: u64, len: u64, device: Arc<dyn MmioDevice>) {
+        if let Err(e) = self.mmio.register(BusRange::new(base, len), device.clone()) {
             panic!("fixture: cannot register {name}: {e}");
         }
         self.handlers.push(Handler::Mmio(device));
@@ -124,9 +121,9 @@ impl Setup {
         &self.regions
     }
 
-    fn region(&mut self, name: &str, space: Space, base: u64, len: u64) {
+    fn region(&mut self, name: &'static str, space: Space, base: u64, len: u64) {
         self.regions.push(Region {
-            name: name.to_owned(),
+            name,
             space,
             base,
             len,
@@ -300,7 +297,14 @@ impl<F: Fixture> DeviceFuzzer<F> {
     pub fn run_ops(&self, ops: &[Op]) {
         let mut model = self.fixture.model();
         let mut instances = self.build();
+        // Whether anything happened to the instances since they were built: a reset of a fresh
+        // machine changes nothing, and inputs are full of them (a reset is one byte).
+        let mut fresh = true;
         for (step, op) in ops.iter().enumerate() {
+            if matches!(op, Op::Reset) && fresh {
+                continue;
+            }
+            fresh = matches!(op, Op::Reset);
             match op {
                 Op::Access(access) => self.access(&instances, &mut model, step, access, false),
                 Op::Direct(access) => self.access(&instances, &mut model, step, access, true),
@@ -408,22 +412,23 @@ impl<F: Fixture> DeviceFuzzer<F> {
                 setup.read(region.space, addr, data)
             }
         };
-        let calls_before: Vec<u64> = instances.iter().map(|i| i.setup.line_calls()).collect();
+        let mut calls_before = [0u64; 2];
+        for (before, instance) in calls_before.iter_mut().zip(instances) {
+            *before = instance.setup.line_calls();
+        }
         if access.read.is_some() {
             self.check_read(instances, model, target, size, &perform, &what);
         } else {
-            let answers: Vec<Option<DeviceAction>> = instances
-                .iter()
-                .map(|i| {
-                    if direct {
-                        Some(i.setup.write_direct(index, addr, &access.data))
-                    } else {
-                        i.setup.write(region.space, addr, &access.data)
-                    }
-                })
-                .collect();
-            if let [a, b] = &answers[..] {
-                assert_eq!(a, b, "{}: the instances disagree", what());
+            let mut answers = [None; 2];
+            for (answer, i) in answers.iter_mut().zip(instances) {
+                *answer = if direct {
+                    Some(i.setup.write_direct(index, addr, &access.data))
+                } else {
+                    i.setup.write(region.space, addr, &access.data)
+                };
+            }
+            if instances.len() == 2 {
+                assert_eq!(answers[0], answers[1], "{}: the instances disagree", what());
             }
             if let (Some(answer), Some((index, offset))) = (answers[0], target) {
                 let expected = model.write(index, offset, &access.data);
