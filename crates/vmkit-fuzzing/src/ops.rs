@@ -286,7 +286,8 @@ pub fn decode_with<'a, T>(
     max: usize,
     mut read: impl FnMut(&mut Unstructured<'a>) -> arbitrary::Result<T>,
 ) -> Vec<T> {
-    let mut ops = Vec::new();
+    // Operations take a few bytes each: room for one per two bytes spares most regrowth.
+    let mut ops = Vec::with_capacity((u.len() / 2).min(max));
     while !u.is_empty() && ops.len() < max {
         match read(u) {
             Ok(op) => ops.push(op),
