@@ -1,34 +1,29 @@
-//! Fuzz surface `acpi_pm`: arbitrary sequences of port reads and writes of any size and offset to
-//! the ACPI power-management registers (sleep control, sleep status, reset), interleaved with
-//! movements of the clock that times the device's log limit.
+//! Fuzz surface `acpi_pm`: the ACPI power-management registers (sleep control, sleep status,
+//! reset) on vmkit-fuzzing's device harness: guest reads and writes through the port bus and
+//! handed to the device directly (any size and offset), with movements of the clock that times
+//! the device's log limit as the fixture's own operation.
 //!
 //! The device runs against a byte-wise reference model of ACPI 6.x §4.8.3.6–7. Checked after
-//! every operation: nothing panics; every read fills the whole buffer with what the model says
-//! (sleep status reads WAK_STS while it is set, control and reset read 0, everything else
-//! 0xFF); a write stops the VM with `PowerOff` only when a byte landing on sleep control carries
-//! SLP_EN with sleep type 5, with `Reset` only when a byte landing on the reset register is
-//! `RESET_VALUE`, the first such byte deciding, and otherwise continues; any other sleep
+//! every operation, besides what the harness checks of every device (no panic, reads fill every
+//! byte deterministically, the bound on interrupt-line calls): every read answers what the
+//! model says (sleep status reads WAK_STS while it is set, control and reset read 0, everything
+//! else 0xFF); a write stops the VM with `PowerOff` only when a byte landing on sleep control
+//! carries SLP_EN with sleep type 5, with `Reset` only when a byte landing on the reset register
+//! is `RESET_VALUE`, the first such byte deciding, and otherwise continues; any other sleep
 //! request sets WAK_STS, which only a 1 written to bit 7 of sleep status clears; and the
 //! device's counters (accesses, ignored bytes, wide accesses, refused sleeps, ignored reset
 //! values, log lines let through or suppressed) match the model's.
-//!
-//! The input is a sequence of [`Op`]s in a small byte format (a tag byte, then fields of one
-//! byte or little-endian integers, read with `arbitrary`'s primitives), so [`encode`] writes
-//! seeds that decode to exactly the intended operations.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use arbitrary::{Arbitrary, Unstructured};
 use vmkit_devices::AcpiPmDevice;
 use vmkit_devices::acpi_pm::{
-    ACPI_PM_PORT, RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET,
+    ACPI_PM_PORT, ACPI_PM_PORT_LEN, RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET,
     SLEEP_STATUS_OFFSET, SLP_EN, SLP_TYP_MASK, SLP_TYP_SHIFT, WAK_STS, sleep_control_value,
 };
-use vmkit_exits::{DeviceAction, LogLimit, ManualClock, PioDevice, StopReason};
-
-/// Most operations taken from one input.
-pub const MAX_OPS: usize = 512;
+use vmkit_exits::{DeviceAction, LogLimit, ManualClock, StopReason};
+use vmkit_fuzzing::{Access, DeviceFuzzer, Fixture, Offset, Op, Setup, encode};
 
 /// The log limit the device runs with: small, so that inputs reach suppression.
 const LOG_LIMIT: LogLimit = LogLimit {
@@ -36,98 +31,17 @@ const LOG_LIMIT: LogLimit = LogLimit {
     burst: 3,
 };
 
-/// The offset an offset code stands for: codes below 0xC0 give offsets 0..=7 (the registers,
-/// the reserved port and the ports just past the block); 0xC0..=0xFF give far offsets
-/// (0xC0C0..=0xFFFF, so accesses also run past port 0xFFFF).
-pub fn offset_of(code: u8) -> u16 {
-    if code < 0xC0 {
-        u16::from(code & 0x07)
-    } else {
-        u16::from_le_bytes([code, code])
-    }
-}
+/// The fixture's own operation: the clock moves forward by the milliseconds in its first two
+/// bytes (little-endian).
+pub const ADVANCE_CLOCK: u8 = 0;
 
-/// One step of a fuzz input.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// A guest read of `size` (0..=8) bytes.
-    Read {
-        /// The offset code (see [`offset_of`]).
-        offset: u8,
-        /// How many bytes.
-        size: u8,
-    },
-    /// A guest write of `data` (0..=8 bytes).
-    Write {
-        /// The offset code (see [`offset_of`]).
-        offset: u8,
-        /// The bytes.
-        data: Vec<u8>,
-    },
-    /// The clock of the log limit moves forward.
-    AdvanceClock {
-        /// Milliseconds.
-        millis: u16,
-    },
-}
-
-const OP_KINDS: u8 = 3;
-const MAX_ACCESS: u8 = 8;
-
-impl Op {
-    fn read(u: &mut Unstructured<'_>) -> arbitrary::Result<Self> {
-        Ok(match u8::arbitrary(u)? % OP_KINDS {
-            0 => Op::Read {
-                offset: u8::arbitrary(u)?,
-                size: u8::arbitrary(u)? % (MAX_ACCESS + 1),
-            },
-            1 => {
-                let offset = u8::arbitrary(u)?;
-                let len = u8::arbitrary(u)? % (MAX_ACCESS + 1);
-                Op::Write {
-                    offset,
-                    data: u.bytes(usize::from(len))?.to_vec(),
-                }
-            }
-            _ => Op::AdvanceClock {
-                millis: u16::arbitrary(u)?,
-            },
-        })
-    }
-
-    fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            Op::Read { offset, size } => out.extend_from_slice(&[0, *offset, *size]),
-            Op::Write { offset, data } => {
-                out.extend_from_slice(&[1, *offset, data.len() as u8]);
-                out.extend_from_slice(data);
-            }
-            Op::AdvanceClock { millis } => {
-                out.push(2);
-                out.extend_from_slice(&millis.to_le_bytes());
-            }
-        }
-    }
-}
-
-/// The operations an input decodes to (at most [`MAX_OPS`]; a truncated last operation is
-/// dropped when its byte string is cut short).
-pub fn parse(data: &[u8]) -> Vec<Op> {
-    crate::ops::decode(&mut Unstructured::new(data), MAX_OPS, Op::read)
-}
-
-/// The bytes that decode to `ops`.
-pub fn encode(ops: &[Op]) -> Vec<u8> {
-    crate::ops::encode(ops, Op::encode)
-}
-
-const CONTROL: u32 = SLEEP_CONTROL_OFFSET as u32;
-const STATUS: u32 = SLEEP_STATUS_OFFSET as u32;
-const RESET: u32 = RESET_OFFSET as u32;
+const CONTROL: u64 = SLEEP_CONTROL_OFFSET as u64;
+const STATUS: u64 = SLEEP_STATUS_OFFSET as u64;
+const RESET: u64 = RESET_OFFSET as u64;
 
 /// The reference model: the register state and the counters the device must report.
 #[derive(Debug, Default)]
-struct Model {
+pub struct PmModel {
     wake: bool,
     reads: u64,
     writes: u64,
@@ -137,7 +51,7 @@ struct Model {
     ignored_reset_values: u64,
 }
 
-impl Model {
+impl PmModel {
     /// Counts an access of `len` bytes; returns whether it has bytes.
     fn access(&mut self, len: usize) -> bool {
         match len {
@@ -148,7 +62,7 @@ impl Model {
         len > 0
     }
 
-    fn read(&mut self, offset: u16, size: usize) -> Vec<u8> {
+    fn answer(&mut self, offset: u64, size: usize) -> Vec<u8> {
         self.reads += 1;
         if !self.access(size) {
             return Vec::new();
@@ -165,7 +79,7 @@ impl Model {
             .collect()
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction {
+    fn store(&mut self, offset: u64, data: &[u8]) -> DeviceAction {
         self.writes += 1;
         if !self.access(data.len()) {
             return DeviceAction::Resume;
@@ -206,43 +120,15 @@ impl Model {
     }
 }
 
-/// Where byte `i` of an access at `offset` lands; past 0xFFFF positions do not wrap.
-fn position(offset: u16, i: usize) -> u32 {
-    u32::from(offset).saturating_add(i as u32)
-}
-
-struct Harness {
-    clock: Arc<ManualClock>,
-    device: AcpiPmDevice,
-    model: Model,
-}
-
-impl Harness {
-    fn new() -> Self {
-        let clock = Arc::new(ManualClock::new());
-        Self {
-            device: AcpiPmDevice::with_log_limit(LOG_LIMIT, clock.clone()),
-            clock,
-            model: Model::default(),
-        }
+impl vmkit_fuzzing::Model for PmModel {
+    fn read(&mut self, _region: usize, offset: u64, data: &mut [u8]) {
+        data.copy_from_slice(&self.answer(offset, data.len()));
     }
 
-    fn read(&mut self, offset: u8, size: u8) {
-        let offset = offset_of(offset);
-        let expected = self.model.read(offset, usize::from(size));
-        // Pre-filled with the complement of the answer: a byte left unwritten shows.
-        let mut data: Vec<u8> = expected.iter().map(|b| !b).collect();
-        self.device.pio_read(ACPI_PM_PORT, offset, &mut data);
-        assert_eq!(data, expected, "read of {size} bytes at offset {offset:#x}");
-    }
-
-    fn write(&mut self, offset: u8, data: &[u8]) {
-        let offset = offset_of(offset);
-        let expected = self.model.write(offset, data);
-        let action = self.device.pio_write(ACPI_PM_PORT, offset, data);
-        assert_eq!(action, expected, "write of {data:x?} at offset {offset:#x}");
+    fn write(&mut self, _region: usize, offset: u64, data: &[u8]) -> DeviceAction {
+        let action = self.store(offset, data);
         // The invariants, stated without the model.
-        let landing = |target: u32| {
+        let landing = |target: u64| {
             data.iter()
                 .enumerate()
                 .filter(move |&(i, _)| position(offset, i) == target)
@@ -259,12 +145,54 @@ impl Harness {
             DeviceAction::Resume => {}
             DeviceAction::Stop(other) => panic!("unexpected stop {other:?}"),
         }
+        action
+    }
+}
+
+/// Where byte `i` of an access at `offset` lands; positions do not wrap.
+fn position(offset: u64, i: usize) -> u64 {
+    offset.saturating_add(i as u64)
+}
+
+/// The device on the port bus, with a manual clock for its log limit.
+pub struct PmFixture;
+
+/// One instance: the device and its clock.
+pub struct PmDevices {
+    clock: Arc<ManualClock>,
+    device: Arc<AcpiPmDevice>,
+}
+
+impl Fixture for PmFixture {
+    type Devices = PmDevices;
+    type Model = PmModel;
+
+    fn build(&self, setup: &mut Setup) -> PmDevices {
+        let clock = Arc::new(ManualClock::new());
+        let device = Arc::new(AcpiPmDevice::with_log_limit(LOG_LIMIT, clock.clone()));
+        setup.pio("acpi_pm", ACPI_PM_PORT, ACPI_PM_PORT_LEN, device.clone());
+        PmDevices { clock, device }
     }
 
-    fn check(&self) {
-        let stats = self.device.stats();
-        let m = &self.model;
-        assert_eq!(self.device.wake_status(), m.wake);
+    fn model(&self) -> PmModel {
+        PmModel::default()
+    }
+
+    fn user_op(&self, devices: &PmDevices, tag: u8, data: &[u8]) {
+        if tag == ADVANCE_CLOCK {
+            let millis = u16::from_le_bytes([
+                data.first().copied().unwrap_or(0),
+                data.get(1).copied().unwrap_or(0),
+            ]);
+            devices
+                .clock
+                .advance(Duration::from_millis(u64::from(millis)));
+        }
+    }
+
+    fn check(&self, devices: &PmDevices, m: &PmModel) {
+        let stats = devices.device.stats();
+        assert_eq!(devices.device.wake_status(), m.wake);
         assert_eq!(
             (stats.io.reads, stats.io.writes, stats.io.ignored),
             (m.reads, m.writes, m.ignored)
@@ -277,32 +205,33 @@ impl Harness {
             m.unsupported_sleeps
         );
     }
+
+    fn max_line_calls_per_access(&self) -> u64 {
+        0
+    }
 }
 
 /// Target body.
 pub fn run(data: &[u8]) {
-    let mut h = Harness::new();
-    for op in parse(data) {
-        match op {
-            Op::Read { offset, size } => h.read(offset, size),
-            Op::Write { offset, data } => h.write(offset, &data),
-            Op::AdvanceClock { millis } => {
-                h.clock.advance(Duration::from_millis(u64::from(millis)))
-            }
-        }
-        h.check();
-    }
+    DeviceFuzzer::new(PmFixture).run(data);
 }
 
 /// Named seed inputs: small, meaningful scenarios that reach every register and answer.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
-    let r = |offset: u16, size| Op::Read {
-        offset: offset as u8,
-        size,
+    // Handed to the device directly, as the seeds of the device's own harness were; a few go
+    // through the bus below.
+    let at = |offset: u16| {
+        if offset < 0xC0 {
+            Offset::FromStart(offset)
+        } else {
+            Offset::Absolute(u64::from(u16::from_le_bytes([offset as u8, offset as u8])))
+        }
     };
-    let w = |offset: u16, data: &[u8]| Op::Write {
-        offset: offset as u8,
-        data: data.to_vec(),
+    let r = |offset: u16, size| Op::Direct(Access::read_at(0, at(offset), size));
+    let w = |offset: u16, data: &[u8]| Op::Direct(Access::write_at(0, at(offset), data));
+    let clock = |millis: u16| Op::User {
+        tag: ADVANCE_CLOCK,
+        data: millis.to_le_bytes().to_vec(),
     };
     let s5 = sleep_control_value(S5_SLEEP_TYPE);
 
@@ -313,6 +242,23 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     ];
 
     let linux_reset = vec![r(RESET_OFFSET, 1), w(RESET_OFFSET, &[RESET_VALUE])];
+
+    // Through the bus, as a guest's accesses reach the device in a VMM: inside the block,
+    // straddling its end, just before it.
+    let bus = |access| Op::Access(access);
+    let through_the_bus = vec![
+        bus(Access::write_at(0, Offset::FromStart(1), &[WAK_STS])),
+        bus(Access::read_at(0, Offset::FromStart(0), 4)),
+        bus(Access::read_at(0, Offset::BeforeEnd(1), 4)),
+        bus(Access::write_at(0, Offset::BeforeStart(0), &[0, s5])),
+        bus(Access::write_at(
+            0,
+            Offset::FromStart(0),
+            &[sleep_control_value(3)],
+        )),
+        bus(Access::read_at(0, Offset::FromStart(1), 1)),
+        bus(Access::write_at(0, Offset::FromStart(2), &[RESET_VALUE])),
+    ];
 
     // A suspend request: clear, sleep, poll for the wake, clear again.
     let s3_wakes_at_once = vec![
@@ -372,9 +318,9 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         for _ in 0..10 {
             log_bursts.push(w(SLEEP_CONTROL_OFFSET, &[sleep_control_value(round + 1)]));
         }
-        log_bursts.push(Op::AdvanceClock { millis: 700 });
+        log_bursts.push(clock(700));
     }
-    log_bursts.push(Op::AdvanceClock { millis: u16::MAX });
+    log_bursts.push(clock(u16::MAX));
     log_bursts.push(w(SLEEP_CONTROL_OFFSET, &[sleep_control_value(2)]));
 
     vec![
@@ -386,6 +332,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("wide_accesses", encode(&wide_accesses)),
         ("odd_accesses", encode(&odd_accesses)),
         ("log_bursts", encode(&log_bursts)),
+        ("through_the_bus", encode(&through_the_bus)),
     ]
 }
 
@@ -397,7 +344,7 @@ mod tests {
     #[test]
     fn seeds_round_trip_and_pass() {
         for (name, bytes) in seeds() {
-            let ops = parse(&bytes);
+            let ops = vmkit_fuzzing::decode(&bytes);
             assert_eq!(encode(&ops), bytes, "{name}");
             run(&bytes);
         }
@@ -415,11 +362,19 @@ mod tests {
             ("linux_reset", StopReason::Reset),
         ] {
             let (_, bytes) = seeds().into_iter().find(|(n, _)| *n == name).unwrap();
-            let h = Harness::new();
+            let device = AcpiPmDevice::with_log_limit(LOG_LIMIT, Arc::new(ManualClock::new()));
             let mut last = DeviceAction::Resume;
-            for op in parse(&bytes) {
-                if let Op::Write { offset, data } = op {
-                    last = h.device.pio_write(ACPI_PM_PORT, offset_of(offset), &data);
+            for op in vmkit_fuzzing::decode(&bytes) {
+                if let Op::Direct(access) = op
+                    && access.read.is_none()
+                {
+                    let offset = access.offset.relative(4, 0xFFFF) as u16;
+                    last = vmkit_exits::PioDevice::pio_write(
+                        &device,
+                        ACPI_PM_PORT,
+                        offset,
+                        &access.data,
+                    );
                 }
             }
             assert_eq!(last, DeviceAction::Stop(reason), "{name}");
@@ -435,14 +390,6 @@ mod tests {
             run(&[tag]);
             run(&[tag, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         }
-    }
-
-    #[test]
-    fn offsets_cover_registers_and_far_ports() {
-        assert_eq!(offset_of(0), 0);
-        assert_eq!(offset_of(0x1F), 7);
-        assert_eq!(offset_of(0xC0), 0xC0C0);
-        assert_eq!(offset_of(0xFF), 0xFFFF);
     }
 
     /// Writes the seed files; run with `cargo test -- --ignored write_seeds`.
