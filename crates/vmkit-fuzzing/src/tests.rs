@@ -298,3 +298,113 @@ fn accesses_outside_every_region_reach_no_device() {
     ];
     outcome(Flaw::None, &ops, true).unwrap();
 }
+
+/// Registers the same range twice: the fixture's mistake, named.
+struct Overlapping;
+
+impl Fixture for Overlapping {
+    type Devices = ();
+    type Model = NoModel;
+
+    fn build(&self, setup: &mut Setup) {
+        let device = Arc::new(Register {
+            value: Mutex::new(0),
+            irq: setup.interrupt(),
+            flaw: Flaw::None,
+        });
+        assert!(setup.regions().is_empty());
+        setup.mmio("first", 0x1000, 0x10, device.clone());
+        assert_eq!(setup.mmio_bus().len(), 1);
+        assert!(setup.io_bus().is_empty());
+        setup.mmio("second", 0x1008, 0x10, device);
+    }
+
+    fn model(&self) -> NoModel {
+        NoModel
+    }
+}
+
+#[test]
+fn a_fixture_that_overlaps_its_ranges_is_named() {
+    let message = catch_unwind(AssertUnwindSafe(|| {
+        DeviceFuzzer::new(Overlapping).run(&[0]);
+    }))
+    .unwrap_err();
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.starts_with("fixture: cannot register second"),
+        "{message}"
+    );
+}
+
+/// No regions at all: every access is a no-op, and nothing panics.
+struct Empty;
+
+impl Fixture for Empty {
+    type Devices = ();
+    type Model = NoModel;
+
+    fn build(&self, setup: &mut Setup) {
+        assert!(format!("{setup:?}").contains("regions: []"));
+    }
+
+    fn model(&self) -> NoModel {
+        NoModel
+    }
+}
+
+#[test]
+fn a_fixture_without_regions_runs_every_operation() {
+    let fuzzer = DeviceFuzzer::new(Empty);
+    assert!(format!("{fuzzer:?}").starts_with("DeviceFuzzer"));
+    let ops = [
+        Op::Access(Access::read_at(0, Offset::FromStart(0), 4)),
+        Op::Direct(Access::write_at(0, Offset::FromStart(0), &[1])),
+        Op::Reset,
+        Op::User {
+            tag: 0,
+            data: vec![],
+        },
+    ];
+    fuzzer.run_ops(&ops);
+    fuzzer.run(&[0xAB; 100]);
+}
+
+#[test]
+fn direct_accesses_reach_both_spaces_at_any_offset_and_size() {
+    let mut ops = Vec::new();
+    for region in 0..2 {
+        for size in 0..=8 {
+            ops.push(Op::Direct(Access::read_at(
+                region,
+                Offset::BeforeStart(1),
+                size,
+            )));
+            ops.push(Op::Direct(Access::write_at(
+                region,
+                Offset::FromStart(6),
+                &[0xA5; 8][..usize::from(size)],
+            )));
+            ops.push(Op::Direct(Access::read_at(
+                region,
+                Offset::FromStart(0),
+                size,
+            )));
+            ops.push(Op::Direct(Access::read_at(
+                region,
+                Offset::Absolute(u64::MAX),
+                size,
+            )));
+        }
+    }
+    outcome(Flaw::None, &ops, true).unwrap();
+    outcome(Flaw::None, &ops, false).unwrap();
+    let message = outcome(Flaw::Unfilled, &ops, false).unwrap_err();
+    assert!(
+        message.contains("step 4: direct read of 1 bytes at offset 0xfffe"),
+        "{message}"
+    );
+}
