@@ -18,7 +18,7 @@ use vmkit_devices::{
     AcpiPmDevice, CmosRtc, CountingTrigger, DebugExit, I8042Device, PcTestDev, PciRoot,
     SerialDevice, VirtioDevice, VirtioPciDevice,
 };
-use vmkit_exits::{IoBus, LogLimit, MmioBus, MmioDevice, PioDevice};
+use vmkit_exits::{IoBus, LogLimit, MmioAddress, MmioBus, MmioDevice, PioAddress, PioDevice};
 use vmkit_memory::GuestLayout;
 use vmkit_memory::vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -60,11 +60,11 @@ fn pio(dev: &dyn PioDevice, rng: &mut Rng, base: u16, span: u64) -> u64 {
     let offset = rng.below(span) as u16;
     if rng.below(2) == 0 {
         let data = rng.bytes();
-        dev.pio_write(base, offset, &data);
+        dev.pio_write(PioAddress(base), offset, &data);
         data.len() as u64
     } else {
         let mut data = vec![0u8; rng.size()];
-        dev.pio_read(base, offset, &mut data);
+        dev.pio_read(PioAddress(base), offset, &mut data);
         data.len() as u64
     }
 }
@@ -123,11 +123,11 @@ fn i8042() {
         let mut full = 0;
         let mut status = [0u8];
         loop {
-            dev.pio_read(0x64, 0, &mut status);
+            dev.pio_read(PioAddress(0x64), 0, &mut status);
             if status[0] & 1 == 0 || rng.below(4) != 0 {
                 break;
             }
-            dev.pio_read(0x60, 0, &mut [0]);
+            dev.pio_read(PioAddress(0x60), 0, &mut [0]);
             full += 1;
             assert!(full <= vmkit_devices::i8042::OUTPUT_QUEUE_LEN);
         }
@@ -162,7 +162,7 @@ fn cmos() {
         // Index writes aim at the clock, alarm and status registers most of the time.
         if rng.below(2) == 0 {
             dev.pio_write(
-                0x70,
+                PioAddress(0x70),
                 0,
                 &[rng.below(0x10) as u8 | (rng.below(2) as u8) << 7],
             );
@@ -239,9 +239,9 @@ fn testdev() {
                     _ => rng.next(),
                 };
                 let data = rng.bytes();
-                dev.mmio_write(IOMEM_BASE, offset, &data);
+                dev.mmio_write(MmioAddress(IOMEM_BASE), offset, &data);
                 let mut back = vec![0u8; rng.size()];
-                dev.mmio_read(IOMEM_BASE, offset, &mut back);
+                dev.mmio_read(MmioAddress(IOMEM_BASE), offset, &mut back);
             }
         }
         assert!(line_calls(&line) - calls <= 1);
@@ -315,7 +315,7 @@ fn pci_root() {
         match rng.below(3) {
             0 => {
                 let address = 0x8000_0000 | (device << 11) | register;
-                root.pio_write(0xCF8, 0, &(address as u32).to_le_bytes());
+                root.pio_write(PioAddress(0xCF8), 0, &(address as u32).to_le_bytes());
             }
             1 => {
                 pio(root.as_ref(), &mut rng, 0xCF8, 9);
@@ -323,7 +323,7 @@ fn pci_root() {
             _ => {
                 let offset = (device << 15) | register | rng.below(4);
                 let data = rng.bytes();
-                root.mmio_write(0, offset, &data);
+                root.mmio_write(MmioAddress(0), offset, &data);
             }
         }
         assert!(calls.load(Ordering::Relaxed) - before <= 1);

@@ -6,6 +6,7 @@
 //! offset and size with a defined value and never panics.
 
 use crate::action::StopReason;
+use crate::address::{MmioAddress, PioAddress};
 
 /// What a device asks of the vCPU loop after it handled a write.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,15 +21,15 @@ pub enum DeviceAction {
 /// A port-I/O device.
 pub trait PioDevice: Send + Sync {
     /// Handles an `in` at `base + offset`; `data.len()` is the access size. Fill all of `data`.
-    fn pio_read(&self, base: u16, offset: u16, data: &mut [u8]);
+    fn pio_read(&self, base: PioAddress, offset: u16, data: &mut [u8]);
     /// Handles an `out` at `base + offset`.
-    fn pio_write(&self, base: u16, offset: u16, data: &[u8]) -> DeviceAction;
+    fn pio_write(&self, base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction;
 }
 
 /// A memory-mapped I/O device.
 pub trait MmioDevice: Send + Sync {
     /// Handles a read at `base + offset`; `data.len()` is the access size. Fill all of `data`.
-    fn mmio_read(&self, base: u64, offset: u64, data: &mut [u8]);
+    fn mmio_read(&self, base: MmioAddress, offset: u64, data: &mut [u8]);
     /// Handles a write at `base + offset`.
-    fn mmio_write(&self, base: u64, offset: u64, data: &[u8]) -> DeviceAction;
+    fn mmio_write(&self, base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction;
 }

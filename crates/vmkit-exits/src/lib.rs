@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod action;
+pub mod address;
 pub mod assist;
 mod atomic;
 pub mod bus;
@@ -25,6 +26,7 @@ pub use iced_x86;
 pub use vm_memory;
 
 pub use action::{ExitAction, StopReason};
+pub use address::{MmioAddress, PioAddress};
 pub use assist::{
     AssistError, AssistPolicy, AssistReport, AssistVerdict, Assisted, BP_VECTOR, EmulationAssist,
     ReflectNamed, SoftExceptionRip, StopAlways, UD_VECTOR, inject_ud,

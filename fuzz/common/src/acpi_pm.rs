@@ -25,7 +25,7 @@ use vmkit_devices::acpi_pm::{
     ACPI_PM_PORT, RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET,
     SLEEP_STATUS_OFFSET, SLP_EN, SLP_TYP_MASK, SLP_TYP_SHIFT, WAK_STS, sleep_control_value,
 };
-use vmkit_exits::{DeviceAction, LogLimit, ManualClock, PioDevice, StopReason};
+use vmkit_exits::{DeviceAction, LogLimit, ManualClock, PioAddress, PioDevice, StopReason};
 
 /// Most operations taken from one input.
 pub const MAX_OPS: usize = 512;
@@ -232,14 +232,17 @@ impl Harness {
         let expected = self.model.read(offset, usize::from(size));
         // Pre-filled with the complement of the answer: a byte left unwritten shows.
         let mut data: Vec<u8> = expected.iter().map(|b| !b).collect();
-        self.device.pio_read(ACPI_PM_PORT, offset, &mut data);
+        self.device
+            .pio_read(PioAddress(ACPI_PM_PORT), offset, &mut data);
         assert_eq!(data, expected, "read of {size} bytes at offset {offset:#x}");
     }
 
     fn write(&mut self, offset: u8, data: &[u8]) {
         let offset = offset_of(offset);
         let expected = self.model.write(offset, data);
-        let action = self.device.pio_write(ACPI_PM_PORT, offset, data);
+        let action = self
+            .device
+            .pio_write(PioAddress(ACPI_PM_PORT), offset, data);
         assert_eq!(action, expected, "write of {data:x?} at offset {offset:#x}");
         // The invariants, stated without the model.
         let landing = |target: u32| {
@@ -419,7 +422,9 @@ mod tests {
             let mut last = DeviceAction::Resume;
             for op in parse(&bytes) {
                 if let Op::Write { offset, data } = op {
-                    last = h.device.pio_write(ACPI_PM_PORT, offset_of(offset), &data);
+                    last = h
+                        .device
+                        .pio_write(PioAddress(ACPI_PM_PORT), offset_of(offset), &data);
                 }
             }
             assert_eq!(last, DeviceAction::Stop(reason), "{name}");

@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use log::debug;
-use vmkit_exits::{BusError, BusRange, DeviceAction, IoBus, MmioBus, MmioDevice, PioDevice};
+use vmkit_exits::{
+    BusError, BusRange, DeviceAction, IoBus, MmioAddress, MmioBus, MmioDevice, PioAddress,
+    PioDevice,
+};
 use vmkit_memory::layout::{PCI_ECAM_SIZE, PCI_ECAM_START};
 use vmkit_memory::{AddressRange, AllocatorError, Allocators, PortRange};
 
@@ -140,19 +143,19 @@ struct BarRegion {
 }
 
 impl MmioDevice for BarRegion {
-    fn mmio_read(&self, _base: u64, offset: u64, data: &mut [u8]) {
+    fn mmio_read(&self, _base: MmioAddress, offset: u64, data: &mut [u8]) {
         lock(&self.device).bar_read(self.index, offset, data);
     }
-    fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
+    fn mmio_write(&self, _base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction {
         lock(&self.device).bar_write(self.index, offset, data)
     }
 }
 
 impl PioDevice for BarRegion {
-    fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, offset: u16, data: &mut [u8]) {
         lock(&self.device).bar_read(self.index, offset.into(), data);
     }
-    fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, _base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
         lock(&self.device).bar_write(self.index, offset.into(), data)
     }
 }
@@ -225,16 +228,16 @@ impl PciRoot {
             counters: Counters::default(),
         });
         io_bus.register_named(
-            BusRange::new(CONFIG_IO_PORT, CONFIG_IO_LEN),
+            BusRange::new(PioAddress(CONFIG_IO_PORT), CONFIG_IO_LEN),
             "pci-config",
             root.clone(),
         )?;
         if let Err(err) = mmio_bus.register_named(
-            BusRange::new(PCI_ECAM_START, PCI_ECAM_SIZE),
+            BusRange::new(MmioAddress(PCI_ECAM_START), PCI_ECAM_SIZE),
             "pci-ecam",
             root.clone(),
         ) {
-            let _ = io_bus.unregister(CONFIG_IO_PORT);
+            let _ = io_bus.unregister(PioAddress(CONFIG_IO_PORT));
             return Err(err.into());
         }
         Ok(root)
@@ -474,12 +477,14 @@ impl PciRoot {
         let name = format!("{name}-bar{}", m.index);
         match m.space {
             BarSpace::Memory => match self.mmio_bus.upgrade() {
-                Some(bus) => bus.register_named(BusRange::new(m.address, m.size), &name, region),
+                Some(bus) => {
+                    bus.register_named(BusRange::new(MmioAddress(m.address), m.size), &name, region)
+                }
                 None => Ok(()),
             },
             BarSpace::Io => match (self.io_bus.upgrade(), u16::try_from(m.address)) {
                 (Some(bus), Ok(port)) => {
-                    bus.register_named(BusRange::new(port, m.size), &name, region)
+                    bus.register_named(BusRange::new(PioAddress(port), m.size), &name, region)
                 }
                 (Some(_), Err(_)) => Err(BusError::RangeWraps {
                     base: m.address,
@@ -494,12 +499,15 @@ impl PciRoot {
         bump(&self.counters.bar_updates);
         match old.space {
             BarSpace::Memory => match self.mmio_bus.upgrade() {
-                Some(bus) => bus.relocate(old.address, new.address),
+                Some(bus) => bus.relocate(MmioAddress(old.address), MmioAddress(new.address)),
                 None => Ok(()),
             },
             // An I/O BAR's address fits 16 bits: it was placed, and the register holds no more.
             BarSpace::Io => match self.io_bus.upgrade() {
-                Some(bus) => bus.relocate(old.address as u16, new.address as u16),
+                Some(bus) => bus.relocate(
+                    PioAddress(old.address as u16),
+                    PioAddress(new.address as u16),
+                ),
                 None => Ok(()),
             },
         }
@@ -511,12 +519,12 @@ impl PciRoot {
         match m.space {
             BarSpace::Memory => {
                 if let Some(bus) = self.mmio_bus.upgrade() {
-                    let _ = bus.unregister(m.address);
+                    let _ = bus.unregister(MmioAddress(m.address));
                 }
             }
             BarSpace::Io => {
                 if let Some(bus) = self.io_bus.upgrade() {
-                    let _ = bus.unregister(m.address as u16);
+                    let _ = bus.unregister(PioAddress(m.address as u16));
                 }
             }
         }
@@ -548,7 +556,7 @@ impl PciRoot {
 }
 
 impl PioDevice for PciRoot {
-    fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, offset: u16, data: &mut [u8]) {
         match (offset, data.len()) {
             (0, 4) => data.copy_from_slice(&self.address.load(Ordering::Relaxed).to_le_bytes()),
             (4..=7, len) if usize::from(offset - 4) + len <= 4 => match self.selected() {
@@ -564,7 +572,7 @@ impl PioDevice for PciRoot {
         }
     }
 
-    fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, _base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
         match (offset, data) {
             (0, &[a, b, c, d]) => self.address.store(
                 u32::from_le_bytes([a, b, c, d]) & CONFIG_ADDRESS_MASK,
@@ -582,12 +590,12 @@ impl PioDevice for PciRoot {
 }
 
 impl MmioDevice for PciRoot {
-    fn mmio_read(&self, _base: u64, offset: u64, data: &mut [u8]) {
+    fn mmio_read(&self, _base: MmioAddress, offset: u64, data: &mut [u8]) {
         let (bus, device, function, reg) = Self::ecam_function(offset);
         self.config_read(bus, device, function, reg, data);
     }
 
-    fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
+    fn mmio_write(&self, _base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction {
         let (bus, device, function, reg) = Self::ecam_function(offset);
         self.config_write(bus, device, function, reg, data);
         DeviceAction::Resume

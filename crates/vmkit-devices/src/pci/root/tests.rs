@@ -77,49 +77,50 @@ fn address(device: u8, reg: u8) -> u32 {
 
 impl Machine {
     fn select(&self, device: u8, reg: u8) {
-        self.io.write(0xCF8, &address(device, reg).to_le_bytes());
+        self.io
+            .write(PioAddress(0xCF8), &address(device, reg).to_le_bytes());
     }
     fn read32(&self, device: u8, reg: u8) -> u32 {
         self.select(device, reg);
         let mut data = [0u8; 4];
-        assert!(self.io.read(0xCFC, &mut data));
+        assert!(self.io.read(PioAddress(0xCFC), &mut data));
         u32::from_le_bytes(data)
     }
     fn write32(&self, device: u8, reg: u8, value: u32) {
         self.select(device, reg);
-        self.io.write(0xCFC, &value.to_le_bytes());
+        self.io.write(PioAddress(0xCFC), &value.to_le_bytes());
     }
     fn mmio_claimed(&self, addr: u64) -> bool {
-        self.mmio.read(addr, &mut [0u8; 4])
+        self.mmio.read(MmioAddress(addr), &mut [0u8; 4])
     }
 }
 
 #[test]
 fn type1_address_register_and_host_bridge() {
     let m = machine();
-    m.io.write(0xCF8, &0xFFFF_FFFFu32.to_le_bytes());
+    m.io.write(PioAddress(0xCF8), &0xFFFF_FFFFu32.to_le_bytes());
     let mut data = [0u8; 4];
-    m.io.read(0xCF8, &mut data);
+    m.io.read(PioAddress(0xCF8), &mut data);
     assert_eq!(
         u32::from_le_bytes(data),
         0x80FF_FFFC,
         "reserved bits read 0"
     );
     // Linux's probe: write 0x80000000 and read it back.
-    m.io.write(0xCF8, &0x8000_0000u32.to_le_bytes());
-    m.io.read(0xCF8, &mut data);
+    m.io.write(PioAddress(0xCF8), &0x8000_0000u32.to_le_bytes());
+    m.io.read(PioAddress(0xCF8), &mut data);
     assert_eq!(u32::from_le_bytes(data), 0x8000_0000);
     assert_eq!(m.read32(0, 0), 0x0D57_8086);
     assert_eq!(m.read32(0, 8) >> 8, 0x06_00_00, "host bridge class");
     // Byte and word reads at the right lanes.
     m.select(0, 0);
     let mut byte = [0u8];
-    m.io.read(0xCFD, &mut byte);
+    m.io.read(PioAddress(0xCFD), &mut byte);
     assert_eq!(byte[0], 0x80);
     let mut word = [0u8; 2];
-    m.io.read(0xCFE, &mut word);
+    m.io.read(PioAddress(0xCFE), &mut word);
     assert_eq!(u16::from_le_bytes(word), 0x0D57);
-    m.io.read(0xCFD, &mut word);
+    m.io.read(PioAddress(0xCFD), &mut word);
     assert_eq!(
         u16::from_le_bytes(word),
         0x5780,
@@ -131,34 +132,40 @@ fn type1_address_register_and_host_bridge() {
 fn type1_odd_accesses_and_missing_functions() {
     let m = machine();
     // Non-dword accesses to CONFIG_ADDRESS are not configuration cycles.
-    m.io.write(0xCF8, &0x8000_0000u32.to_le_bytes());
-    m.io.write(0xCF9, &[0x06]);
-    m.io.write(0xCF8, &[0, 0]);
+    m.io.write(PioAddress(0xCF8), &0x8000_0000u32.to_le_bytes());
+    m.io.write(PioAddress(0xCF9), &[0x06]);
+    m.io.write(PioAddress(0xCF8), &[0, 0]);
     let mut data = [0u8; 4];
-    m.io.read(0xCF8, &mut data);
+    m.io.read(PioAddress(0xCF8), &mut data);
     assert_eq!(u32::from_le_bytes(data), 0x8000_0000);
     let mut two = [0u8; 2];
-    m.io.read(0xCF8, &mut two);
+    m.io.read(PioAddress(0xCF8), &mut two);
     assert_eq!(two, [0xFF; 2]);
     // A word straddling address and data registers.
-    m.io.read(0xCFB, &mut two);
+    m.io.read(PioAddress(0xCFB), &mut two);
     assert_eq!(two, [0xFF; 2]);
-    m.io.write(0xCFB, &[1, 2]);
+    m.io.write(PioAddress(0xCFB), &[1, 2]);
     let bad = m.root.stats().bad_accesses;
     assert_eq!(bad, 5);
 
     // Enable bit clear: all ones, writes go nowhere.
-    m.io.write(0xCF8, &0u32.to_le_bytes());
-    m.io.read(0xCFC, &mut data);
+    m.io.write(PioAddress(0xCF8), &0u32.to_le_bytes());
+    m.io.read(PioAddress(0xCFC), &mut data);
     assert_eq!(data, [0xFF; 4]);
-    m.io.write(0xCFC, &[0; 4]);
+    m.io.write(PioAddress(0xCFC), &[0; 4]);
     // Empty slot, other bus, other function.
     assert_eq!(m.read32(5, 0), u32::MAX);
-    m.io.write(0xCF8, &(CONFIG_ADDRESS_ENABLE | (1 << 16)).to_le_bytes());
-    m.io.read(0xCFC, &mut data);
+    m.io.write(
+        PioAddress(0xCF8),
+        &(CONFIG_ADDRESS_ENABLE | (1 << 16)).to_le_bytes(),
+    );
+    m.io.read(PioAddress(0xCFC), &mut data);
     assert_eq!(data, [0xFF; 4]);
-    m.io.write(0xCF8, &(CONFIG_ADDRESS_ENABLE | (1 << 8)).to_le_bytes());
-    m.io.read(0xCFC, &mut data);
+    m.io.write(
+        PioAddress(0xCF8),
+        &(CONFIG_ADDRESS_ENABLE | (1 << 8)).to_le_bytes(),
+    );
+    m.io.read(PioAddress(0xCFC), &mut data);
     assert_eq!(data, [0xFF; 4]);
     m.write32(7, 0x10, 0);
     let stats = m.root.stats();
@@ -193,9 +200,9 @@ fn devices_get_slots_and_pre_assigned_bars() {
 
     // The BARs decode on the MMIO bus, with offsets from their bases.
     let mut data = [0u8; 4];
-    assert!(m.mmio.read(bar0 + 0x3004, &mut data));
+    assert!(m.mmio.read(MmioAddress(bar0 + 0x3004), &mut data));
     assert_eq!(data, [4; 4]);
-    m.mmio.write(bar2 + 8, &[1, 2]);
+    m.mmio.write(MmioAddress(bar2 + 8), &[1, 2]);
     assert_eq!(
         dev.lock().unwrap().seen,
         vec![(0, 0x3004, 4, false), (2, 8, 2, true)]
@@ -276,7 +283,7 @@ fn bar_moves_move_the_range() {
     let old = u64::from(m.read32(1, 0x10) & !0xF);
     // Byte write to the top byte of the low half.
     m.select(1, 0x10);
-    m.io.write(0xCFF, &[0xE1]);
+    m.io.write(PioAddress(0xCFF), &[0xE1]);
     let moved = (old & 0x00FF_FFFF) | 0xE100_0000;
     assert!(m.mmio_claimed(moved));
     assert!(!m.mmio_claimed(old));
@@ -315,7 +322,7 @@ fn overlapping_bars_do_not_decode_until_moved_apart() {
     m.write32(2, 0x10, bar_a);
     assert_eq!(m.root.stats().bar_conflicts, 1);
     assert!(m.root.placed_bars(2).is_empty(), "b does not decode");
-    m.mmio.read(u64::from(bar_a), &mut [0u8; 1]);
+    m.mmio.read(MmioAddress(u64::from(bar_a)), &mut [0u8; 1]);
     assert_eq!(a.lock().unwrap().seen.len(), 1, "a still decodes");
     assert!(b.lock().unwrap().seen.is_empty());
     // Moving b to a free place brings it back; onto ECAM is refused too.
@@ -353,16 +360,16 @@ fn io_bars_are_placed_on_the_port_bus() {
     let port = (port & !3) as u16;
     assert!(port >= PIO_START);
     let mut data = [0u8; 2];
-    assert!(m.io.read(port + 6, &mut data));
+    assert!(m.io.read(PioAddress(port + 6), &mut data));
     assert_eq!(data, [6, 6]);
-    m.io.write(port + 0x1F, &[1]);
+    m.io.write(PioAddress(port + 0x1F), &[1]);
     assert_eq!(dev.lock().unwrap().seen.last(), Some(&(1, 0x1F, 1, true)));
     m.write32(1, 0x14, 0x2000);
-    assert!(m.io.read(0x2000, &mut data));
-    assert!(!m.io.read(port, &mut data));
+    assert!(m.io.read(PioAddress(0x2000), &mut data));
+    assert!(!m.io.read(PioAddress(port), &mut data));
     let command = m.read32(1, COMMAND as u8);
     m.write32(1, COMMAND as u8, command & !u32::from(COMMAND_IO_SPACE));
-    assert!(!m.io.read(0x2000, &mut data));
+    assert!(!m.io.read(PioAddress(0x2000), &mut data));
 }
 
 #[test]
@@ -372,28 +379,30 @@ fn ecam_reaches_the_same_functions() {
     m.root.add_device("d", dev, &mut m.allocators).unwrap();
     let ecam = |dev: u64, reg: u64| PCI_ECAM_START + (dev << 15) + reg;
     let mut data = [0u8; 4];
-    assert!(m.mmio.read(ecam(1, 0), &mut data));
+    assert!(m.mmio.read(MmioAddress(ecam(1, 0)), &mut data));
     assert_eq!(u32::from_le_bytes(data), 0x5678_1234);
-    m.mmio.write(ecam(1, INTERRUPT_LINE as u64), &[9]);
+    m.mmio
+        .write(MmioAddress(ecam(1, INTERRUPT_LINE as u64)), &[9]);
     assert_eq!(m.read32(1, INTERRUPT_LINE as u8) & 0xFF, 9);
     // Extended space of a present function reads 0, of an absent one all ones.
-    m.mmio.read(ecam(1, 0x100), &mut data);
+    m.mmio.read(MmioAddress(ecam(1, 0x100)), &mut data);
     assert_eq!(data, [0; 4]);
-    m.mmio.write(ecam(1, 0x100), &[1; 4]);
-    m.mmio.read(ecam(3, 0x100), &mut data);
+    m.mmio.write(MmioAddress(ecam(1, 0x100)), &[1; 4]);
+    m.mmio.read(MmioAddress(ecam(3, 0x100)), &mut data);
     assert_eq!(data, [0xFF; 4]);
     // Another bus, a function other than 0.
-    m.mmio.read(PCI_ECAM_START + (1 << 20), &mut data);
+    m.mmio
+        .read(MmioAddress(PCI_ECAM_START + (1 << 20)), &mut data);
     assert_eq!(data, [0xFF; 4]);
-    m.mmio.read(ecam(1, 1 << 12), &mut data);
+    m.mmio.read(MmioAddress(ecam(1, 1 << 12)), &mut data);
     assert_eq!(data, [0xFF; 4]);
     // Accesses crossing a dword, and 8-byte ones, are not defined.
-    m.mmio.read(ecam(1, 2), &mut data);
+    m.mmio.read(MmioAddress(ecam(1, 2)), &mut data);
     assert_eq!(data, [0xFF; 4]);
     let mut eight = [0u8; 8];
-    m.mmio.read(ecam(1, 0), &mut eight);
+    m.mmio.read(MmioAddress(ecam(1, 0)), &mut eight);
     assert_eq!(eight, [0xFF; 8]);
-    m.mmio.write(ecam(1, 0x3E), &[0; 4]);
+    m.mmio.write(MmioAddress(ecam(1, 0x3E)), &[0; 4]);
     assert_eq!(m.root.stats().bad_accesses, 3);
 }
 
@@ -464,7 +473,10 @@ fn a_plug_whose_bar_lands_on_a_taken_range_is_refused() {
         index: 0,
     });
     m.mmio
-        .register(BusRange::new(MMIO32_START + 0x1000, 0x1000), region)
+        .register(
+            BusRange::new(MmioAddress(MMIO32_START + 0x1000), 0x1000),
+            region,
+        )
         .unwrap();
     let dev = TestDevice::new(&[
         (0, BarKind::Memory32, 0x1000),

@@ -697,7 +697,7 @@ fn failed_requests_touch_nothing_outside_the_request() {
 fn firmware_then_linux_over_real_buses() {
     use crate::pci::{CAP_ID_MSIX, CAP_ID_VENDOR, PciRoot};
     use crate::virtio::{MSIX_TABLE_OFFSET, NOTIFY_OFF_MULTIPLIER, STATUS_DRIVER_OK};
-    use vmkit_exits::{IoBus, MmioBus};
+    use vmkit_exits::{IoBus, MmioAddress, MmioBus, PioAddress};
 
     let io = Arc::new(IoBus::new());
     let mmio = Arc::new(MmioBus::new());
@@ -725,14 +725,20 @@ fn firmware_then_linux_over_real_buses() {
         .unwrap();
 
     let cfg_read = |dev: u32, reg: u32| {
-        io.write(0xCF8, &(0x8000_0000 | (dev << 11) | reg).to_le_bytes());
+        io.write(
+            PioAddress(0xCF8),
+            &(0x8000_0000 | (dev << 11) | reg).to_le_bytes(),
+        );
         let mut data = [0u8; 4];
-        io.read(0xCFC, &mut data);
+        io.read(PioAddress(0xCFC), &mut data);
         u32::from_le_bytes(data)
     };
     let cfg_write = |dev: u32, reg: u32, value: u32| {
-        io.write(0xCF8, &(0x8000_0000 | (dev << 11) | reg).to_le_bytes());
-        io.write(0xCFC, &value.to_le_bytes());
+        io.write(
+            PioAddress(0xCF8),
+            &(0x8000_0000 | (dev << 11) | reg).to_le_bytes(),
+        );
+        io.write(PioAddress(0xCFC), &value.to_le_bytes());
     };
 
     // Scan bus 0.
@@ -806,7 +812,7 @@ fn firmware_then_linux_over_real_buses() {
     let notify_off = u64::from(dev.r16(common_cfg::QUEUE_NOTIFY_OFF));
     assert!(
         mmio.write(
-            notify_at + notify_off * u64::from(multiplier),
+            MmioAddress(notify_at + notify_off * u64::from(multiplier)),
             &0u32.to_le_bytes()
         )
         .is_some()

@@ -782,7 +782,7 @@ fn device_config_and_odd_bar_accesses() {
 #[test]
 fn through_a_real_root_and_bus() {
     use crate::pci::PciRoot;
-    use vmkit_exits::{IoBus, MmioBus};
+    use vmkit_exits::{IoBus, MmioAddress, MmioBus};
     let io = Arc::new(IoBus::new());
     let mmio = Arc::new(MmioBus::new());
     let root = PciRoot::new(&io, &mmio).unwrap();
@@ -804,10 +804,10 @@ fn through_a_real_root_and_bus() {
     );
     // The driver's accesses arrive as MMIO on the BAR.
     let mut data = [0u8; 2];
-    assert!(mmio.read(bar.address + common_cfg::NUM_QUEUES, &mut data));
+    assert!(mmio.read(MmioAddress(bar.address + common_cfg::NUM_QUEUES), &mut data));
     assert_eq!(u16::from_le_bytes(data), 2);
     mmio.write(
-        bar.address + common_cfg::DEVICE_STATUS,
+        MmioAddress(bar.address + common_cfg::DEVICE_STATUS),
         &[STATUS_ACKNOWLEDGE],
     );
     assert_eq!(dev.lock().unwrap().status(), STATUS_ACKNOWLEDGE);
