@@ -33,7 +33,10 @@ pub use assist::{
 };
 pub use bus::{Bus, BusAddress, BusError, BusHandler, BusRange, IoBus, MmioBus, Route};
 pub use decode::{CpuMode, DecodeError, DecodedInsn, decode_at, describe_insn};
-pub use device::{DeviceAction, MmioDevice, PioDevice};
+pub use device::{
+    DeviceAction, MmioDevice, MutMmioDevice, MutPciDevice, MutPioDevice, PCI_NUM_BARS, PciBar,
+    PciBarKind, PciDevice, PioDevice,
+};
 pub use dispatch::{ExitDispatcher, UNCLAIMED_BYTE, is_valid_access_size};
 pub use exit::{ExitKind, InsnBytes, SystemEvent, VmExit};
 pub use guest::{GuestFault, Unsupported};
