@@ -15,7 +15,7 @@
 use std::sync::{Arc, Mutex};
 
 use arbitrary::{Arbitrary, Unstructured};
-use vmkit_devices::pci::{CONFIG_ADDRESS_ENABLE, PciDevice, PciRoot};
+use vmkit_devices::pci::{BarMapping, CONFIG_ADDRESS_ENABLE, PciDevice, PciRoot};
 use vmkit_devices::virtio::VirtioPciInterrupts;
 use vmkit_devices::{MemDisk, NoopTrigger, VirtioBlock, VirtioPciDevice};
 use vmkit_exits::{IoBus, MmioAddress, MmioBus, PioAddress};
@@ -302,13 +302,16 @@ impl Harness {
         assert_eq!(u32::from_le_bytes(id), HOST_BRIDGE_ID);
         self.root.config_read(0, self.slot, 0, 0, &mut id);
         assert_eq!(u32::from_le_bytes(id), BLK_ID);
-        // The bus holds exactly the BARs the configuration space decodes.
-        let wanted = self
+        // The bus holds exactly the BARs the function decodes, as the device trait reports them
+        // and as its configuration space computes them.
+        let wanted = BarMapping::decoded(&self.blk.bars());
+        let computed = self
             .blk
             .lock()
             .expect("not poisoned")
             .config_space()
             .bar_mappings();
+        assert_eq!(wanted, computed);
         for placed in self.root.placed_bars(self.slot) {
             assert_eq!(Some(placed), wanted[usize::from(placed.index)]);
             let route = self

@@ -35,7 +35,7 @@ use super::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VirtioDevice,
     VirtioPciDevice,
 };
-use crate::pci::PciDevice;
+use crate::pci::MutPciDevice;
 
 /// Descriptor flag: the chain continues at `next`.
 pub const DESC_F_NEXT: u16 = VRING_DESC_F_NEXT as u16;

@@ -164,7 +164,7 @@ fn configuration_and_features() {
     assert_eq!(b.dev.device().capacity(), 2048);
     assert!(format!("{:?}", b.dev.device()).contains("capacity: 2048"));
     // The PCI identity of a block device.
-    let config = crate::pci::PciDevice::config_space(&b.dev);
+    let config = b.dev.config_space();
     assert_eq!(config.read_u16(crate::pci::DEVICE_ID), 0x1042);
     assert_eq!(config.read_u32(0x08) >> 8, 0x01_80_00);
 }
@@ -546,9 +546,10 @@ fn msix_completion() {
         },
     )
     .unwrap();
-    let cap =
-        crate::pci::PciDevice::config_space(&dev).find_capabilities(crate::pci::CAP_ID_MSIX)[0];
-    crate::pci::PciDevice::config_write(&mut dev, cap + 2, &0x8000u16.to_le_bytes());
+    let cap = dev
+        .config_space()
+        .find_capabilities(crate::pci::CAP_ID_MSIX)[0];
+    crate::pci::MutPciDevice::config_write(&mut dev, cap as u8 + 2, &0x8000u16.to_le_bytes());
     dev.w64(crate::virtio::MSIX_TABLE_OFFSET + 16, 0xFEE0_0000);
     dev.w32(crate::virtio::MSIX_TABLE_OFFSET + 24, 0x31);
     dev.w32(crate::virtio::MSIX_TABLE_OFFSET + 28, 0);
