@@ -9,7 +9,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmkit_devices::virtio::driver::{self, BusBar0, DESC_F_NEXT, DESC_F_WRITE, Ring};
 use vmkit_devices::virtio::{F_VERSION_1, VirtioPciInterrupts, common_cfg};
 use vmkit_devices::{MemDisk, PciRoot, VirtioBlock, VirtioPciDevice};
-use vmkit_exits::{IoBus, MmioBus};
+use vmkit_exits::{IoBus, MmioAddress, MmioBus, PioAddress};
 use vmkit_memory::GuestLayout;
 
 const HDR: u64 = 0x4000;
@@ -85,15 +85,17 @@ fn pci_virtio(c: &mut Criterion) {
     c.bench_function("pci_config_dword_read_cf8_cfc", |b| {
         let mut data = [0u8; 4];
         b.iter(|| {
-            m.io.write(0xCF8, &0x8000_0800u32.to_le_bytes());
-            m.io.read(0xCFC, black_box(&mut data));
+            m.io.write(PioAddress(0xCF8), &0x8000_0800u32.to_le_bytes());
+            m.io.read(PioAddress(0xCFC), black_box(&mut data));
         })
     });
     c.bench_function("virtio_common_cfg_status_read", |b| {
         let mut data = [0u8; 1];
         b.iter(|| {
-            m.mmio
-                .read(m.bar + common_cfg::DEVICE_STATUS, black_box(&mut data))
+            m.mmio.read(
+                MmioAddress(m.bar + common_cfg::DEVICE_STATUS),
+                black_box(&mut data),
+            )
         })
     });
     let mut group = c.benchmark_group("virtio_blk_read_notify_to_used");

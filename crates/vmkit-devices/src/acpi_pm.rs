@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use log::{debug, warn};
 use vmkit_exits::{
-    Clock, DeviceAction, LogLimit, MonotonicClock, PioDevice, RateLimiter, StopReason,
+    Clock, DeviceAction, LogLimit, MonotonicClock, PioAddress, PioDevice, RateLimiter, StopReason,
 };
 
 use crate::io::{IoCounters, IoStats, OPEN_BUS, read_bytewise, write_bytewise};
@@ -255,7 +255,7 @@ impl fmt::Display for Suppressed {
 impl PioDevice for AcpiPmDevice {
     /// Fills every byte: sleep status reads [`WAK_STS`] or 0, sleep control and reset read 0,
     /// other offsets [`OPEN_BUS`].
-    fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, offset: u16, data: &mut [u8]) {
         self.counters.read();
         if self.classify(data.len()) {
             read_bytewise(u32::from(offset), data, |position| {
@@ -265,7 +265,7 @@ impl PioDevice for AcpiPmDevice {
     }
 
     /// Applies every byte at its offset; the first byte that stops the VM decides the action.
-    fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, _base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
         self.counters.write();
         if !self.classify(data.len()) {
             return DeviceAction::Resume;
@@ -287,12 +287,12 @@ mod tests {
 
     fn read(dev: &AcpiPmDevice, offset: u16) -> u8 {
         let mut data = [0xAA];
-        dev.pio_read(ACPI_PM_PORT, offset, &mut data);
+        dev.pio_read(PioAddress(ACPI_PM_PORT), offset, &mut data);
         data[0]
     }
 
     fn write(dev: &AcpiPmDevice, offset: u16, value: u8) -> DeviceAction {
-        dev.pio_write(ACPI_PM_PORT, offset, &[value])
+        dev.pio_write(PioAddress(ACPI_PM_PORT), offset, &[value])
     }
 
     const POWER_OFF: DeviceAction = DeviceAction::Stop(StopReason::PowerOff);
@@ -323,7 +323,7 @@ mod tests {
         // Reserved bits do not matter.
         assert_eq!(write(&dev, SLEEP_CONTROL_OFFSET, 0x34 | 0xC3), POWER_OFF);
         // Any base: the device decodes offsets.
-        assert_eq!(dev.pio_write(0x1234, 0, &[0x34]), POWER_OFF);
+        assert_eq!(dev.pio_write(PioAddress(0x1234), 0, &[0x34]), POWER_OFF);
         assert_eq!(dev.stats().unsupported_sleeps, 0);
         assert!(!dev.wake_status());
     }
@@ -421,10 +421,10 @@ mod tests {
         let dev = AcpiPmDevice::new();
         write(&dev, SLEEP_CONTROL_OFFSET, sleep_control_value(1));
         let mut data = [0u8; 4];
-        dev.pio_read(ACPI_PM_PORT, 0, &mut data);
+        dev.pio_read(PioAddress(ACPI_PM_PORT), 0, &mut data);
         assert_eq!(data, [0, WAK_STS, 0, OPEN_BUS]);
         let mut data = [0u8; 8];
-        dev.pio_read(ACPI_PM_PORT, 2, &mut data);
+        dev.pio_read(PioAddress(ACPI_PM_PORT), 2, &mut data);
         assert_eq!(
             data,
             [
@@ -433,23 +433,30 @@ mod tests {
         );
         // A 16-bit write of 0x8034 at the base: S5 in the control byte, WAK_STS cleared by
         // the status byte.
-        assert_eq!(dev.pio_write(ACPI_PM_PORT, 0, &[0x34, WAK_STS]), POWER_OFF);
+        assert_eq!(
+            dev.pio_write(PioAddress(ACPI_PM_PORT), 0, &[0x34, WAK_STS]),
+            POWER_OFF
+        );
         assert!(!dev.wake_status());
         // The first stopping byte decides: power-off before reset.
         assert_eq!(
-            dev.pio_write(ACPI_PM_PORT, 0, &[0x34, 0, RESET_VALUE, 0]),
+            dev.pio_write(PioAddress(ACPI_PM_PORT), 0, &[0x34, 0, RESET_VALUE, 0]),
             POWER_OFF
         );
         assert_eq!(
-            dev.pio_write(ACPI_PM_PORT, 1, &[0, RESET_VALUE]),
+            dev.pio_write(PioAddress(ACPI_PM_PORT), 1, &[0, RESET_VALUE]),
             RESET_ACTION
         );
         // Past port 0xFFFF positions do not wrap back to the registers.
         let mut data = [0u8; 4];
-        dev.pio_read(ACPI_PM_PORT, u16::MAX, &mut data);
+        dev.pio_read(PioAddress(ACPI_PM_PORT), u16::MAX, &mut data);
         assert_eq!(data, [OPEN_BUS; 4]);
         assert_eq!(
-            dev.pio_write(ACPI_PM_PORT, u16::MAX, &[0, 0x34, 0, RESET_VALUE]),
+            dev.pio_write(
+                PioAddress(ACPI_PM_PORT),
+                u16::MAX,
+                &[0, 0x34, 0, RESET_VALUE]
+            ),
             DeviceAction::Resume
         );
         assert_eq!(dev.stats().wide_accesses, 7);
@@ -459,8 +466,11 @@ mod tests {
     fn empty_accesses_are_ignored() {
         let dev = AcpiPmDevice::new();
         let mut empty: [u8; 0] = [];
-        dev.pio_read(ACPI_PM_PORT, 0, &mut empty);
-        assert_eq!(dev.pio_write(ACPI_PM_PORT, 0, &[]), DeviceAction::Resume);
+        dev.pio_read(PioAddress(ACPI_PM_PORT), 0, &mut empty);
+        assert_eq!(
+            dev.pio_write(PioAddress(ACPI_PM_PORT), 0, &[]),
+            DeviceAction::Resume
+        );
         let stats = dev.stats();
         assert_eq!(
             stats.io,

@@ -6,7 +6,7 @@
 //! process exit status to the VMM ([`qemu_exit_status`] computes QEMU's).
 
 use log::debug;
-use vmkit_exits::{DeviceAction, PioDevice, StopReason};
+use vmkit_exits::{DeviceAction, PioAddress, PioDevice, StopReason};
 
 use crate::io::{IoCounters, IoStats, le_u32};
 
@@ -40,7 +40,7 @@ impl DebugExit {
 
 impl PioDevice for DebugExit {
     /// Reads return 0, as QEMU's device does.
-    fn pio_read(&self, _base: u16, _offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, _offset: u16, data: &mut [u8]) {
         self.counters.read();
         data.fill(0);
     }
@@ -48,7 +48,7 @@ impl PioDevice for DebugExit {
     /// A write of `s` (little-endian, zero-extended; bytes past the fourth are dropped, QEMU
     /// accepts at most four) stops the VM with [`StopReason::GuestExit`]`(s)`. An empty write
     /// carries no value and is ignored.
-    fn pio_write(&self, base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
         self.counters.write();
         if data.is_empty() {
             self.counters.ignored();
@@ -57,7 +57,7 @@ impl PioDevice for DebugExit {
         let code = le_u32(data);
         debug!(
             "debug-exit: guest wrote {code:#x} at port {:#x}",
-            base.wrapping_add(offset)
+            base.0.wrapping_add(offset)
         );
         DeviceAction::Stop(StopReason::GuestExit(code))
     }
@@ -79,7 +79,7 @@ mod tests {
         for (data, code) in cases {
             for offset in [0, 1, 3, 100] {
                 assert_eq!(
-                    dev.pio_write(DEBUG_EXIT_PORT, offset, data),
+                    dev.pio_write(PioAddress(DEBUG_EXIT_PORT), offset, data),
                     DeviceAction::Stop(StopReason::GuestExit(code))
                 );
             }
@@ -90,7 +90,10 @@ mod tests {
     #[test]
     fn empty_write_is_ignored() {
         let dev = DebugExit::new();
-        assert_eq!(dev.pio_write(DEBUG_EXIT_PORT, 0, &[]), DeviceAction::Resume);
+        assert_eq!(
+            dev.pio_write(PioAddress(DEBUG_EXIT_PORT), 0, &[]),
+            DeviceAction::Resume
+        );
         assert_eq!(dev.stats().ignored, 1);
     }
 
@@ -99,7 +102,7 @@ mod tests {
         let dev = DebugExit::new();
         for size in [1, 2, 4, 8] {
             let mut data = vec![0xAA; size];
-            dev.pio_read(DEBUG_EXIT_PORT, 9, &mut data);
+            dev.pio_read(PioAddress(DEBUG_EXIT_PORT), 9, &mut data);
             assert!(data.iter().all(|&b| b == 0));
         }
         assert_eq!(dev.stats().reads, 4);

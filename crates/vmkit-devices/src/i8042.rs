@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use log::{debug, warn};
-use vmkit_exits::{DeviceAction, PioDevice, StopReason};
+use vmkit_exits::{DeviceAction, PioAddress, PioDevice, StopReason};
 
 use crate::io::{IoCounters, IoStats, OPEN_BUS, read_bytewise, write_bytewise};
 use crate::trigger::InterruptTrigger;
@@ -486,20 +486,22 @@ impl<T: InterruptTrigger> I8042Device<T> {
 }
 
 impl<T: InterruptTrigger> PioDevice for I8042Device<T> {
-    fn pio_read(&self, base: u16, offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, base: PioAddress, offset: u16, data: &mut [u8]) {
         self.counters.read();
         let mut state = self.state();
-        read_bytewise(u32::from(base) + u32::from(offset), data, |port| {
+        read_bytewise(u32::from(base.0) + u32::from(offset), data, |port| {
             self.read_port(&mut state, port)
         });
     }
 
-    fn pio_write(&self, base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
         self.counters.write();
         let mut state = self.state();
-        write_bytewise(u32::from(base) + u32::from(offset), data, |port, value| {
-            self.write_port(&mut state, port, value)
-        })
+        write_bytewise(
+            u32::from(base.0) + u32::from(offset),
+            data,
+            |port, value| self.write_port(&mut state, port, value),
+        )
         .unwrap_or_default()
     }
 }
@@ -517,12 +519,12 @@ mod tests {
 
     fn read(dev: &impl PioDevice, port: u16) -> u8 {
         let mut data = [0u8];
-        dev.pio_read(port, 0, &mut data);
+        dev.pio_read(PioAddress(port), 0, &mut data);
         data[0]
     }
 
     fn write(dev: &impl PioDevice, port: u16, value: u8) -> DeviceAction {
-        dev.pio_write(port, 0, &[value])
+        dev.pio_write(PioAddress(port), 0, &[value])
     }
 
     fn command(dev: &impl PioDevice, value: u8) -> DeviceAction {
@@ -799,21 +801,21 @@ mod tests {
         assert_eq!(dev.stats().ignored, 13);
         // One range covering 0x60..=0x64: offset 4 is the command port.
         assert_eq!(
-            dev.pio_write(I8042_DATA_PORT, 4, &[CMD_RESET_CPU]),
+            dev.pio_write(PioAddress(I8042_DATA_PORT), 4, &[CMD_RESET_CPU]),
             DeviceAction::Stop(StopReason::Reset)
         );
         // A 4-byte read at 0x64 covers the status and three unbacked ports.
         let mut data = [0u8; 4];
-        dev.pio_read(I8042_COMMAND_PORT, 0, &mut data);
+        dev.pio_read(PioAddress(I8042_COMMAND_PORT), 0, &mut data);
         assert_eq!(&data[1..], [OPEN_BUS; 3]);
         for size in [0usize, 2, 8] {
             let mut data = vec![0u8; size];
-            dev.pio_read(I8042_DATA_PORT, 0, &mut data);
+            dev.pio_read(PioAddress(I8042_DATA_PORT), 0, &mut data);
             assert_eq!(data.len(), size);
         }
         // A reset in the middle of a wide write wins over the bytes around it.
         assert_eq!(
-            dev.pio_write(0x62, 0, &[0, 0, CMD_RESET_CPU, 0]),
+            dev.pio_write(PioAddress(0x62), 0, &[0, 0, CMD_RESET_CPU, 0]),
             DeviceAction::Stop(StopReason::Reset)
         );
     }

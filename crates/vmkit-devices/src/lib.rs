@@ -68,7 +68,7 @@ pub use debug_exit::DebugExit;
 pub use i8042::{I8042Device, I8042Error};
 pub use io::IoStats;
 #[cfg(feature = "pci")]
-pub use pci::{ConfigSpace, PciDevice, PciError, PciRoot};
+pub use pci::{ConfigSpace, MutPciDevice, PciDevice, PciError, PciRoot};
 #[cfg(feature = "legacy")]
 pub use serial::SerialDevice;
 #[cfg(feature = "legacy")]

@@ -21,7 +21,7 @@ use std::time::Instant;
 use log::{debug, warn};
 use vm_superio::Serial;
 use vm_superio::serial::{Error as SerialError, SerialEvents};
-use vmkit_exits::{DeviceAction, PioDevice};
+use vmkit_exits::{DeviceAction, PioAddress, PioDevice};
 
 use crate::io::{IoCounters, IoStats, OPEN_BUS, read_bytewise, write_bytewise};
 use crate::trigger::{InterruptTrigger, SuperioTrigger};
@@ -191,7 +191,7 @@ impl<T: InterruptTrigger, W: Write + Send> SerialDevice<T, W> {
 }
 
 impl<T: InterruptTrigger, W: Write + Send> PioDevice for SerialDevice<T, W> {
-    fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, offset: u16, data: &mut [u8]) {
         self.counters.read();
         let mut uart = self.uart();
         read_bytewise(offset.into(), data, |offset| match self.register(offset) {
@@ -203,7 +203,7 @@ impl<T: InterruptTrigger, W: Write + Send> PioDevice for SerialDevice<T, W> {
         });
     }
 
-    fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, _base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
         self.counters.write();
         let mut uart = self.uart();
         write_bytewise(offset.into(), data, |offset, value| {
@@ -247,13 +247,13 @@ mod tests {
 
     fn read(dev: &impl PioDevice, offset: u16) -> u8 {
         let mut data = [0u8];
-        dev.pio_read(COM1_PORT, offset, &mut data);
+        dev.pio_read(PioAddress(COM1_PORT), offset, &mut data);
         data[0]
     }
 
     fn write(dev: &impl PioDevice, offset: u16, value: u8) {
         assert_eq!(
-            dev.pio_write(COM1_PORT, offset, &[value]),
+            dev.pio_write(PioAddress(COM1_PORT), offset, &[value]),
             DeviceAction::Resume
         );
     }
@@ -364,14 +364,14 @@ mod tests {
     fn wide_accesses_are_split_into_bytes() {
         let (_, dev) = uart();
         // LCR and MCR written by one 16-bit access at offset 3.
-        dev.pio_write(COM1_PORT, LCR, &[0x03, 0x0B]);
+        dev.pio_write(PioAddress(COM1_PORT), LCR, &[0x03, 0x0B]);
         let mut data = [0u8; 2];
-        dev.pio_read(COM1_PORT, LCR, &mut data);
+        dev.pio_read(PioAddress(COM1_PORT), LCR, &mut data);
         assert_eq!(data, [0x03, 0x0B]);
         // A 4-byte read at offset 6 covers MSR, SCR and two ports past the device.
         write(&dev, SCR, 0x5A);
         let mut data = [0u8; 4];
-        dev.pio_read(COM1_PORT, 6, &mut data);
+        dev.pio_read(PioAddress(COM1_PORT), 6, &mut data);
         assert_eq!(&data[1..], &[0x5A, OPEN_BUS, OPEN_BUS]);
         assert_eq!(dev.stats().ignored, 2);
     }
@@ -394,7 +394,7 @@ mod tests {
         );
         for size in [0usize, 1, 2, 4, 8] {
             let mut data = vec![0u8; size];
-            dev.pio_read(COM1_PORT, 0x1000, &mut data);
+            dev.pio_read(PioAddress(COM1_PORT), 0x1000, &mut data);
             assert!(data.iter().all(|&b| b == OPEN_BUS));
         }
     }

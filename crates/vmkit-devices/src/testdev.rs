@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use log::debug;
-use vmkit_exits::{DeviceAction, MmioDevice, PioDevice};
+use vmkit_exits::{DeviceAction, MmioAddress, MmioDevice, PioAddress, PioDevice};
 
 use crate::io::{IoCounters, IoStats, OPEN_BUS};
 use crate::trigger::InterruptTrigger;
@@ -258,9 +258,9 @@ fn in_irq_ports(port: u32) -> bool {
 }
 
 impl PioDevice for PcTestDev {
-    fn pio_read(&self, base: u16, offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, base: PioAddress, offset: u16, data: &mut [u8]) {
         self.pio.read();
-        let port = u32::from(base) + u32::from(offset);
+        let port = u32::from(base.0) + u32::from(offset);
         if in_irq_ports(port) {
             data.fill(0);
         } else {
@@ -268,9 +268,9 @@ impl PioDevice for PcTestDev {
         }
     }
 
-    fn pio_write(&self, base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
         self.pio.write();
-        let port = u32::from(base) + u32::from(offset);
+        let port = u32::from(base.0) + u32::from(offset);
         if in_irq_ports(port) {
             self.write_irq_line(port, data);
         } else {
@@ -281,7 +281,7 @@ impl PioDevice for PcTestDev {
 }
 
 impl MmioDevice for PcTestDev {
-    fn mmio_read(&self, _base: u64, offset: u64, data: &mut [u8]) {
+    fn mmio_read(&self, _base: MmioAddress, offset: u64, data: &mut [u8]) {
         self.mmio.read();
         let iomem = self.iomem.lock().unwrap_or_else(PoisonError::into_inner);
         for (i, byte) in data.iter_mut().enumerate() {
@@ -295,7 +295,7 @@ impl MmioDevice for PcTestDev {
         }
     }
 
-    fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
+    fn mmio_write(&self, _base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction {
         self.mmio.write();
         let mut iomem = self.iomem.lock().unwrap_or_else(PoisonError::into_inner);
         for (i, &value) in data.iter().enumerate() {
@@ -317,12 +317,15 @@ mod tests {
 
     fn read(dev: &PcTestDev, port: u16, len: usize) -> Vec<u8> {
         let mut data = vec![0xAA; len];
-        dev.pio_read(port, 0, &mut data);
+        dev.pio_read(PioAddress(port), 0, &mut data);
         data
     }
 
     fn write(dev: &PcTestDev, port: u16, data: &[u8]) {
-        assert_eq!(dev.pio_write(port, 0, data), DeviceAction::Resume);
+        assert_eq!(
+            dev.pio_write(PioAddress(port), 0, data),
+            DeviceAction::Resume
+        );
     }
 
     #[test]
@@ -443,20 +446,24 @@ mod tests {
     fn iomem_stores_little_endian_values_of_every_size() {
         let dev = PcTestDev::new();
         let mut data = [0xAAu8; 8];
-        dev.mmio_read(IOMEM_BASE, 0x100, &mut data);
+        dev.mmio_read(MmioAddress(IOMEM_BASE), 0x100, &mut data);
         assert_eq!(data, [0; 8], "scratch memory starts zeroed");
-        dev.mmio_write(IOMEM_BASE, 0x100, &0x1122_3344_5566_7788u64.to_le_bytes());
-        dev.mmio_write(IOMEM_BASE, 0x101, &[0xEE]);
+        dev.mmio_write(
+            MmioAddress(IOMEM_BASE),
+            0x100,
+            &0x1122_3344_5566_7788u64.to_le_bytes(),
+        );
+        dev.mmio_write(MmioAddress(IOMEM_BASE), 0x101, &[0xEE]);
         let mut word = [0u8; 4];
-        dev.mmio_read(IOMEM_BASE, 0x100, &mut word);
+        dev.mmio_read(MmioAddress(IOMEM_BASE), 0x100, &mut word);
         assert_eq!(u32::from_le_bytes(word), 0x5566_EE88);
         let mut copy = [0u8; 2];
         dev.read_iomem(0x106, &mut copy);
         assert_eq!(copy, [0x22, 0x11]);
         let last = IOMEM_SIZE - 1;
-        dev.mmio_write(IOMEM_BASE, last, &[0x5A]);
+        dev.mmio_write(MmioAddress(IOMEM_BASE), last, &[0x5A]);
         let mut byte = [0u8];
-        dev.mmio_read(IOMEM_BASE, last, &mut byte);
+        dev.mmio_read(MmioAddress(IOMEM_BASE), last, &mut byte);
         assert_eq!(byte, [0x5A]);
         let stats = dev.stats().mmio;
         assert_eq!((stats.reads, stats.writes, stats.ignored), (3, 3, 0));
@@ -466,12 +473,12 @@ mod tests {
     fn iomem_bytes_past_the_end_are_open_bus() {
         let dev = PcTestDev::new();
         let mut data = [0u8; 4];
-        dev.mmio_write(IOMEM_BASE, IOMEM_SIZE - 2, &[1, 2, 3, 4]);
-        dev.mmio_read(IOMEM_BASE, IOMEM_SIZE - 2, &mut data);
+        dev.mmio_write(MmioAddress(IOMEM_BASE), IOMEM_SIZE - 2, &[1, 2, 3, 4]);
+        dev.mmio_read(MmioAddress(IOMEM_BASE), IOMEM_SIZE - 2, &mut data);
         assert_eq!(data, [1, 2, OPEN_BUS, OPEN_BUS]);
-        dev.mmio_read(IOMEM_BASE, u64::MAX, &mut data);
+        dev.mmio_read(MmioAddress(IOMEM_BASE), u64::MAX, &mut data);
         assert_eq!(data, [OPEN_BUS; 4]);
-        dev.mmio_write(IOMEM_BASE, u64::MAX - 1, &[1; 8]);
+        dev.mmio_write(MmioAddress(IOMEM_BASE), u64::MAX - 1, &[1; 8]);
         let mut copy = [0u8; 3];
         dev.read_iomem(u64::MAX, &mut copy);
         assert_eq!(copy, [OPEN_BUS; 3]);
@@ -486,7 +493,7 @@ mod tests {
                 let dev = dev.clone();
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        dev.pio_write(SCRATCH_BYTE_PORT, lane, &[lane as u8 + 1]);
+                        dev.pio_write(PioAddress(SCRATCH_BYTE_PORT), lane, &[lane as u8 + 1]);
                     }
                 })
             })

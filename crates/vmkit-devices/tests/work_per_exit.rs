@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vmkit_devices::pci::{BarKind, ConfigSpace, NUM_BARS, PciDevice, PciIds};
+use vmkit_devices::pci::{ConfigSpace, MutPciDevice, NUM_BARS, PciBar, PciBarKind, PciIds};
 use vmkit_devices::virtio::{MsiRecorder, QueueError, VirtioInterrupt, VirtioPciInterrupts};
 use vmkit_devices::{
     AcpiPmDevice, CmosRtc, CountingTrigger, DebugExit, I8042Device, PcTestDev, PciRoot,
     SerialDevice, VirtioDevice, VirtioPciDevice,
 };
-use vmkit_exits::{IoBus, LogLimit, MmioBus, MmioDevice, PioDevice};
+use vmkit_exits::{IoBus, LogLimit, MmioAddress, MmioBus, MmioDevice, PioAddress, PioDevice};
 use vmkit_memory::GuestLayout;
 use vmkit_memory::vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -60,11 +60,11 @@ fn pio(dev: &dyn PioDevice, rng: &mut Rng, base: u16, span: u64) -> u64 {
     let offset = rng.below(span) as u16;
     if rng.below(2) == 0 {
         let data = rng.bytes();
-        dev.pio_write(base, offset, &data);
+        dev.pio_write(PioAddress(base), offset, &data);
         data.len() as u64
     } else {
         let mut data = vec![0u8; rng.size()];
-        dev.pio_read(base, offset, &mut data);
+        dev.pio_read(PioAddress(base), offset, &mut data);
         data.len() as u64
     }
 }
@@ -123,11 +123,11 @@ fn i8042() {
         let mut full = 0;
         let mut status = [0u8];
         loop {
-            dev.pio_read(0x64, 0, &mut status);
+            dev.pio_read(PioAddress(0x64), 0, &mut status);
             if status[0] & 1 == 0 || rng.below(4) != 0 {
                 break;
             }
-            dev.pio_read(0x60, 0, &mut [0]);
+            dev.pio_read(PioAddress(0x60), 0, &mut [0]);
             full += 1;
             assert!(full <= vmkit_devices::i8042::OUTPUT_QUEUE_LEN);
         }
@@ -162,7 +162,7 @@ fn cmos() {
         // Index writes aim at the clock, alarm and status registers most of the time.
         if rng.below(2) == 0 {
             dev.pio_write(
-                0x70,
+                PioAddress(0x70),
                 0,
                 &[rng.below(0x10) as u8 | (rng.below(2) as u8) << 7],
             );
@@ -239,9 +239,9 @@ fn testdev() {
                     _ => rng.next(),
                 };
                 let data = rng.bytes();
-                dev.mmio_write(IOMEM_BASE, offset, &data);
+                dev.mmio_write(MmioAddress(IOMEM_BASE), offset, &data);
                 let mut back = vec![0u8; rng.size()];
-                dev.mmio_read(IOMEM_BASE, offset, &mut back);
+                dev.mmio_read(MmioAddress(IOMEM_BASE), offset, &mut back);
             }
         }
         assert!(line_calls(&line) - calls <= 1);
@@ -249,31 +249,31 @@ fn testdev() {
     assert!(dev.stats().irq_writes > 0, "the storm reached the lines");
 }
 
-/// A PCI function with six BARs that counts the configuration calls the root makes into it.
+/// A PCI function with six BARs that counts the configuration calls the root makes into it,
+/// and apart from them its BAR-layout queries.
 struct CountingFunction {
     config: ConfigSpace,
     calls: Arc<AtomicU64>,
+    layout_queries: Arc<AtomicU64>,
 }
 
-impl PciDevice for CountingFunction {
-    fn config_space(&self) -> &ConfigSpace {
-        &self.config
-    }
-    fn config_space_mut(&mut self) -> &mut ConfigSpace {
-        &mut self.config
-    }
-    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+impl MutPciDevice for CountingFunction {
+    fn config_read(&mut self, offset: u8, data: &mut [u8]) {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        self.config.read(offset, data);
+        self.config.read(offset.into(), data);
     }
-    fn config_write(&mut self, offset: usize, data: &[u8]) {
+    fn config_write(&mut self, offset: u8, data: &[u8]) {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        self.config.write(offset, data);
+        self.config.write(offset.into(), data);
+    }
+    fn bars(&self) -> [Option<PciBar>; NUM_BARS] {
+        self.layout_queries.fetch_add(1, Ordering::Relaxed);
+        self.config.pci_bars()
     }
 }
 
-/// PCI root: one configuration call into one function per exit, then at most two bus changes
-/// (remove and place) per BAR.
+/// PCI root: one configuration call into one function per exit (and after a write one query of
+/// its BARs), then at most two bus changes (remove and place) per BAR.
 #[test]
 fn pci_root() {
     let io = Arc::new(IoBus::new());
@@ -281,6 +281,7 @@ fn pci_root() {
     let root = PciRoot::new(&io, &mmio).unwrap();
     let mut allocators = GuestLayout::new(256 << 20).unwrap().allocators().unwrap();
     let calls = Arc::new(AtomicU64::new(0));
+    let layout_queries = Arc::new(AtomicU64::new(0));
     for name in ["a", "b"] {
         let mut config = ConfigSpace::new(PciIds {
             vendor_id: 0x1234,
@@ -292,16 +293,17 @@ fn pci_root() {
         });
         for index in 0..NUM_BARS as u8 {
             let kind = if index % 2 == 0 {
-                BarKind::Memory32
+                PciBarKind::Memory32
             } else {
-                BarKind::Io
+                PciBarKind::Io
             };
-            let size = if kind == BarKind::Io { 16 } else { 0x1000 };
+            let size = if kind == PciBarKind::Io { 16 } else { 0x1000 };
             config.add_bar(index, kind, size, false).unwrap();
         }
         let function = CountingFunction {
             config,
             calls: calls.clone(),
+            layout_queries: layout_queries.clone(),
         };
         root.add_device(name, Arc::new(Mutex::new(function)), &mut allocators)
             .unwrap();
@@ -309,13 +311,17 @@ fn pci_root() {
     let mut rng = Rng::new(7);
     let most_bus_changes = 2 * NUM_BARS as u64;
     for _ in 0..EXITS {
-        let (before, updates) = (calls.load(Ordering::Relaxed), root.stats().bar_updates);
+        let (before, queries, updates) = (
+            calls.load(Ordering::Relaxed),
+            layout_queries.load(Ordering::Relaxed),
+            root.stats().bar_updates,
+        );
         let device = rng.below(4);
         let register = 4 * rng.below(16);
         match rng.below(3) {
             0 => {
                 let address = 0x8000_0000 | (device << 11) | register;
-                root.pio_write(0xCF8, 0, &(address as u32).to_le_bytes());
+                root.pio_write(PioAddress(0xCF8), 0, &(address as u32).to_le_bytes());
             }
             1 => {
                 pio(root.as_ref(), &mut rng, 0xCF8, 9);
@@ -323,10 +329,11 @@ fn pci_root() {
             _ => {
                 let offset = (device << 15) | register | rng.below(4);
                 let data = rng.bytes();
-                root.mmio_write(0, offset, &data);
+                root.mmio_write(MmioAddress(0), offset, &data);
             }
         }
         assert!(calls.load(Ordering::Relaxed) - before <= 1);
+        assert!(layout_queries.load(Ordering::Relaxed) - queries <= 1);
         assert!(root.stats().bar_updates - updates <= most_bus_changes);
     }
     assert!(root.stats().bar_updates > 0, "the storm moved BARs");
@@ -457,7 +464,7 @@ fn virtio_pci() {
                     (rng.below(0x100) as usize, rng.bytes())
                 };
                 if !data.is_empty() && at % 4 + data.len() <= 4 {
-                    dev.config_write(at, &data);
+                    dev.config_write(at as u8, &data);
                 }
             }
             _ => w(&mut dev, offset, &rng.bytes()),

@@ -7,26 +7,27 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use vmkit_exits::{
-    BusRange, DeviceAction, ExitDispatcher, IoBus, MmioBus, MmioDevice, PioDevice, VmExit,
+    BusRange, DeviceAction, ExitDispatcher, IoBus, MmioAddress, MmioBus, MmioDevice, PioAddress,
+    PioDevice, VmExit,
 };
 
 /// A device that does nothing.
 struct Sink;
 
 impl PioDevice for Sink {
-    fn pio_read(&self, _base: u16, _offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, _offset: u16, data: &mut [u8]) {
         data.fill(0);
     }
-    fn pio_write(&self, _base: u16, _offset: u16, _data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, _base: PioAddress, _offset: u16, _data: &[u8]) -> DeviceAction {
         DeviceAction::Resume
     }
 }
 
 impl MmioDevice for Sink {
-    fn mmio_read(&self, _base: u64, _offset: u64, data: &mut [u8]) {
+    fn mmio_read(&self, _base: MmioAddress, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
-    fn mmio_write(&self, _base: u64, _offset: u64, _data: &[u8]) -> DeviceAction {
+    fn mmio_write(&self, _base: MmioAddress, _offset: u64, _data: &[u8]) -> DeviceAction {
         DeviceAction::Resume
     }
 }
@@ -36,10 +37,10 @@ fn setup() -> ExitDispatcher {
     let mmio = Arc::new(MmioBus::new());
     let sink = Arc::new(Sink);
     for i in 0..32u16 {
-        pio.register(BusRange::new(0x100 + i * 0x10, 8), sink.clone())
+        pio.register(BusRange::new(PioAddress(0x100 + i * 0x10), 8), sink.clone())
             .expect("free");
         mmio.register(
-            BusRange::new(0xd000_0000 + u64::from(i) * 0x1000, 0x1000),
+            BusRange::new(MmioAddress(0xd000_0000 + u64::from(i) * 0x1000), 0x1000),
             sink.clone(),
         )
         .expect("free");
@@ -51,7 +52,7 @@ fn bench(c: &mut Criterion) {
     let d = setup();
     let port = 0x100 + 17 * 0x10 + 4;
     c.bench_function("io_bus lookup", |b| {
-        b.iter(|| black_box(d.io_bus().lookup(black_box(port), 1)))
+        b.iter(|| black_box(d.io_bus().lookup(black_box(PioAddress(port)), 1)))
     });
     c.bench_function("dispatch io-out", |b| {
         b.iter(|| {

@@ -1,7 +1,8 @@
 //! Port-I/O and MMIO buses: non-overlapping address ranges, each routed to a shared handler.
 //!
-//! One generic [`Bus`] serves both address spaces: [`IoBus`] routes 16-bit ports to
-//! [`PioDevice`]s and [`MmioBus`] routes 64-bit guest-physical addresses to [`MmioDevice`]s.
+//! One generic [`Bus`] serves both address spaces: [`IoBus`] routes ports ([`PioAddress`]) to
+//! [`PioDevice`]s and [`MmioBus`] routes guest-physical addresses ([`MmioAddress`]) to
+//! [`MmioDevice`]s.
 //!
 //! Ranges live in a `BTreeMap` keyed by base address behind an `RwLock`. A lookup takes the read
 //! lock, finds the range in O(log n), bumps the range's hit counter (one relaxed atomic add),
@@ -19,64 +20,51 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::address::{MmioAddress, PioAddress};
 use crate::device::{DeviceAction, MmioDevice, PioDevice};
 use crate::stats::RangeStats;
 
-/// An address type a [`Bus`] routes on: `u16` for ports, `u64` for guest-physical addresses.
+/// An address type a [`Bus`] routes on: [`PioAddress`] for ports, [`MmioAddress`] for
+/// guest-physical addresses.
 pub trait BusAddress: Copy + Ord + fmt::Debug + fmt::LowerHex + Send + Sync + 'static {
+    /// The plain integer an offset inside a range of this space is (`u16` for ports, `u64` for
+    /// MMIO): a handler gets the base of its range as `Self` and the offset as this.
+    type Offset: Copy + fmt::Debug + Send + Sync + 'static;
     /// How many hex digits print an address of this space (4 for ports, 8 for MMIO in tables).
     const HEX_DIGITS: usize;
     /// The address widened to 64 bits.
     fn to_u64(self) -> u64;
     /// The 64-bit value narrowed to this type, or `None` when it does not fit.
     fn from_u64(value: u64) -> Option<Self>;
-}
-
-impl BusAddress for u16 {
-    const HEX_DIGITS: usize = 4;
-    fn to_u64(self) -> u64 {
-        u64::from(self)
-    }
-    fn from_u64(value: u64) -> Option<Self> {
-        u16::try_from(value).ok()
-    }
-}
-
-impl BusAddress for u64 {
-    const HEX_DIGITS: usize = 8;
-    fn to_u64(self) -> u64 {
-        self
-    }
-    fn from_u64(value: u64) -> Option<Self> {
-        Some(value)
-    }
+    /// The 64-bit value as an offset of this space, or `None` when it does not fit.
+    fn offset_from_u64(value: u64) -> Option<Self::Offset>;
 }
 
 /// How a [`Bus`] calls the handlers it holds.
 ///
-/// Implemented for `dyn PioDevice` on `u16` and for `dyn MmioDevice` on `u64`, so the one bus
-/// implementation drives both device traits.
-pub trait BusHandler<A>: Send + Sync {
+/// Implemented for `dyn PioDevice` on [`PioAddress`] and for `dyn MmioDevice` on
+/// [`MmioAddress`], so the one bus implementation drives both device traits.
+pub trait BusHandler<A: BusAddress>: Send + Sync {
     /// A read of `data.len()` bytes at `base + offset`; fills all of `data`.
-    fn bus_read(&self, base: A, offset: A, data: &mut [u8]);
+    fn bus_read(&self, base: A, offset: A::Offset, data: &mut [u8]);
     /// A write of `data` at `base + offset`.
-    fn bus_write(&self, base: A, offset: A, data: &[u8]) -> DeviceAction;
+    fn bus_write(&self, base: A, offset: A::Offset, data: &[u8]) -> DeviceAction;
 }
 
-impl BusHandler<u16> for dyn PioDevice {
-    fn bus_read(&self, base: u16, offset: u16, data: &mut [u8]) {
+impl BusHandler<PioAddress> for dyn PioDevice {
+    fn bus_read(&self, base: PioAddress, offset: u16, data: &mut [u8]) {
         self.pio_read(base, offset, data);
     }
-    fn bus_write(&self, base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+    fn bus_write(&self, base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
         self.pio_write(base, offset, data)
     }
 }
 
-impl BusHandler<u64> for dyn MmioDevice {
-    fn bus_read(&self, base: u64, offset: u64, data: &mut [u8]) {
+impl BusHandler<MmioAddress> for dyn MmioDevice {
+    fn bus_read(&self, base: MmioAddress, offset: u64, data: &mut [u8]) {
         self.mmio_read(base, offset, data);
     }
-    fn bus_write(&self, base: u64, offset: u64, data: &[u8]) -> DeviceAction {
+    fn bus_write(&self, base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction {
         self.mmio_write(base, offset, data)
     }
 }
@@ -85,7 +73,8 @@ impl BusHandler<u64> for dyn MmioDevice {
 ///
 /// Any value can be built; [`Bus::register`] rejects empty ranges and ranges that run past the
 /// end of the address space. `From<Range<A>>` converts `start..end` (an empty or reversed range
-/// becomes an empty one); use [`BusRange::new`] for a range that ends at the last address.
+/// becomes an empty one), also from plain `u16` (ports) and `u64` (MMIO) bounds; use
+/// [`BusRange::new`] for a range that ends at the last address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BusRange<A> {
     /// The first address.
@@ -122,6 +111,21 @@ impl<A: BusAddress> From<Range<A>> for BusRange<A> {
     }
 }
 
+/// `0x3f8..0x400`: a range of ports written as plain integers (a range has no base and offset
+/// to swap).
+impl From<Range<u16>> for BusRange<PioAddress> {
+    fn from(range: Range<u16>) -> Self {
+        BusRange::from(PioAddress(range.start)..PioAddress(range.end))
+    }
+}
+
+/// `0xd000_0000..0xd000_1000`: a range of guest-physical addresses written as plain integers.
+impl From<Range<u64>> for BusRange<MmioAddress> {
+    fn from(range: Range<u64>) -> Self {
+        BusRange::from(MmioAddress(range.start)..MmioAddress(range.end))
+    }
+}
+
 /// A bus operation that was refused; the bus is unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
 #[ignore_extra_doc_attributes]
@@ -155,16 +159,16 @@ pub enum BusError {
 }
 
 /// Where an access was routed: the handler and the access's place in its range.
-pub struct Route<A, H: ?Sized> {
+pub struct Route<A: BusAddress, H: ?Sized> {
     /// The base of the range that holds the access.
     pub base: A,
     /// The access's offset from `base`.
-    pub offset: A,
+    pub offset: A::Offset,
     /// The range's handler.
     pub handler: Arc<H>,
 }
 
-impl<A: fmt::Debug, H: ?Sized> fmt::Debug for Route<A, H> {
+impl<A: BusAddress, H: ?Sized> fmt::Debug for Route<A, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Route")
             .field("base", &self.base)
@@ -189,11 +193,11 @@ pub struct Bus<A, H: ?Sized> {
     ranges: RwLock<BTreeMap<A, Entry<A, H>>>,
 }
 
-/// The port-I/O bus: 16-bit ports routed to [`PioDevice`]s.
-pub type IoBus = Bus<u16, dyn PioDevice>;
+/// The port-I/O bus: ports routed to [`PioDevice`]s.
+pub type IoBus = Bus<PioAddress, dyn PioDevice>;
 
 /// The MMIO bus: guest-physical addresses routed to [`MmioDevice`]s.
-pub type MmioBus = Bus<u64, dyn MmioDevice>;
+pub type MmioBus = Bus<MmioAddress, dyn MmioDevice>;
 
 impl<A: BusAddress, H: ?Sized> Default for Bus<A, H> {
     fn default() -> Self {
@@ -322,7 +326,7 @@ impl<A: BusAddress, H: ?Sized> Bus<A, H> {
             return None;
         }
         entry.hits.fetch_add(1, Ordering::Relaxed);
-        let offset = A::from_u64(addr.to_u64() - base.to_u64())?;
+        let offset = A::offset_from_u64(addr.to_u64() - base.to_u64())?;
         Some(Route {
             base,
             offset,
@@ -427,14 +431,14 @@ mod tests {
     }
 
     impl PioDevice for Recorder {
-        fn pio_read(&self, base: u16, offset: u16, data: &mut [u8]) {
+        fn pio_read(&self, base: PioAddress, offset: u16, data: &mut [u8]) {
             self.seen
                 .lock()
                 .unwrap()
                 .push((base.into(), offset.into(), data.len(), false));
             self.fill(offset.into(), data);
         }
-        fn pio_write(&self, base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+        fn pio_write(&self, base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
             self.seen
                 .lock()
                 .unwrap()
@@ -444,18 +448,18 @@ mod tests {
     }
 
     impl MmioDevice for Recorder {
-        fn mmio_read(&self, base: u64, offset: u64, data: &mut [u8]) {
+        fn mmio_read(&self, base: MmioAddress, offset: u64, data: &mut [u8]) {
             self.seen
                 .lock()
                 .unwrap()
-                .push((base, offset, data.len(), false));
+                .push((base.into(), offset, data.len(), false));
             self.fill(offset, data);
         }
-        fn mmio_write(&self, base: u64, offset: u64, data: &[u8]) -> DeviceAction {
+        fn mmio_write(&self, base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction {
             self.seen
                 .lock()
                 .unwrap()
-                .push((base, offset, data.len(), true));
+                .push((base.into(), offset, data.len(), true));
             DeviceAction::Stop(crate::StopReason::GuestExit(u32::from(self.id)))
         }
     }
@@ -466,14 +470,15 @@ mod tests {
         let a = Recorder::new(1);
         let b = Recorder::new(2);
         bus.register(0x3f8..0x400, a.clone()).unwrap();
-        bus.register(BusRange::new(0x400, 4), b.clone()).unwrap();
+        bus.register(BusRange::new(PioAddress(0x400), 4), b.clone())
+            .unwrap();
         assert_eq!(bus.len(), 2);
 
         let mut data = [0u8; 2];
-        assert!(bus.read(0x3fa, &mut data));
+        assert!(bus.read(PioAddress(0x3fa), &mut data));
         assert_eq!(data, [0x12, 0x13]);
         assert_eq!(
-            bus.write(0x403, &[7]),
+            bus.write(PioAddress(0x403), &[7]),
             Some(DeviceAction::Resume),
             "last port of b"
         );
@@ -487,32 +492,38 @@ mod tests {
         let a = Recorder::new(1);
         bus.register(0x60..0x61, a.clone()).unwrap();
         let mut data = [0xaa; 2];
-        assert!(!bus.read(0x5f, &mut data), "below the range");
-        assert!(!bus.read(0x60, &mut data), "straddles the end");
+        assert!(!bus.read(PioAddress(0x5f), &mut data), "below the range");
+        assert!(!bus.read(PioAddress(0x60), &mut data), "straddles the end");
         assert_eq!(data, [0xaa, 0xaa], "untouched");
-        assert!(!bus.read(0x61, &mut data[..1]), "above the range");
-        assert_eq!(bus.write(0x60, &[]), None, "empty access");
+        assert!(
+            !bus.read(PioAddress(0x61), &mut data[..1]),
+            "above the range"
+        );
+        assert_eq!(bus.write(PioAddress(0x60), &[]), None, "empty access");
         assert!(a.seen().is_empty());
-        assert!(bus.read(0x60, &mut data[..1]));
+        assert!(bus.read(PioAddress(0x60), &mut data[..1]));
     }
 
     #[test]
     fn accesses_at_the_top_of_the_address_space() {
         let bus = MmioBus::new();
         let a = Recorder::new(3);
-        bus.register(BusRange::new(u64::MAX - 7, 8), a.clone())
+        bus.register(BusRange::new(MmioAddress(u64::MAX - 7), 8), a.clone())
             .unwrap();
         let mut data = [0u8; 8];
-        assert!(bus.read(u64::MAX - 7, &mut data));
-        assert!(!bus.read(u64::MAX, &mut data), "wraps past the end");
-        assert!(bus.read(u64::MAX, &mut data[..1]));
+        assert!(bus.read(MmioAddress(u64::MAX - 7), &mut data));
+        assert!(
+            !bus.read(MmioAddress(u64::MAX), &mut data),
+            "wraps past the end"
+        );
+        assert!(bus.read(MmioAddress(u64::MAX), &mut data[..1]));
         assert_eq!(a.seen()[1], (u64::MAX - 7, 7, 1, false));
 
         let io = IoBus::new();
-        io.register(BusRange::new(0xffff, 1), Recorder::new(4))
+        io.register(BusRange::new(PioAddress(0xffff), 1), Recorder::new(4))
             .unwrap();
-        assert!(io.read(0xffff, &mut [0u8]));
-        assert!(!io.read(0xffff, &mut [0u8; 2]));
+        assert!(io.read(PioAddress(0xffff), &mut [0u8]));
+        assert!(!io.read(PioAddress(0xffff), &mut [0u8; 2]));
     }
 
     #[test]
@@ -530,7 +541,7 @@ mod tests {
             Err(BusError::EmptyRange { base: 0x20 })
         );
         assert_eq!(
-            bus.register(BusRange::new(0xfff0, 0x11), d.clone()),
+            bus.register(BusRange::new(PioAddress(0xfff0), 0x11), d.clone()),
             Err(BusError::RangeWraps {
                 base: 0xfff0,
                 len: 0x11
@@ -538,7 +549,7 @@ mod tests {
         );
         let mmio = MmioBus::new();
         assert_eq!(
-            mmio.register(BusRange::new(u64::MAX, 2), d.clone()),
+            mmio.register(BusRange::new(MmioAddress(u64::MAX), 2), d.clone()),
             Err(BusError::RangeWraps {
                 base: u64::MAX,
                 len: 2
@@ -555,7 +566,7 @@ mod tests {
             (0x10, 0x10),
         ] {
             assert_eq!(
-                bus.register(BusRange::new(base, len), d.clone()),
+                bus.register(BusRange::new(PioAddress(base), len), d.clone()),
                 Err(BusError::Overlap {
                     base: u64::from(base),
                     last: u64::from(base) + len - 1,
@@ -603,11 +614,14 @@ mod tests {
         let bus = IoBus::new();
         let d = Recorder::new(1);
         bus.register(0x70..0x72, d.clone()).unwrap();
-        let h = bus.unregister(0x70).unwrap();
-        assert!(!bus.read(0x70, &mut [0u8]));
-        h.pio_write(0, 0, &[1]);
+        let h = bus.unregister(PioAddress(0x70)).unwrap();
+        assert!(!bus.read(PioAddress(0x70), &mut [0u8]));
+        h.pio_write(PioAddress(0), 0, &[1]);
         assert_eq!(d.seen().len(), 1, "the same handler came back");
-        assert_eq!(bus.unregister(0x70).err(), Some(BusError::NotFound(0x70)));
+        assert_eq!(
+            bus.unregister(PioAddress(0x70)).err(),
+            Some(BusError::NotFound(0x70))
+        );
         assert!(bus.is_empty());
     }
 
@@ -616,19 +630,20 @@ mod tests {
         let bus = MmioBus::new();
         let a = Recorder::new(1);
         let b = Recorder::new(2);
-        bus.register_named(BusRange::new(0x1000, 0x100), "bar0", a.clone())
+        bus.register_named(BusRange::new(MmioAddress(0x1000), 0x100), "bar0", a.clone())
             .unwrap();
-        bus.register(BusRange::new(0x3000, 0x100), b.clone())
+        bus.register(BusRange::new(MmioAddress(0x3000), 0x100), b.clone())
             .unwrap();
-        assert!(bus.read(0x1004, &mut [0u8; 4]));
+        assert!(bus.read(MmioAddress(0x1004), &mut [0u8; 4]));
 
         // Overlapping its old place is fine.
-        bus.relocate(0x1000, 0x1080).unwrap();
-        assert!(!bus.read(0x1000, &mut [0u8]));
-        assert!(bus.read(0x1080, &mut [0u8]));
+        bus.relocate(MmioAddress(0x1000), MmioAddress(0x1080))
+            .unwrap();
+        assert!(!bus.read(MmioAddress(0x1000), &mut [0u8]));
+        assert!(bus.read(MmioAddress(0x1080), &mut [0u8]));
         // Onto b: refused, nothing moves.
         assert_eq!(
-            bus.relocate(0x1080, 0x2f80),
+            bus.relocate(MmioAddress(0x1080), MmioAddress(0x2f80)),
             Err(BusError::Overlap {
                 base: 0x2f80,
                 last: 0x307f,
@@ -636,20 +651,22 @@ mod tests {
                 other_last: 0x30ff
             })
         );
-        assert!(bus.read(0x1080, &mut [0u8]));
+        assert!(bus.read(MmioAddress(0x1080), &mut [0u8]));
         assert_eq!(
-            bus.relocate(0x1080, u64::MAX - 0x10),
+            bus.relocate(MmioAddress(0x1080), MmioAddress(u64::MAX - 0x10)),
             Err(BusError::RangeWraps {
                 base: u64::MAX - 0x10,
                 len: 0x100
             })
         );
         assert_eq!(
-            bus.relocate(0x5000, 0x6000),
+            bus.relocate(MmioAddress(0x5000), MmioAddress(0x6000)),
             Err(BusError::NotFound(0x5000))
         );
-        bus.relocate(0x1080, 0x2000).unwrap();
-        bus.relocate(0x2000, 0x2000).unwrap();
+        bus.relocate(MmioAddress(0x1080), MmioAddress(0x2000))
+            .unwrap();
+        bus.relocate(MmioAddress(0x2000), MmioAddress(0x2000))
+            .unwrap();
 
         let stats = bus.range_stats();
         assert_eq!(stats.len(), 2);
@@ -665,11 +682,11 @@ mod tests {
         let bus = IoBus::new();
         bus.register_named(0x40..0x44, "pit", Recorder::new(1))
             .unwrap();
-        let route = bus.lookup(0x42, 2).unwrap();
-        assert_eq!((route.base, route.offset), (0x40, 2));
+        let route = bus.lookup(PioAddress(0x42), 2).unwrap();
+        assert_eq!((route.base, route.offset), (PioAddress(0x40), 2));
         assert!(format!("{route:?}").contains("offset: 2"));
-        assert!(bus.lookup(0x43, 2).is_none());
-        assert!(bus.lookup(0x40, 0).is_none());
+        assert!(bus.lookup(PioAddress(0x43), 2).is_none());
+        assert!(bus.lookup(PioAddress(0x40), 0).is_none());
         assert_eq!(bus.range_stats()[0].hits, 1);
         assert!(format!("{bus:?}").contains("pit"));
     }
@@ -681,14 +698,15 @@ mod tests {
     }
 
     impl MmioDevice for SelfMover {
-        fn mmio_read(&self, _base: u64, _offset: u64, data: &mut [u8]) {
+        fn mmio_read(&self, _base: MmioAddress, _offset: u64, data: &mut [u8]) {
             data.fill(0);
         }
-        fn mmio_write(&self, base: u64, _offset: u64, data: &[u8]) -> DeviceAction {
+        fn mmio_write(&self, base: MmioAddress, _offset: u64, data: &[u8]) -> DeviceAction {
             let mut new = [0u8; 8];
             new[..data.len()].copy_from_slice(data);
             if let Some(bus) = self.bus.upgrade() {
-                *self.result.lock().unwrap() = Some(bus.relocate(base, u64::from_le_bytes(new)));
+                *self.result.lock().unwrap() =
+                    Some(bus.relocate(base, MmioAddress(u64::from_le_bytes(new))));
             }
             DeviceAction::Resume
         }
@@ -701,13 +719,13 @@ mod tests {
             bus: Arc::downgrade(&bus),
             result: Mutex::new(None),
         });
-        bus.register(BusRange::new(0xd000_0000, 0x1000), dev.clone())
+        bus.register(BusRange::new(MmioAddress(0xd000_0000), 0x1000), dev.clone())
             .unwrap();
         // Runs on another thread so a deadlock fails the test by timing out the join.
         let b = Arc::clone(&bus);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let r = b.write(0xd000_0010, &0xe000_0000u64.to_le_bytes());
+            let r = b.write(MmioAddress(0xd000_0010), &0xe000_0000u64.to_le_bytes());
             tx.send(r).unwrap();
         });
         let r = rx
@@ -715,8 +733,8 @@ mod tests {
             .expect("re-entrant relocate deadlocked");
         assert_eq!(r, Some(DeviceAction::Resume));
         assert_eq!(*dev.result.lock().unwrap(), Some(Ok(())));
-        assert!(bus.read(0xe000_0000, &mut [0u8; 4]));
-        assert!(!bus.read(0xd000_0000, &mut [0u8; 4]));
+        assert!(bus.read(MmioAddress(0xe000_0000), &mut [0u8; 4]));
+        assert!(!bus.read(MmioAddress(0xd000_0000), &mut [0u8; 4]));
     }
 
     #[test]
@@ -732,7 +750,7 @@ mod tests {
                 let bus = Arc::clone(&bus);
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        assert!(bus.read(0x80, &mut [0u8]));
+                        assert!(bus.read(PioAddress(0x80), &mut [0u8]));
                     }
                 })
             })

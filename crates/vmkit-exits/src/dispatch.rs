@@ -5,6 +5,7 @@ use std::sync::Arc;
 use log::warn;
 
 use crate::action::{ExitAction, StopReason};
+use crate::address::{MmioAddress, PioAddress};
 use crate::bus::{IoBus, MmioBus};
 use crate::device::DeviceAction;
 use crate::exit::{SystemEvent, VmExit};
@@ -79,7 +80,7 @@ impl ExitDispatcher {
                 data.fill(UNCLAIMED_BYTE);
                 if !is_valid_access_size(data.len()) {
                     self.bad_size(Access::PioRead, port.into(), data.len());
-                } else if !self.pio.read(port, data) {
+                } else if !self.pio.read(PioAddress(port), data) {
                     self.unclaimed(Access::PioRead, port.into(), data.len());
                 }
                 ExitAction::Resume
@@ -89,7 +90,7 @@ impl ExitDispatcher {
                     self.bad_size(Access::PioWrite, port.into(), data.len());
                     return ExitAction::Resume;
                 }
-                match self.pio.write(port, data) {
+                match self.pio.write(PioAddress(port), data) {
                     Some(action) => device_action(action),
                     None => {
                         self.unclaimed(Access::PioWrite, port.into(), data.len());
@@ -101,7 +102,7 @@ impl ExitDispatcher {
                 data.fill(UNCLAIMED_BYTE);
                 if !is_valid_access_size(data.len()) {
                     self.bad_size(Access::MmioRead, addr, data.len());
-                } else if !self.mmio.read(addr, data) {
+                } else if !self.mmio.read(MmioAddress(addr), data) {
                     self.unclaimed(Access::MmioRead, addr, data.len());
                 }
                 ExitAction::Resume
@@ -111,7 +112,7 @@ impl ExitDispatcher {
                     self.bad_size(Access::MmioWrite, addr, data.len());
                     return ExitAction::Resume;
                 }
-                match self.mmio.write(addr, data) {
+                match self.mmio.write(MmioAddress(addr), data) {
                     Some(action) => device_action(action),
                     None => {
                         self.unclaimed(Access::MmioWrite, addr, data.len());
@@ -219,19 +220,19 @@ mod tests {
     }
 
     impl PioDevice for Reg {
-        fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
+        fn pio_read(&self, _base: PioAddress, offset: u16, data: &mut [u8]) {
             self.read(offset.into(), data);
         }
-        fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+        fn pio_write(&self, _base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
             self.write(offset.into(), data)
         }
     }
 
     impl MmioDevice for Reg {
-        fn mmio_read(&self, _base: u64, offset: u64, data: &mut [u8]) {
+        fn mmio_read(&self, _base: MmioAddress, offset: u64, data: &mut [u8]) {
             self.read(offset, data);
         }
-        fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
+        fn mmio_write(&self, _base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction {
             self.write(offset, data)
         }
     }
@@ -309,7 +310,7 @@ mod tests {
         let (d, _) = dispatcher();
         let reg = Reg::new(0x0102_0304_0506_0708);
         d.mmio_bus()
-            .register(BusRange::new(0xfee0_0000, 0x1000), reg.clone())
+            .register(BusRange::new(MmioAddress(0xfee0_0000), 0x1000), reg.clone())
             .unwrap();
         let mut data = [0u8; 8];
         d.dispatch(VmExit::MmioRead {

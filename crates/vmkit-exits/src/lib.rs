@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod action;
+pub mod address;
 pub mod assist;
 mod atomic;
 pub mod bus;
@@ -25,13 +26,17 @@ pub use iced_x86;
 pub use vm_memory;
 
 pub use action::{ExitAction, StopReason};
+pub use address::{MmioAddress, PioAddress};
 pub use assist::{
     AssistError, AssistPolicy, AssistReport, AssistVerdict, Assisted, BP_VECTOR, EmulationAssist,
     ReflectNamed, SoftExceptionRip, StopAlways, UD_VECTOR, inject_ud,
 };
 pub use bus::{Bus, BusAddress, BusError, BusHandler, BusRange, IoBus, MmioBus, Route};
 pub use decode::{CpuMode, DecodeError, DecodedInsn, decode_at, describe_insn};
-pub use device::{DeviceAction, MmioDevice, PioDevice};
+pub use device::{
+    DeviceAction, MmioDevice, MutMmioDevice, MutPciDevice, MutPioDevice, PCI_NUM_BARS, PciBar,
+    PciBarKind, PciDevice, PioDevice,
+};
 pub use dispatch::{ExitDispatcher, UNCLAIMED_BYTE, is_valid_access_size};
 pub use exit::{ExitKind, InsnBytes, SystemEvent, VmExit};
 pub use guest::{GuestFault, Unsupported};

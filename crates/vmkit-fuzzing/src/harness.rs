@@ -5,8 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use vmkit_exits::{
-    BusAddress, BusRange, CountingTrigger, DeviceAction, IoBus, MmioBus, MmioDevice, PioDevice,
-    is_valid_access_size,
+    BusAddress, BusRange, CountingTrigger, DeviceAction, IoBus, MmioAddress, MmioBus, MmioDevice,
+    PioAddress, PioDevice, is_valid_access_size,
 };
 
 use crate::ops::{Access, Op, decode};
@@ -75,10 +75,10 @@ impl Setup {
     /// If the range is empty, runs past port 0xFFFF or overlaps one registered before: the
     /// fixture is wrong, not the device.
     pub fn pio(&mut self, name: &'static str, base: u16, len: u16, device: Arc<dyn PioDevice>) {
-        if let Err(e) = self
-            .pio
-            .register(BusRange::new(base, u64::from(len)), device.clone())
-        {
+        if let Err(e) = self.pio.register(
+            BusRange::new(PioAddress(base), u64::from(len)),
+            device.clone(),
+        ) {
             panic!("fixture: cannot register {name}: {e}");
         }
         self.handlers.push(Handler::Pio(device));
@@ -91,7 +91,10 @@ impl Setup {
     /// If the range is empty, wraps or overlaps one registered before: the fixture is wrong,
     /// not the device.
     pub fn mmio(&mut self, name: &'static str, base: u64, len: u64, device: Arc<dyn MmioDevice>) {
-        if let Err(e) = self.mmio.register(BusRange::new(base, len), device.clone()) {
+        if let Err(e) = self
+            .mmio
+            .register(BusRange::new(MmioAddress(base), len), device.clone())
+        {
             panic!("fixture: cannot register {name}: {e}");
         }
         self.handlers.push(Handler::Mmio(device));
@@ -145,8 +148,8 @@ impl Setup {
         let base = self.regions[index].base;
         match &self.handlers[index] {
             // Region bases and relative offsets of the port space fit 16 bits.
-            Handler::Pio(device) => device.pio_read(base as u16, offset as u16, data),
-            Handler::Mmio(device) => device.mmio_read(base, offset, data),
+            Handler::Pio(device) => device.pio_read(PioAddress(base as u16), offset as u16, data),
+            Handler::Mmio(device) => device.mmio_read(MmioAddress(base), offset, data),
         }
     }
 
@@ -154,22 +157,22 @@ impl Setup {
     fn write_direct(&self, index: usize, offset: u64, data: &[u8]) -> DeviceAction {
         let base = self.regions[index].base;
         match &self.handlers[index] {
-            Handler::Pio(device) => device.pio_write(base as u16, offset as u16, data),
-            Handler::Mmio(device) => device.mmio_write(base, offset, data),
+            Handler::Pio(device) => device.pio_write(PioAddress(base as u16), offset as u16, data),
+            Handler::Mmio(device) => device.mmio_write(MmioAddress(base), offset, data),
         }
     }
 
     fn read(&self, space: Space, addr: u64, data: &mut [u8]) -> bool {
         match space {
-            Space::Pio => u16::from_u64(addr).is_some_and(|port| self.pio.read(port, data)),
-            Space::Mmio => self.mmio.read(addr, data),
+            Space::Pio => PioAddress::from_u64(addr).is_some_and(|port| self.pio.read(port, data)),
+            Space::Mmio => self.mmio.read(MmioAddress(addr), data),
         }
     }
 
     fn write(&self, space: Space, addr: u64, data: &[u8]) -> Option<DeviceAction> {
         match space {
-            Space::Pio => self.pio.write(u16::from_u64(addr)?, data),
-            Space::Mmio => self.mmio.write(addr, data),
+            Space::Pio => self.pio.write(PioAddress::from_u64(addr)?, data),
+            Space::Mmio => self.mmio.write(MmioAddress(addr), data),
         }
     }
 }

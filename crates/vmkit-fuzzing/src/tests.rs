@@ -5,7 +5,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vmkit_exits::{CountingTrigger, DeviceAction, InterruptTrigger, MmioDevice, PioDevice};
+use vmkit_exits::{
+    CountingTrigger, DeviceAction, InterruptTrigger, MmioAddress, MmioDevice, PioAddress, PioDevice,
+};
 
 use crate::{Access, DeviceFuzzer, Fixture, Model, NoModel, Offset, Op, Setup};
 
@@ -83,19 +85,19 @@ impl Register {
 }
 
 impl PioDevice for Register {
-    fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, offset: u16, data: &mut [u8]) {
         self.read(u64::from(offset), data);
     }
-    fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, _base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
         self.write(u64::from(offset), data)
     }
 }
 
 impl MmioDevice for Register {
-    fn mmio_read(&self, _base: u64, offset: u64, data: &mut [u8]) {
+    fn mmio_read(&self, _base: MmioAddress, offset: u64, data: &mut [u8]) {
         self.read(offset, data);
     }
-    fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
+    fn mmio_write(&self, _base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction {
         self.write(offset, data)
     }
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use common::{CODE, DONE_PORT, Machine, REAL_MODE_CODE, Recorder, START_INFO, Seen};
 use vmkit_exits::state::Exception;
 use vmkit_exits::{
-    DeviceAction, ExitAction, ExitDispatcher, IoBus, MmioBus, MmioDevice, PioDevice, StopReason,
-    VcpuState, VmExit,
+    DeviceAction, ExitAction, ExitDispatcher, IoBus, MmioAddress, MmioBus, MmioDevice, PioAddress,
+    PioDevice, StopReason, VcpuState, VmExit,
 };
 use vmkit_vcpu::EventFd;
 use vmkit_vcpu::GuestAddress;
@@ -364,13 +364,13 @@ struct Scratch {
 }
 
 impl MmioDevice for Scratch {
-    fn mmio_read(&self, _base: u64, offset: u64, data: &mut [u8]) {
+    fn mmio_read(&self, _base: MmioAddress, offset: u64, data: &mut [u8]) {
         let value = 0xcafe_f00d_u32.wrapping_add(offset as u32).to_le_bytes();
         for (i, b) in data.iter_mut().enumerate() {
             *b = value[i % 4];
         }
     }
-    fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
+    fn mmio_write(&self, _base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction {
         self.writes.lock().unwrap().push((offset, data.to_vec()));
         DeviceAction::Resume
     }
@@ -379,10 +379,10 @@ impl MmioDevice for Scratch {
 struct DonePort;
 
 impl PioDevice for DonePort {
-    fn pio_read(&self, _base: u16, _offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, _offset: u16, data: &mut [u8]) {
         data.fill(0);
     }
-    fn pio_write(&self, _base: u16, _offset: u16, data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, _base: PioAddress, _offset: u16, data: &[u8]) -> DeviceAction {
         DeviceAction::Stop(StopReason::GuestExit(u32::from(data[0])))
     }
 }

@@ -371,7 +371,7 @@ mod tests {
                     let offset = access.offset.relative(4, 0xFFFF) as u16;
                     last = vmkit_exits::PioDevice::pio_write(
                         &device,
-                        ACPI_PM_PORT,
+                        vmkit_exits::PioAddress(ACPI_PM_PORT),
                         offset,
                         &access.data,
                     );

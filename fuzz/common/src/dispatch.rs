@@ -20,8 +20,8 @@ use std::time::Duration;
 use arbitrary::{Arbitrary, Unstructured};
 use vmkit_exits::{
     AccessCounts, BusError, BusRange, CpuMode, DeviceAction, ExitAction, ExitDispatcher, ExitKind,
-    InsnBytes, IoBus, LogLimit, ManualClock, MmioBus, MmioDevice, PioDevice, StopReason,
-    SystemEvent, VmExit, decode::decode, describe_insn,
+    InsnBytes, IoBus, LogLimit, ManualClock, MmioAddress, MmioBus, MmioDevice, PioAddress,
+    PioDevice, StopReason, SystemEvent, VmExit, decode::decode, describe_insn,
 };
 
 /// Most operations taken from one input.
@@ -436,20 +436,20 @@ impl Recorder {
 }
 
 impl PioDevice for Recorder {
-    fn pio_read(&self, base: u16, offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, base: PioAddress, offset: u16, data: &mut [u8]) {
         self.read(base.into(), offset.into(), data);
     }
-    fn pio_write(&self, base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
         self.write(base.into(), offset.into(), data)
     }
 }
 
 impl MmioDevice for Recorder {
-    fn mmio_read(&self, base: u64, offset: u64, data: &mut [u8]) {
-        self.read(base, offset, data);
+    fn mmio_read(&self, base: MmioAddress, offset: u64, data: &mut [u8]) {
+        self.read(base.into(), offset, data);
     }
-    fn mmio_write(&self, base: u64, offset: u64, data: &[u8]) -> DeviceAction {
-        self.write(base, offset, data)
+    fn mmio_write(&self, base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction {
+        self.write(base.into(), offset, data)
     }
 }
 
@@ -622,24 +622,24 @@ impl Harness {
             log: Arc::clone(&self.log),
         });
         let got = match (space, &name) {
-            (Space::Pio, Some(n)) => {
-                self.dispatcher
-                    .io_bus()
-                    .register_named(BusRange::new(base as u16, len), n, dev)
-            }
+            (Space::Pio, Some(n)) => self.dispatcher.io_bus().register_named(
+                BusRange::new(PioAddress(base as u16), len),
+                n,
+                dev,
+            ),
             (Space::Pio, None) => self
                 .dispatcher
                 .io_bus()
-                .register(BusRange::new(base as u16, len), dev),
-            (Space::Mmio, Some(n)) => {
-                self.dispatcher
-                    .mmio_bus()
-                    .register_named(BusRange::new(base, len), n, dev)
-            }
+                .register(BusRange::new(PioAddress(base as u16), len), dev),
+            (Space::Mmio, Some(n)) => self.dispatcher.mmio_bus().register_named(
+                BusRange::new(MmioAddress(base), len),
+                n,
+                dev,
+            ),
             (Space::Mmio, None) => self
                 .dispatcher
                 .mmio_bus()
-                .register(BusRange::new(base, len), dev),
+                .register(BusRange::new(MmioAddress(base), len), dev),
         };
         assert_eq!(
             got,
@@ -666,12 +666,12 @@ impl Harness {
             .position(|r| r.base == base)
             .map(|i| ranges.remove(i));
         match space {
-            Space::Pio => match self.dispatcher.io_bus().unregister(base as u16) {
-                Ok(handler) => handler.pio_read(0, 0, &mut [0]),
+            Space::Pio => match self.dispatcher.io_bus().unregister(PioAddress(base as u16)) {
+                Ok(handler) => handler.pio_read(PioAddress(0), 0, &mut [0]),
                 Err(e) => assert_eq!(e, BusError::NotFound(base)),
             },
-            Space::Mmio => match self.dispatcher.mmio_bus().unregister(base) {
-                Ok(handler) => handler.mmio_read(0, 0, &mut [0]),
+            Space::Mmio => match self.dispatcher.mmio_bus().unregister(MmioAddress(base)) {
+                Ok(handler) => handler.mmio_read(MmioAddress(0), 0, &mut [0]),
                 Err(e) => assert_eq!(e, BusError::NotFound(base)),
             },
         }
@@ -688,8 +688,14 @@ impl Harness {
             Some(r) => self.model.place(space, new, r.last - r.base + 1, Some(old)),
         };
         let got = match space {
-            Space::Pio => self.dispatcher.io_bus().relocate(old as u16, new as u16),
-            Space::Mmio => self.dispatcher.mmio_bus().relocate(old, new),
+            Space::Pio => self
+                .dispatcher
+                .io_bus()
+                .relocate(PioAddress(old as u16), PioAddress(new as u16)),
+            Space::Mmio => self
+                .dispatcher
+                .mmio_bus()
+                .relocate(MmioAddress(old), MmioAddress(new)),
         };
         assert_eq!(
             got,

@@ -23,7 +23,7 @@ use vmkit_devices::cmos::{REG_A, REG_A_UIP, REG_B, REG_B_24H, REG_B_BINARY, REG_
 use vmkit_devices::{
     CmosRtc, CountingTrigger, DebugExit, I8042Device, I8042Error, ManualWallClock, SerialDevice,
 };
-use vmkit_exits::{DeviceAction, PioDevice, StopReason};
+use vmkit_exits::{DeviceAction, PioAddress, PioDevice, StopReason};
 
 /// Most operations taken from one input.
 pub const MAX_OPS: usize = 512;
@@ -277,10 +277,10 @@ impl Harness {
         let mut ones = vec![0xFF; usize::from(size)];
         self.a
             .device(device)
-            .pio_read(device.base(), offset, &mut zeros);
+            .pio_read(PioAddress(device.base()), offset, &mut zeros);
         self.b
             .device(device)
-            .pio_read(device.base(), offset, &mut ones);
+            .pio_read(PioAddress(device.base()), offset, &mut ones);
         assert_eq!(
             zeros, ones,
             "{device:?} read at {offset:#x} left bytes unfilled or differs"
@@ -290,8 +290,9 @@ impl Harness {
 
     fn write(&mut self, device: Device, offset: u8, data: &[u8]) {
         let offset = offset_of(offset);
-        let action = self.a.device(device).pio_write(device.base(), offset, data);
-        let again = self.b.device(device).pio_write(device.base(), offset, data);
+        let base = PioAddress(device.base());
+        let action = self.a.device(device).pio_write(base, offset, data);
+        let again = self.b.device(device).pio_write(base, offset, data);
         assert_eq!(action, again);
         self.accesses[usize::from(device.index())].1 += 1;
         match device {

@@ -15,10 +15,10 @@
 use std::sync::{Arc, Mutex};
 
 use arbitrary::{Arbitrary, Unstructured};
-use vmkit_devices::pci::{CONFIG_ADDRESS_ENABLE, PciDevice, PciRoot};
+use vmkit_devices::pci::{BarMapping, CONFIG_ADDRESS_ENABLE, PciDevice, PciRoot};
 use vmkit_devices::virtio::VirtioPciInterrupts;
 use vmkit_devices::{MemDisk, NoopTrigger, VirtioBlock, VirtioPciDevice};
-use vmkit_exits::{IoBus, MmioBus};
+use vmkit_exits::{IoBus, MmioAddress, MmioBus, PioAddress};
 use vmkit_memory::GuestLayout;
 use vmkit_memory::layout::{PCI_ECAM_SIZE, PCI_ECAM_START};
 
@@ -224,7 +224,7 @@ impl Harness {
 
     fn in_port(&self, port: u8, size: u8) -> Vec<u8> {
         let mut data = vec![0x5A; usize::from(size)];
-        let claimed = self.io.read(0xCF8 + u16::from(port), &mut data);
+        let claimed = self.io.read(PioAddress(0xCF8 + u16::from(port)), &mut data);
         // The root covers the eight ports: an access that fits is always answered.
         assert_eq!(
             claimed,
@@ -234,7 +234,7 @@ impl Harness {
     }
 
     fn out_port(&mut self, port: u8, data: &[u8]) {
-        self.io.write(0xCF8 + u16::from(port), data);
+        self.io.write(PioAddress(0xCF8 + u16::from(port)), data);
         if port == 0 && data.len() == 4 {
             self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) & 0x80FF_FFFC;
         }
@@ -275,7 +275,9 @@ impl Harness {
         let offset = u64::from(offset) % PCI_ECAM_SIZE;
         let mut data = vec![0x5A; usize::from(size)];
         // An access running past the window's end belongs to no range.
-        let claimed = self.mmio.read(PCI_ECAM_START + offset, &mut data);
+        let claimed = self
+            .mmio
+            .read(MmioAddress(PCI_ECAM_START + offset), &mut data);
         assert_eq!(
             claimed,
             size > 0 && offset + u64::from(size) <= PCI_ECAM_SIZE
@@ -300,28 +302,31 @@ impl Harness {
         assert_eq!(u32::from_le_bytes(id), HOST_BRIDGE_ID);
         self.root.config_read(0, self.slot, 0, 0, &mut id);
         assert_eq!(u32::from_le_bytes(id), BLK_ID);
-        // The bus holds exactly the BARs the configuration space decodes.
-        let wanted = self
+        // The bus holds exactly the BARs the function decodes, as the device trait reports them
+        // and as its configuration space computes them.
+        let wanted = BarMapping::decoded(&self.blk.bars());
+        let computed = self
             .blk
             .lock()
             .expect("not poisoned")
             .config_space()
             .bar_mappings();
+        assert_eq!(wanted, computed);
         for placed in self.root.placed_bars(self.slot) {
             assert_eq!(Some(placed), wanted[usize::from(placed.index)]);
             let route = self
                 .mmio
-                .lookup(placed.address, 1)
+                .lookup(MmioAddress(placed.address), 1)
                 .expect("placed BAR is routed");
-            assert_eq!(route.base, placed.address);
+            assert_eq!(route.base, MmioAddress(placed.address));
         }
         let placed = self.root.placed_bars(self.slot).len();
         let decoding = wanted.iter().flatten().count();
         if placed < decoding {
             assert!(self.root.stats().bar_conflicts > 0);
         }
-        assert!(self.mmio.lookup(PCI_ECAM_START, 4).is_some());
-        assert!(self.io.lookup(0xCF8, 4).is_some());
+        assert!(self.mmio.lookup(MmioAddress(PCI_ECAM_START), 4).is_some());
+        assert!(self.io.lookup(PioAddress(0xCF8), 4).is_some());
     }
 }
 
@@ -342,18 +347,21 @@ pub fn run(data: &[u8]) {
             Op::EcamRead { offset, size } => h.ecam_read(offset, size),
             Op::EcamWrite { offset, data } => {
                 let offset = u64::from(offset) % PCI_ECAM_SIZE;
-                h.mmio.write(PCI_ECAM_START + offset, &data);
+                h.mmio.write(MmioAddress(PCI_ECAM_START + offset), &data);
             }
             Op::BarRead { offset, size } => {
                 if let Some(base) = h.bar_base() {
                     let mut data = vec![0u8; usize::from(size)];
-                    h.mmio
-                        .read(base + u64::from(offset) % h.bar_size, &mut data);
+                    h.mmio.read(
+                        MmioAddress(base + u64::from(offset) % h.bar_size),
+                        &mut data,
+                    );
                 }
             }
             Op::BarWrite { offset, data } => {
                 if let Some(base) = h.bar_base() {
-                    h.mmio.write(base + u64::from(offset) % h.bar_size, &data);
+                    h.mmio
+                        .write(MmioAddress(base + u64::from(offset) % h.bar_size), &data);
                 }
             }
         }

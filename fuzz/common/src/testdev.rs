@@ -24,7 +24,7 @@ use vmkit_devices::testdev::{
     SCRATCH_BYTE_PORT, SCRATCH_PORT,
 };
 use vmkit_devices::{CountingTrigger, PcTestDev};
-use vmkit_exits::{DeviceAction, MmioDevice, PioDevice};
+use vmkit_exits::{DeviceAction, MmioAddress, MmioDevice, PioAddress, PioDevice};
 
 /// Most operations taken from one input.
 pub const MAX_OPS: usize = 512;
@@ -342,7 +342,7 @@ impl Harness {
                 let expected = self.model.pio_read(port, usize::from(*size));
                 // Pre-filled with the complement of the answer: a byte left unwritten shows.
                 let mut data: Vec<u8> = expected.iter().map(|b| !b).collect();
-                self.device.pio_read(port, 0, &mut data);
+                self.device.pio_read(PioAddress(port), 0, &mut data);
                 assert_eq!(data, expected, "port read of {size} bytes at {port:#x}");
             }
             Op::PioWrite { port, data } => {
@@ -350,20 +350,23 @@ impl Harness {
                 self.model.pio_write(port, data);
                 // The bus hands the device its range's base and the offset into it.
                 let base = port & !3;
-                let action = self.device.pio_write(base, port - base, data);
+                let action = self.device.pio_write(PioAddress(base), port - base, data);
                 assert_eq!(action, DeviceAction::Resume);
             }
             Op::MmioRead { offset, size } => {
                 let offset = offset_of(*offset);
                 let expected = self.model.mmio_read(offset, usize::from(*size));
                 let mut data: Vec<u8> = expected.iter().map(|b| !b).collect();
-                self.device.mmio_read(IOMEM_BASE, offset, &mut data);
+                self.device
+                    .mmio_read(MmioAddress(IOMEM_BASE), offset, &mut data);
                 assert_eq!(data, expected, "memory read of {size} bytes at {offset:#x}");
             }
             Op::MmioWrite { offset, data } => {
                 let offset = offset_of(*offset);
                 self.model.mmio_write(offset, data);
-                let action = self.device.mmio_write(IOMEM_BASE, offset, data);
+                let action = self
+                    .device
+                    .mmio_write(MmioAddress(IOMEM_BASE), offset, data);
                 assert_eq!(action, DeviceAction::Resume);
             }
             Op::FailLine { line, failing } => {

@@ -20,7 +20,6 @@
 mod disk;
 
 use arbitrary::{Arbitrary, Unstructured};
-use vmkit_devices::pci::PciDevice;
 use vmkit_devices::virtio::block::{
     MAX_CHAINS_PER_NOTIFY, MAX_DISK_CALLS_PER_CHAIN, MAX_REQUEST_BYTES, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -619,7 +618,7 @@ pub fn run(data: &[u8]) {
         apply(&mut h, op);
         h.check();
     }
-    let _ = PciDevice::config_space(&h.dev);
+    let _ = h.dev.config_space();
 }
 
 /// The ring attack on a queue of 4 and a disk of 16 sectors: sector `k` is first written to

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Unstructured};
-use vmkit_devices::pci::{COMMAND, COMMAND_INTX_DISABLE, PciDevice, STATUS, STATUS_INTERRUPT};
+use vmkit_devices::pci::{COMMAND, COMMAND_INTX_DISABLE, MutPciDevice, STATUS, STATUS_INTERRUPT};
 use vmkit_devices::virtio::block::QUEUE_SIZE;
 use vmkit_devices::virtio::driver::{self, Bar0, QueueConfig};
 use vmkit_devices::virtio::{
@@ -316,7 +316,7 @@ impl Harness {
         // INTx# as the guest sees it.
         if !self.failed && self.intx.is_asserted() {
             let mut s = [0u8; 2];
-            self.dev.config_read(STATUS, &mut s);
+            self.dev.config_read(STATUS as u8, &mut s);
             assert_ne!(
                 u16::from_le_bytes(s) & STATUS_INTERRUPT,
                 0,
@@ -352,15 +352,14 @@ fn apply(h: &mut Harness, op: Op) {
             h.write(offset, &value.to_le_bytes()[..usize::from(width)]);
         }
         Op::ConfigRead { offset, size } => {
-            let offset = usize::from(offset);
-            let size = (usize::from(size) % 4 + 1).min(4 - offset % 4);
+            let size = (usize::from(size) % 4 + 1).min(4 - usize::from(offset) % 4);
             let mut data = [0u8; 4];
             h.dev.config_read(offset, &mut data[..size]);
         }
         Op::ConfigWrite { offset, data } => {
-            let offset = usize::from(offset);
-            let size = data.len().min(4 - offset % 4);
+            let size = data.len().min(4 - usize::from(offset) % 4);
             h.dev.config_write(offset, &data[..size]);
+            let offset = usize::from(offset);
             if offset <= COMMAND + 1 && offset + size > COMMAND && !h.failed && h.intx.is_asserted()
             {
                 assert_eq!(h.dev.config_space().command() & COMMAND_INTX_DISABLE, 0);

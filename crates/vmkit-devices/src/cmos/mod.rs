@@ -32,7 +32,7 @@ mod clock;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use log::debug;
-use vmkit_exits::{DeviceAction, PioDevice};
+use vmkit_exits::{DeviceAction, PioAddress, PioDevice};
 
 use crate::io::{IoCounters, IoStats, OPEN_BUS, read_bytewise, write_bytewise};
 use calendar::{DateTime, MAX_UNIX, MIN_UNIX, from_bcd, to_bcd};
@@ -541,7 +541,7 @@ impl<C: WallClock> CmosRtc<C> {
 }
 
 impl<C: WallClock> PioDevice for CmosRtc<C> {
-    fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, offset: u16, data: &mut [u8]) {
         self.counters.read();
         let now = Self::nanos(&self.clock);
         let mut state = self.state();
@@ -560,7 +560,7 @@ impl<C: WallClock> PioDevice for CmosRtc<C> {
         });
     }
 
-    fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, _base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
         self.counters.write();
         let now = Self::nanos(&self.clock);
         let mut state = self.state();

@@ -23,15 +23,18 @@ fn quiet_rtc() -> (Arc<ManualWallClock>, CmosRtc<Arc<ManualWallClock>>) {
 }
 
 fn read(dev: &impl PioDevice, index: u8) -> u8 {
-    dev.pio_write(CMOS_PORT, 0, &[index]);
+    dev.pio_write(PioAddress(CMOS_PORT), 0, &[index]);
     let mut data = [0u8];
-    dev.pio_read(CMOS_PORT, 1, &mut data);
+    dev.pio_read(PioAddress(CMOS_PORT), 1, &mut data);
     data[0]
 }
 
 fn write(dev: &impl PioDevice, index: u8, value: u8) {
-    dev.pio_write(CMOS_PORT, 0, &[index]);
-    assert_eq!(dev.pio_write(CMOS_PORT, 1, &[value]), DeviceAction::Resume);
+    dev.pio_write(PioAddress(CMOS_PORT), 0, &[index]);
+    assert_eq!(
+        dev.pio_write(PioAddress(CMOS_PORT), 1, &[value]),
+        DeviceAction::Resume
+    );
 }
 
 /// (sec, min, hour, weekday, day, month, year, century) as raw register bytes.
@@ -380,10 +383,10 @@ fn nvram_and_extended_bank() {
             assert_eq!(read(&dev, index), index ^ 0x5A);
         }
     }
-    dev.pio_write(CMOS_PORT, 2, &[0x85]);
-    dev.pio_write(CMOS_PORT, 3, &[0x42]);
+    dev.pio_write(PioAddress(CMOS_PORT), 2, &[0x85]);
+    dev.pio_write(PioAddress(CMOS_PORT), 3, &[0x42]);
     let mut data = [0u8];
-    dev.pio_read(CMOS_PORT, 3, &mut data);
+    dev.pio_read(PioAddress(CMOS_PORT), 3, &mut data);
     assert_eq!(data[0], 0x42);
     assert_eq!(dev.register(0x85), 0x42);
     // Bank 1 does not alias bank 0.
@@ -437,14 +440,14 @@ fn vmm_nvram_access() {
 fn index_port_nmi_bit_and_reads() {
     let (_, dev) = rtc();
     assert!(!dev.nmi_disabled());
-    dev.pio_write(CMOS_PORT, 0, &[0x80 | REG_SECONDS]);
+    dev.pio_write(PioAddress(CMOS_PORT), 0, &[0x80 | REG_SECONDS]);
     assert!(dev.nmi_disabled());
     let mut data = [0u8];
-    dev.pio_read(CMOS_PORT, 1, &mut data);
+    dev.pio_read(PioAddress(CMOS_PORT), 1, &mut data);
     assert_eq!(data[0], 0x20);
-    dev.pio_read(CMOS_PORT, 0, &mut data);
+    dev.pio_read(PioAddress(CMOS_PORT), 0, &mut data);
     assert_eq!(data[0], OPEN_BUS);
-    dev.pio_write(CMOS_PORT, 0, &[REG_SECONDS]);
+    dev.pio_write(PioAddress(CMOS_PORT), 0, &[REG_SECONDS]);
     assert!(!dev.nmi_disabled());
 }
 
@@ -452,22 +455,25 @@ fn index_port_nmi_bit_and_reads() {
 fn wide_and_out_of_range_accesses() {
     let (_, dev) = rtc();
     // outw 0x70: index then data.
-    dev.pio_write(CMOS_PORT, 0, &[0x40, 0x77]);
+    dev.pio_write(PioAddress(CMOS_PORT), 0, &[0x40, 0x77]);
     assert_eq!(dev.register(0x40), 0x77);
-    dev.pio_write(CMOS_PORT, 2, &[0x01, 0x99]);
+    dev.pio_write(PioAddress(CMOS_PORT), 2, &[0x01, 0x99]);
     let mut data = [0u8; 4];
-    dev.pio_read(CMOS_PORT, 0, &mut data);
+    dev.pio_read(PioAddress(CMOS_PORT), 0, &mut data);
     assert_eq!(data, [OPEN_BUS, 0x77, OPEN_BUS, 0x99]);
     let mut data = [0u8; 8];
-    dev.pio_read(CMOS_PORT, 0, &mut data);
+    dev.pio_read(PioAddress(CMOS_PORT), 0, &mut data);
     assert_eq!(&data[4..], [OPEN_BUS; 4]);
     for offset in [4, 0x100, u16::MAX] {
-        dev.pio_write(CMOS_PORT, offset, &[0; 8]);
+        dev.pio_write(PioAddress(CMOS_PORT), offset, &[0; 8]);
     }
     assert_eq!(dev.stats().ignored, 4 + 3 * 8);
     let mut empty: [u8; 0] = [];
-    dev.pio_read(CMOS_PORT, 1, &mut empty);
-    assert_eq!(dev.pio_write(CMOS_PORT, 1, &[]), DeviceAction::Resume);
+    dev.pio_read(PioAddress(CMOS_PORT), 1, &mut empty);
+    assert_eq!(
+        dev.pio_write(PioAddress(CMOS_PORT), 1, &[]),
+        DeviceAction::Resume
+    );
 }
 
 #[test]

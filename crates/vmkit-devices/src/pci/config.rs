@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use vmkit_exits::{PCI_NUM_BARS, PciBar, PciBarKind};
+
 /// Size of the conventional configuration space of a function.
 pub const CONFIG_SPACE_SIZE: usize = 256;
 
@@ -45,8 +47,8 @@ pub const INTERRUPT_LINE: usize = 0x3C;
 pub const INTERRUPT_PIN: usize = 0x3D;
 /// Where the first capability goes: the end of the predefined header.
 pub const FIRST_CAPABILITY: usize = 0x40;
-/// Number of base address registers of a type-0 header.
-pub const NUM_BARS: usize = 6;
+/// Number of base address registers of a type-0 header (vmkit-exits' `PCI_NUM_BARS`).
+pub const NUM_BARS: usize = PCI_NUM_BARS;
 
 /// Command bit: respond to I/O space accesses (I/O BAR decode).
 pub const COMMAND_IO_SPACE: u16 = 1 << 0;
@@ -98,17 +100,6 @@ pub struct PciIds {
     pub subsystem_id: u16,
 }
 
-/// The address space and width of a BAR.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BarKind {
-    /// A 32-bit memory BAR (one register).
-    Memory32,
-    /// A 64-bit memory BAR (two registers: this one and the next hold the upper half).
-    Memory64,
-    /// An I/O BAR (16-bit port addresses on x86).
-    Io,
-}
-
 /// Which bus a decoded BAR sits on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BarSpace {
@@ -124,7 +115,7 @@ pub struct Bar {
     /// The register index, 0..=5 (the lower register of a 64-bit BAR).
     pub index: u8,
     /// The kind.
-    pub kind: BarKind,
+    pub kind: PciBarKind,
     /// The size in bytes, a power of two.
     pub size: u64,
     /// Whether a memory BAR is marked prefetchable.
@@ -144,6 +135,26 @@ pub struct BarMapping {
     pub size: u64,
 }
 
+impl BarMapping {
+    /// Where each of `bars` (as `PciDevice::bars` reports them, by register index) decodes
+    /// now: `None` for a register without a BAR and for a BAR that does not decode.
+    pub fn decoded(bars: &[Option<PciBar>; NUM_BARS]) -> [Option<BarMapping>; NUM_BARS] {
+        let mut mappings = [None; NUM_BARS];
+        for ((index, bar), mapping) in (0u8..).zip(bars).zip(&mut mappings) {
+            *mapping = bar.filter(|bar| bar.decoding).map(|bar| BarMapping {
+                index,
+                space: match bar.kind {
+                    PciBarKind::Io => BarSpace::Io,
+                    PciBarKind::Memory32 | PciBarKind::Memory64 => BarSpace::Memory,
+                },
+                address: bar.address,
+                size: bar.size,
+            });
+        }
+        mappings
+    }
+}
+
 /// A configuration-space layout request the device model got wrong; nothing changed.
 #[derive(Clone, Debug, PartialEq, Eq, displaydoc::Display, thiserror::Error)]
 #[ignore_extra_doc_attributes]
@@ -155,7 +166,7 @@ pub enum ConfigError {
     /// BAR size {size:#x} is not a power of two in the range allowed for a {kind:?} BAR
     BarSize {
         /// The kind of BAR.
-        kind: BarKind,
+        kind: PciBarKind,
         /// The refused size.
         size: u64,
     },
@@ -366,12 +377,16 @@ impl ConfigSpace {
     pub fn add_bar(
         &mut self,
         index: u8,
-        kind: BarKind,
+        kind: PciBarKind,
         size: u64,
         prefetchable: bool,
     ) -> Result<(), ConfigError> {
         let i = usize::from(index);
-        let last = if kind == BarKind::Memory64 { i + 1 } else { i };
+        let last = if kind == PciBarKind::Memory64 {
+            i + 1
+        } else {
+            i
+        };
         if last >= NUM_BARS {
             return Err(ConfigError::BarIndex(index));
         }
@@ -379,28 +394,28 @@ impl ConfigSpace {
             return Err(ConfigError::BarInUse(index));
         }
         let (min, max) = match kind {
-            BarKind::Memory32 => (MIN_MEMORY_BAR_SIZE, 1 << 31),
-            BarKind::Memory64 => (MIN_MEMORY_BAR_SIZE, 1 << 63),
-            BarKind::Io => (MIN_IO_BAR_SIZE, MAX_IO_BAR_SIZE),
+            PciBarKind::Memory32 => (MIN_MEMORY_BAR_SIZE, 1 << 31),
+            PciBarKind::Memory64 => (MIN_MEMORY_BAR_SIZE, 1 << 63),
+            PciBarKind::Io => (MIN_IO_BAR_SIZE, MAX_IO_BAR_SIZE),
         };
         if !size.is_power_of_two() || size < min || size > max {
             return Err(ConfigError::BarSize { kind, size });
         }
         let address_mask = !(size - 1);
         let offset = BAR0 + 4 * i;
-        let prefetch_bit = if prefetchable && kind != BarKind::Io {
+        let prefetch_bit = if prefetchable && kind != PciBarKind::Io {
             1 << 3
         } else {
             0
         };
         let (type_bits, low_mask, decode) = match kind {
-            BarKind::Memory32 => (0, address_mask as u32 & !0xF, COMMAND_MEMORY_SPACE),
-            BarKind::Memory64 => (0b100, address_mask as u32 & !0xF, COMMAND_MEMORY_SPACE),
-            BarKind::Io => (0b01, address_mask as u32 & 0xFFFC, COMMAND_IO_SPACE),
+            PciBarKind::Memory32 => (0, address_mask as u32 & !0xF, COMMAND_MEMORY_SPACE),
+            PciBarKind::Memory64 => (0b100, address_mask as u32 & !0xF, COMMAND_MEMORY_SPACE),
+            PciBarKind::Io => (0b01, address_mask as u32 & 0xFFFC, COMMAND_IO_SPACE),
         };
         self.set_u32(offset, type_bits | prefetch_bit);
         self.set_mask(offset, &low_mask.to_le_bytes());
-        if kind == BarKind::Memory64 {
+        if kind == PciBarKind::Memory64 {
             self.set_u32(offset + 4, 0);
             self.set_mask(offset + 4, &((address_mask >> 32) as u32).to_le_bytes());
             self.bars[i + 1] = BarSlot::Upper;
@@ -435,9 +450,9 @@ impl ConfigSpace {
     pub fn set_bar_address(&mut self, index: u8, address: u64) -> Result<(), ConfigError> {
         let bar = self.bar(index)?;
         let limit = match bar.kind {
-            BarKind::Memory32 => 1 << 32,
-            BarKind::Memory64 => u64::MAX,
-            BarKind::Io => 1 << 16,
+            PciBarKind::Memory32 => 1 << 32,
+            PciBarKind::Memory64 => u64::MAX,
+            PciBarKind::Io => 1 << 16,
         };
         if address & (bar.size - 1) != 0 || address > limit - bar.size {
             return Err(ConfigError::BarAddress { index, address });
@@ -445,7 +460,7 @@ impl ConfigSpace {
         let offset = BAR0 + 4 * usize::from(index);
         let low = (self.read_u32(offset) & 0xF) | (address as u32 & !0xF);
         self.set_u32(offset, low);
-        if bar.kind == BarKind::Memory64 {
+        if bar.kind == PciBarKind::Memory64 {
             self.set_u32(offset + 4, (address >> 32) as u32);
         }
         Ok(())
@@ -458,35 +473,39 @@ impl ConfigSpace {
         let offset = BAR0 + 4 * usize::from(index);
         let low = self.read_u32(offset);
         Some(match bar.kind {
-            BarKind::Memory32 => u64::from(low & !0xF),
-            BarKind::Memory64 => {
+            PciBarKind::Memory32 => u64::from(low & !0xF),
+            PciBarKind::Memory64 => {
                 u64::from(low & !0xF) | (u64::from(self.read_u32(offset + 4)) << 32)
             }
-            BarKind::Io => u64::from(low & !0x3),
+            PciBarKind::Io => u64::from(low & !0x3),
         })
+    }
+
+    /// Every BAR as a function reports it through `PciDevice::bars`, at its register index:
+    /// kind, size, the address it holds and whether the command register enables its space.
+    pub fn pci_bars(&self) -> [Option<PciBar>; NUM_BARS] {
+        let command = self.command();
+        let mut bars = [None; NUM_BARS];
+        for bar in self.bars() {
+            let decode = match bar.kind {
+                PciBarKind::Io => COMMAND_IO_SPACE,
+                PciBarKind::Memory32 | PciBarKind::Memory64 => COMMAND_MEMORY_SPACE,
+            };
+            bars[usize::from(bar.index)] = self.bar_address(bar.index).map(|address| PciBar {
+                kind: bar.kind,
+                size: bar.size,
+                address,
+                prefetchable: bar.prefetchable,
+                decoding: command & decode != 0,
+            });
+        }
+        bars
     }
 
     /// Where each BAR decodes now: its address and size when the command register enables its
     /// space, `None` otherwise (and for registers that hold no BAR).
     pub fn bar_mappings(&self) -> [Option<BarMapping>; NUM_BARS] {
-        let command = self.command();
-        let mut mappings = [None; NUM_BARS];
-        for bar in self.bars() {
-            let (space, enabled) = match bar.kind {
-                BarKind::Io => (BarSpace::Io, command & COMMAND_IO_SPACE != 0),
-                _ => (BarSpace::Memory, command & COMMAND_MEMORY_SPACE != 0),
-            };
-            if enabled {
-                mappings[usize::from(bar.index)] =
-                    self.bar_address(bar.index).map(|address| BarMapping {
-                        index: bar.index,
-                        space,
-                        address,
-                        size: bar.size,
-                    });
-            }
-        }
-        mappings
+        BarMapping::decoded(&self.pci_bars())
     }
 
     /// Appends a capability with ID `id` whose bytes after the ID and next pointer are `body`;
@@ -573,6 +592,8 @@ mod tests {
         c.write(CACHE_LINE_SIZE, &[0x10]);
         c.write(INTERRUPT_LINE, &[11]);
         assert_eq!((c.read_u8(CACHE_LINE_SIZE), c.interrupt_line()), (0x10, 11));
+        c.set_interrupt(1, 9);
+        assert_eq!((c.interrupt_pin(), c.interrupt_line()), (1, 9));
     }
 
     fn before_u32(regs: &[u8; 256], o: usize) -> u32 {
@@ -584,10 +605,10 @@ mod tests {
         let mut c = ConfigSpace::new(ids());
         c.write(COMMAND, &0xFFFFu16.to_le_bytes());
         assert_eq!(c.command(), COMMAND_WRITABLE, "no BAR: no decode bits");
-        c.add_bar(0, BarKind::Memory32, 0x1000, false).unwrap();
+        c.add_bar(0, PciBarKind::Memory32, 0x1000, false).unwrap();
         c.write(COMMAND, &0xFFFFu16.to_le_bytes());
         assert_eq!(c.command(), COMMAND_WRITABLE | COMMAND_MEMORY_SPACE);
-        c.add_bar(1, BarKind::Io, 0x20, false).unwrap();
+        c.add_bar(1, PciBarKind::Io, 0x20, false).unwrap();
         c.write(COMMAND, &[0xFF]);
         assert_ne!(c.command() & COMMAND_IO_SPACE, 0);
         c.write(COMMAND, &[0, 0]);
@@ -619,7 +640,7 @@ mod tests {
     #[test]
     fn memory32_bar_sizing_and_programming() {
         let mut c = ConfigSpace::new(ids());
-        c.add_bar(0, BarKind::Memory32, 0x4000, true).unwrap();
+        c.add_bar(0, PciBarKind::Memory32, 0x4000, true).unwrap();
         assert_eq!(c.read_u32(BAR0), 0x8, "prefetchable 32-bit memory");
         c.write(BAR0, &[0xFF; 4]);
         assert_eq!(c.read_u32(BAR0), 0xFFFF_C008);
@@ -645,7 +666,7 @@ mod tests {
     #[test]
     fn memory64_bar_sizing_and_programming() {
         let mut c = ConfigSpace::new(ids());
-        c.add_bar(2, BarKind::Memory64, 0x8000, false).unwrap();
+        c.add_bar(2, PciBarKind::Memory64, 0x8000, false).unwrap();
         assert_eq!(c.read_u32(BAR0 + 8), 0x4);
         c.write(BAR0 + 8, &[0xFF; 4]);
         c.write(BAR0 + 12, &[0xFF; 4]);
@@ -660,7 +681,7 @@ mod tests {
         assert_eq!(c.bar_address(2), Some(0x1_2345_8000));
         assert_eq!(c.bars().count(), 1);
         assert_eq!(
-            c.add_bar(3, BarKind::Memory32, 0x1000, false),
+            c.add_bar(3, PciBarKind::Memory32, 0x1000, false),
             Err(ConfigError::BarInUse(3))
         );
         assert_eq!(c.bar_address(3), None);
@@ -670,7 +691,7 @@ mod tests {
     #[test]
     fn io_bar_sizing_and_mapping() {
         let mut c = ConfigSpace::new(ids());
-        c.add_bar(5, BarKind::Io, 0x40, true).unwrap();
+        c.add_bar(5, PciBarKind::Io, 0x40, true).unwrap();
         assert_eq!(c.read_u32(BAR0 + 20), 1, "I/O BARs are never prefetchable");
         c.write(BAR0 + 20, &[0xFF; 4]);
         assert_eq!(c.read_u32(BAR0 + 20), 0xFFC1);
@@ -690,29 +711,85 @@ mod tests {
     }
 
     #[test]
+    fn pci_bars_report_layout_addresses_and_decode_per_space() {
+        let mut c = ConfigSpace::new(ids());
+        assert_eq!(c.pci_bars(), [None; NUM_BARS]);
+        c.add_bar(0, PciBarKind::Memory64, 0x8000, true).unwrap();
+        c.add_bar(3, PciBarKind::Io, 0x20, false).unwrap();
+        c.set_bar_address(0, 0x1_0000_8000).unwrap();
+        c.set_bar_address(3, 0xC020).unwrap();
+        c.enable_command(COMMAND_IO_SPACE);
+        let bars = c.pci_bars();
+        let memory = PciBar {
+            kind: PciBarKind::Memory64,
+            size: 0x8000,
+            address: 0x1_0000_8000,
+            prefetchable: true,
+            decoding: false,
+        };
+        let io = PciBar {
+            kind: PciBarKind::Io,
+            size: 0x20,
+            address: 0xC020,
+            prefetchable: false,
+            decoding: true,
+        };
+        assert_eq!(bars, [Some(memory), None, None, Some(io), None, None]);
+        assert_eq!(
+            BarMapping::decoded(&bars),
+            [
+                None,
+                None,
+                None,
+                Some(BarMapping {
+                    index: 3,
+                    space: BarSpace::Io,
+                    address: 0xC020,
+                    size: 0x20
+                }),
+                None,
+                None
+            ]
+        );
+        // The guest turns memory decoding on and moves the 64-bit BAR's upper half.
+        c.write(COMMAND, &[3, 0]);
+        c.write(BAR0 + 4, &2u32.to_le_bytes());
+        let bars = c.pci_bars();
+        assert_eq!(
+            bars[0],
+            Some(PciBar {
+                address: 0x2_0000_8000,
+                decoding: true,
+                ..memory
+            })
+        );
+        assert_eq!(c.bar_mappings(), BarMapping::decoded(&bars));
+    }
+
+    #[test]
     fn bar_declarations_are_validated() {
         let mut c = ConfigSpace::new(ids());
         assert_eq!(
-            c.add_bar(6, BarKind::Memory32, 0x1000, false),
+            c.add_bar(6, PciBarKind::Memory32, 0x1000, false),
             Err(ConfigError::BarIndex(6))
         );
         assert_eq!(
-            c.add_bar(5, BarKind::Memory64, 0x1000, false),
+            c.add_bar(5, PciBarKind::Memory64, 0x1000, false),
             Err(ConfigError::BarIndex(5))
         );
         for (kind, size) in [
-            (BarKind::Memory32, 0x1800),
-            (BarKind::Memory32, 8),
-            (BarKind::Memory32, 1 << 32),
-            (BarKind::Io, 2),
-            (BarKind::Io, 512),
+            (PciBarKind::Memory32, 0x1800),
+            (PciBarKind::Memory32, 8),
+            (PciBarKind::Memory32, 1 << 32),
+            (PciBarKind::Io, 2),
+            (PciBarKind::Io, 512),
         ] {
             assert_eq!(
                 c.add_bar(0, kind, size, false),
                 Err(ConfigError::BarSize { kind, size })
             );
         }
-        c.add_bar(0, BarKind::Memory32, 0x1000, false).unwrap();
+        c.add_bar(0, PciBarKind::Memory32, 0x1000, false).unwrap();
         assert!(c.set_bar_address(0, 0xFFFF_F000).is_ok());
         assert_eq!(
             c.set_bar_address(0, 0x1_0000_0000),

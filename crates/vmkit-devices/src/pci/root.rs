@@ -5,15 +5,18 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use log::debug;
-use vmkit_exits::{BusError, BusRange, DeviceAction, IoBus, MmioBus, MmioDevice, PioDevice};
+use vmkit_exits::{
+    BusError, BusRange, DeviceAction, IoBus, MmioAddress, MmioBus, MmioDevice, PioAddress,
+    PioDevice,
+};
 use vmkit_memory::layout::{PCI_ECAM_SIZE, PCI_ECAM_START};
 use vmkit_memory::{AddressRange, AllocatorError, Allocators, PortRange};
 
 use super::config::{
-    BarKind, BarMapping, BarSpace, COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE, CONFIG_SPACE_SIZE,
-    ConfigError, ConfigSpace, NUM_BARS, PciIds,
+    BAR0, BarMapping, BarSpace, COMMAND, COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE, ConfigSpace,
+    MAX_IO_BAR_SIZE, MIN_IO_BAR_SIZE, MIN_MEMORY_BAR_SIZE, NUM_BARS, PciIds,
 };
-use super::{PciDevice, lock};
+use super::{MutPciDevice, PciBar, PciBarKind, PciDevice, lock};
 
 /// First port of the type-1 configuration mechanism: CONFIG_ADDRESS at 0xCF8, CONFIG_DATA at
 /// 0xCFC..=0xCFF.
@@ -53,8 +56,22 @@ pub enum PciError {
         /// What the allocator said.
         source: AllocatorError,
     },
-    /// the device's configuration space refused its BAR address
-    Config(#[from] ConfigError),
+    /// BAR {index} ({kind:?}, {size:#x} bytes) is not a BAR the PCI specification allows
+    InvalidBar {
+        /// The BAR.
+        index: u8,
+        /// Its kind.
+        kind: PciBarKind,
+        /// Its size.
+        size: u64,
+    },
+    /// BAR {index} does not decode at {address:#x} after the firmware's set-up
+    BarRefused {
+        /// The BAR.
+        index: u8,
+        /// The address written to it.
+        address: u64,
+    },
     /// BAR {index} overlaps a range already on the bus
     BarConflict {
         /// The BAR.
@@ -124,36 +141,40 @@ impl Default for HostBridge {
     }
 }
 
-impl PciDevice for HostBridge {
-    fn config_space(&self) -> &ConfigSpace {
-        &self.config
+/// A bare header with no BARs: the host bridge is plugged as a `Mutex<HostBridge>`.
+impl MutPciDevice for HostBridge {
+    fn config_read(&mut self, offset: u8, data: &mut [u8]) {
+        self.config.read(offset.into(), data);
     }
-    fn config_space_mut(&mut self) -> &mut ConfigSpace {
-        &mut self.config
+    fn config_write(&mut self, offset: u8, data: &[u8]) {
+        self.config.write(offset.into(), data);
+    }
+    fn bars(&self) -> [Option<PciBar>; NUM_BARS] {
+        self.config.pci_bars()
     }
 }
 
-/// The bus handler of one BAR: forwards accesses to the device under its lock.
+/// The bus handler of one BAR: forwards accesses to the device, which synchronises itself.
 struct BarRegion {
-    device: Arc<Mutex<dyn PciDevice>>,
+    device: Arc<dyn PciDevice>,
     index: u8,
 }
 
 impl MmioDevice for BarRegion {
-    fn mmio_read(&self, _base: u64, offset: u64, data: &mut [u8]) {
-        lock(&self.device).bar_read(self.index, offset, data);
+    fn mmio_read(&self, _base: MmioAddress, offset: u64, data: &mut [u8]) {
+        self.device.bar_read(self.index, offset, data);
     }
-    fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
-        lock(&self.device).bar_write(self.index, offset, data)
+    fn mmio_write(&self, _base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction {
+        self.device.bar_write(self.index, offset, data)
     }
 }
 
 impl PioDevice for BarRegion {
-    fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
-        lock(&self.device).bar_read(self.index, offset.into(), data);
+    fn pio_read(&self, _base: PioAddress, offset: u16, data: &mut [u8]) {
+        self.device.bar_read(self.index, offset.into(), data);
     }
-    fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
-        lock(&self.device).bar_write(self.index, offset.into(), data)
+    fn pio_write(&self, _base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
+        self.device.bar_write(self.index, offset.into(), data)
     }
 }
 
@@ -166,7 +187,7 @@ enum Allocation {
 
 struct Slot {
     name: Arc<str>,
-    device: Arc<Mutex<dyn PciDevice>>,
+    device: Arc<dyn PciDevice>,
     regions: [Option<Arc<BarRegion>>; NUM_BARS],
     /// What the configuration space asked for at the last reconciliation.
     wanted: [Option<BarMapping>; NUM_BARS],
@@ -208,7 +229,7 @@ impl PciRoot {
     /// 0xCF8..0xD00 and on `mmio_bus` over the ECAM window of the layout.
     pub fn new(io_bus: &Arc<IoBus>, mmio_bus: &Arc<MmioBus>) -> Result<Arc<Self>, PciError> {
         let mut slots: Vec<Option<Slot>> = (0..MAX_SLOTS).map(|_| None).collect();
-        let bridge: Arc<Mutex<dyn PciDevice>> = Arc::new(Mutex::new(HostBridge::new()));
+        let bridge: Arc<dyn PciDevice> = Arc::new(Mutex::new(HostBridge::new()));
         slots[0] = Some(Slot {
             name: Arc::from("host-bridge"),
             device: bridge,
@@ -225,16 +246,16 @@ impl PciRoot {
             counters: Counters::default(),
         });
         io_bus.register_named(
-            BusRange::new(CONFIG_IO_PORT, CONFIG_IO_LEN),
+            BusRange::new(PioAddress(CONFIG_IO_PORT), CONFIG_IO_LEN),
             "pci-config",
             root.clone(),
         )?;
         if let Err(err) = mmio_bus.register_named(
-            BusRange::new(PCI_ECAM_START, PCI_ECAM_SIZE),
+            BusRange::new(MmioAddress(PCI_ECAM_START), PCI_ECAM_SIZE),
             "pci-ecam",
             root.clone(),
         ) {
-            let _ = io_bus.unregister(CONFIG_IO_PORT);
+            let _ = io_bus.unregister(PioAddress(CONFIG_IO_PORT));
             return Err(err.into());
         }
         Ok(root)
@@ -243,12 +264,17 @@ impl PciRoot {
     /// Plugs `device` into the lowest free slot as firmware would: every BAR gets an address
     /// from `allocators` (memory BARs, 64-bit ones included, from the MMIO32 window below
     /// 4 GiB, naturally aligned; I/O BARs from the port window), decoding is enabled in the
-    /// command register, and the BARs are placed on the buses under `name`. Returns the device
-    /// number (1..=31). On error nothing is allocated, registered or plugged.
-    pub fn add_device<D: PciDevice + 'static>(
+    /// command register, and the BARs are placed on the buses under `name`. The BAR registers
+    /// and the command register are programmed through [`PciDevice::config_write`], as firmware
+    /// programs them. Returns the device number (1..=31). On error nothing is allocated,
+    /// registered or plugged.
+    ///
+    /// A function written with `&mut self` is passed as an `Arc<Mutex<T>>` (a
+    /// [`MutPciDevice`] behind a `Mutex` is a [`PciDevice`]).
+    pub fn add_device(
         &self,
         name: &str,
-        device: Arc<Mutex<D>>,
+        device: Arc<dyn PciDevice>,
         allocators: &mut Allocators,
     ) -> Result<u8, PciError> {
         let mut slots = lock(&self.slots);
@@ -256,18 +282,17 @@ impl PciRoot {
             .iter()
             .position(Option::is_none)
             .ok_or(PciError::NoFreeSlot)?;
-        let device: Arc<Mutex<dyn PciDevice>> = device;
-        let allocations = {
-            let mut dev = lock(&device);
-            Self::assign_bars(dev.config_space_mut(), allocators)?
-        };
-        let mut regions: [Option<Arc<BarRegion>>; NUM_BARS] = Default::default();
-        for bar in lock(&device).config_space().bars() {
-            regions[usize::from(bar.index)] = Some(Arc::new(BarRegion {
-                device: device.clone(),
-                index: bar.index,
-            }));
-        }
+        let bars = device.bars();
+        let allocations = Self::assign_bars(device.as_ref(), &bars, allocators)?;
+        let regions: [Option<Arc<BarRegion>>; NUM_BARS] = std::array::from_fn(|i| {
+            bars[i].map(|_| {
+                Arc::new(BarRegion {
+                    device: device.clone(),
+                    // `i` < NUM_BARS = 6.
+                    index: i as u8,
+                })
+            })
+        });
         let mut slot = Slot {
             name: Arc::from(name),
             device,
@@ -288,49 +313,105 @@ impl PciRoot {
         Ok(number as u8)
     }
 
+    /// Gives every BAR of `bars` an address and turns decoding on, as firmware does; on error
+    /// what was allocated is freed.
     fn assign_bars(
-        config: &mut ConfigSpace,
+        device: &dyn PciDevice,
+        bars: &[Option<PciBar>; NUM_BARS],
         allocators: &mut Allocators,
     ) -> Result<Vec<Allocation>, PciError> {
         let mut allocations = Vec::new();
-        let mut command = 0;
-        let bars: Vec<_> = config.bars().collect();
-        for bar in bars {
-            let allocated = match bar.kind {
-                BarKind::Memory32 | BarKind::Memory64 => {
-                    command |= COMMAND_MEMORY_SPACE;
-                    allocators
-                        .allocate_mmio32(bar.size, bar.size)
-                        .map(|r| (Allocation::Mmio(r), r.start.0))
-                }
-                BarKind::Io => {
-                    command |= COMMAND_IO_SPACE;
-                    // I/O BARs are at most 256 ports.
-                    let size = bar.size as u16;
-                    allocators
-                        .allocate_pio(size, size)
-                        .map(|r| (Allocation::Pio(r), u64::from(r.start)))
-                }
-            };
-            let placed = allocated
-                .map_err(|source| PciError::Allocation {
-                    index: bar.index,
-                    size: bar.size,
-                    source,
-                })
-                .and_then(|(allocation, address)| {
-                    allocations.push(allocation);
-                    config
-                        .set_bar_address(bar.index, address)
-                        .map_err(PciError::from)
-                });
-            if let Err(err) = placed {
+        match Self::program_bars(device, bars, allocators, &mut allocations) {
+            Ok(()) => Ok(allocations),
+            Err(err) => {
                 Self::free(&allocations, allocators);
-                return Err(err);
+                Err(err)
             }
         }
-        config.enable_command(command);
-        Ok(allocations)
+    }
+
+    fn program_bars(
+        device: &dyn PciDevice,
+        bars: &[Option<PciBar>; NUM_BARS],
+        allocators: &mut Allocators,
+        allocations: &mut Vec<Allocation>,
+    ) -> Result<(), PciError> {
+        let mut decode = 0;
+        let mut assigned = [None; NUM_BARS];
+        for ((index, bar), assigned) in (0u8..).zip(bars).zip(&mut assigned) {
+            let Some(bar) = bar else {
+                continue;
+            };
+            let (allocation, address) = Self::allocate_bar(index, bar, allocators)?;
+            allocations.push(allocation);
+            decode |= match bar.kind {
+                PciBarKind::Io => COMMAND_IO_SPACE,
+                PciBarKind::Memory32 | PciBarKind::Memory64 => COMMAND_MEMORY_SPACE,
+            };
+            // BAR registers are at 0x10..0x28: the offsets fit a byte.
+            let register = (BAR0 + 4 * usize::from(index)) as u8;
+            device.config_write(register, &(address as u32).to_le_bytes());
+            if bar.kind == PciBarKind::Memory64 {
+                device.config_write(register + 4, &((address >> 32) as u32).to_le_bytes());
+            }
+            *assigned = Some(address);
+        }
+        if decode != 0 {
+            let mut command = [0u8; 2];
+            device.config_read(COMMAND as u8, &mut command);
+            let command = u16::from_le_bytes(command) | decode;
+            device.config_write(COMMAND as u8, &command.to_le_bytes());
+        }
+        // The function must now decode every BAR where it was put.
+        let now = device.bars();
+        for ((index, address), bar) in (0u8..).zip(assigned).zip(now) {
+            if let Some(address) = address
+                && !bar.is_some_and(|bar| bar.address == address && bar.decoding)
+            {
+                return Err(PciError::BarRefused { index, address });
+            }
+        }
+        Ok(())
+    }
+
+    /// An address for BAR `index` from the allocators, aligned to its size.
+    fn allocate_bar(
+        index: u8,
+        bar: &PciBar,
+        allocators: &mut Allocators,
+    ) -> Result<(Allocation, u64), PciError> {
+        let invalid = PciError::InvalidBar {
+            index,
+            kind: bar.kind,
+            size: bar.size,
+        };
+        let allowed = match bar.kind {
+            PciBarKind::Io => (MIN_IO_BAR_SIZE..=MAX_IO_BAR_SIZE).contains(&bar.size),
+            PciBarKind::Memory32 => bar.size >= MIN_MEMORY_BAR_SIZE,
+            // Its upper half needs the next register.
+            PciBarKind::Memory64 => {
+                bar.size >= MIN_MEMORY_BAR_SIZE && usize::from(index) + 1 < NUM_BARS
+            }
+        };
+        if !allowed || !bar.size.is_power_of_two() {
+            return Err(invalid);
+        }
+        let allocated = match bar.kind {
+            PciBarKind::Memory32 | PciBarKind::Memory64 => allocators
+                .allocate_mmio32(bar.size, bar.size)
+                .map(|r| (Allocation::Mmio(r), r.start.0)),
+            PciBarKind::Io => {
+                let size = u16::try_from(bar.size).map_err(|_| invalid)?;
+                allocators
+                    .allocate_pio(size, size)
+                    .map(|r| (Allocation::Pio(r), u64::from(r.start)))
+            }
+        };
+        allocated.map_err(|source| PciError::Allocation {
+            index,
+            size: bar.size,
+            source,
+        })
     }
 
     fn free(allocations: &[Allocation], allocators: &mut Allocators) {
@@ -385,8 +466,11 @@ impl PciRoot {
                 bump(&self.counters.unclaimed);
                 data.fill(0xFF);
             }
-            Some(_) if offset >= CONFIG_SPACE_SIZE => data.fill(0),
-            Some(slot) => lock(&slot.device).config_read(offset, data),
+            Some(slot) => match u8::try_from(offset) {
+                Ok(offset) => slot.device.config_read(offset, data),
+                // The extended space (0x100 and up).
+                Err(_) => data.fill(0),
+            },
         }
     }
 
@@ -408,12 +492,11 @@ impl PciRoot {
             bump(&self.counters.unclaimed);
             return;
         };
-        if offset >= CONFIG_SPACE_SIZE {
-            return;
-        }
-        if let Some(slot) = slots[number].as_mut() {
-            lock(&slot.device).config_write(offset, data);
-            // The device lock is released: the bus may now be changed.
+        // Writes to the extended space (0x100 and up) are dropped.
+        if let (Ok(offset), Some(slot)) = (u8::try_from(offset), slots[number].as_mut()) {
+            slot.device.config_write(offset, data);
+            // The call has returned, with whatever lock the device took for it: the buses may
+            // now be changed.
             self.reconcile(slot);
         }
     }
@@ -432,7 +515,7 @@ impl PciRoot {
     /// Brings the slot's BARs on the buses in step with its configuration space. Returns the
     /// first placement the bus refused (the BAR then does not decode).
     fn reconcile(&self, slot: &mut Slot) -> Option<(u8, BusError)> {
-        let wanted = lock(&slot.device).config_space().bar_mappings();
+        let wanted = BarMapping::decoded(&slot.device.bars());
         let mut refused = None;
         for (i, &want) in wanted.iter().enumerate() {
             if want == slot.wanted[i] {
@@ -474,12 +557,14 @@ impl PciRoot {
         let name = format!("{name}-bar{}", m.index);
         match m.space {
             BarSpace::Memory => match self.mmio_bus.upgrade() {
-                Some(bus) => bus.register_named(BusRange::new(m.address, m.size), &name, region),
+                Some(bus) => {
+                    bus.register_named(BusRange::new(MmioAddress(m.address), m.size), &name, region)
+                }
                 None => Ok(()),
             },
             BarSpace::Io => match (self.io_bus.upgrade(), u16::try_from(m.address)) {
                 (Some(bus), Ok(port)) => {
-                    bus.register_named(BusRange::new(port, m.size), &name, region)
+                    bus.register_named(BusRange::new(PioAddress(port), m.size), &name, region)
                 }
                 (Some(_), Err(_)) => Err(BusError::RangeWraps {
                     base: m.address,
@@ -494,13 +579,19 @@ impl PciRoot {
         bump(&self.counters.bar_updates);
         match old.space {
             BarSpace::Memory => match self.mmio_bus.upgrade() {
-                Some(bus) => bus.relocate(old.address, new.address),
+                Some(bus) => bus.relocate(MmioAddress(old.address), MmioAddress(new.address)),
                 None => Ok(()),
             },
-            // An I/O BAR's address fits 16 bits: it was placed, and the register holds no more.
-            BarSpace::Io => match self.io_bus.upgrade() {
-                Some(bus) => bus.relocate(old.address as u16, new.address as u16),
-                None => Ok(()),
+            BarSpace::Io => match (self.io_bus.upgrade(), u16::try_from(new.address)) {
+                // The old address was placed, so it fits 16 bits.
+                (Some(bus), Ok(port)) => {
+                    bus.relocate(PioAddress(old.address as u16), PioAddress(port))
+                }
+                (Some(_), Err(_)) => Err(BusError::RangeWraps {
+                    base: new.address,
+                    len: new.size,
+                }),
+                (None, _) => Ok(()),
             },
         }
     }
@@ -511,12 +602,12 @@ impl PciRoot {
         match m.space {
             BarSpace::Memory => {
                 if let Some(bus) = self.mmio_bus.upgrade() {
-                    let _ = bus.unregister(m.address);
+                    let _ = bus.unregister(MmioAddress(m.address));
                 }
             }
             BarSpace::Io => {
                 if let Some(bus) = self.io_bus.upgrade() {
-                    let _ = bus.unregister(m.address as u16);
+                    let _ = bus.unregister(PioAddress(m.address as u16));
                 }
             }
         }
@@ -548,7 +639,7 @@ impl PciRoot {
 }
 
 impl PioDevice for PciRoot {
-    fn pio_read(&self, _base: u16, offset: u16, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, offset: u16, data: &mut [u8]) {
         match (offset, data.len()) {
             (0, 4) => data.copy_from_slice(&self.address.load(Ordering::Relaxed).to_le_bytes()),
             (4..=7, len) if usize::from(offset - 4) + len <= 4 => match self.selected() {
@@ -564,7 +655,7 @@ impl PioDevice for PciRoot {
         }
     }
 
-    fn pio_write(&self, _base: u16, offset: u16, data: &[u8]) -> DeviceAction {
+    fn pio_write(&self, _base: PioAddress, offset: u16, data: &[u8]) -> DeviceAction {
         match (offset, data) {
             (0, &[a, b, c, d]) => self.address.store(
                 u32::from_le_bytes([a, b, c, d]) & CONFIG_ADDRESS_MASK,
@@ -582,12 +673,12 @@ impl PioDevice for PciRoot {
 }
 
 impl MmioDevice for PciRoot {
-    fn mmio_read(&self, _base: u64, offset: u64, data: &mut [u8]) {
+    fn mmio_read(&self, _base: MmioAddress, offset: u64, data: &mut [u8]) {
         let (bus, device, function, reg) = Self::ecam_function(offset);
         self.config_read(bus, device, function, reg, data);
     }
 
-    fn mmio_write(&self, _base: u64, offset: u64, data: &[u8]) -> DeviceAction {
+    fn mmio_write(&self, _base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction {
         let (bus, device, function, reg) = Self::ecam_function(offset);
         self.config_write(bus, device, function, reg, data);
         DeviceAction::Resume

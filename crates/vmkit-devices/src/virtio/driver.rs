@@ -27,7 +27,7 @@
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
-use vmkit_exits::MmioBus;
+use vmkit_exits::{MmioAddress, MmioBus};
 
 use super::common_cfg;
 use super::pci::{DEVICE_CFG_OFFSET, NOTIFY_OFF_MULTIPLIER, NOTIFY_OFFSET};
@@ -35,7 +35,7 @@ use super::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VirtioDevice,
     VirtioPciDevice,
 };
-use crate::pci::PciDevice;
+use crate::pci::MutPciDevice;
 
 /// Descriptor flag: the chain continues at `next`.
 pub const DESC_F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
@@ -119,11 +119,14 @@ pub struct BusBar0<'a> {
 
 impl Bar0 for BusBar0<'_> {
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let routed = self.bus.write(self.base + offset, data).is_some();
+        let routed = self
+            .bus
+            .write(MmioAddress(self.base + offset), data)
+            .is_some();
         assert!(routed, "no device at {:#x}", self.base + offset);
     }
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let routed = self.bus.read(self.base + offset, data);
+        let routed = self.bus.read(MmioAddress(self.base + offset), data);
         assert!(routed, "no device at {:#x}", self.base + offset);
     }
 }

@@ -2,8 +2,8 @@
 //! ([`VirtioPciDevice`]) and the device trait ([`VirtioDevice`]) that virtio-blk
 //! ([`block::VirtioBlock`]) implements.
 //!
-//! The transport is a [`PciDevice`](crate::pci::PciDevice) with one 64-bit memory BAR below
-//! 4 GiB that holds the common configuration, ISR, device configuration and notification
+//! The transport is a [`MutPciDevice`](crate::pci::MutPciDevice), plugged into the PCI root as
+//! an `Arc<Mutex<VirtioPciDevice<D>>>`, with one 64-bit memory BAR below 4 GiB that holds the common configuration, ISR, device configuration and notification
 //! structures and the MSI-X table and PBA, found through virtio's vendor capabilities. It runs
 //! the device-status state machine and feature negotiation, keeps the queue registers, and on
 //! `DRIVER_OK` hands configured [`Queue`]s to the device. A notification write completes the

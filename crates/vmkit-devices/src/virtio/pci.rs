@@ -17,8 +17,8 @@ use super::{
 };
 use crate::pci::MSIX_ENTRY_SIZE;
 use crate::pci::{
-    BarKind, CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND, COMMAND_INTX_DISABLE, ConfigError, ConfigSpace,
-    PciDevice, PciIds, STATUS, STATUS_INTERRUPT,
+    CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND, COMMAND_INTX_DISABLE, ConfigError, ConfigSpace,
+    MutPciDevice, NUM_BARS, PciBar, PciBarKind, PciIds, STATUS, STATUS_INTERRUPT,
 };
 use crate::trigger::InterruptTrigger;
 
@@ -264,7 +264,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             subsystem_vendor_id: VIRTIO_PCI_VENDOR_ID,
             subsystem_id: VIRTIO_PCI_SUBSYSTEM_ID,
         });
-        config.add_bar(0, BarKind::Memory64, BAR_SIZE, false)?;
+        config.add_bar(0, PciBarKind::Memory64, BAR_SIZE, false)?;
         // At most 511 queues, so the vector count fits the 11-bit table size.
         let vectors = sizes.len() as u16 + 1;
         let msix_cap = match interrupts.msi {
@@ -379,6 +379,12 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
     /// The device status register.
     pub fn status(&self) -> u8 {
         self.status
+    }
+
+    /// The configuration space as the function presents it (read-only: the guest changes it
+    /// through configuration writes).
+    pub fn config_space(&self) -> &ConfigSpace {
+        &self.config
     }
 
     /// Whether the device is live (activated at `DRIVER_OK` and not reset since).
@@ -794,16 +800,10 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
     }
 }
 
-impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
-    fn config_space(&self) -> &ConfigSpace {
-        &self.config
-    }
-
-    fn config_space_mut(&mut self) -> &mut ConfigSpace {
-        &mut self.config
-    }
-
-    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+/// The transport is plugged as a `Mutex<VirtioPciDevice<D>>`.
+impl<D: VirtioDevice> MutPciDevice for VirtioPciDevice<D> {
+    fn config_read(&mut self, offset: u8, data: &mut [u8]) {
+        let offset = usize::from(offset);
         if overlaps(offset, data.len(), self.pci_cfg_cap + 16, 4) {
             self.pci_cfg_access(false);
         }
@@ -817,7 +817,8 @@ impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
         self.config.read(offset, data);
     }
 
-    fn config_write(&mut self, offset: usize, data: &[u8]) {
+    fn config_write(&mut self, offset: u8, data: &[u8]) {
+        let offset = usize::from(offset);
         self.config.write(offset, data);
         if overlaps(offset, data.len(), COMMAND, 2) {
             let disabled = self.config.command() & COMMAND_INTX_DISABLE != 0;
@@ -835,6 +836,10 @@ impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
         if overlaps(offset, data.len(), self.pci_cfg_cap + 16, 4) {
             self.pci_cfg_access(true);
         }
+    }
+
+    fn bars(&self) -> [Option<PciBar>; NUM_BARS] {
+        self.config.pci_bars()
     }
 
     fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]) {

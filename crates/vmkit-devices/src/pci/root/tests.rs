@@ -1,6 +1,7 @@
 use super::*;
 use crate::pci::config::{BAR0, COMMAND, INTERRUPT_LINE, STATUS_CAPABILITIES_LIST};
 use crate::pci::{CAP_ID_MSIX, CAP_ID_VENDOR};
+use std::sync::atomic::AtomicU64;
 use vmkit_memory::GuestLayout;
 use vmkit_memory::layout::{MMIO32_START, PIO_START};
 
@@ -11,7 +12,7 @@ struct TestDevice {
 }
 
 impl TestDevice {
-    fn new(bars: &[(u8, BarKind, u64)]) -> Arc<Mutex<Self>> {
+    fn new(bars: &[(u8, PciBarKind, u64)]) -> Arc<Mutex<Self>> {
         let mut config = ConfigSpace::new(PciIds {
             vendor_id: 0x1234,
             device_id: 0x5678,
@@ -34,12 +35,15 @@ impl TestDevice {
     }
 }
 
-impl PciDevice for TestDevice {
-    fn config_space(&self) -> &ConfigSpace {
-        &self.config
+impl MutPciDevice for TestDevice {
+    fn config_read(&mut self, offset: u8, data: &mut [u8]) {
+        self.config.read(offset.into(), data);
     }
-    fn config_space_mut(&mut self) -> &mut ConfigSpace {
-        &mut self.config
+    fn config_write(&mut self, offset: u8, data: &[u8]) {
+        self.config.write(offset.into(), data);
+    }
+    fn bars(&self) -> [Option<PciBar>; NUM_BARS] {
+        self.config.pci_bars()
     }
     fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]) {
         self.seen.push((index, offset, data.len(), false));
@@ -77,49 +81,50 @@ fn address(device: u8, reg: u8) -> u32 {
 
 impl Machine {
     fn select(&self, device: u8, reg: u8) {
-        self.io.write(0xCF8, &address(device, reg).to_le_bytes());
+        self.io
+            .write(PioAddress(0xCF8), &address(device, reg).to_le_bytes());
     }
     fn read32(&self, device: u8, reg: u8) -> u32 {
         self.select(device, reg);
         let mut data = [0u8; 4];
-        assert!(self.io.read(0xCFC, &mut data));
+        assert!(self.io.read(PioAddress(0xCFC), &mut data));
         u32::from_le_bytes(data)
     }
     fn write32(&self, device: u8, reg: u8, value: u32) {
         self.select(device, reg);
-        self.io.write(0xCFC, &value.to_le_bytes());
+        self.io.write(PioAddress(0xCFC), &value.to_le_bytes());
     }
     fn mmio_claimed(&self, addr: u64) -> bool {
-        self.mmio.read(addr, &mut [0u8; 4])
+        self.mmio.read(MmioAddress(addr), &mut [0u8; 4])
     }
 }
 
 #[test]
 fn type1_address_register_and_host_bridge() {
     let m = machine();
-    m.io.write(0xCF8, &0xFFFF_FFFFu32.to_le_bytes());
+    m.io.write(PioAddress(0xCF8), &0xFFFF_FFFFu32.to_le_bytes());
     let mut data = [0u8; 4];
-    m.io.read(0xCF8, &mut data);
+    m.io.read(PioAddress(0xCF8), &mut data);
     assert_eq!(
         u32::from_le_bytes(data),
         0x80FF_FFFC,
         "reserved bits read 0"
     );
     // Linux's probe: write 0x80000000 and read it back.
-    m.io.write(0xCF8, &0x8000_0000u32.to_le_bytes());
-    m.io.read(0xCF8, &mut data);
+    m.io.write(PioAddress(0xCF8), &0x8000_0000u32.to_le_bytes());
+    m.io.read(PioAddress(0xCF8), &mut data);
     assert_eq!(u32::from_le_bytes(data), 0x8000_0000);
     assert_eq!(m.read32(0, 0), 0x0D57_8086);
     assert_eq!(m.read32(0, 8) >> 8, 0x06_00_00, "host bridge class");
     // Byte and word reads at the right lanes.
     m.select(0, 0);
     let mut byte = [0u8];
-    m.io.read(0xCFD, &mut byte);
+    m.io.read(PioAddress(0xCFD), &mut byte);
     assert_eq!(byte[0], 0x80);
     let mut word = [0u8; 2];
-    m.io.read(0xCFE, &mut word);
+    m.io.read(PioAddress(0xCFE), &mut word);
     assert_eq!(u16::from_le_bytes(word), 0x0D57);
-    m.io.read(0xCFD, &mut word);
+    m.io.read(PioAddress(0xCFD), &mut word);
     assert_eq!(
         u16::from_le_bytes(word),
         0x5780,
@@ -131,34 +136,40 @@ fn type1_address_register_and_host_bridge() {
 fn type1_odd_accesses_and_missing_functions() {
     let m = machine();
     // Non-dword accesses to CONFIG_ADDRESS are not configuration cycles.
-    m.io.write(0xCF8, &0x8000_0000u32.to_le_bytes());
-    m.io.write(0xCF9, &[0x06]);
-    m.io.write(0xCF8, &[0, 0]);
+    m.io.write(PioAddress(0xCF8), &0x8000_0000u32.to_le_bytes());
+    m.io.write(PioAddress(0xCF9), &[0x06]);
+    m.io.write(PioAddress(0xCF8), &[0, 0]);
     let mut data = [0u8; 4];
-    m.io.read(0xCF8, &mut data);
+    m.io.read(PioAddress(0xCF8), &mut data);
     assert_eq!(u32::from_le_bytes(data), 0x8000_0000);
     let mut two = [0u8; 2];
-    m.io.read(0xCF8, &mut two);
+    m.io.read(PioAddress(0xCF8), &mut two);
     assert_eq!(two, [0xFF; 2]);
     // A word straddling address and data registers.
-    m.io.read(0xCFB, &mut two);
+    m.io.read(PioAddress(0xCFB), &mut two);
     assert_eq!(two, [0xFF; 2]);
-    m.io.write(0xCFB, &[1, 2]);
+    m.io.write(PioAddress(0xCFB), &[1, 2]);
     let bad = m.root.stats().bad_accesses;
     assert_eq!(bad, 5);
 
     // Enable bit clear: all ones, writes go nowhere.
-    m.io.write(0xCF8, &0u32.to_le_bytes());
-    m.io.read(0xCFC, &mut data);
+    m.io.write(PioAddress(0xCF8), &0u32.to_le_bytes());
+    m.io.read(PioAddress(0xCFC), &mut data);
     assert_eq!(data, [0xFF; 4]);
-    m.io.write(0xCFC, &[0; 4]);
+    m.io.write(PioAddress(0xCFC), &[0; 4]);
     // Empty slot, other bus, other function.
     assert_eq!(m.read32(5, 0), u32::MAX);
-    m.io.write(0xCF8, &(CONFIG_ADDRESS_ENABLE | (1 << 16)).to_le_bytes());
-    m.io.read(0xCFC, &mut data);
+    m.io.write(
+        PioAddress(0xCF8),
+        &(CONFIG_ADDRESS_ENABLE | (1 << 16)).to_le_bytes(),
+    );
+    m.io.read(PioAddress(0xCFC), &mut data);
     assert_eq!(data, [0xFF; 4]);
-    m.io.write(0xCF8, &(CONFIG_ADDRESS_ENABLE | (1 << 8)).to_le_bytes());
-    m.io.read(0xCFC, &mut data);
+    m.io.write(
+        PioAddress(0xCF8),
+        &(CONFIG_ADDRESS_ENABLE | (1 << 8)).to_le_bytes(),
+    );
+    m.io.read(PioAddress(0xCFC), &mut data);
     assert_eq!(data, [0xFF; 4]);
     m.write32(7, 0x10, 0);
     let stats = m.root.stats();
@@ -170,8 +181,8 @@ fn type1_odd_accesses_and_missing_functions() {
 fn devices_get_slots_and_pre_assigned_bars() {
     let mut m = machine();
     let dev = TestDevice::new(&[
-        (0, BarKind::Memory64, 0x8000),
-        (2, BarKind::Memory32, 0x1000),
+        (0, PciBarKind::Memory64, 0x8000),
+        (2, PciBarKind::Memory32, 0x1000),
     ]);
     let number = m
         .root
@@ -193,9 +204,9 @@ fn devices_get_slots_and_pre_assigned_bars() {
 
     // The BARs decode on the MMIO bus, with offsets from their bases.
     let mut data = [0u8; 4];
-    assert!(m.mmio.read(bar0 + 0x3004, &mut data));
+    assert!(m.mmio.read(MmioAddress(bar0 + 0x3004), &mut data));
     assert_eq!(data, [4; 4]);
-    m.mmio.write(bar2 + 8, &[1, 2]);
+    m.mmio.write(MmioAddress(bar2 + 8), &[1, 2]);
     assert_eq!(
         dev.lock().unwrap().seen,
         vec![(0, 0x3004, 4, false), (2, 8, 2, true)]
@@ -209,7 +220,7 @@ fn devices_get_slots_and_pre_assigned_bars() {
     assert!(names.contains(&"blk0-bar0".to_string()));
     assert!(names.contains(&"pci-ecam".to_string()));
 
-    let second = TestDevice::new(&[(0, BarKind::Memory32, 0x1000)]);
+    let second = TestDevice::new(&[(0, PciBarKind::Memory32, 0x1000)]);
     assert_eq!(
         m.root
             .add_device("second", second, &mut m.allocators)
@@ -223,8 +234,8 @@ fn devices_get_slots_and_pre_assigned_bars() {
 fn bar_sizing_through_the_ports() {
     let mut m = machine();
     let dev = TestDevice::new(&[
-        (0, BarKind::Memory64, 0x8000),
-        (2, BarKind::Memory32, 0x1000),
+        (0, PciBarKind::Memory64, 0x8000),
+        (2, PciBarKind::Memory32, 0x1000),
     ]);
     m.root.add_device("d", dev, &mut m.allocators).unwrap();
     let bar0 = m.read32(1, 0x10);
@@ -250,7 +261,7 @@ fn bar_sizing_through_the_ports() {
 #[test]
 fn decode_off_removes_ranges_and_on_restores_them() {
     let mut m = machine();
-    let dev = TestDevice::new(&[(0, BarKind::Memory32, 0x1000)]);
+    let dev = TestDevice::new(&[(0, PciBarKind::Memory32, 0x1000)]);
     m.root.add_device("d", dev, &mut m.allocators).unwrap();
     let bar = u64::from(m.read32(1, 0x10) & !0xF);
     assert!(m.mmio_claimed(bar));
@@ -266,17 +277,89 @@ fn decode_off_removes_ranges_and_on_restores_them() {
     assert!(!m.mmio_claimed(bar));
 }
 
+/// A function written on `&self`: its configuration space behind its own lock, and its BAR
+/// accesses recorded behind another. With `bus`, each configuration write also records whether
+/// BAR 0's range was on the bus at the address the root last placed it (`placed_at`).
+struct SharedDevice {
+    config: Mutex<ConfigSpace>,
+    seen: Mutex<Vec<(u8, u64, usize, bool)>>,
+    bus: Option<Weak<MmioBus>>,
+    placed_at: AtomicU64,
+    claimed_during_writes: Mutex<Vec<bool>>,
+}
+
+impl SharedDevice {
+    fn new(bars: &[(u8, PciBarKind, u64)], bus: Option<&Arc<MmioBus>>) -> Arc<Self> {
+        let test = TestDevice::new(bars);
+        let config = test.lock().unwrap().config.clone();
+        Arc::new(Self {
+            config: Mutex::new(config),
+            seen: Mutex::new(Vec::new()),
+            bus: bus.map(Arc::downgrade),
+            placed_at: AtomicU64::new(0),
+            claimed_during_writes: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn seen(&self) -> Vec<(u8, u64, usize, bool)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl PciDevice for SharedDevice {
+    fn config_read(&self, offset: u8, data: &mut [u8]) {
+        self.config.lock().unwrap().read(offset.into(), data);
+    }
+    fn config_write(&self, offset: u8, data: &[u8]) {
+        // The root holds no bus lock while a device runs, and changes no bus before the
+        // device's call returns: the range is still where it was placed.
+        if let Some(bus) = self.bus.as_ref().and_then(Weak::upgrade) {
+            let at = MmioAddress(self.placed_at.load(Ordering::Relaxed));
+            let claimed = bus.lookup(at, 1).is_some();
+            self.claimed_during_writes.lock().unwrap().push(claimed);
+        }
+        self.config.lock().unwrap().write(offset.into(), data);
+    }
+    fn bars(&self) -> [Option<PciBar>; NUM_BARS] {
+        self.config.lock().unwrap().pci_bars()
+    }
+    fn bar_read(&self, index: u8, offset: u64, data: &mut [u8]) {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((index, offset, data.len(), false));
+        data.fill(offset as u8);
+    }
+    fn bar_write(&self, index: u8, offset: u64, data: &[u8]) -> DeviceAction {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((index, offset, data.len(), true));
+        DeviceAction::Stop(vmkit_exits::StopReason::GuestExit(data.len() as u32))
+    }
+}
+
 #[test]
 fn bar_moves_move_the_range() {
+    // The same guest sequence, against a `Mutex<T: MutPciDevice>` and a `&self` device.
+    let locked = TestDevice::new(&[(0, PciBarKind::Memory64, 0x4000)]);
+    let seen = locked.clone();
+    bar_moves_move_the_range_of(locked, &move || seen.lock().unwrap().seen.clone());
+    let shared = SharedDevice::new(&[(0, PciBarKind::Memory64, 0x4000)], None);
+    let seen = shared.clone();
+    bar_moves_move_the_range_of(shared, &move || seen.seen());
+}
+
+fn bar_moves_move_the_range_of(
+    dev: Arc<dyn PciDevice>,
+    seen: &dyn Fn() -> Vec<(u8, u64, usize, bool)>,
+) {
     let mut m = machine();
-    let dev = TestDevice::new(&[(0, BarKind::Memory64, 0x4000)]);
-    m.root
-        .add_device("d", dev.clone(), &mut m.allocators)
-        .unwrap();
+    m.root.add_device("d", dev, &mut m.allocators).unwrap();
     let old = u64::from(m.read32(1, 0x10) & !0xF);
     // Byte write to the top byte of the low half.
     m.select(1, 0x10);
-    m.io.write(0xCFF, &[0xE1]);
+    m.io.write(PioAddress(0xCFF), &[0xE1]);
     let moved = (old & 0x00FF_FFFF) | 0xE100_0000;
     assert!(m.mmio_claimed(moved));
     assert!(!m.mmio_claimed(old));
@@ -286,8 +369,7 @@ fn bar_moves_move_the_range() {
     assert!(m.mmio_claimed(high + 0x3FFC));
     assert!(!m.mmio_claimed(high + 0x4000));
     assert!(!m.mmio_claimed(moved));
-    let seen = dev.lock().unwrap().seen.clone();
-    assert_eq!(seen.last(), Some(&(0, 0x3FFC, 4, false)));
+    assert_eq!(seen().last(), Some(&(0, 0x3FFC, 4, false)));
     assert_eq!(
         m.root.placed_bars(1),
         vec![BarMapping {
@@ -302,8 +384,8 @@ fn bar_moves_move_the_range() {
 #[test]
 fn overlapping_bars_do_not_decode_until_moved_apart() {
     let mut m = machine();
-    let a = TestDevice::new(&[(0, BarKind::Memory32, 0x1000)]);
-    let b = TestDevice::new(&[(0, BarKind::Memory32, 0x1000)]);
+    let a = TestDevice::new(&[(0, PciBarKind::Memory32, 0x1000)]);
+    let b = TestDevice::new(&[(0, PciBarKind::Memory32, 0x1000)]);
     m.root
         .add_device("a", a.clone(), &mut m.allocators)
         .unwrap();
@@ -315,7 +397,7 @@ fn overlapping_bars_do_not_decode_until_moved_apart() {
     m.write32(2, 0x10, bar_a);
     assert_eq!(m.root.stats().bar_conflicts, 1);
     assert!(m.root.placed_bars(2).is_empty(), "b does not decode");
-    m.mmio.read(u64::from(bar_a), &mut [0u8; 1]);
+    m.mmio.read(MmioAddress(u64::from(bar_a)), &mut [0u8; 1]);
     assert_eq!(a.lock().unwrap().seen.len(), 1, "a still decodes");
     assert!(b.lock().unwrap().seen.is_empty());
     // Moving b to a free place brings it back; onto ECAM is refused too.
@@ -330,7 +412,7 @@ fn overlapping_bars_do_not_decode_until_moved_apart() {
 #[test]
 fn relocation_onto_another_range_unmaps_the_bar() {
     let mut m = machine();
-    let a = TestDevice::new(&[(0, BarKind::Memory32, 0x1000)]);
+    let a = TestDevice::new(&[(0, PciBarKind::Memory32, 0x1000)]);
     m.root.add_device("a", a, &mut m.allocators).unwrap();
     let bar = u64::from(m.read32(1, 0x10));
     // Move it onto ECAM (a range of the same bus): refused, and it stops decoding at the old place.
@@ -344,7 +426,7 @@ fn relocation_onto_another_range_unmaps_the_bar() {
 #[test]
 fn io_bars_are_placed_on_the_port_bus() {
     let mut m = machine();
-    let dev = TestDevice::new(&[(1, BarKind::Io, 0x20)]);
+    let dev = TestDevice::new(&[(1, PciBarKind::Io, 0x20)]);
     m.root
         .add_device("io", dev.clone(), &mut m.allocators)
         .unwrap();
@@ -353,54 +435,56 @@ fn io_bars_are_placed_on_the_port_bus() {
     let port = (port & !3) as u16;
     assert!(port >= PIO_START);
     let mut data = [0u8; 2];
-    assert!(m.io.read(port + 6, &mut data));
+    assert!(m.io.read(PioAddress(port + 6), &mut data));
     assert_eq!(data, [6, 6]);
-    m.io.write(port + 0x1F, &[1]);
+    m.io.write(PioAddress(port + 0x1F), &[1]);
     assert_eq!(dev.lock().unwrap().seen.last(), Some(&(1, 0x1F, 1, true)));
     m.write32(1, 0x14, 0x2000);
-    assert!(m.io.read(0x2000, &mut data));
-    assert!(!m.io.read(port, &mut data));
+    assert!(m.io.read(PioAddress(0x2000), &mut data));
+    assert!(!m.io.read(PioAddress(port), &mut data));
     let command = m.read32(1, COMMAND as u8);
     m.write32(1, COMMAND as u8, command & !u32::from(COMMAND_IO_SPACE));
-    assert!(!m.io.read(0x2000, &mut data));
+    assert!(!m.io.read(PioAddress(0x2000), &mut data));
 }
 
 #[test]
 fn ecam_reaches_the_same_functions() {
     let mut m = machine();
-    let dev = TestDevice::new(&[(0, BarKind::Memory32, 0x1000)]);
+    let dev = TestDevice::new(&[(0, PciBarKind::Memory32, 0x1000)]);
     m.root.add_device("d", dev, &mut m.allocators).unwrap();
     let ecam = |dev: u64, reg: u64| PCI_ECAM_START + (dev << 15) + reg;
     let mut data = [0u8; 4];
-    assert!(m.mmio.read(ecam(1, 0), &mut data));
+    assert!(m.mmio.read(MmioAddress(ecam(1, 0)), &mut data));
     assert_eq!(u32::from_le_bytes(data), 0x5678_1234);
-    m.mmio.write(ecam(1, INTERRUPT_LINE as u64), &[9]);
+    m.mmio
+        .write(MmioAddress(ecam(1, INTERRUPT_LINE as u64)), &[9]);
     assert_eq!(m.read32(1, INTERRUPT_LINE as u8) & 0xFF, 9);
     // Extended space of a present function reads 0, of an absent one all ones.
-    m.mmio.read(ecam(1, 0x100), &mut data);
+    m.mmio.read(MmioAddress(ecam(1, 0x100)), &mut data);
     assert_eq!(data, [0; 4]);
-    m.mmio.write(ecam(1, 0x100), &[1; 4]);
-    m.mmio.read(ecam(3, 0x100), &mut data);
+    m.mmio.write(MmioAddress(ecam(1, 0x100)), &[1; 4]);
+    m.mmio.read(MmioAddress(ecam(3, 0x100)), &mut data);
     assert_eq!(data, [0xFF; 4]);
     // Another bus, a function other than 0.
-    m.mmio.read(PCI_ECAM_START + (1 << 20), &mut data);
+    m.mmio
+        .read(MmioAddress(PCI_ECAM_START + (1 << 20)), &mut data);
     assert_eq!(data, [0xFF; 4]);
-    m.mmio.read(ecam(1, 1 << 12), &mut data);
+    m.mmio.read(MmioAddress(ecam(1, 1 << 12)), &mut data);
     assert_eq!(data, [0xFF; 4]);
     // Accesses crossing a dword, and 8-byte ones, are not defined.
-    m.mmio.read(ecam(1, 2), &mut data);
+    m.mmio.read(MmioAddress(ecam(1, 2)), &mut data);
     assert_eq!(data, [0xFF; 4]);
     let mut eight = [0u8; 8];
-    m.mmio.read(ecam(1, 0), &mut eight);
+    m.mmio.read(MmioAddress(ecam(1, 0)), &mut eight);
     assert_eq!(eight, [0xFF; 8]);
-    m.mmio.write(ecam(1, 0x3E), &[0; 4]);
+    m.mmio.write(MmioAddress(ecam(1, 0x3E)), &[0; 4]);
     assert_eq!(m.root.stats().bad_accesses, 3);
 }
 
 #[test]
 fn capability_chain_through_config_cycles() {
     let mut m = machine();
-    let dev = TestDevice::new(&[(0, BarKind::Memory32, 0x1000)]);
+    let dev = TestDevice::new(&[(0, PciBarKind::Memory32, 0x1000)]);
     m.root.add_device("d", dev, &mut m.allocators).unwrap();
     let status = (m.read32(1, 4) >> 16) as u16;
     assert_ne!(status & STATUS_CAPABILITIES_LIST, 0);
@@ -422,8 +506,8 @@ fn capability_chain_through_config_cycles() {
 fn slots_run_out_and_failed_plugs_leave_nothing_behind() {
     let mut m = machine();
     let huge = TestDevice::new(&[
-        (0, BarKind::Memory32, 0x1000),
-        (1, BarKind::Memory32, 1 << 31),
+        (0, PciBarKind::Memory32, 0x1000),
+        (1, PciBarKind::Memory32, 1 << 31),
     ]);
     let err = m
         .root
@@ -464,11 +548,14 @@ fn a_plug_whose_bar_lands_on_a_taken_range_is_refused() {
         index: 0,
     });
     m.mmio
-        .register(BusRange::new(MMIO32_START + 0x1000, 0x1000), region)
+        .register(
+            BusRange::new(MmioAddress(MMIO32_START + 0x1000), 0x1000),
+            region,
+        )
         .unwrap();
     let dev = TestDevice::new(&[
-        (0, BarKind::Memory32, 0x1000),
-        (1, BarKind::Memory32, 0x1000),
+        (0, PciBarKind::Memory32, 0x1000),
+        (1, PciBarKind::Memory32, 0x1000),
     ]);
     let err = m.root.add_device("d", dev, &mut m.allocators).unwrap_err();
     assert!(
@@ -499,7 +586,7 @@ fn config_access_registration_conflicts_are_reported() {
 #[test]
 fn dropped_buses_are_tolerated() {
     let mut m = machine();
-    let dev = TestDevice::new(&[(0, BarKind::Memory32, 0x1000), (1, BarKind::Io, 0x10)]);
+    let dev = TestDevice::new(&[(0, PciBarKind::Memory32, 0x1000), (1, PciBarKind::Io, 0x10)]);
     m.root.add_device("d", dev, &mut m.allocators).unwrap();
     let root = m.root.clone();
     drop(m.io);
@@ -513,4 +600,201 @@ fn dropped_buses_are_tolerated() {
     assert_eq!(u32::from_le_bytes(data), 0xE000_0000);
     assert!(PciRoot::new(&Arc::new(IoBus::new()), &Arc::new(MmioBus::new())).is_ok());
     assert!(format!("{:?}", HostBridge::default()).contains("0x8086"));
+}
+
+#[test]
+fn a_shared_device_is_programmed_and_reached_without_the_root() {
+    let mut m = machine();
+    let dev = SharedDevice::new(
+        &[(0, PciBarKind::Memory32, 0x1000), (2, PciBarKind::Io, 0x10)],
+        Some(&m.mmio),
+    );
+    m.root
+        .add_device("shared", dev.clone(), &mut m.allocators)
+        .unwrap();
+    // Firmware's set-up reached the device through configuration writes.
+    let bars = dev.bars();
+    let (bar0, bar2) = (bars[0].unwrap(), bars[2].unwrap());
+    assert!(bar0.decoding && bar2.decoding);
+    assert_eq!(u64::from(m.read32(1, 0x10) & !0xF), bar0.address);
+    dev.placed_at.store(bar0.address, Ordering::Relaxed);
+    dev.claimed_during_writes.lock().unwrap().clear();
+
+    // BAR accesses go straight to the device; a write's answer comes back through the bus.
+    let mut data = [0u8; 2];
+    assert!(m.mmio.read(MmioAddress(bar0.address + 0x12), &mut data));
+    assert_eq!(data, [0x12; 2]);
+    let port = PioAddress(bar2.address as u16);
+    assert_eq!(
+        m.io.write(PioAddress(port.0 + 3), &[1, 2, 3, 4]),
+        Some(DeviceAction::Stop(vmkit_exits::StopReason::GuestExit(4)))
+    );
+    assert_eq!(dev.seen(), vec![(0, 0x12, 2, false), (2, 3, 4, true)]);
+
+    // The guest moves BAR 0: during the device's call the range is still at the old place,
+    // after it the range has moved.
+    m.write32(1, 0x10, 0xE000_0000);
+    assert_eq!(*dev.claimed_during_writes.lock().unwrap(), vec![true]);
+    assert!(m.mmio_claimed(0xE000_0000));
+    assert!(!m.mmio_claimed(bar0.address));
+    assert_eq!(m.root.placed_bars(1)[0].address, 0xE000_0000);
+}
+
+/// A function whose BAR layout the root refuses, or that ignores the firmware's writes.
+struct OddDevice {
+    bars: [Option<PciBar>; NUM_BARS],
+}
+
+impl PciDevice for OddDevice {
+    fn config_read(&self, _offset: u8, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn config_write(&self, _offset: u8, _data: &[u8]) {}
+    fn bars(&self) -> [Option<PciBar>; NUM_BARS] {
+        self.bars
+    }
+}
+
+#[test]
+fn bars_the_root_cannot_place_are_refused_and_leave_nothing_behind() {
+    let mut m = machine();
+    let bar = |kind, size| PciBar {
+        kind,
+        size,
+        address: 0,
+        prefetchable: false,
+        decoding: false,
+    };
+    let cases = [
+        (
+            5,
+            bar(PciBarKind::Memory64, 0x1000),
+            "no register for the upper half",
+        ),
+        (0, bar(PciBarKind::Memory32, 0x1800), "not a power of two"),
+        (0, bar(PciBarKind::Memory32, 8), "below 16 bytes"),
+        (1, bar(PciBarKind::Io, 0x200), "over 256 ports"),
+        (1, bar(PciBarKind::Io, 2), "below 4 ports"),
+        (0, bar(PciBarKind::Memory32, 0), "empty"),
+    ];
+    for (index, odd, why) in cases {
+        let mut bars = [None; NUM_BARS];
+        // A good BAR first, so an allocation is made and must be returned.
+        bars[if index == 0 { 2 } else { 0 }] = Some(bar(PciBarKind::Memory32, 0x1000));
+        bars[index] = Some(odd);
+        let err = m
+            .root
+            .add_device("odd", Arc::new(OddDevice { bars }), &mut m.allocators)
+            .unwrap_err();
+        assert!(
+            matches!(err, PciError::InvalidBar { index: i, .. } if usize::from(i) == index),
+            "{why}: {err}"
+        );
+    }
+    assert!(
+        PciError::InvalidBar {
+            index: 5,
+            kind: PciBarKind::Memory64,
+            size: 0x1000
+        }
+        .to_string()
+        .starts_with("BAR 5 (Memory64, 0x1000 bytes)")
+    );
+
+    // A device that ignores the BAR writes (its BAR stays at 0, decoding off).
+    let mut bars = [None; NUM_BARS];
+    bars[0] = Some(bar(PciBarKind::Memory32, 0x1000));
+    let err = m
+        .root
+        .add_device("deaf", Arc::new(OddDevice { bars }), &mut m.allocators)
+        .unwrap_err();
+    assert!(
+        matches!(err, PciError::BarRefused { index: 0, address } if address == MMIO32_START),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not decode"));
+    assert_eq!(m.read32(1, 0), u32::MAX, "nothing was plugged");
+    let first = m.allocators.allocate_mmio32(0x1000, 0x1000).unwrap();
+    assert_eq!(first.start.0, MMIO32_START, "every allocation was returned");
+}
+
+#[test]
+fn a_function_without_bars_is_plugged_without_touching_its_command_register() {
+    let mut m = machine();
+    let dev = SharedDevice::new(&[], Some(&m.mmio));
+    m.root
+        .add_device("plain", dev.clone(), &mut m.allocators)
+        .unwrap();
+    assert!(dev.claimed_during_writes.lock().unwrap().is_empty());
+    assert!(m.root.placed_bars(1).is_empty());
+}
+
+/// An ill-behaved function with one I/O BAR of 16 ports: a BAR write takes the whole dword as
+/// the address (no mask), and bit 0 of the command register turns decoding on and off.
+struct UnmaskedIoBar {
+    bar: Mutex<PciBar>,
+}
+
+impl PciDevice for UnmaskedIoBar {
+    fn config_read(&self, offset: u8, data: &mut [u8]) {
+        let command = u16::from(self.bar.lock().unwrap().decoding);
+        let bytes = if usize::from(offset) == COMMAND {
+            command.to_le_bytes()
+        } else {
+            [0, 0]
+        };
+        for (byte, value) in data.iter_mut().zip(bytes.into_iter().chain([0; 4])) {
+            *byte = value;
+        }
+    }
+    fn config_write(&self, offset: u8, data: &[u8]) {
+        let mut bar = self.bar.lock().unwrap();
+        match (usize::from(offset), data) {
+            (BAR0, &[a, b, c, d]) => bar.address = u32::from_le_bytes([a, b, c, d]).into(),
+            (COMMAND, &[command, ..]) => bar.decoding = command & 1 != 0,
+            _ => {}
+        }
+    }
+    fn bars(&self) -> [Option<PciBar>; NUM_BARS] {
+        [
+            Some(*self.bar.lock().unwrap()),
+            None,
+            None,
+            None,
+            None,
+            None,
+        ]
+    }
+}
+
+#[test]
+fn an_io_bar_reported_above_64k_does_not_decode() {
+    let mut m = machine();
+    let dev = Arc::new(UnmaskedIoBar {
+        bar: Mutex::new(PciBar {
+            kind: PciBarKind::Io,
+            size: 0x10,
+            address: 0,
+            prefetchable: false,
+            decoding: false,
+        }),
+    });
+    m.root
+        .add_device("io", dev.clone(), &mut m.allocators)
+        .unwrap();
+    let port = dev.bar.lock().unwrap().address;
+    assert!(m.io.read(PioAddress(port as u16), &mut [0u8]));
+
+    // Moved past the port space while decoding: the move is refused and the range goes.
+    m.write32(1, 0x10, 0x1_0000);
+    assert!(!m.io.read(PioAddress(port as u16), &mut [0u8]));
+    assert!(m.root.placed_bars(1).is_empty());
+    // Decoding off and on again at that address: placing it is refused as well.
+    m.write32(1, COMMAND as u8, 0);
+    m.write32(1, COMMAND as u8, 1);
+    assert!(m.root.placed_bars(1).is_empty());
+    assert_eq!(m.root.stats().bar_conflicts, 2);
+    // Back inside the port space it decodes again.
+    m.write32(1, 0x10, 0x2000);
+    assert!(m.io.read(PioAddress(0x2000), &mut [0u8]));
 }

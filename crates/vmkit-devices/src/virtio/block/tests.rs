@@ -164,7 +164,7 @@ fn configuration_and_features() {
     assert_eq!(b.dev.device().capacity(), 2048);
     assert!(format!("{:?}", b.dev.device()).contains("capacity: 2048"));
     // The PCI identity of a block device.
-    let config = crate::pci::PciDevice::config_space(&b.dev);
+    let config = b.dev.config_space();
     assert_eq!(config.read_u16(crate::pci::DEVICE_ID), 0x1042);
     assert_eq!(config.read_u32(0x08) >> 8, 0x01_80_00);
 }
@@ -546,9 +546,10 @@ fn msix_completion() {
         },
     )
     .unwrap();
-    let cap =
-        crate::pci::PciDevice::config_space(&dev).find_capabilities(crate::pci::CAP_ID_MSIX)[0];
-    crate::pci::PciDevice::config_write(&mut dev, cap + 2, &0x8000u16.to_le_bytes());
+    let cap = dev
+        .config_space()
+        .find_capabilities(crate::pci::CAP_ID_MSIX)[0];
+    crate::pci::MutPciDevice::config_write(&mut dev, cap as u8 + 2, &0x8000u16.to_le_bytes());
     dev.w64(crate::virtio::MSIX_TABLE_OFFSET + 16, 0xFEE0_0000);
     dev.w32(crate::virtio::MSIX_TABLE_OFFSET + 24, 0x31);
     dev.w32(crate::virtio::MSIX_TABLE_OFFSET + 28, 0);
@@ -697,7 +698,7 @@ fn failed_requests_touch_nothing_outside_the_request() {
 fn firmware_then_linux_over_real_buses() {
     use crate::pci::{CAP_ID_MSIX, CAP_ID_VENDOR, PciRoot};
     use crate::virtio::{MSIX_TABLE_OFFSET, NOTIFY_OFF_MULTIPLIER, STATUS_DRIVER_OK};
-    use vmkit_exits::{IoBus, MmioBus};
+    use vmkit_exits::{IoBus, MmioAddress, MmioBus, PioAddress};
 
     let io = Arc::new(IoBus::new());
     let mmio = Arc::new(MmioBus::new());
@@ -725,14 +726,20 @@ fn firmware_then_linux_over_real_buses() {
         .unwrap();
 
     let cfg_read = |dev: u32, reg: u32| {
-        io.write(0xCF8, &(0x8000_0000 | (dev << 11) | reg).to_le_bytes());
+        io.write(
+            PioAddress(0xCF8),
+            &(0x8000_0000 | (dev << 11) | reg).to_le_bytes(),
+        );
         let mut data = [0u8; 4];
-        io.read(0xCFC, &mut data);
+        io.read(PioAddress(0xCFC), &mut data);
         u32::from_le_bytes(data)
     };
     let cfg_write = |dev: u32, reg: u32, value: u32| {
-        io.write(0xCF8, &(0x8000_0000 | (dev << 11) | reg).to_le_bytes());
-        io.write(0xCFC, &value.to_le_bytes());
+        io.write(
+            PioAddress(0xCF8),
+            &(0x8000_0000 | (dev << 11) | reg).to_le_bytes(),
+        );
+        io.write(PioAddress(0xCFC), &value.to_le_bytes());
     };
 
     // Scan bus 0.
@@ -806,7 +813,7 @@ fn firmware_then_linux_over_real_buses() {
     let notify_off = u64::from(dev.r16(common_cfg::QUEUE_NOTIFY_OFF));
     assert!(
         mmio.write(
-            notify_at + notify_off * u64::from(multiplier),
+            MmioAddress(notify_at + notify_off * u64::from(multiplier)),
             &0u32.to_le_bytes()
         )
         .is_some()

@@ -149,18 +149,18 @@ fn setup() -> Setup {
     setup_with(|_| {}, &[64, 16])
 }
 
-fn cfg_read(dev: &mut impl PciDevice, offset: usize, len: usize) -> u32 {
+fn cfg_read(dev: &mut impl MutPciDevice, offset: usize, len: usize) -> u32 {
     let mut data = [0u8; 4];
-    dev.config_read(offset, &mut data[..len]);
+    dev.config_read(u8::try_from(offset).unwrap(), &mut data[..len]);
     u32::from_le_bytes(data)
 }
 
-fn cfg_write(dev: &mut impl PciDevice, offset: usize, data: &[u8]) {
-    dev.config_write(offset, data);
+fn cfg_write(dev: &mut impl MutPciDevice, offset: usize, data: &[u8]) {
+    dev.config_write(u8::try_from(offset).unwrap(), data);
 }
 
 /// Every vendor capability: (offset, cfg_type, bar, offset in BAR, length).
-fn virtio_caps(dev: &mut impl PciDevice) -> Vec<(usize, u8, u8, u32, u32)> {
+fn virtio_caps<D: VirtioDevice>(dev: &VirtioPciDevice<D>) -> Vec<(usize, u8, u8, u32, u32)> {
     dev.config_space()
         .find_capabilities(CAP_ID_VENDOR)
         .into_iter()
@@ -276,7 +276,7 @@ fn construction_checks_the_device() {
     let mut d = build(&|d| d.config_len = 0, &[8; MAX_QUEUES]).unwrap();
     assert!(d.config_space().find_capabilities(CAP_ID_MSIX).is_empty());
     assert_eq!(cfg_read(&mut d, INTERRUPT_PIN, 1), 0);
-    let caps = virtio_caps(&mut d);
+    let caps = virtio_caps(&d);
     assert_eq!(caps.len(), 4);
     assert_eq!(caps[1].4, 4 * MAX_QUEUES as u32);
     assert_eq!(d.r16(common_cfg::NUM_QUEUES), MAX_QUEUES as u16);
@@ -718,7 +718,7 @@ fn enabling_msix_drops_a_pending_intx_level() {
 #[test]
 fn pci_cfg_capability_windows_into_the_bar() {
     let mut s = setup();
-    let cap = virtio_caps(&mut s.dev)[4].0;
+    let cap = virtio_caps(&s.dev)[4].0;
     let set = |s: &mut Setup, bar: u8, offset: u32, length: u32| {
         cfg_write(&mut s.dev, cap + 4, &[bar]);
         cfg_write(&mut s.dev, cap + 8, &offset.to_le_bytes());
@@ -782,7 +782,7 @@ fn device_config_and_odd_bar_accesses() {
 #[test]
 fn through_a_real_root_and_bus() {
     use crate::pci::PciRoot;
-    use vmkit_exits::{IoBus, MmioBus};
+    use vmkit_exits::{IoBus, MmioAddress, MmioBus};
     let io = Arc::new(IoBus::new());
     let mmio = Arc::new(MmioBus::new());
     let root = PciRoot::new(&io, &mmio).unwrap();
@@ -804,10 +804,10 @@ fn through_a_real_root_and_bus() {
     );
     // The driver's accesses arrive as MMIO on the BAR.
     let mut data = [0u8; 2];
-    assert!(mmio.read(bar.address + common_cfg::NUM_QUEUES, &mut data));
+    assert!(mmio.read(MmioAddress(bar.address + common_cfg::NUM_QUEUES), &mut data));
     assert_eq!(u16::from_le_bytes(data), 2);
     mmio.write(
-        bar.address + common_cfg::DEVICE_STATUS,
+        MmioAddress(bar.address + common_cfg::DEVICE_STATUS),
         &[STATUS_ACKNOWLEDGE],
     );
     assert_eq!(dev.lock().unwrap().status(), STATUS_ACKNOWLEDGE);
