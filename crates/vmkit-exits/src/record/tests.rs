@@ -614,12 +614,13 @@ fn a_failing_sink_stops_the_recording_without_a_panic() {
     writer.store_payload(&big);
     let stats = writer.stats();
     assert_eq!(stats.failure, Some(io::ErrorKind::StorageFull));
+    assert_eq!((stats.records, stats.bytes, stats.dropped), (0, 0, 1));
     writer.write(&Record::Meta {
         key: "k".into(),
         value: "v".into(),
     });
     let stats = writer.finish();
-    assert_eq!(stats.dropped, 1);
+    assert_eq!(stats.dropped, 2);
     assert!(stats.to_string().contains("write failed"), "{stats}");
     // A sink that fails only on flush.
     let sink = Sink::default();

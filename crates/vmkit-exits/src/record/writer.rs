@@ -24,10 +24,10 @@ pub struct RecordStats {
     /// Distinct payloads stored.
     pub payloads: u64,
     /// Bytes written, header included (once [`finish`](RecordWriter::finish)ed: bytes in the
-    /// sink).
+    /// sink; after a write error, those written before the failed write).
     pub bytes: u64,
-    /// Records not written: past the size limit, after a write error, after `finish`, or longer
-    /// than [`MAX_RECORD_LEN`].
+    /// Records not written: past the size limit, lost with a failed write or handed in after
+    /// it, after `finish`, or longer than [`MAX_RECORD_LEN`].
     pub dropped: u64,
     /// Whether the size limit was reached (the recording ends with [`Record::Truncated`]).
     pub limit_reached: bool,
@@ -78,6 +78,10 @@ struct State {
     limit: u64,
     stats: RecordStats,
     payloads: BTreeSet<ContentHash>,
+    /// Bytes the sink took.
+    flushed: u64,
+    /// Records in `buffer`.
+    buffered: u64,
 }
 
 impl std::fmt::Debug for RecordWriter {
@@ -107,6 +111,8 @@ impl RecordWriter {
                     ..RecordStats::default()
                 },
                 payloads: BTreeSet::new(),
+                flushed: 0,
+                buffered: 0,
             }),
         }
     }
@@ -213,6 +219,7 @@ impl State {
         self.buffer.extend_from_slice(encoded);
         self.stats.bytes += len;
         self.stats.records += 1;
+        self.buffered += 1;
         if self.buffer.len() >= BUFFER_LEN {
             self.flush();
         }
@@ -226,9 +233,16 @@ impl State {
         let Some(sink) = self.sink.as_mut() else {
             return;
         };
-        if let Err(e) = sink.write_all(&self.buffer) {
-            self.fail(&e);
+        match sink.write_all(&self.buffer) {
+            Ok(()) => self.flushed += self.buffer.len() as u64,
+            Err(e) => {
+                // What the buffer held is lost (some of it may be in the sink).
+                self.stats.records -= self.buffered;
+                self.stats.dropped += self.buffered;
+                self.fail(&e);
+            }
         }
+        self.buffered = 0;
         self.buffer.clear();
     }
 
@@ -236,6 +250,7 @@ impl State {
     fn fail(&mut self, e: &io::Error) {
         warn!("exit recording stopped: cannot write the recording: {e}");
         self.stats.failure = Some(e.kind());
+        self.stats.bytes = self.flushed;
         self.sink = None;
     }
 }
