@@ -35,8 +35,37 @@ pub struct Facts<'a> {
     pub vcpus: u8,
     /// The kernel command line.
     pub cmdline: &'a str,
-    /// Each disk's size in bytes, `vda` first.
-    pub disks: Vec<u64>,
+    /// Whether COM1 exists (`--serial` other than `off`).
+    pub com1: bool,
+    /// Whether `--testdev` added pc-testdev.
+    pub testdev: bool,
+    /// The disks, `vda` first.
+    pub disks: Vec<DiskFacts>,
+}
+
+/// What a replay needs to build a disk as the guest saw it.
+pub struct DiskFacts {
+    /// Size in bytes.
+    pub size: u64,
+    /// Whether the guest may only read it.
+    pub read_only: bool,
+    /// The device ID `GET_ID` returns (zero-padded).
+    pub serial: [u8; vmkit_devices::virtio::block::SERIAL_LEN],
+}
+
+impl DiskFacts {
+    /// The facts of `disk`.
+    pub fn of(disk: &impl DiskBackend) -> Self {
+        Self {
+            size: disk.size(),
+            read_only: disk.read_only(),
+            serial: disk.serial(),
+        }
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
 }
 
 impl Recording {
@@ -56,9 +85,20 @@ impl Recording {
             ("memory", facts.memory.to_string()),
             ("vcpus", facts.vcpus.to_string()),
             ("cmdline", facts.cmdline.to_string()),
+            ("com1", on_off(facts.com1).to_string()),
+            ("testdev", on_off(facts.testdev).to_string()),
         ];
-        for (i, size) in facts.disks.iter().enumerate() {
-            meta.push(("disk", format!("{i} {size}")));
+        for (i, disk) in facts.disks.iter().enumerate() {
+            let serial = disk.serial.iter().take_while(|&&b| b != 0).copied();
+            let serial: String = serial.map(char::from).collect();
+            meta.push((
+                "disk",
+                format!(
+                    "{i} size={} readonly={} serial={serial}",
+                    disk.size,
+                    on_off(disk.read_only)
+                ),
+            ));
         }
         for (key, value) in meta {
             writer.write(&Record::Meta {
@@ -167,7 +207,13 @@ mod tests {
             memory: 512 << 20,
             vcpus: 1,
             cmdline: "",
-            disks: vec![1 << 20],
+            com1: true,
+            testdev: false,
+            disks: vec![DiskFacts {
+                size: 1 << 20,
+                read_only: true,
+                serial: *b"abc\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            }],
         }
     }
 
@@ -177,7 +223,7 @@ mod tests {
         let recording = Recording::create(&path, u64::MAX, &facts()).unwrap();
         let summary = recording.finish();
         assert!(summary.starts_with("recorded 0 exits to "), "{summary}");
-        assert!(summary.contains("6 records"), "{summary}");
+        assert!(summary.contains("8 records"), "{summary}");
         let records = RecordReader::new(File::open(&path).unwrap())
             .unwrap()
             .read_all()
@@ -185,7 +231,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         assert!(records.contains(&Record::Meta {
             key: "disk".into(),
-            value: "0 1048576".into()
+            value: "0 size=1048576 readonly=on serial=abc".into()
         }));
         assert!(matches!(&records[0], Record::Meta { key, .. } if key == "vmm"));
     }

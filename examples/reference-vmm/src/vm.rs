@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use reference_vmm_seccomp::{Filters, ThreadKind};
 use vmkit_boot::mark_acpi_memory;
+use vmkit_devices::DiskImage;
 use vmkit_devices::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN, AcpiPmDevice};
 use vmkit_devices::cmos::{CMOS_PORT, CMOS_PORT_LEN};
 use vmkit_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
@@ -22,7 +23,6 @@ use vmkit_devices::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN, SerialDevice};
 use vmkit_devices::testdev::{
     IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_COUNT, IRQ_LINE_PORTS, PcTestDev, REGISTER_PORTS,
 };
-use vmkit_devices::{DiskBackend, DiskImage};
 use vmkit_exits::assist::{AssistReport, EmulationAssist};
 use vmkit_exits::dispatch::ExitDispatcher;
 use vmkit_exits::{ExitAction, IoBus, MmioBus, PioDevice, StopReason, VmExit};
@@ -232,7 +232,9 @@ fn load(cli: &Cli, phys_bits: impl FnOnce() -> Result<u8>) -> Result<Loaded> {
                 memory: cli.memory.size,
                 vcpus: cli.cpus.boot,
                 cmdline: &cli.cmdline,
-                disks: disk_images.iter().map(DiskBackend::size).collect(),
+                com1: cli.serial != SerialConfig::Off,
+                testdev: cli.testdev,
+                disks: disk_images.iter().map(recording::DiskFacts::of).collect(),
             },
         )?),
         None => None,
