@@ -61,7 +61,7 @@ pub use vm_superio;
 #[cfg(feature = "legacy")]
 pub use acpi_pm::{AcpiPmDevice, AcpiPmStats};
 #[cfg(feature = "legacy")]
-pub use cmos::{CmosError, CmosRtc, ManualWallClock, SystemClock, WallClock};
+pub use cmos::{CmosError, CmosRtc, ManualWallClock, RecordingClock, SystemClock, WallClock};
 #[cfg(feature = "legacy")]
 pub use debug_exit::DebugExit;
 #[cfg(feature = "legacy")]
@@ -79,6 +79,6 @@ pub use trigger::{CountingTrigger, InterruptTrigger, MsiTrigger, NoopTrigger};
 #[cfg(feature = "file-disk")]
 pub use virtio::block::DiskImage;
 #[cfg(feature = "virtio-blk")]
-pub use virtio::block::{DiskBackend, DiskError, MemDisk, VirtioBlock};
+pub use virtio::block::{DiskBackend, DiskError, MemDisk, RecordingDisk, VirtioBlock};
 #[cfg(feature = "virtio-blk")]
 pub use virtio::{VirtioDevice, VirtioPciDevice, VirtioPciInterrupts};

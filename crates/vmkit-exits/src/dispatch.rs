@@ -10,6 +10,7 @@ use crate::bus::{IoBus, MmioBus};
 use crate::device::DeviceAction;
 use crate::exit::{SystemEvent, VmExit};
 use crate::ratelimit::{Clock, LogLimit, MonotonicClock, RateLimiter, Suppressed};
+use crate::record::{self, ExitRecord, ExitScope, Record, RecordWriter, RecordedExit, Route};
 use crate::stats::{Access, DispatchCounters, ExitStats};
 
 /// What a read nobody claims returns: all ones, as an undecoded bus floats high.
@@ -35,13 +36,15 @@ pub const fn is_valid_access_size(size: usize) -> bool {
 ///   `#UD`); `Debug` → resume (no debugger is attached; the exit is counted); `Other` → stop
 ///   with `Unhandled`.
 ///
-/// Every exit is counted by kind; see [`stats`](Self::stats).
+/// Every exit is counted by kind; see [`stats`](Self::stats). With a recorder
+/// ([`with_recorder`](Self::with_recorder)) every exit and its answer is also recorded.
 #[derive(Debug)]
 pub struct ExitDispatcher {
     pio: Arc<IoBus>,
     mmio: Arc<MmioBus>,
     counters: DispatchCounters,
     log: RateLimiter,
+    recorder: Option<Arc<RecordWriter>>,
 }
 
 impl ExitDispatcher {
@@ -53,6 +56,7 @@ impl ExitDispatcher {
             mmio,
             counters: DispatchCounters::default(),
             log: RateLimiter::new(LogLimit::default(), Arc::new(MonotonicClock)),
+            recorder: None,
         }
     }
 
@@ -72,72 +76,100 @@ impl ExitDispatcher {
         &self.mmio
     }
 
+    /// This dispatcher with every exit recorded to `recorder`: a sequence number taken when the
+    /// exit arrives (current on the calling thread while the devices run, see [`ExitScope`]),
+    /// then the exit with its data, the route and the answer. Without a recorder the cost is
+    /// one check per exit.
+    pub fn with_recorder(mut self, recorder: Arc<RecordWriter>) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// The recorder, if exits are recorded.
+    pub fn recorder(&self) -> Option<&Arc<RecordWriter>> {
+        self.recorder.as_ref()
+    }
+
     /// Handles one exit. Never panics, whatever the guest put in it.
     pub fn dispatch(&self, exit: VmExit<'_>) -> ExitAction {
+        match &self.recorder {
+            None => self.answer(exit).0,
+            Some(recorder) => self.dispatch_recorded(recorder, exit),
+        }
+    }
+
+    fn dispatch_recorded(&self, recorder: &RecordWriter, mut exit: VmExit<'_>) -> ExitAction {
+        let seq = recorder.begin_exit();
+        let scope = ExitScope::enter(seq);
+        let (action, route) = self.answer(reborrow(&mut exit));
+        drop(scope);
+        recorder.write(&Record::Exit(ExitRecord {
+            seq,
+            vcpu: record::current_vcpu(),
+            exit: RecordedExit::from_exit(&exit),
+            route,
+            action,
+        }));
+        action
+    }
+
+    /// The answer to `exit` and who gave it.
+    fn answer(&self, exit: VmExit<'_>) -> (ExitAction, Route) {
         self.counters.count_exit(exit.kind());
         match exit {
             VmExit::IoIn { port, data } => {
                 data.fill(UNCLAIMED_BYTE);
-                if !is_valid_access_size(data.len()) {
-                    self.bad_size(Access::PioRead, port.into(), data.len());
+                let route = if !is_valid_access_size(data.len()) {
+                    self.bad_size(Access::PioRead, port.into(), data.len())
                 } else if !self.pio.read(PioAddress(port), data) {
-                    self.unclaimed(Access::PioRead, port.into(), data.len());
-                }
-                ExitAction::Resume
+                    self.unclaimed(Access::PioRead, port.into(), data.len())
+                } else {
+                    Route::Device
+                };
+                (ExitAction::Resume, route)
             }
             VmExit::IoOut { port, data } => {
                 if !is_valid_access_size(data.len()) {
-                    self.bad_size(Access::PioWrite, port.into(), data.len());
-                    return ExitAction::Resume;
+                    let route = self.bad_size(Access::PioWrite, port.into(), data.len());
+                    return (ExitAction::Resume, route);
                 }
                 match self.pio.write(PioAddress(port), data) {
-                    Some(action) => device_action(action),
+                    Some(action) => (device_action(action), Route::Device),
                     None => {
-                        self.unclaimed(Access::PioWrite, port.into(), data.len());
-                        ExitAction::Resume
+                        let route = self.unclaimed(Access::PioWrite, port.into(), data.len());
+                        (ExitAction::Resume, route)
                     }
                 }
             }
             VmExit::MmioRead { addr, data } => {
                 data.fill(UNCLAIMED_BYTE);
-                if !is_valid_access_size(data.len()) {
-                    self.bad_size(Access::MmioRead, addr, data.len());
+                let route = if !is_valid_access_size(data.len()) {
+                    self.bad_size(Access::MmioRead, addr, data.len())
                 } else if !self.mmio.read(MmioAddress(addr), data) {
-                    self.unclaimed(Access::MmioRead, addr, data.len());
-                }
-                ExitAction::Resume
+                    self.unclaimed(Access::MmioRead, addr, data.len())
+                } else {
+                    Route::Device
+                };
+                (ExitAction::Resume, route)
             }
             VmExit::MmioWrite { addr, data } => {
                 if !is_valid_access_size(data.len()) {
-                    self.bad_size(Access::MmioWrite, addr, data.len());
-                    return ExitAction::Resume;
+                    let route = self.bad_size(Access::MmioWrite, addr, data.len());
+                    return (ExitAction::Resume, route);
                 }
                 match self.mmio.write(MmioAddress(addr), data) {
-                    Some(action) => device_action(action),
+                    Some(action) => (device_action(action), Route::Device),
                     None => {
-                        self.unclaimed(Access::MmioWrite, addr, data.len());
-                        ExitAction::Resume
+                        let route = self.unclaimed(Access::MmioWrite, addr, data.len());
+                        (ExitAction::Resume, route)
                     }
                 }
             }
-            VmExit::Hlt => ExitAction::Halt,
-            VmExit::TripleFault => ExitAction::Stop(StopReason::TripleFault),
-            VmExit::SystemEvent(event) => ExitAction::Stop(match event {
-                SystemEvent::Reset => StopReason::Reset,
-                SystemEvent::PowerOff => StopReason::PowerOff,
-                SystemEvent::Crash => StopReason::Crash,
-                SystemEvent::Other(raw) => StopReason::Unhandled(raw),
-            }),
-            VmExit::FailEntry { reason, .. } => ExitAction::Stop(StopReason::EntryFailed(reason)),
-            VmExit::InternalError { suberror, insn } => {
-                ExitAction::Stop(StopReason::InternalError { suberror, insn })
-            }
-            VmExit::Debug { .. } => ExitAction::Resume,
-            VmExit::Other { reason } => ExitAction::Stop(StopReason::Unhandled(reason)),
+            other => (answer_event(other), Route::NotAnAccess),
         }
     }
 
-    fn unclaimed(&self, access: Access, addr: u64, size: usize) {
+    fn unclaimed(&self, access: Access, addr: u64, size: usize) -> Route {
         self.counters.unclaimed.add(access);
         if let Some(suppressed) = self.log.check() {
             warn!(
@@ -146,9 +178,10 @@ impl ExitDispatcher {
                 Suppressed(suppressed)
             );
         }
+        Route::Unclaimed
     }
 
-    fn bad_size(&self, access: Access, addr: u64, size: usize) {
+    fn bad_size(&self, access: Access, addr: u64, size: usize) -> Route {
         self.counters.bad_size.add(access);
         if let Some(suppressed) = self.log.check() {
             warn!(
@@ -157,6 +190,7 @@ impl ExitDispatcher {
                 Suppressed(suppressed)
             );
         }
+        Route::BadSize
     }
 
     /// A snapshot of the statistics: exits by kind, hits per registered range, bad accesses
@@ -168,6 +202,58 @@ impl ExitDispatcher {
             self.log.allowed(),
             self.log.suppressed(),
         )
+    }
+}
+
+/// The answer to an exit that is not an access.
+fn answer_event(exit: VmExit<'_>) -> ExitAction {
+    match exit {
+        VmExit::Hlt => ExitAction::Halt,
+        VmExit::TripleFault => ExitAction::Stop(StopReason::TripleFault),
+        VmExit::SystemEvent(event) => ExitAction::Stop(match event {
+            SystemEvent::Reset => StopReason::Reset,
+            SystemEvent::PowerOff => StopReason::PowerOff,
+            SystemEvent::Crash => StopReason::Crash,
+            SystemEvent::Other(raw) => StopReason::Unhandled(raw),
+        }),
+        VmExit::FailEntry { reason, .. } => ExitAction::Stop(StopReason::EntryFailed(reason)),
+        VmExit::InternalError { suberror, insn } => {
+            ExitAction::Stop(StopReason::InternalError { suberror, insn })
+        }
+        VmExit::Debug { .. } => ExitAction::Resume,
+        VmExit::Other { reason } => ExitAction::Stop(StopReason::Unhandled(reason)),
+        // Accesses are answered by `answer`; an access here is dropped as a bus would drop it.
+        VmExit::IoIn { .. }
+        | VmExit::IoOut { .. }
+        | VmExit::MmioRead { .. }
+        | VmExit::MmioWrite { .. } => ExitAction::Resume,
+    }
+}
+
+/// `exit` again, borrowing its data from it: the dispatcher fills a read through it and the
+/// recorder reads the result from `exit` afterwards.
+fn reborrow<'a>(exit: &'a mut VmExit<'_>) -> VmExit<'a> {
+    match exit {
+        VmExit::IoIn { port, data } => VmExit::IoIn { port: *port, data },
+        VmExit::IoOut { port, data } => VmExit::IoOut { port: *port, data },
+        VmExit::MmioRead { addr, data } => VmExit::MmioRead { addr: *addr, data },
+        VmExit::MmioWrite { addr, data } => VmExit::MmioWrite { addr: *addr, data },
+        VmExit::Hlt => VmExit::Hlt,
+        VmExit::TripleFault => VmExit::TripleFault,
+        VmExit::SystemEvent(event) => VmExit::SystemEvent(*event),
+        VmExit::FailEntry { reason, cpu } => VmExit::FailEntry {
+            reason: *reason,
+            cpu: *cpu,
+        },
+        VmExit::InternalError { suberror, insn } => VmExit::InternalError {
+            suberror: *suberror,
+            insn: *insn,
+        },
+        VmExit::Debug { pc, exception } => VmExit::Debug {
+            pc: *pc,
+            exception: *exception,
+        },
+        VmExit::Other { reason } => VmExit::Other { reason: *reason },
     }
 }
 
@@ -475,6 +561,175 @@ mod tests {
         assert_eq!(s.total_exits(), n);
         assert_eq!(s.exits(ExitKind::SystemEvent), 4);
         assert_eq!(s.exits(ExitKind::Debug), 1);
+    }
+
+    use crate::trigger::InterruptTrigger;
+
+    /// A device that raises its line on every write, through a recording decorator.
+    struct Pulser(crate::trigger::RecordingLine<crate::NoopTrigger>);
+
+    impl PioDevice for Pulser {
+        fn pio_read(&self, _base: PioAddress, _offset: u16, data: &mut [u8]) {
+            data.fill(0x5a);
+        }
+        fn pio_write(&self, _base: PioAddress, _offset: u16, _data: &[u8]) -> DeviceAction {
+            let _ = self.0.trigger();
+            DeviceAction::Resume
+        }
+    }
+
+    #[test]
+    fn recorded_exits_carry_their_data_route_answer_and_what_devices_did() {
+        use crate::record::{Attribution, LineEvent, RecordReader, Route};
+        let path =
+            std::env::temp_dir().join(format!("vmkit-exits-dispatch-{}.vmrec", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let recorder = Arc::new(RecordWriter::new(file, u64::MAX));
+        let (d, _) = dispatcher();
+        let d = d.with_recorder(recorder.clone());
+        assert!(d.recorder().is_some());
+        let line = crate::trigger::RecordingLine::new(crate::NoopTrigger, 4, recorder.clone());
+        d.io_bus()
+            .register(0x3f8..0x400, Arc::new(Pulser(line)))
+            .unwrap();
+        record::set_current_vcpu(2);
+        let mut data = [0u8; 1];
+        d.dispatch(VmExit::IoIn {
+            port: 0x3f8,
+            data: &mut data,
+        });
+        assert_eq!(data, [0x5a]);
+        d.dispatch(VmExit::IoOut {
+            port: 0x3f8,
+            data: b"h",
+        });
+        let mut wide = [0u8; 3];
+        d.dispatch(VmExit::MmioRead {
+            addr: 0x1000,
+            data: &mut wide,
+        });
+        d.dispatch(VmExit::MmioWrite {
+            addr: 0x1000,
+            data: &[1],
+        });
+        d.dispatch(VmExit::Hlt);
+        recorder.finish();
+        let records = RecordReader::new(std::fs::File::open(&path).unwrap())
+            .unwrap()
+            .read_all()
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        let expected = [
+            Record::Exit(ExitRecord {
+                seq: 0,
+                vcpu: 2,
+                exit: RecordedExit::IoIn {
+                    port: 0x3f8,
+                    data: vec![0x5a],
+                },
+                route: Route::Device,
+                action: ExitAction::Resume,
+            }),
+            Record::Interrupt {
+                at: Attribution::Exit(1),
+                line: 4,
+                event: LineEvent::Edge,
+                ok: true,
+            },
+            Record::Exit(ExitRecord {
+                seq: 1,
+                vcpu: 2,
+                exit: RecordedExit::IoOut {
+                    port: 0x3f8,
+                    data: b"h".to_vec(),
+                },
+                route: Route::Device,
+                action: ExitAction::Resume,
+            }),
+            Record::Exit(ExitRecord {
+                seq: 2,
+                vcpu: 2,
+                exit: RecordedExit::MmioRead {
+                    addr: 0x1000,
+                    data: vec![0xff; 3],
+                },
+                route: Route::BadSize,
+                action: ExitAction::Resume,
+            }),
+            Record::Exit(ExitRecord {
+                seq: 3,
+                vcpu: 2,
+                exit: RecordedExit::MmioWrite {
+                    addr: 0x1000,
+                    data: vec![1],
+                },
+                route: Route::Unclaimed,
+                action: ExitAction::Resume,
+            }),
+            Record::Exit(ExitRecord {
+                seq: 4,
+                vcpu: 2,
+                exit: RecordedExit::Hlt,
+                route: Route::NotAnAccess,
+                action: ExitAction::Halt,
+            }),
+        ];
+        assert_eq!(records, expected);
+        assert_eq!(d.stats().total_exits(), 5);
+        // An access reaching `answer_event` (it never does from `dispatch`) is dropped.
+        assert_eq!(
+            answer_event(VmExit::IoOut {
+                port: 1,
+                data: &[1]
+            }),
+            ExitAction::Resume
+        );
+    }
+
+    #[test]
+    fn recorded_dispatch_answers_as_unrecorded_dispatch() {
+        let recorder = Arc::new(RecordWriter::new(std::io::sink(), u64::MAX));
+        let run = |d: &ExitDispatcher| {
+            d.io_bus()
+                .register(0x60..0x64, Reg::new(0x1122_3344))
+                .unwrap();
+            let mut out = Vec::new();
+            for port in [0x5f, 0x60, 0x62, 0x63] {
+                for size in [1, 2, 3, 4] {
+                    let mut data = vec![0u8; size];
+                    let action = d.dispatch(VmExit::IoIn {
+                        port,
+                        data: &mut data,
+                    });
+                    out.push((action, data));
+                    let action = d.dispatch(VmExit::IoOut {
+                        port,
+                        data: &[0xde, 0xad][..size.min(2)],
+                    });
+                    out.push((action, vec![]));
+                }
+            }
+            let insn = Some(InsnBytes::new(&[0x0f, 0x0b]));
+            for exit in [
+                VmExit::TripleFault,
+                VmExit::SystemEvent(SystemEvent::Crash),
+                VmExit::FailEntry { reason: 1, cpu: 0 },
+                VmExit::InternalError { suberror: 1, insn },
+                VmExit::Debug {
+                    pc: 0,
+                    exception: 3,
+                },
+                VmExit::Other { reason: 9 },
+            ] {
+                out.push((d.dispatch(exit), vec![]));
+            }
+            out
+        };
+        let plain = run(&dispatcher().0);
+        let recorded = run(&dispatcher().0.with_recorder(recorder.clone()));
+        assert_eq!(plain, recorded);
+        assert_eq!(recorder.exits(), 38);
+        assert_eq!(recorder.finish().records, 38);
     }
 
     /// Captures `warn!` lines per thread, so parallel tests do not see each other's lines.

@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod exit;
 pub mod guest;
 pub mod ratelimit;
+pub mod record;
 mod simd;
 pub mod state;
 pub mod stats;
@@ -41,7 +42,10 @@ pub use dispatch::{ExitDispatcher, UNCLAIMED_BYTE, is_valid_access_size};
 pub use exit::{ExitKind, InsnBytes, SystemEvent, VmExit};
 pub use guest::{GuestFault, Unsupported};
 pub use ratelimit::{Clock, LogLimit, ManualClock, MonotonicClock, RateLimiter};
+pub use record::{Record, RecordReader, RecordWriter};
 pub use state::VcpuState;
 pub use stats::{AccessCounts, AssistCounts, ExitStats, RangeStats};
-pub use trigger::{CountingTrigger, InterruptTrigger, MsiTrigger, NoopTrigger};
+pub use trigger::{
+    CountingTrigger, InterruptTrigger, MsiTrigger, NoopTrigger, RecordingLine, RecordingMsi,
+};
 pub use xsave::XsaveLayout;

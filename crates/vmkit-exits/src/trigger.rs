@@ -7,11 +7,14 @@
 //! device crate (vmkit-devices) can meet without knowing each other. [`NoopTrigger`] accepts
 //! everything and does nothing, for devices whose interrupts nobody listens to;
 //! [`CountingTrigger`] counts what a device did to its line and can be told to fail, for tests
-//! and fuzz harnesses.
+//! and fuzz harnesses. [`RecordingLine`] and [`RecordingMsi`] wrap a line or a sender and record every call to a
+//! [`RecordWriter`], attributed to the exit being handled.
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::record::{LineEvent, Record, RecordWriter};
 
 /// An interrupt line a device raises.
 ///
@@ -182,13 +185,82 @@ impl InterruptTrigger for CountingTrigger {
     }
 }
 
+/// An interrupt line that records every call (an [`Record::Interrupt`] with `line`, the event
+/// and whether `inner` accepted it) before it returns `inner`'s answer.
+#[derive(Debug)]
+pub struct RecordingLine<T> {
+    inner: T,
+    line: u32,
+    recorder: Arc<RecordWriter>,
+}
+
+impl<T: InterruptTrigger> RecordingLine<T> {
+    /// Wraps `inner`, recorded as line `line` (the GSI it is wired to) to `recorder`.
+    pub fn new(inner: T, line: u32, recorder: Arc<RecordWriter>) -> Self {
+        Self {
+            inner,
+            line,
+            recorder,
+        }
+    }
+
+    fn record(&self, event: LineEvent, result: io::Result<()>) -> io::Result<()> {
+        self.recorder.write(&Record::Interrupt {
+            at: self.recorder.attribution(),
+            line: self.line,
+            event,
+            ok: result.is_ok(),
+        });
+        result
+    }
+}
+
+impl<T: InterruptTrigger> InterruptTrigger for RecordingLine<T> {
+    fn trigger(&self) -> io::Result<()> {
+        self.record(LineEvent::Edge, self.inner.trigger())
+    }
+    fn assert(&self) -> io::Result<()> {
+        self.record(LineEvent::Assert, self.inner.assert())
+    }
+    fn deassert(&self) -> io::Result<()> {
+        self.record(LineEvent::Deassert, self.inner.deassert())
+    }
+}
+
+/// A message sender that records every message (a [`Record::Msi`] with whether `inner` accepted
+/// it) before it returns `inner`'s answer.
+#[derive(Debug)]
+pub struct RecordingMsi<T> {
+    inner: T,
+    recorder: Arc<RecordWriter>,
+}
+
+impl<T: MsiTrigger> RecordingMsi<T> {
+    /// Wraps `inner`, recording to `recorder`.
+    pub fn new(inner: T, recorder: Arc<RecordWriter>) -> Self {
+        Self { inner, recorder }
+    }
+}
+
+impl<T: MsiTrigger> MsiTrigger for RecordingMsi<T> {
+    fn send(&self, address: u64, data: u32) -> io::Result<()> {
+        let result = self.inner.send(address, data);
+        self.recorder.write(&Record::Msi {
+            at: self.recorder.attribution(),
+            address,
+            data,
+            ok: result.is_ok(),
+        });
+        result
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     /// Counts calls: edges, asserts, deasserts and messages, in that order of digits.
-    #[derive(Default)]
+    #[derive(Debug, Default)]
     struct Calls(AtomicU64);
 
     impl InterruptTrigger for Calls {
@@ -246,6 +318,7 @@ mod tests {
         shared.send(0xFEE0_0000, 0x41).unwrap();
         assert_eq!(calls.0.load(Ordering::Relaxed), 2212);
     }
+
     #[test]
     fn counts_edges_and_levels() {
         let line = CountingTrigger::new();
@@ -271,5 +344,80 @@ mod tests {
         assert_eq!(line.calls(), 3);
         line.set_failing(false);
         assert!(line.trigger().is_ok());
+    }
+
+    #[test]
+    fn recording_decorators_record_each_call_and_its_result() {
+        use crate::record::{Attribution, ExitScope, RecordReader};
+        use std::sync::Mutex;
+
+        #[derive(Clone, Default)]
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Shared {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+
+        let sink = Shared::default();
+        let recorder = Arc::new(RecordWriter::new(sink.clone(), u64::MAX));
+        let calls = Arc::new(Calls::default());
+        let line = RecordingLine::new(calls.clone(), 5, recorder.clone());
+        let msi = RecordingMsi::new(calls.clone(), recorder.clone());
+        let seq = recorder.begin_exit();
+        {
+            let _scope = ExitScope::enter(seq);
+            line.trigger().unwrap();
+            line.assert().unwrap();
+            msi.send(0xFEE0_0000, 0x41).unwrap();
+        }
+        line.deassert().unwrap();
+        assert!(msi.send(0xFEE0_0000, 0x42).is_err(), "the inner answer");
+        assert_eq!(calls.0.load(Ordering::Relaxed), 1111);
+        assert!(format!("{line:?}{msi:?}").contains("RecordingLine"));
+        recorder.finish();
+        let bytes = sink.0.lock().unwrap().clone();
+        let records = RecordReader::new(&bytes[..]).unwrap().read_all().unwrap();
+        let during = Attribution::Exit(0);
+        let after = Attribution::Outside { exits_before: 1 };
+        assert_eq!(
+            records,
+            [
+                Record::Interrupt {
+                    at: during,
+                    line: 5,
+                    event: LineEvent::Edge,
+                    ok: true
+                },
+                Record::Interrupt {
+                    at: during,
+                    line: 5,
+                    event: LineEvent::Assert,
+                    ok: true
+                },
+                Record::Msi {
+                    at: during,
+                    address: 0xFEE0_0000,
+                    data: 0x41,
+                    ok: true
+                },
+                Record::Interrupt {
+                    at: after,
+                    line: 5,
+                    event: LineEvent::Deassert,
+                    ok: true
+                },
+                Record::Msi {
+                    at: after,
+                    address: 0xFEE0_0000,
+                    data: 0x42,
+                    ok: false
+                },
+            ]
+        );
     }
 }

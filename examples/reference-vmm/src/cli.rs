@@ -104,6 +104,19 @@ pub struct Cli {
     #[arg(long)]
     pub testdev: bool,
 
+    /// Record every exit and the VMM's answer to FILE (created or truncated), in vmkit-exits'
+    /// recording format: each exit's sequence number, vCPU, kind, address, data written or
+    /// returned and action, and what the devices did meanwhile (interrupts and MSIs raised, CMOS
+    /// clock readings, the guest memory and disk data virtio-blk read or wrote, disk data stored
+    /// once by content hash). A summary line says what was written when the VM ends.
+    #[arg(long, value_name = "FILE")]
+    pub record_exits: Option<PathBuf>,
+
+    /// The most bytes --record-exits writes (K/M/G/T suffixes; default 1G). A recording that
+    /// reaches it ends with a truncation marker; the VM runs on.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "record_exits")]
+    pub record_limit: Option<u64>,
+
     /// Confine each VMM thread to the system calls it needs (seccomp): `true` (a call outside
     /// its list ends the VMM with status 159), `log` (allowed, and logged by the kernel) or
     /// `false`.
@@ -115,6 +128,9 @@ pub struct Cli {
     )]
     pub seccomp: reference_vmm_seccomp::SeccompMode,
 }
+
+/// The default of `--record-limit`.
+pub const DEFAULT_RECORD_LIMIT: u64 = 1 << 30;
 
 /// `--builtin`: the guests built into the binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -474,6 +490,24 @@ mod tests {
         let err = parse(&["--stats=yaml"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue, "{err}");
         assert!(parse(&["--stats="]).is_err());
+    }
+
+    #[test]
+    fn record_exits_takes_a_file_and_an_optional_limit() {
+        let cli = Cli::try_parse_from(["reference-vmm", "--record-exits", "x.vmrec"]).unwrap();
+        assert_eq!(cli.record_exits, Some(PathBuf::from("x.vmrec")));
+        assert_eq!(cli.record_limit, None);
+        let cli = Cli::try_parse_from([
+            "reference-vmm",
+            "--record-exits",
+            "x",
+            "--record-limit",
+            "4M",
+        ])
+        .unwrap();
+        assert_eq!(cli.record_limit, Some(4 << 20));
+        assert!(Cli::try_parse_from(["reference-vmm", "--record-limit", "4M"]).is_err());
+        assert!(Cli::try_parse_from(["reference-vmm", "--record-exits"]).is_err());
     }
 
     #[test]

@@ -9,14 +9,15 @@ use log::info;
 use vmkit_devices::pci::PciRoot;
 use vmkit_devices::virtio::block::BlockStats;
 use vmkit_devices::virtio::{VirtioPciInterrupts, VirtioPciStats};
-use vmkit_devices::{DiskImage, VirtioBlock, VirtioPciDevice};
+use vmkit_devices::{DiskBackend, DiskImage, VirtioBlock, VirtioPciDevice};
 use vmkit_memory::Allocators;
 use vmkit_memory::vm_memory::GuestMemoryMmap;
 use vmkit_vcpu::{IrqLine, MsiLine, Vm};
 
 use crate::cli::{DiskConfig, MAX_DISKS};
+use crate::recording::{self, Recording};
 
-type BlockDevice = VirtioPciDevice<VirtioBlock<DiskImage>>;
+type BlockDevice = VirtioPciDevice<VirtioBlock<Box<dyn DiskBackend>>>;
 
 /// The disks on the PCI bus, kept for their statistics.
 pub struct Disks {
@@ -45,13 +46,15 @@ pub fn open_images(configs: &[DiskConfig]) -> Result<Vec<DiskImage>> {
 
 /// Plugs one virtio-blk device per image into `root`, named `vda`, `vdb`, … in order, with its
 /// BAR assigned below 4 GiB. Each gets MSI-X and, while the allocator has GSIs, an INTA# line
-/// of its own (beyond that, MSI-X only).
+/// of its own (beyond that, MSI-X only). With a `recording`, the disks' calls, interrupts and
+/// guest-memory accesses are recorded.
 pub fn attach<V>(
     root: &PciRoot,
     images: Vec<DiskImage>,
     memory: &GuestMemoryMmap,
     vm: &Arc<V>,
     allocators: &mut Allocators,
+    recording: Option<&Recording>,
 ) -> Result<Disks>
 where
     V: Vm + Send + Sync + 'static,
@@ -61,9 +64,7 @@ where
     for (index, image) in images.into_iter().enumerate() {
         let name = disk_name(index);
         let gsi = allocators.allocate_gsi().ok();
-        let intx = gsi.map(|gsi| -> Arc<dyn vmkit_devices::InterruptTrigger> {
-            Arc::new(IrqLine::new(vm.clone(), gsi))
-        });
+        let intx = gsi.map(|gsi| recording::line(IrqLine::new(vm.clone(), gsi), gsi, recording));
         if gsi.is_none() {
             info!("{name}: no GSI left for INTA#; MSI-X only");
         }
@@ -71,10 +72,14 @@ where
             intx,
             // The GSIs handed out are IOAPIC pins (16..=23), so they fit the register.
             intx_line: gsi.map_or(0xFF, |gsi| gsi as u8),
-            msi: Some(Arc::new(MsiLine::new(vm.clone()))),
+            msi: Some(recording::msi(MsiLine::new(vm.clone()), recording)),
         };
         let path = image.path().display().to_string();
-        let device = VirtioPciDevice::new(VirtioBlock::new(image), memory.clone(), interrupts)
+        let mut block = VirtioBlock::new(recording::disk(image, index, recording));
+        if let Some(recording) = recording {
+            block = block.with_recorder(recording.writer().clone());
+        }
+        let device = VirtioPciDevice::new(block, memory.clone(), interrupts)
             .with_context(|| format!("--disk {path}"))?;
         let device = Arc::new(Mutex::new(device));
         let slot = root

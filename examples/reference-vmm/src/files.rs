@@ -45,7 +45,7 @@ fn open_nonblocking(path: &Path) -> io::Result<(File, std::fs::FileType, u64)> {
 }
 
 /// Clears `O_NONBLOCK` on `file`, so reads wait for the data as usual.
-fn set_blocking(file: &File) -> io::Result<()> {
+pub fn set_blocking(file: &File) -> io::Result<()> {
     let fd = file.as_raw_fd();
     // SAFETY: `fd` is open for the duration of the call (owned by `file`); F_GETFL reads the
     // descriptor's status flags and touches no memory.

@@ -12,6 +12,7 @@ mod files;
 mod guests;
 mod lifecycle;
 mod logger;
+mod recording;
 mod serial_output;
 mod stats;
 mod stderr;

@@ -351,7 +351,8 @@ fn allow_list(kind: ThreadKind) -> AllowList {
 fn common(list: &mut AllowList) {
     list.allow(
         libc::SYS_write,
-        "log lines on stderr, the serial output, the SIGSYS handler's message",
+        "log lines on stderr, the serial output, the SIGSYS handler's message, the \
+             --record-exits recording (whichever thread fills its buffer writes it)",
     )
     .allow(
         libc::SYS_poll,
@@ -437,7 +438,10 @@ fn main_thread(list: &mut AllowList) {
         "pthread_kill blocks signals around the kick",
     )
     .ioctls(&TCSETATTR, "restoring the terminal stdin was in");
-    closes(list, "dropping the VM: KVM, disk and serial descriptors");
+    closes(
+        list,
+        "dropping the VM: KVM, disk and serial descriptors; closing the --record-exits file",
+    );
     sleeps(list, "joining the threads with a deadline");
 }
 

@@ -15,7 +15,7 @@ use reference_vmm_seccomp::{Filters, ThreadKind};
 use vmkit_boot::mark_acpi_memory;
 use vmkit_devices::DiskImage;
 use vmkit_devices::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN, AcpiPmDevice};
-use vmkit_devices::cmos::{CMOS_PORT, CMOS_PORT_LEN, CmosRtc};
+use vmkit_devices::cmos::{CMOS_PORT, CMOS_PORT_LEN};
 use vmkit_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
 use vmkit_devices::i8042::{I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KEYBOARD_IRQ, I8042Device};
 use vmkit_devices::pci::PciRoot;
@@ -32,12 +32,13 @@ use vmkit_memory::vm_memory::GuestMemoryMmap;
 use vmkit_vcpu::{ExitHandler, Hypervisor, IrqLine, Kick, KvmHypervisor, LoopExit, Vcpu, Vm};
 
 use crate::boot;
-use crate::cli::{BuiltinGuest, Cli, SerialConfig, StatsFormat};
+use crate::cli::{BuiltinGuest, Cli, DEFAULT_RECORD_LIMIT, SerialConfig, StatsFormat};
 use crate::disks::{self, Disks};
 use crate::exit_code;
 use crate::files;
 use crate::guests::{ASSIST_ELF, EXITS_ELF, HELLO_ELF};
 use crate::lifecycle::{self, REPORT_GRACE, STOP_GRACE, Supervised, ThreadPanic};
+use crate::recording::{self, Line, Recording};
 use crate::serial_output::{self, SerialDrain, SerialOutput};
 use crate::stats;
 use crate::stderr;
@@ -50,13 +51,13 @@ pub trait SharedVm: Vm<Vcpu: Send + 'static> + Send + Sync + 'static {}
 impl<V> SharedVm for V where V: Vm<Vcpu: Send + 'static> + Send + Sync + 'static {}
 
 /// COM1 on the backend's interrupt line.
-type Serial<V> = SerialDevice<IrqLine<V>, Box<dyn Write + Send>>;
+type Serial = SerialDevice<Line, Box<dyn Write + Send>>;
 
 /// The two ends of COM1's output buffer: the UART's, and the serial output thread's.
 type SerialBuffer = (SerialOutput, SerialDrain);
 
 /// COM1 (unless `--serial off`) and its output buffer (unless its output goes nowhere).
-type Com1<V> = (Option<Arc<Serial<V>>>, Option<SerialBuffer>);
+type Com1 = (Option<Arc<Serial>>, Option<SerialBuffer>);
 
 /// The exit handler the vCPUs share: the dispatcher, the emulation assist that completes what
 /// the backend could not emulate, and the time of the first exit.
@@ -168,6 +169,7 @@ struct Loaded {
     layout: GuestLayout,
     allocators: Allocators,
     memory: GuestMemoryMmap,
+    recording: Option<Recording>,
 }
 
 /// Reads the guest image (or picks the built-in one), the initramfs and the disk images, and
@@ -214,6 +216,29 @@ fn load(cli: &Cli, phys_bits: impl FnOnce() -> Result<u8>) -> Result<Loaded> {
     let memory = layout
         .create_guest_memory()
         .context("cannot allocate guest memory")?;
+    let recording = match &cli.record_exits {
+        Some(path) => Some(Recording::create(
+            path,
+            cli.record_limit.unwrap_or(DEFAULT_RECORD_LIMIT),
+            &recording::Facts {
+                // The file's name without its directory: a recording names no host path.
+                guest: &match image {
+                    Some((what, path)) => format!(
+                        "{what} {}",
+                        path.file_name().unwrap_or_default().to_string_lossy()
+                    ),
+                    None => kernel_name.clone(),
+                },
+                memory: cli.memory.size,
+                vcpus: cli.cpus.boot,
+                cmdline: &cli.cmdline,
+                com1: cli.serial != SerialConfig::Off,
+                testdev: cli.testdev,
+                disks: disk_images.iter().map(recording::DiskFacts::of).collect(),
+            },
+        )?),
+        None => None,
+    };
     Ok(Loaded {
         kernel_name,
         kernel,
@@ -222,6 +247,7 @@ fn load(cli: &Cli, phys_bits: impl FnOnce() -> Result<u8>) -> Result<Loaded> {
         layout,
         allocators,
         memory,
+        recording,
     })
 }
 
@@ -232,9 +258,10 @@ pub struct Vmm<V: SharedVm> {
     vcpus: Vec<V::Vcpu>,
     memory: GuestMemoryMmap,
     handler: Arc<Handler>,
-    serial: Option<Arc<Serial<V>>>,
+    serial: Option<Arc<Serial>>,
     serial_buffer: Option<SerialBuffer>,
     disks: Disks,
+    recording: Option<Recording>,
 }
 
 impl<V: SharedVm> Vmm<V> {
@@ -253,7 +280,9 @@ impl<V: SharedVm> Vmm<V> {
             layout,
             mut allocators,
             memory,
+            recording,
         } = loaded;
+        let rec = recording.as_ref();
         let vm = Arc::new(
             hypervisor
                 .create_vm(&layout, &memory)
@@ -263,7 +292,7 @@ impl<V: SharedVm> Vmm<V> {
         // Devices on the port-I/O bus.
         let io_bus = Arc::new(IoBus::new());
         let mmio_bus = Arc::new(MmioBus::new());
-        let (serial, serial_buffer) = serial_device(&cli.serial, &vm)?;
+        let (serial, serial_buffer) = serial_device(&cli.serial, &vm, rec)?;
         if let Some(serial) = &serial {
             register(&io_bus, COM1_PORT, SERIAL_PORT_LEN, "com1", serial.clone())?;
         }
@@ -274,9 +303,10 @@ impl<V: SharedVm> Vmm<V> {
             "debug-exit",
             Arc::new(DebugExit::new()),
         )?;
-        let i8042 = Arc::new(I8042Device::new(IrqLine::new(
-            vm.clone(),
+        let i8042 = Arc::new(I8042Device::new(recording::line(
+            IrqLine::new(vm.clone(), I8042_KEYBOARD_IRQ),
             I8042_KEYBOARD_IRQ,
+            rec,
         )));
         register(&io_bus, I8042_DATA_PORT, 1, "i8042-data", i8042.clone())?;
         register(&io_bus, I8042_COMMAND_PORT, 1, "i8042-cmd", i8042)?;
@@ -286,7 +316,7 @@ impl<V: SharedVm> Vmm<V> {
             CMOS_PORT,
             CMOS_PORT_LEN,
             "cmos",
-            Arc::new(CmosRtc::new(low_ram, high_ram)),
+            recording::cmos(low_ram, high_ram, rec),
         )?;
         register(
             &io_bus,
@@ -296,14 +326,18 @@ impl<V: SharedVm> Vmm<V> {
             Arc::new(AcpiPmDevice::new()),
         )?;
         if cli.testdev {
-            register_testdev(&io_bus, &mmio_bus, &vm)?;
+            register_testdev(&io_bus, &mmio_bus, &vm, rec)?;
         }
 
         // PCI: the root complex (0xCF8..0xD00 and ECAM) with its host bridge, and the disks.
         let pci_root = PciRoot::new(&io_bus, &mmio_bus).context("cannot set up the PCI root")?;
-        let disks = disks::attach(&pci_root, disk_images, &memory, &vm, &mut allocators)?;
+        let disks = disks::attach(&pci_root, disk_images, &memory, &vm, &mut allocators, rec)?;
+        let mut dispatcher = ExitDispatcher::new(io_bus, mmio_bus);
+        if let Some(recording) = rec {
+            dispatcher = dispatcher.with_recorder(recording.writer().clone());
+        }
         let handler = Arc::new(Handler {
-            dispatcher: ExitDispatcher::new(io_bus, mmio_bus),
+            dispatcher,
             assist: EmulationAssist::default(),
             first_exit: OnceLock::new(),
         });
@@ -352,6 +386,7 @@ impl<V: SharedVm> Vmm<V> {
             serial,
             serial_buffer,
             disks,
+            recording,
         })
     }
 
@@ -367,6 +402,7 @@ impl<V: SharedVm> Vmm<V> {
             serial,
             serial_buffer,
             disks,
+            recording,
         } = self;
         // One seccomp list per kind of thread: each thread spawned below installs its own first
         // thing, and this thread installs the main list once they all run.
@@ -413,6 +449,7 @@ impl<V: SharedVm> Vmm<V> {
             handler,
             serial,
             disks,
+            recording,
             kickers,
             vcpu_threads,
             serial_output,
@@ -444,6 +481,8 @@ where
         if !confine(&filters, ThreadKind::Vcpu, &tx) {
             return;
         }
+        // The exits this thread dispatches are recorded as this vCPU's.
+        vmkit_exits::record::set_current_vcpu(id);
         let result = vcpu
             .run_loop_with_assist(&*handler, &handler.assist, &memory, &stop)
             .map_err(|e| chain(&e));
@@ -457,8 +496,9 @@ pub struct Running<V: SharedVm> {
     /// Kept until the end: the vCPUs and interrupt lines use it.
     _vm: Arc<V>,
     handler: Arc<Handler>,
-    serial: Option<Arc<Serial<V>>>,
+    serial: Option<Arc<Serial>>,
     disks: Disks,
+    recording: Option<Recording>,
     kickers: Vec<<V::Vcpu as Vcpu>::Kicker>,
     vcpu_threads: Vec<Supervised>,
     serial_output: Option<(SerialOutput, Supervised)>,
@@ -572,6 +612,10 @@ impl<V: SharedVm> Running<V> {
                 report_by,
             );
         }
+        if let Some(recording) = &self.recording {
+            // Written and closed here, after the vCPUs stopped: its summary comes first.
+            stderr::line_until(format_args!("{}", recording.finish()), report_by);
+        }
         let handler = &self.handler;
         if let Some(format) = stats {
             let report = stats::Report {
@@ -623,13 +667,19 @@ fn register(
 
 /// QEMU's `pc-testdev`: its register and interrupt-line ports, its interrupt lines wired to the
 /// GSIs of the same number, and its scratch memory.
-fn register_testdev<V>(io_bus: &IoBus, mmio_bus: &MmioBus, vm: &Arc<V>) -> Result<()>
+fn register_testdev<V>(
+    io_bus: &IoBus,
+    mmio_bus: &MmioBus,
+    vm: &Arc<V>,
+    recording: Option<&Recording>,
+) -> Result<()>
 where
     V: SharedVm,
 {
     let mut testdev = PcTestDev::new();
     for line in 0..IRQ_LINE_COUNT {
-        let irq = IrqLine::new(vm.clone(), u32::from(line));
+        let gsi = u32::from(line);
+        let irq = recording::line(IrqLine::new(vm.clone(), gsi), gsi, recording);
         testdev = testdev.with_irq_line(line, irq)?;
     }
     let testdev = Arc::new(testdev);
@@ -648,7 +698,11 @@ where
 
 /// COM1, and the buffer its output goes through to stdout or a file (drained by the serial
 /// output thread, so a host that does not read never blocks the vCPU writing to the UART).
-fn serial_device<V>(config: &SerialConfig, vm: &Arc<V>) -> Result<Com1<V>>
+fn serial_device<V>(
+    config: &SerialConfig,
+    vm: &Arc<V>,
+    recording: Option<&Recording>,
+) -> Result<Com1>
 where
     V: SharedVm,
 {
@@ -672,13 +726,13 @@ where
             *limit,
         ),
         SerialConfig::Null => {
-            let irq = IrqLine::new(vm.clone(), COM1_IRQ);
+            let irq = recording::line(IrqLine::new(vm.clone(), COM1_IRQ), COM1_IRQ, recording);
             let output: Box<dyn Write + Send> = Box::new(io::sink());
             return Ok((Some(Arc::new(SerialDevice::new(irq, output))), None));
         }
     };
     let (output, drain) = serial_output::channel(sink, serial_output::BUFFER_SIZE, limit);
-    let irq = IrqLine::new(vm.clone(), COM1_IRQ);
+    let irq = recording::line(IrqLine::new(vm.clone(), COM1_IRQ), COM1_IRQ, recording);
     let uart_output: Box<dyn Write + Send> = Box::new(output.clone());
     Ok((
         Some(Arc::new(SerialDevice::new(irq, uart_output))),
@@ -719,14 +773,11 @@ fn spawn_signal_thread(
 }
 
 /// Feeds stdin to the guest's UART, waiting while its receive FIFO is full.
-fn spawn_stdin_thread<V>(
-    serial: Arc<Serial<V>>,
+fn spawn_stdin_thread(
+    serial: Arc<Serial>,
     tx: mpsc::Sender<Event>,
     filters: Filters,
-) -> Result<()>
-where
-    V: SharedVm,
-{
+) -> Result<()> {
     lifecycle::spawn("stdin".into(), report_panic(tx.clone()), move || {
         if !confine(&filters, ThreadKind::Stdin, &tx) {
             return;

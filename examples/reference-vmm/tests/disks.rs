@@ -388,6 +388,94 @@ fn firmware_finds_two_disks_and_reads_a_sector() {
     }
 }
 
+/// A firmware boot from a disk, recorded: the sector read, its payload stored once, the DMA
+/// into guest memory and the INTx line, each attributed to the exit that caused it.
+#[test]
+fn a_firmware_boot_from_a_disk_is_recorded() {
+    use vmkit_exits::record::{
+        Attribution, ContentHash, Data, Direction, DiskOp, LineEvent, Record, RecordReader,
+        RecordedExit,
+    };
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("record");
+    let a = dir.image("a.img", 64);
+    let mut asm = Asm::new();
+    asm.find_disk(1, 10)
+        .check_disk(64, false, 12)
+        .read_sector_zero(20);
+    let fw = firmware(&dir, asm.finish());
+    let recording = dir.0.join("fw.vmrec");
+    let out = vmm(&[
+        "--firmware",
+        &fw,
+        "--disk",
+        &format!("path={a}"),
+        "--serial",
+        "off",
+        "--record-exits",
+        recording.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status, Some(0), "{}", out.stderr);
+    let records = RecordReader::new(std::fs::File::open(&recording).unwrap())
+        .unwrap()
+        .read_all()
+        .unwrap();
+    let mut sector = vec![0u8; 512];
+    sector[..MAGIC.len()].copy_from_slice(MAGIC);
+    let hash = ContentHash::of(&sector);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| matches!(r, Record::Payload { hash: h, bytes } if *h == hash && *bytes == sector))
+            .count(),
+        1
+    );
+    let read_at = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Disk {
+                at: Attribution::Exit(seq),
+                disk: 0,
+                op: DiskOp::Read,
+                offset: 0,
+                len: 512,
+                hash: Some(h),
+                ok: true,
+            } if *h == hash => Some(*seq),
+            _ => None,
+        })
+        .expect("the sector read");
+    // The notifying write carried the request: the DMA and the INTx assert happened in it.
+    assert!(records.iter().any(|r| matches!(
+        r,
+        Record::Exit(e) if e.seq == read_at && matches!(e.exit, RecordedExit::MmioWrite { .. })
+    )));
+    assert!(records.contains(&Record::Memory {
+        at: Attribution::Exit(read_at),
+        gpa: DATA.into(),
+        direction: Direction::Write,
+        data: Data::Stored { hash, len: 512 },
+    }));
+    assert!(records.iter().any(|r| matches!(
+        r,
+        Record::Memory { at: Attribution::Exit(seq), gpa, direction: Direction::Read, data: Data::Inline(h) }
+            if *seq == read_at && *gpa == u64::from(HEADER) && h.len() == 16
+    )));
+    assert!(records.iter().any(|r| matches!(
+        r,
+        Record::Interrupt { at: Attribution::Exit(seq), event: LineEvent::Assert, ok: true, .. }
+            if *seq == read_at
+    )));
+    // Reading ISR lowers the line, in a later exit.
+    assert!(records.iter().any(|r| matches!(
+        r,
+        Record::Interrupt { at: Attribution::Exit(seq), event: LineEvent::Deassert, .. }
+            if *seq > read_at
+    )));
+}
+
 /// The one line on stderr, a JSON document (`--stats=json` of a VM that ended by itself).
 fn one_json_line(out: &Finished) -> &str {
     let stderr = out.stderr.as_str();

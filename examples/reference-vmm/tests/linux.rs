@@ -101,6 +101,47 @@ fn acpi_table_address(run: &VmmRun, signature: &str) -> Option<u64> {
     u64::from_str_radix(digits, 16).ok()
 }
 
+/// The recording of a Linux boot stopped by SIGTERM: whole (the VMM finished it while it
+/// stopped), one exit per sequence number from 0 (the vCPUs' exits interleave in the file),
+/// and COM1's output in its port writes.
+fn check_linux_recording(checks: &mut Checks, path: &std::path::Path, run: &VmmRun) {
+    use vmkit_exits::record::{Record, RecordReader, RecordedExit};
+    let records = std::fs::File::open(path)
+        .map_err(|e| e.to_string())
+        .and_then(|file| RecordReader::new(file).map_err(|e| e.to_string()))
+        .and_then(|reader| reader.read_all().map_err(|e| e.to_string()));
+    let records = match records {
+        Ok(records) => records,
+        Err(e) => {
+            checks.check(false, || format!("the recording reads back ({e})"));
+            return;
+        }
+    };
+    let mut seqs = Vec::new();
+    let mut com1 = Vec::new();
+    for record in &records {
+        if let Record::Exit(exit) = record {
+            seqs.push(exit.seq);
+            if let RecordedExit::IoOut { port: 0x3f8, data } = &exit.exit {
+                com1.extend_from_slice(data);
+            }
+        }
+    }
+    seqs.sort_unstable();
+    let whole = seqs.iter().enumerate().all(|(i, seq)| *seq == i as u64);
+    checks.check(!seqs.is_empty() && whole, || {
+        format!("the recording holds exits 0..{} once each", seqs.len())
+    });
+    let com1 = String::from_utf8_lossy(&com1);
+    checks.check(com1.contains("Linux version"), || {
+        "the recorded COM1 writes hold `Linux version`".into()
+    });
+    checks.check(
+        run.stderr.contains("recorded ") && run.stderr.contains("linux.vmrec"),
+        || "the VMM's summary line of the recording".into(),
+    );
+}
+
 #[test]
 fn vmlinux_by_pvh_on_two_vcpus_sees_the_vmms_platform() {
     if !kvm_available() {
@@ -113,7 +154,9 @@ fn vmlinux_by_pvh_on_two_vcpus_sees_the_vmms_platform() {
     let scratch = Scratch::new("pvh");
     let initramfs = linux::small_initramfs();
     let initramfs_path = scratch.file("initramfs.cpio", &initramfs);
-    let args: [&OsStr; 10] = [
+    // The boot is recorded too: a Linux boot's recording is made here, never committed.
+    let recording = scratch.0.join("linux.vmrec");
+    let args: [&OsStr; 12] = [
         "--kernel".as_ref(),
         vmlinux.as_os_str(),
         "--initramfs".as_ref(),
@@ -124,9 +167,12 @@ fn vmlinux_by_pvh_on_two_vcpus_sees_the_vmms_platform() {
         "size=2G".as_ref(),
         "--cmdline".as_ref(),
         PVH_CMDLINE.as_ref(),
+        "--record-exits".as_ref(),
+        recording.as_os_str(),
     ];
     let run = run_until(args, "Memory:", Duration::from_secs(300));
     let mut checks = Checks::new();
+    check_linux_recording(&mut checks, &recording, &run);
     checks.check(run.reached_after.is_some(), || {
         "the kernel reached `Memory:`".into()
     });

@@ -17,6 +17,7 @@ pub mod paging_shadow;
 pub mod patched_image;
 pub mod pci_config;
 pub mod pvh;
+pub mod record;
 #[cfg(test)]
 mod seed_files;
 pub mod testdev;

@@ -36,7 +36,7 @@ use vmkit_exits::{DeviceAction, PioAddress, PioDevice};
 
 use crate::io::{IoCounters, IoStats, OPEN_BUS, read_bytewise, write_bytewise};
 use calendar::{DateTime, MAX_UNIX, MIN_UNIX, from_bcd, to_bcd};
-pub use clock::{ManualWallClock, SystemClock, WallClock};
+pub use clock::{ManualWallClock, RecordingClock, SystemClock, WallClock};
 
 /// The CMOS index port.
 pub const CMOS_PORT: u16 = 0x70;

@@ -36,6 +36,28 @@ pub trait DiskBackend: Send {
     }
 }
 
+/// A boxed backend is a backend: a VMM can choose its disks' decorators at run time.
+impl<D: DiskBackend + ?Sized> DiskBackend for Box<D> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_only(&self) -> bool {
+        (**self).read_only()
+    }
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_all_at(buf, offset)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn serial(&self) -> [u8; SERIAL_LEN] {
+        (**self).serial()
+    }
+}
+
 /// Why a disk image cannot be used; the message names the path for the VMM to print.
 #[derive(Debug, displaydoc::Display, thiserror::Error)]
 #[ignore_extra_doc_attributes]

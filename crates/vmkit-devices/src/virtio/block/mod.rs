@@ -21,6 +21,7 @@
 //! ([`BlockStats::invalid_heads`]), without a log line.
 
 mod disk;
+mod recording;
 mod request;
 
 use std::sync::Arc;
@@ -28,14 +29,17 @@ use std::sync::Arc;
 use log::debug;
 use virtio_bindings::{virtio_blk, virtio_ring};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vmkit_exits::record::RecordWriter;
 
 use super::{ActivateError, QueueError, TYPE_BLOCK, VirtioDevice, VirtioInterrupt};
+use recording::RecordingMemory;
 use request::{Completion, Executor, Framed, Kind};
 
 #[cfg(feature = "file-disk")]
 pub use disk::DiskImage;
 pub use disk::{DiskBackend, DiskError, MemDisk, SECTOR_SIZE, SERIAL_LEN};
+pub use recording::RecordingDisk;
 pub use request::{
     HEADER_LEN, MAX_DESCRIPTORS, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -112,12 +116,11 @@ const AVAIL_F_NO_INTERRUPT: u16 = virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16
 /// `VRING_AVAIL_F_NO_INTERRUPT`, which virtio-queue does not read, so the device does. A polling
 /// driver then costs no interrupt per request. (`EVENT_IDX` is not offered, so `used_event`
 /// plays no part.)
-fn wants_interrupt(active: &Active) -> bool {
+fn wants_interrupt<M: GuestMemory>(queue: &Queue, memory: &M) -> bool {
     // Order the used-ring writes before the read of the driver's flags.
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    let flags = active
-        .memory
-        .read_obj::<u16>(GuestAddress(active.queue.avail_ring()))
+    let flags = memory
+        .read_obj::<u16>(GuestAddress(queue.avail_ring()))
         .map(u16::from_le)
         // The ring was validated at DRIVER_OK; an unreadable flag word interrupts.
         .unwrap_or(0);
@@ -134,6 +137,7 @@ pub struct VirtioBlock<B: DiskBackend> {
     bounce: Vec<u8>,
     active: Option<Active>,
     stats: BlockStats,
+    recorder: Option<Arc<RecordWriter>>,
 }
 
 impl<B: DiskBackend> std::fmt::Debug for VirtioBlock<B> {
@@ -173,7 +177,18 @@ impl<B: DiskBackend> VirtioBlock<B> {
             bounce: vec![0; SIZE_MAX as usize],
             active: None,
             stats: BlockStats::default(),
+            recorder: None,
         }
+    }
+
+    /// This device with its guest-memory accesses recorded to `recorder`: every read of a ring,
+    /// descriptor, header or data buffer with the bytes read, every write with the bytes
+    /// written (data longer than [`INLINE_MAX`](vmkit_exits::record::INLINE_MAX) stored once by
+    /// content hash), attributed to the exit that notified the queue. Wrap the disk in a
+    /// [`RecordingDisk`] to record the disk calls too.
+    pub fn with_recorder(mut self, recorder: Arc<RecordWriter>) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     /// Replaces the device ID (at most 20 bytes are kept; shorter IDs are zero-padded).
@@ -210,7 +225,7 @@ impl<B: DiskBackend> VirtioBlock<B> {
 /// Returns whether any chain went to the used ring.
 ///
 /// Generic over the memory so that tests can count every access.
-fn serve<B: DiskBackend, M: GuestMemoryBackend>(
+fn serve<B: DiskBackend, M: GuestMemory>(
     queue: &mut Queue,
     executor: &mut Executor<'_, B, M>,
     stats: &mut BlockStats,
@@ -248,6 +263,38 @@ fn serve<B: DiskBackend, M: GuestMemoryBackend>(
         used = true;
     }
     Ok(used)
+}
+
+/// One notification's work: serve the queue, then signal the driver if it wants it.
+struct Notify<'a, B: DiskBackend> {
+    queue: &'a mut Queue,
+    disk: &'a mut B,
+    bounce: &'a mut Vec<u8>,
+    serial: [u8; SERIAL_LEN],
+    stats: &'a mut BlockStats,
+    interrupt: &'a dyn VirtioInterrupt,
+}
+
+impl<B: DiskBackend> Notify<'_, B> {
+    fn run<M: GuestMemory>(&mut self, memory: &M, index: u16) -> Result<(), QueueError> {
+        let mut executor = Executor {
+            disk: &mut *self.disk,
+            memory,
+            bounce: &mut *self.bounce,
+            max_request: MAX_REQUEST_BYTES,
+            serial: self.serial,
+        };
+        let used = serve(self.queue, &mut executor, self.stats)
+            .map_err(|source| QueueError::Broken { index, source })?;
+        if used {
+            if wants_interrupt(self.queue, memory) {
+                self.interrupt.signal_used_queue(index);
+            } else {
+                self.stats.interrupts_suppressed += 1;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn count(s: &mut BlockStats, completion: &Completion) {
@@ -329,23 +376,28 @@ impl<B: DiskBackend> VirtioDevice for VirtioBlock<B> {
         let Some(active) = self.active.as_mut().filter(|_| index == 0) else {
             return Err(QueueError::NotActive(index));
         };
-        let broken = |source| QueueError::Broken { index, source };
-        let mut executor = Executor {
+        let Active {
+            queue,
+            memory,
+            interrupt,
+        } = active;
+        let mut work = Notify {
+            queue,
             disk: &mut self.disk,
-            memory: &active.memory,
             bounce: &mut self.bounce,
-            max_request: MAX_REQUEST_BYTES,
             serial: self.serial,
+            stats: &mut self.stats,
+            interrupt: interrupt.as_ref(),
         };
-        let used = serve(&mut active.queue, &mut executor, &mut self.stats).map_err(broken)?;
-        if used {
-            if wants_interrupt(active) {
-                active.interrupt.signal_used_queue(index);
-            } else {
-                self.stats.interrupts_suppressed += 1;
+        match &self.recorder {
+            None => work.run(memory, index),
+            Some(recorder) => {
+                let recording = RecordingMemory::new(&*memory, recorder);
+                let result = work.run(&recording, index);
+                recording.finish();
+                result
             }
         }
-        Ok(())
     }
 
     fn reset(&mut self) {

@@ -12,7 +12,7 @@ use std::io;
 
 use virtio_queue::DescriptorChain;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
 use virtio_bindings::virtio_blk;
 
@@ -74,7 +74,7 @@ pub(crate) struct Framed {
 
 impl Framed {
     /// Frames `chain`, or says why it has no status byte.
-    pub(crate) fn parse<M: GuestMemoryBackend>(
+    pub(crate) fn parse<M: GuestMemory>(
         chain: DescriptorChain<&M>,
         memory: &M,
     ) -> Result<Self, Dropped> {
@@ -114,7 +114,7 @@ impl Framed {
         let status = last
             .addr()
             .checked_add(u64::from(last.len()) - 1)
-            .filter(|&a| memory.check_range(a, 1))
+            .filter(|&a| memory.check_range(a, 1, Permissions::Write))
             .ok_or(Dropped::NoStatus)?;
         framed.status = status;
         // The status byte is not data: take it off the last writable segment (the last
@@ -178,7 +178,7 @@ impl Completion {
 }
 
 /// What a request may do: the device's limits and its disk.
-pub(crate) struct Executor<'a, B: DiskBackend, M: GuestMemoryBackend> {
+pub(crate) struct Executor<'a, B: DiskBackend, M: GuestMemory> {
     pub(crate) disk: &'a mut B,
     pub(crate) memory: &'a M,
     pub(crate) bounce: &'a mut Vec<u8>,
@@ -190,16 +190,21 @@ fn total(segments: &[Segment]) -> u64 {
     segments.iter().map(|s| s.len).sum()
 }
 
-impl<B: DiskBackend, M: GuestMemoryBackend> Executor<'_, B, M> {
+impl<B: DiskBackend, M: GuestMemory> Executor<'_, B, M> {
     /// Carries out `framed` and reports how it went (the caller writes the status).
     pub(crate) fn execute(&mut self, framed: &Framed) -> Completion {
         if framed.malformed {
             return Completion::ioerr();
         }
-        let in_memory = |s: &Segment| {
-            usize::try_from(s.len).is_ok_and(|len| self.memory.check_range(s.addr, len))
+        let memory = self.memory;
+        let in_memory = |access: Permissions| {
+            move |s: &Segment| {
+                usize::try_from(s.len).is_ok_and(|len| memory.check_range(s.addr, len, access))
+            }
         };
-        if !framed.readable.iter().all(in_memory) || !framed.writable.iter().all(in_memory) {
+        if !framed.readable.iter().all(in_memory(Permissions::Read))
+            || !framed.writable.iter().all(in_memory(Permissions::Write))
+        {
             return Completion::ioerr();
         }
         let Some((header, out_data)) = self.split_header(&framed.readable) else {

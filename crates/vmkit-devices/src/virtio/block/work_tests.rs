@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::io;
 
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::tests::{DATA, HDR, STATUS, blk, mem_disk};
 use super::*;
