@@ -552,6 +552,8 @@ fn run_in(
             }
         }
     }
+    #[cfg(test)]
+    run.mmu.check_invariants()?;
     let stats = run.mmu.stats();
     if stats.pages_in_use > run.mmu.config().max_pages {
         return Err(format!(
