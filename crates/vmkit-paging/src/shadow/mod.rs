@@ -561,7 +561,7 @@ impl ShadowMmu {
 
     /// The role of the current root.
     fn root_role(&self) -> Role {
-        self.role(if self.paging.five_level { 5 } else { 4 }, access::ALL)
+        self.role(self.levels(), access::ALL)
     }
 
     /// The role of the shadow of a guest table at `level` reached with `access`.
@@ -574,8 +574,8 @@ impl ShadowMmu {
             wp: self.paging.wp,
             smep: self.paging.smep,
             smap: self.paging.smap,
-            nxe: self.paging.nxe,
-            five_level: self.paging.five_level,
+            nxe: self.paging.format.nxe,
+            five_level: self.paging.format.five_level,
         }
     }
 
@@ -651,17 +651,14 @@ impl ShadowMmu {
         self.set_paging(X86Paging {
             smep: cr4 & CR4_SMEP != 0,
             smap: cr4 & CR4_SMAP != 0,
-            five_level: cr4 & CR4_LA57 != 0,
-            ..self.paging
+            ..self.paging.with_five_level(cr4 & CR4_LA57 != 0)
         });
     }
 
     /// WRMSR to EFER: NXE changes the role.
     pub fn write_efer(&mut self, efer: u64) {
-        self.set_paging(X86Paging {
-            nxe: efer & EFER_NXE != 0,
-            ..self.paging
-        });
+        let format = self.paging.format.with_nxe(efer & EFER_NXE != 0);
+        self.set_paging(self.paging.with_format(format));
     }
 
     /// RFLAGS.AC (STAC, CLAC, POPF): applied to each access, no invalidation.
@@ -780,7 +777,7 @@ impl ShadowMmu {
     }
 
     fn levels(&self) -> u8 {
-        if self.paging.five_level { 5 } else { 4 }
+        if self.paging.format.five_level { 5 } else { 4 }
     }
 
     fn shadow_fault<M, G>(

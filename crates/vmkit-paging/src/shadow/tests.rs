@@ -382,7 +382,7 @@ fn five_level_tables_and_non_canonical_addresses() {
     assert!(g.mmu.roles_of(0x6).iter().all(|role| role.five_level));
     g.mmu.write_efer(0);
     g.mmu.set_ac(true);
-    assert!(!g.mmu.paging().nxe && g.mmu.paging().ac);
+    assert!(!g.mmu.paging().format.nxe && g.mmu.paging().ac);
     assert!(format!("{:?}", g.mmu).contains("ShadowMmu"));
     let fault = ShadowError::PageTableWrite { gva: 1, gpa: 2 };
     assert!(alloc::format!("{fault}").contains("write_guest"));
