@@ -58,7 +58,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmkit_memory::GuestLayout;
 use vmkit_paging::{
     BuildError, BumpAllocator, GuestMemoryPhys, PageSize, PageSizes, PteFlags, TableBuilder,
-    X86Paging,
+    X86Format,
 };
 
 /// Why boot page tables could not be built ([`build_boot_page_tables`]). Nothing is written
@@ -202,7 +202,7 @@ fn build<M: GuestMemoryBackend>(
         });
     }
 
-    let format = X86Paging::default()
+    let format = X86Format::new()
         .with_gbpages(page_size == PageSize::Size1G)
         .with_max_phys_bits(layout.phys_bits());
     let frames_end = write_tables(&GuestMemoryPhys(memory), format, page_size, start, end)
@@ -219,7 +219,7 @@ fn build<M: GuestMemoryBackend>(
 /// returns the end of the frames used. The root is the first frame.
 fn write_tables<M: vmkit_paging::PhysMemory + ?Sized>(
     memory: &M,
-    format: X86Paging,
+    format: X86Format,
     page_size: PageSize,
     start: u64,
     end: u64,

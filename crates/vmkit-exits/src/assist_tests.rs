@@ -5,7 +5,7 @@ use super::*;
 use crate::guest::{GP_VECTOR, SS_VECTOR};
 use crate::state::{PF_VECTOR, Segment, SpecialRegisters, XSAVE_AREA_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmkit_paging::{BumpAllocator, PageSizes, PteFlags, TableBuilder, X86Paging};
+use vmkit_paging::{BumpAllocator, PageSizes, PteFlags, TableBuilder, X86Format, X86Paging};
 
 /// vcpu gone
 #[derive(Debug, displaydoc::Display, thiserror::Error)]
@@ -35,7 +35,7 @@ const UNMAPPED: u64 = 0x90_0000;
 fn memory() -> GuestMemoryMmap {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
     let frames = BumpAllocator::new(CR3, 4 << 20);
-    let mut b = TableBuilder::new(X86Paging::default(), &mem, frames, PageSizes::SMALL).unwrap();
+    let mut b = TableBuilder::new(X86Format::default(), &mem, frames, PageSizes::SMALL).unwrap();
     assert_eq!(b.root(), CR3);
     b.map(RW, 0x10000, 0x2000, PteFlags::WRITABLE).unwrap();
     b.map(RO, 0x20000, 0x1000, PteFlags::EMPTY).unwrap();

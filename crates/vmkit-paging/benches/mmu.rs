@@ -10,7 +10,7 @@ use vmkit_paging::tlb::{Tag, Tlb, TlbConfig, TlbEntry};
 use vmkit_paging::{
     Access, BufferMemory, BumpAllocator, Ept, EptCaps, EptFlags, GpaRanges, PageSize, PageSizes,
     PhysMemory, Privilege, PteFlags, ShadowConfig, ShadowError, ShadowMmu, SyncPolicy,
-    TableBuilder, X86Paging, nested,
+    TableBuilder, X86Format, X86Paging, nested,
 };
 
 const MIB: u64 = 1 << 20;
@@ -42,7 +42,7 @@ fn only(size: PageSize) -> PageSizes {
 /// `size` pages, user-writable.
 fn guest_tables(mem: &BufferMemory, size: PageSize, frames: (u64, u64)) -> X86Paging {
     let mut builder = TableBuilder::new(
-        X86Paging::default(),
+        X86Format::default(),
         mem,
         BumpAllocator::new(frames.0, frames.1),
         only(size),
@@ -148,7 +148,7 @@ impl Guest {
     fn new(policy: SyncPolicy) -> (Guest, u64) {
         let mem = BufferMemory::new(0, RAM).expect("memory");
         let mut builder = TableBuilder::new(
-            X86Paging::default(),
+            X86Format::default(),
             &mem,
             BumpAllocator::new(TABLES, TABLES + 4 * MIB),
             PageSizes::SMALL,

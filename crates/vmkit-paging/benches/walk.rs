@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use vmkit_paging::{
     Access, BufferMemory, BumpAllocator, Ept, EptCaps, EptFlags, PageSize, PageSizes, PhysMemory,
-    Privilege, PteFlags, TableBuilder, X86Paging, X86Walker, nested,
+    Privilege, PteFlags, TableBuilder, X86Format, X86Paging, X86Walker, nested,
 };
 use x86_64_stable::structures::paging::{OffsetPageTable, PageTable, PageTableFlags, Translate};
 use x86_64_stable::{PhysAddr, VirtAddr};
@@ -61,7 +61,7 @@ fn only(size: PageSize) -> PageSizes {
 /// Guest tables at 0..8 MiB mapping GVA 0..1 GiB to GPA 0x1_0000_0000.. with `size` pages.
 fn guest_tables(mem: &BufferMemory, size: PageSize, phys: u64) -> X86Paging {
     let mut builder = TableBuilder::new(
-        X86Paging::default(),
+        X86Format::default(),
         mem,
         BumpAllocator::new(0, 8 * MIB),
         only(size),

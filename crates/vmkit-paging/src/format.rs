@@ -33,7 +33,7 @@ pub struct Rights {
 /// A page-table format: how entries are decoded and built, and what access rights they grant.
 ///
 /// The generic walker (one loop for every format, as Linux's `paging_tmpl.h`) and the table
-/// builder are written against this trait; x86-64 paging ([`X86Paging`](crate::X86Paging)),
+/// builder are written against this trait; x86-64 paging ([`X86Format`](crate::X86Format)),
 /// AMD NPT ([`Npt`](crate::Npt)) and Intel EPT ([`Ept`](crate::Ept)) implement it.
 ///
 /// The walker combines the rights of the entries it uses as

@@ -2,8 +2,9 @@
 //!
 //! # Modules
 //!
-//! - [`x86`]: x86-64 entries, [`X86Paging`] (the vCPU state that governs translation) and the
-//!   guest walker with exact #PF error codes.
+//! - [`x86`]: x86-64 entries, [`X86Format`] (what the builder takes: levels, MAXPHYADDR, NXE,
+//!   1 GiB pages), [`X86Paging`] (the vCPU state that governs translation: the format, CR3 and
+//!   the access checks) and the guest walker with exact #PF error codes.
 //! - [`ept`] and [`npt`]: the nested formats; [`nested`]: GPA → HPA translation and the
 //!   two-dimensional walk.
 //! - [`TableBuilder`]: tables for given mappings in any format, largest page size first.
@@ -67,4 +68,4 @@ pub use tlb::{Tag, Tlb, TlbConfig, TlbEntry};
 #[cfg(feature = "vm-memory")]
 pub use vm_memory::GuestMemoryPhys;
 pub use walk::{MAX_RETRIES, Translation};
-pub use x86::{PageFault, PteFlags, X86Paging, X86Walker};
+pub use x86::{PageFault, PteFlags, X86Format, X86Paging, X86Walker};

@@ -111,7 +111,9 @@ impl<M: GuestMemoryBackend + ?Sized> PhysMemory for GuestMemoryPhys<'_, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Access, PageSize, PageSizes, Privilege, PteFlags, TableBuilder, X86Paging};
+    use crate::{
+        Access, PageSize, PageSizes, Privilege, PteFlags, TableBuilder, X86Format, X86Paging,
+    };
     use vm_memory::bitmap::AtomicBitmap;
     use vm_memory::{Bytes, GuestMemoryMmap};
 
@@ -152,7 +154,7 @@ mod tests {
             GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
         let mut frames = (0x10_0000..0x20_0000).step_by(0x1000);
         let mut builder = TableBuilder::new(
-            X86Paging::default(),
+            X86Format::default(),
             &mem,
             || frames.next(),
             PageSizes::UP_TO_2M,

@@ -1,6 +1,7 @@
-//! x86-64 paging (4-level and 5-level): the entry format, the vCPU state that governs
-//! translation, and the guest walker (GVA → GPA) with the exact page-fault semantics of the
-//! Intel SDM Vol. 3A, chapter 4.
+//! x86-64 paging (4-level and 5-level): the entry format ([`X86Format`], what the table
+//! builder takes), the vCPU state that governs translation ([`X86Paging`]: the format, the
+//! root and the access checks), and the guest walker (GVA → GPA) with the exact page-fault
+//! semantics of the Intel SDM Vol. 3A, chapter 4.
 
 use core::fmt;
 use core::ops::{BitOr, BitOrAssign};
@@ -192,19 +193,109 @@ pub(crate) enum FaultCause {
     Denied,
 }
 
-/// The x86-64 paging state of a vCPU: what CR0, CR3, CR4, EFER and RFLAGS (and the CPU model)
-/// say about linear-address translation. Long mode with paging enabled is assumed.
+/// How a CPU reads x86-64 page tables: what an entry means and how many levels a walk takes.
 ///
-/// Also the format of x86-64 tables for the [`TableBuilder`](crate::TableBuilder), which uses
-/// the level count, MAXPHYADDR, NXE and 1 GiB support.
+/// The CPU model fixes MAXPHYADDR and 1 GiB page support; two mode bits change the entry
+/// format as well, CR4.LA57 (4 or 5 levels) and EFER.NXE (bit 63 is XD, or reserved). The
+/// [`TableBuilder`](crate::TableBuilder) takes this format (it is the [`PagingFormat`] for
+/// x86-64 tables); the walker's [`X86Paging`] holds one, with the root and the access checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct X86Paging {
-    /// CR3: the root table in bits M-1:12 (PCID and other bits are ignored).
-    pub cr3: u64,
+pub struct X86Format {
     /// CR4.LA57: 5-level paging (57-bit linear addresses) instead of 4-level.
     pub five_level: bool,
     /// EFER.NXE: the XD bit is honoured (and not reserved).
     pub nxe: bool,
+    /// MAXPHYADDR (CPUID.80000008H:EAX\[7:0\]): entry address bits at and above it are reserved.
+    pub max_phys_bits: u8,
+    /// 1 GiB pages supported (CPUID.80000001H:EDX\[26\]); without them PS in a PDPTE is
+    /// reserved.
+    pub gbpages: bool,
+}
+
+impl Default for X86Format {
+    fn default() -> Self {
+        X86Format::new()
+    }
+}
+
+impl X86Format {
+    /// 4-level tables as a usual 64-bit kernel runs them: NXE set, MAXPHYADDR 52, 1 GiB pages
+    /// supported.
+    #[inline]
+    pub const fn new() -> X86Format {
+        X86Format {
+            five_level: false,
+            nxe: true,
+            max_phys_bits: 52,
+            gbpages: true,
+        }
+    }
+
+    /// This format with MAXPHYADDR `bits` (clamped to 32..=52).
+    #[inline]
+    pub const fn with_max_phys_bits(mut self, bits: u8) -> Self {
+        self.max_phys_bits = clamp_phys_bits(bits);
+        self
+    }
+
+    /// This format with or without 1 GiB page support.
+    #[inline]
+    pub const fn with_gbpages(mut self, gbpages: bool) -> Self {
+        self.gbpages = gbpages;
+        self
+    }
+
+    /// This format with 5-level paging on or off.
+    #[inline]
+    pub const fn with_five_level(mut self, five_level: bool) -> Self {
+        self.five_level = five_level;
+        self
+    }
+
+    /// This format with EFER.NXE on or off.
+    #[inline]
+    pub const fn with_nxe(mut self, nxe: bool) -> Self {
+        self.nxe = nxe;
+        self
+    }
+
+    /// Whether `addr` is canonical: bits 63:47 (63:56 with 5-level paging) all equal.
+    #[inline]
+    pub const fn is_canonical(&self, addr: u64) -> bool {
+        let unused = if self.five_level { 7 } else { 16 };
+        (((addr << unused) as i64) >> unused) as u64 == addr
+    }
+
+    /// The entry rules of this format, with the access checks of `checks`.
+    #[inline]
+    const fn rules_checking(&self, checks: Checks) -> X86Rules {
+        X86Rules::new(
+            self.five_level,
+            self.nxe,
+            self.max_phys_bits,
+            self.gbpages,
+            checks,
+        )
+    }
+
+    /// The rules the [`PagingFormat`] implementation delegates to. The format alone has no
+    /// access checks; those of [`X86Paging::new`] stand in (a builder never asks).
+    #[inline]
+    const fn rules(&self) -> X86Rules {
+        X86Paging::new(0).with_format(*self).rules()
+    }
+}
+
+/// The x86-64 paging state of a vCPU, what a walk needs: the tables' [`X86Format`] and what
+/// CR3, CR0.WP, CR4.SMEP, CR4.SMAP and RFLAGS.AC say. Long mode with paging enabled is assumed.
+/// [`from_registers`](Self::from_registers) takes all of it from the registers but the CPU
+/// model's part of the format (MAXPHYADDR, 1 GiB pages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct X86Paging {
+    /// How the tables are read: CR4.LA57, EFER.NXE, MAXPHYADDR, 1 GiB page support.
+    pub format: X86Format,
+    /// CR3: the root table in bits M-1:12 (PCID and other bits are ignored).
+    pub cr3: u64,
     /// CR0.WP: supervisor writes honour R/W.
     pub wp: bool,
     /// CR4.SMEP: supervisor fetches from user pages fault.
@@ -213,11 +304,6 @@ pub struct X86Paging {
     pub smap: bool,
     /// RFLAGS.AC at the time of the access.
     pub ac: bool,
-    /// MAXPHYADDR (CPUID.80000008H:EAX\[7:0\]): entry address bits at and above it are reserved.
-    pub max_phys_bits: u8,
-    /// 1 GiB pages supported (CPUID.80000001H:EDX\[26\]); without them PS in a PDPTE is
-    /// reserved.
-    pub gbpages: bool,
 }
 
 impl Default for X86Paging {
@@ -227,89 +313,87 @@ impl Default for X86Paging {
 }
 
 impl X86Paging {
-    /// 4-level paging rooted at `cr3`, as a usual 64-bit kernel runs: NXE and WP set, SMEP,
-    /// SMAP and AC clear, MAXPHYADDR 52, 1 GiB pages supported.
+    /// Paging rooted at `cr3` in the default [`X86Format`] (4-level, NXE, MAXPHYADDR 52, 1 GiB
+    /// pages), as a usual 64-bit kernel runs: WP set, SMEP, SMAP and AC clear.
     #[inline]
     pub const fn new(cr3: u64) -> X86Paging {
         X86Paging {
+            format: X86Format::new(),
             cr3,
-            five_level: false,
-            nxe: true,
             wp: true,
             smep: false,
             smap: false,
             ac: false,
-            max_phys_bits: 52,
-            gbpages: true,
         }
     }
 
-    /// The state the registers describe; MAXPHYADDR 52 and 1 GiB pages until set otherwise.
+    /// The state the registers describe, the format's LA57 and NXE included; MAXPHYADDR 52 and
+    /// 1 GiB pages until set otherwise.
     #[inline]
     pub const fn from_registers(cr0: u64, cr3: u64, cr4: u64, efer: u64, rflags: u64) -> Self {
         X86Paging {
+            format: X86Format::new()
+                .with_five_level(cr4 & CR4_LA57 != 0)
+                .with_nxe(efer & EFER_NXE != 0),
             cr3,
-            five_level: cr4 & CR4_LA57 != 0,
-            nxe: efer & EFER_NXE != 0,
             wp: cr0 & CR0_WP != 0,
             smep: cr4 & CR4_SMEP != 0,
             smap: cr4 & CR4_SMAP != 0,
             ac: rflags & RFLAGS_AC != 0,
-            max_phys_bits: 52,
-            gbpages: true,
         }
+    }
+
+    /// This state reading tables of `format` (all of it: level count, NXE, MAXPHYADDR and
+    /// 1 GiB pages).
+    #[inline]
+    pub const fn with_format(mut self, format: X86Format) -> Self {
+        self.format = format;
+        self
     }
 
     /// This state with MAXPHYADDR `bits` (clamped to 32..=52).
     #[inline]
     pub const fn with_max_phys_bits(mut self, bits: u8) -> Self {
-        self.max_phys_bits = clamp_phys_bits(bits);
+        self.format = self.format.with_max_phys_bits(bits);
         self
     }
 
     /// This state with or without 1 GiB page support.
     #[inline]
     pub const fn with_gbpages(mut self, gbpages: bool) -> Self {
-        self.gbpages = gbpages;
+        self.format = self.format.with_gbpages(gbpages);
         self
     }
 
     /// This state with 5-level paging on or off.
     #[inline]
     pub const fn with_five_level(mut self, five_level: bool) -> Self {
-        self.five_level = five_level;
+        self.format = self.format.with_five_level(five_level);
         self
     }
 
     /// The physical address of the root table (PML4 or PML5).
     #[inline]
     pub const fn root(&self) -> u64 {
-        self.cr3 & ADDRESS_BITS & !reserved_phys_bits(self.max_phys_bits)
+        self.cr3 & ADDRESS_BITS & !reserved_phys_bits(self.format.max_phys_bits)
     }
 
     /// The entry and access rules of this state, with their masks computed: what the walker
     /// runs.
     #[inline]
     pub const fn rules(&self) -> X86Rules {
-        X86Rules::new(
-            self.five_level,
-            self.nxe,
-            self.max_phys_bits,
-            self.gbpages,
-            Checks::Guest {
-                wp: self.wp,
-                smep: self.smep,
-                smap: self.smap,
-                ac: self.ac,
-            },
-        )
+        self.format.rules_checking(Checks::Guest {
+            wp: self.wp,
+            smep: self.smep,
+            smap: self.smap,
+            ac: self.ac,
+        })
     }
 
     /// Whether `addr` is canonical: bits 63:47 (63:56 with 5-level paging) all equal.
     #[inline]
     pub const fn is_canonical(&self, addr: u64) -> bool {
-        let unused = if self.five_level { 7 } else { 16 };
-        (((addr << unused) as i64) >> unused) as u64 == addr
+        self.format.is_canonical(addr)
     }
 
     /// The walker of this state, its rules prepared: for many translations under one
@@ -389,7 +473,7 @@ impl X86Paging {
         if access.privilege == Privilege::User {
             error_code |= PageFault::USER;
         }
-        if access.kind == AccessKind::Fetch && (self.nxe || self.smep) {
+        if access.kind == AccessKind::Fetch && (self.format.nxe || self.smep) {
             error_code |= PageFault::FETCH;
         }
         PageFault {
@@ -771,7 +855,7 @@ macro_rules! delegate_format {
 }
 pub(crate) use delegate_format;
 
-delegate_format!(X86Paging, X86Rules);
+delegate_format!(X86Format, X86Rules);
 
 #[cfg(test)]
 mod tests;

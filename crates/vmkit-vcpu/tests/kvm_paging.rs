@@ -17,7 +17,7 @@ use vmkit_exits::{VcpuState, VmExit};
 use vmkit_memory::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmkit_paging::{
     Access, BumpAllocator, PageSize, PageSizes, Privilege, PteFlags, TableBuilder, WalkError,
-    X86Paging,
+    X86Format, X86Paging,
 };
 use vmkit_vcpu::{Hypervisor, KvmVcpu, LongModeEntry, LoopExit, Vcpu, Vm};
 
@@ -92,9 +92,9 @@ fn max_phys_bits(m: &Machine) -> u8 {
 }
 
 /// Builds the tables in guest memory; returns the root.
-fn build_tables(m: &Machine, sizes: PageSizes, paging: X86Paging) -> u64 {
+fn build_tables(m: &Machine, sizes: PageSizes, format: X86Format) -> u64 {
     let frames = BumpAllocator::new(TABLES.0, TABLES.1);
-    let mut b = TableBuilder::new(paging, &m.memory, frames, sizes).unwrap();
+    let mut b = TableBuilder::new(format, &m.memory, frames, sizes).unwrap();
     // Low memory (code, GDT, tables) identity-mapped, writable, executable.
     b.identity_map(0, 0x20_0000, PteFlags::WRITABLE).unwrap();
     b.identity_map(TABLES.0, TABLES.1 - TABLES.0, PteFlags::WRITABLE)
@@ -187,7 +187,7 @@ fn walker_agrees_with_kvm_translate_on_live_guest_tables() {
     let sizes = m.kvm.supported_page_sizes();
     assert!(sizes.contains(PageSize::Size4K) && sizes.contains(PageSize::Size2M));
     let max_phys_bits = max_phys_bits(&m);
-    let format = X86Paging::default()
+    let format = X86Format::new()
         .with_max_phys_bits(max_phys_bits)
         .with_gbpages(sizes.contains(PageSize::Size1G));
     let root = build_tables(&m, sizes, format);
@@ -237,7 +237,7 @@ fn walker_agrees_with_kvm_translate_on_live_guest_tables() {
     let paging = X86Paging::from_registers(sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer, rflags)
         .with_max_phys_bits(max_phys_bits)
         .with_gbpages(sizes.contains(PageSize::Size1G));
-    assert!(paging.nxe && paging.wp && !paging.five_level);
+    assert!(paging.format.nxe && paging.wp && !paging.format.five_level);
 
     let access = Access::read(Privilege::Supervisor);
     let mut tally = Tally::default();

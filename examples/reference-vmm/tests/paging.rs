@@ -534,7 +534,10 @@ fn walker_agrees_with_kvm_translate_on_tables_the_guest_built() {
     let paging = X86Paging::from_registers(sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer, rflags)
         .with_max_phys_bits(max_phys_bits(&kvm))
         .with_gbpages(gbpages);
-    assert!(paging.nxe && paging.wp && !paging.five_level, "{paging:?}");
+    assert!(
+        paging.format.nxe && paging.wp && !paging.format.five_level,
+        "{paging:?}"
+    );
     let maps = mappings(work, boot.image_end.0, gbpages);
 
     let compare_started = Instant::now();

@@ -19,8 +19,8 @@ use std::cell::RefCell;
 use vmkit_paging::reference::shadow::{self, Scratch};
 
 thread_local! {
-    /// The guest memory of the last input, cleared and reused by the next: cheaper than a fresh
-    /// allocation under the sanitizer.
+    /// The guest memory, write logs and shadow MMU of the last input, cleared (the MMU reset)
+    /// and reused by the next: cheaper than fresh allocations under the sanitizer.
     static SCRATCH: RefCell<Scratch> = RefCell::default();
 }
 

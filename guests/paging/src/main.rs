@@ -55,7 +55,7 @@ use core::ptr::{read_volatile, write_volatile};
 use guest_rt::port::outl;
 use guest_rt::{Console, EXIT_OK, StartInfo};
 use vmkit_paging::{
-    BuildError, BumpAllocator, PageSize, PageSizes, PteFlags, TableBuilder, X86Paging,
+    BuildError, BumpAllocator, PageSize, PageSizes, PteFlags, TableBuilder, X86Format,
 };
 
 use cpu::Features;
@@ -352,7 +352,7 @@ fn build_tables(
     sizes: PageSizes,
     features: &Features,
 ) -> Result<(u64, usize), (&'static str, BuildError)> {
-    let format = X86Paging::new(0)
+    let format = X86Format::new()
         .with_max_phys_bits(features.max_phys_bits)
         .with_gbpages(sizes.contains(PageSize::Size1G));
     let frames = BumpAllocator::new(work, work + TABLES_LEN);

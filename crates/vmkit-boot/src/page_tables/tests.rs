@@ -2,7 +2,7 @@ use super::*;
 use crate::elf::ElfBuilder;
 use crate::pvh::{BOOT_DATA_AREAS, PvhConfig, START_INFO_ADDR, load_pvh};
 use vm_memory::{Bytes, GuestMemoryMmap};
-use vmkit_paging::{Access, PageFault, PhysMemory, Privilege, WalkError};
+use vmkit_paging::{Access, PageFault, PhysMemory, Privilege, WalkError, X86Paging};
 
 const RAM: u64 = 64 << 20;
 const GIB: u64 = 1 << 30;
@@ -419,7 +419,7 @@ fn the_bump_allocator_reports_running_out_as_an_error() {
     // The window check rules this out; the allocator is the backstop, never an overflow.
     let layout = layout();
     let memory = dirty_memory(&layout);
-    let format = X86Paging::default().with_gbpages(false);
+    let format = X86Format::new().with_gbpages(false);
     let end = PAGE_TABLES_END - FRAME_SIZE;
     let err = write_tables(&memory, format, PageSize::Size2M, PAGE_TABLES_START, end).unwrap_err();
     assert_eq!(err, BuildError::OutOfFrames);

@@ -5,7 +5,7 @@ use crate::BufferMemory;
 use crate::access::{Access, AccessKind, Privilege};
 use crate::ept::{Ept, EptCaps, EptFlags};
 use crate::npt::Npt;
-use crate::x86::{self, PteFlags, X86Paging};
+use crate::x86::{self, PteFlags, X86Format, X86Paging};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -30,7 +30,7 @@ fn size_at(mem: &BufferMemory, root: u64, addr: u64) -> PageSize {
 fn identity_map_with_2m_pages() {
     let mem = memory();
     let mut builder =
-        TableBuilder::new(X86Paging::default(), &mem, frames(), PageSizes::UP_TO_2M).unwrap();
+        TableBuilder::new(X86Format::default(), &mem, frames(), PageSizes::UP_TO_2M).unwrap();
     builder
         .identity_map(0, 4 * GIB, PteFlags::WRITABLE | PteFlags::GLOBAL)
         .unwrap();
@@ -56,7 +56,7 @@ fn identity_map_with_2m_pages() {
 fn largest_size_that_fits_alignment_and_length() {
     let mem = memory();
     let mut builder =
-        TableBuilder::new(X86Paging::default(), &mem, frames(), PageSizes::ALL).unwrap();
+        TableBuilder::new(X86Format::default(), &mem, frames(), PageSizes::ALL).unwrap();
     // 0x1f_f000 .. 0x8040_1000: one 4 KiB page up to 2 MiB, 2 MiB pages up to 1 GiB, one
     // 1 GiB page, 2 MiB pages, and one 4 KiB page at the end.
     let start = 0x1f_f000;
@@ -86,12 +86,12 @@ fn largest_size_that_fits_alignment_and_length() {
 fn only_the_sizes_allowed_by_caller_and_format() {
     let mem = memory();
     let mut small =
-        TableBuilder::new(X86Paging::default(), &mem, frames(), PageSizes::SMALL).unwrap();
+        TableBuilder::new(X86Format::default(), &mem, frames(), PageSizes::SMALL).unwrap();
     small.identity_map(0, 2 * MIB, PteFlags::EMPTY).unwrap();
     assert_eq!(size_at(&mem, small.root(), 0x10_0000), PageSize::Size4K);
     let alloc = small.into_allocator();
     // No 1 GiB pages on this CPU, though the caller allows them.
-    let no_1g = X86Paging::default().with_gbpages(false);
+    let no_1g = X86Format::default().with_gbpages(false);
     let mut builder = TableBuilder::new(no_1g, &mem, alloc, PageSizes::ALL).unwrap();
     builder.identity_map(0, GIB, PteFlags::EMPTY).unwrap();
     assert_eq!(size_at(&mem, builder.root(), 0), PageSize::Size2M);
@@ -99,7 +99,7 @@ fn only_the_sizes_allowed_by_caller_and_format() {
     let mut alloc = builder.into_allocator();
     let before = alloc.next_frame();
     let mut two_m = TableBuilder::new(
-        X86Paging::default(),
+        X86Format::default(),
         &mem,
         &mut alloc,
         PageSizes::of(&[PageSize::Size2M]),
@@ -123,14 +123,14 @@ impl FrameAllocator for &mut BumpAllocator {
 fn extends_existing_tables_and_refuses_overlaps() {
     let mem = memory();
     let mut builder =
-        TableBuilder::new(X86Paging::default(), &mem, frames(), PageSizes::ALL).unwrap();
+        TableBuilder::new(X86Format::default(), &mem, frames(), PageSizes::ALL).unwrap();
     builder
         .identity_map(0x40_0000, 0x1000, PteFlags::EMPTY)
         .unwrap();
     let root = builder.root();
     let alloc = builder.into_allocator();
     let mut again =
-        TableBuilder::with_root(X86Paging::default(), &mem, alloc, PageSizes::ALL, root);
+        TableBuilder::with_root(X86Format::default(), &mem, alloc, PageSizes::ALL, root);
     assert_eq!(again.root(), root);
     // The 2 MiB slot at 0x40_0000 holds a table now, so 4 KiB pages fill it around the page.
     again
@@ -157,7 +157,7 @@ fn extends_existing_tables_and_refuses_overlaps() {
 fn argument_errors() {
     let mem = memory();
     let mut builder =
-        TableBuilder::new(X86Paging::default(), &mem, frames(), PageSizes::ALL).unwrap();
+        TableBuilder::new(X86Format::default(), &mem, frames(), PageSizes::ALL).unwrap();
     assert_eq!(
         builder.map(0x10, 0, 0x1000, PteFlags::EMPTY),
         Err(BuildError::Misaligned(0x10))
@@ -195,10 +195,7 @@ fn argument_errors() {
         Err(BuildError::OutputOutOfRange(u64::MAX - 0xfff))
     );
     // NX without NXE.
-    let no_nxe = X86Paging {
-        nxe: false,
-        ..X86Paging::default()
-    };
+    let no_nxe = X86Format::default().with_nxe(false);
     let mut builder = TableBuilder::new(no_nxe, &mem, frames(), PageSizes::ALL).unwrap();
     assert_eq!(
         builder.map(0, 0, 0x1000, PteFlags::NO_EXECUTE),
@@ -212,12 +209,12 @@ fn allocator_and_memory_errors() {
     let mem = memory();
     let none = || None;
     assert_eq!(
-        TableBuilder::new(X86Paging::default(), &mem, none, PageSizes::ALL).err(),
+        TableBuilder::new(X86Format::default(), &mem, none, PageSizes::ALL).err(),
         Some(BuildError::OutOfFrames)
     );
     let mut one = Some(0x1000);
     let mut builder = TableBuilder::new(
-        X86Paging::default(),
+        X86Format::default(),
         &mem,
         move || one.take(),
         PageSizes::ALL,
@@ -229,25 +226,25 @@ fn allocator_and_memory_errors() {
     );
     let unaligned = || Some(0x1234);
     assert_eq!(
-        TableBuilder::new(X86Paging::default(), &mem, unaligned, PageSizes::ALL).err(),
+        TableBuilder::new(X86Format::default(), &mem, unaligned, PageSizes::ALL).err(),
         Some(BuildError::BadFrame(0x1234))
     );
     let too_high = || Some(1 << 40);
-    let narrow = X86Paging::default().with_max_phys_bits(36);
+    let narrow = X86Format::default().with_max_phys_bits(36);
     assert_eq!(
         TableBuilder::new(narrow, &mem, too_high, PageSizes::ALL).err(),
         Some(BuildError::BadFrame(1 << 40))
     );
     let outside = || Some(64 * MIB);
     assert_eq!(
-        TableBuilder::new(X86Paging::default(), &mem, outside, PageSizes::ALL).err(),
+        TableBuilder::new(X86Format::default(), &mem, outside, PageSizes::ALL).err(),
         Some(BuildError::Memory(crate::MemoryError::OutOfRange(64 * MIB)))
     );
     // An existing entry with reserved bits.
     mem.write_u64(0x2000, 0x3000 | x86::PRESENT | x86::PAGE_SIZE)
         .unwrap();
     let mut builder =
-        TableBuilder::with_root(X86Paging::default(), &mem, frames(), PageSizes::ALL, 0x2000);
+        TableBuilder::with_root(X86Format::default(), &mem, frames(), PageSizes::ALL, 0x2000);
     assert_eq!(
         builder.identity_map(0, 0x1000, PteFlags::EMPTY),
         Err(BuildError::Corrupt(0x2000))
@@ -309,14 +306,11 @@ fn ept_and_npt_tables() {
 #[test]
 fn five_level_tables() {
     let mem = memory();
-    let five = X86Paging::default().with_five_level(true);
+    let five = X86Format::default().with_five_level(true);
     let mut builder = TableBuilder::new(five, &mem, frames(), PageSizes::ALL).unwrap();
     let high = 0xff00_0000_0000_0000;
     builder.map(high, 0, GIB, PteFlags::WRITABLE).unwrap();
-    let paging = X86Paging {
-        cr3: builder.root(),
-        ..five
-    };
+    let paging = X86Paging::new(builder.root()).with_format(five);
     let t = paging.translate(&mem, high + 0x1234, READ).unwrap();
     assert_eq!(
         (t.address, t.page_size, t.refs),

@@ -7,7 +7,7 @@ use crate::ept::{self, Ept, EptCaps, EptFlags};
 use crate::memory::MemoryError;
 use crate::npt::{EXITINFO1_FINAL, EXITINFO1_GUEST_TABLE, Npt};
 use crate::size::{PageSize, PageSizes};
-use crate::x86::{self, PteFlags};
+use crate::x86::{self, PteFlags, X86Format};
 
 const GVA_BASE: u64 = 0xffff_8000_0000_0000;
 const MIB: u64 = 1 << 20;
@@ -35,7 +35,7 @@ fn span(size: PageSize) -> u64 {
 
 fn setup(guest_size: PageSize, nested_size: PageSize, five_level: bool) -> Setup {
     let mem = BufferMemory::new(0, 32 * MIB).unwrap();
-    let guest_format = X86Paging::new(0).with_five_level(five_level);
+    let guest_format = X86Format::new().with_five_level(five_level);
     let mut guest = TableBuilder::new(
         guest_format,
         &mem,
@@ -73,10 +73,7 @@ fn setup(guest_size: PageSize, nested_size: PageSize, five_level: bool) -> Setup
     npt.identity_map(0, span(nested_size), PteFlags::WRITABLE)
         .unwrap();
     Setup {
-        guest: X86Paging {
-            cr3: guest.root(),
-            ..guest_format
-        },
+        guest: X86Paging::new(guest.root()).with_format(guest_format),
         ept: Ept {
             root: ept.root(),
             ..ept_format
@@ -120,7 +117,7 @@ fn memory_references_per_page_size() {
         assert_eq!(native.address, 0x12_3456);
         assert_eq!(
             native.refs,
-            u32::from(PagingFormat::levels(&s.guest)) + 1 - u32::from(guest.level())
+            u32::from(PagingFormat::levels(&s.guest.format)) + 1 - u32::from(guest.level())
         );
     }
 }

@@ -19,7 +19,7 @@ use super::scenario::Scenario;
 use crate::nested::{self, NestedFault, NestedFormat, NestedKind, Stage};
 use crate::{
     Access, AccessKind, BufferMemory, Ept, EptCaps, MemoryError, Npt, PhysMemory, Privilege,
-    WalkError, X86Paging,
+    WalkError, X86Format, X86Paging,
 };
 
 /// Decodes `data` into a scenario and checks it; `Err` describes the first disagreement.
@@ -73,15 +73,17 @@ enum Host {
 fn guest_paging(scenario: &Scenario) -> X86Paging {
     let g = &scenario.guest;
     X86Paging {
+        format: X86Format {
+            five_level: g.la57,
+            nxe: g.nxe,
+            max_phys_bits: g.maxphyaddr,
+            gbpages: g.page1gb,
+        },
         cr3: g.cr3,
-        five_level: g.la57,
-        nxe: g.nxe,
         wp: g.wp,
         smep: g.smep,
         smap: g.smap,
         ac: g.ac,
-        max_phys_bits: g.maxphyaddr,
-        gbpages: g.page1gb,
     }
 }
 

@@ -122,22 +122,39 @@ fn address(src: &mut Source<'_>, five_level: bool) -> u64 {
     (((gva << (64 - width)) as i64) >> (64 - width)) as u64
 }
 
-/// Memory that records the writes made through it.
-struct Logged<'a> {
+/// A write to guest memory: (address, old value, new value).
+type Write = (u64, u64, u64);
+
+/// Memory that records the writes made through it, in a buffer it borrows (emptied first), so
+/// that a run reuses its buffers from access to access.
+struct Logged<'a, 'b> {
     mem: &'a BufferMemory,
-    log: RefCell<Vec<(u64, u64, u64)>>,
+    log: RefCell<&'b mut Vec<Write>>,
 }
 
-impl<'a> Logged<'a> {
-    fn new(mem: &'a BufferMemory) -> Self {
+impl<'a, 'b> Logged<'a, 'b> {
+    fn new(mem: &'a BufferMemory, log: &'b mut Vec<Write>) -> Self {
+        log.clear();
         Logged {
             mem,
-            log: RefCell::new(Vec::new()),
+            log: RefCell::new(log),
         }
+    }
+
+    /// The writes made through this memory.
+    fn into_log(self) -> &'b mut Vec<Write> {
+        self.log.into_inner()
     }
 }
 
-impl PhysMemory for Logged<'_> {
+/// The write logs of one access: the MMU's, and the fresh walk's it is compared with.
+#[derive(Default)]
+struct Logs {
+    shadow: Vec<Write>,
+    fresh: Vec<Write>,
+}
+
+impl PhysMemory for Logged<'_, '_> {
     fn read_u64(&self, addr: u64) -> Result<u64, MemoryError> {
         self.mem.read_u64(addr)
     }
@@ -195,7 +212,7 @@ impl PhysMemory for Overlay<'_> {
 struct Run<'a> {
     mem: &'a BufferMemory,
     map: GpaRanges,
-    mmu: ShadowMmu,
+    mmu: &'a mut ShadowMmu,
     policy: SyncPolicy,
     /// Every write to guest memory, in order: (address, old value). A moment is a length of
     /// it: the memory after that many writes.
@@ -206,6 +223,8 @@ struct Run<'a> {
     page_barriers: BTreeMap<u64, usize>,
     /// Hits that served a translation the tables no longer give.
     stale_hits: u64,
+    /// Buffers for the write logs.
+    logs: &'a mut Logs,
 }
 
 /// What a run went through: the MMU's counts and the stale hits the model allowed.
@@ -218,10 +237,19 @@ pub struct Coverage {
 }
 
 impl Run<'_> {
-    fn record(&mut self, log: &[(u64, u64, u64)]) {
+    fn record(&mut self, log: &[Write]) {
         for &(addr, old, _) in log {
             self.history.push((addr, old));
         }
+    }
+
+    /// The MMU writes `value` to the guest-physical word at `gpa` for the guest or the VMM.
+    fn write_guest(&mut self, gpa: u64, value: u64) {
+        let mut log = core::mem::take(&mut self.logs.shadow);
+        let logged = Logged::new(self.mem, &mut log);
+        let _ = self.mmu.write_guest(&logged, gpa, value);
+        self.record(logged.into_log());
+        self.logs.shadow = log;
     }
 
     fn write(&mut self, gpa: u64, value: u64) {
@@ -269,9 +297,21 @@ impl Run<'_> {
     }
 
     fn access(&mut self, gva: u64, access: Access) -> Result<Option<u64>, String> {
-        let logged = Logged::new(self.mem);
+        let mut logs = core::mem::take(&mut *self.logs);
+        let result = self.access_logging_to(gva, access, &mut logs);
+        *self.logs = logs;
+        result
+    }
+
+    fn access_logging_to(
+        &mut self,
+        gva: u64,
+        access: Access,
+        logs: &mut Logs,
+    ) -> Result<Option<u64>, String> {
+        let logged = Logged::new(self.mem, &mut logs.shadow);
         let got = self.mmu.translate(&logged, &self.map, gva, access);
-        let shadow_writes = logged.log.into_inner();
+        let shadow_writes = logged.into_log();
         let walker = self.mmu.paging().walker();
         if let Ok(hit) = &got
             && !hit.filled
@@ -279,9 +319,9 @@ impl Run<'_> {
             if !shadow_writes.is_empty() {
                 return Err(format!("hit of {gva:#x} wrote {shadow_writes:x?}"));
             }
-            let fresh = Logged::new(self.mem);
+            let fresh = Logged::new(self.mem, &mut logs.fresh);
             let walked = walker.translate(&fresh, gva, access);
-            let fresh_writes = fresh.log.into_inner();
+            let fresh_writes = fresh.into_log();
             let current = matches!(&walked, Ok(walked) if self.same(hit, walked));
             for &(addr, old, _) in fresh_writes.iter().rev() {
                 let _ = self.mem.write_u64(addr, old);
@@ -307,10 +347,10 @@ impl Run<'_> {
         for &(addr, old, _) in shadow_writes.iter().rev() {
             let _ = self.mem.write_u64(addr, old);
         }
-        let fresh = Logged::new(self.mem);
+        let fresh = Logged::new(self.mem, &mut logs.fresh);
         let walked = walker.translate(&fresh, gva, access);
-        let fresh_writes = fresh.log.into_inner();
-        self.record(&fresh_writes);
+        let fresh_writes = fresh.into_log();
+        self.record(fresh_writes);
         if shadow_writes != fresh_writes {
             return Err(format!(
                 "{access:?} of {gva:#x}: shadow wrote {shadow_writes:x?}, walk {fresh_writes:x?}"
@@ -366,12 +406,16 @@ pub fn run(data: &[u8]) -> Result<Coverage, String> {
     run_reusing(data, &mut Scratch::default())
 }
 
-/// The guest memory and write history one run works on, kept between runs by [`run_reusing`]: a
-/// fuzzer that runs input after input then allocates (and page-faults in) neither again.
+/// The guest memory, write history and MMU one run works on, kept between runs by
+/// [`run_reusing`]: a fuzzer that runs input after input then allocates (and page-faults in)
+/// none of them again. The MMU is [reset](ShadowMmu::reset) for each input, which makes it the
+/// MMU a new one would be.
 #[derive(Default)]
 pub struct Scratch {
     mem: Option<BufferMemory>,
     history: Vec<(u64, u64)>,
+    mmu: Option<ShadowMmu>,
+    logs: Logs,
 }
 
 /// [`run`] with the memories of `scratch` (cleared first, and left in it for the next input).
@@ -387,7 +431,7 @@ pub fn run_reusing(data: &[u8], scratch: &mut Scratch) -> Result<Coverage, Strin
     };
     let mut history = core::mem::take(&mut scratch.history);
     history.clear();
-    let result = run_in(data, mem, &mut history);
+    let result = run_in(data, mem, &mut history, &mut scratch.mmu, &mut scratch.logs);
     scratch.history = history;
     result
 }
@@ -396,6 +440,8 @@ fn run_in(
     data: &[u8],
     mem: &BufferMemory,
     history: &mut Vec<(u64, u64)>,
+    kept: &mut Option<ShadowMmu>,
+    logs: &mut Logs,
 ) -> Result<Coverage, String> {
     let seed = data
         .iter()
@@ -434,7 +480,13 @@ fn run_in(
         max_pages: 8 + src.below(64) as usize,
         policy,
     };
-    let mut mmu = ShadowMmu::new(paging, config);
+    let mmu = match kept {
+        Some(mmu) => {
+            mmu.reset(paging, config);
+            mmu
+        }
+        none => none.insert(ShadowMmu::new(paging, config)),
+    };
     mmu.write_cr4(cr4);
     let mut run = Run {
         mem,
@@ -445,10 +497,11 @@ fn run_in(
         barrier: 0,
         page_barriers: BTreeMap::new(),
         stale_hits: 0,
+        logs,
     };
     // A few addresses used again and again (so that shadow entries are hit), and now and then
     // another.
-    let pool: Vec<u64> = (0..6).map(|_| address(&mut src, five_level)).collect();
+    let pool: [u64; 6] = core::array::from_fn(|_| address(&mut src, five_level));
     let ops = 8 + src.below(48);
     for step in 1..=ops as usize {
         let op = src.below(32);
@@ -471,12 +524,7 @@ fn run_in(
                 let value = entry(&mut src);
                 let store = Access::write(Privilege::Supervisor);
                 match run.access(gva, store).map_err(fail)? {
-                    Some(gpa) if gpa & 1 == 1 => {
-                        let logged = Logged::new(run.mem);
-                        let _ = run.mmu.write_guest(&logged, gpa & !1, value);
-                        let log = logged.log.into_inner();
-                        run.record(&log);
-                    }
+                    Some(gpa) if gpa & 1 == 1 => run.write_guest(gpa & !1, value),
                     Some(gpa) => run.write(gpa, value),
                     None => {}
                 }
@@ -486,10 +534,7 @@ fn run_in(
                 let gpa = (src.below(TABLE_PAGES as u32) << 12)
                     + [0u64, 8, 16, 4088][src.below(4) as usize];
                 let value = entry(&mut src);
-                let logged = Logged::new(run.mem);
-                let _ = run.mmu.write_guest(&logged, gpa, value);
-                let log = logged.log.into_inner();
-                run.record(&log);
+                run.write_guest(gpa, value);
             }
             23..=24 => {
                 run.mmu.invlpg(gva);
@@ -552,6 +597,8 @@ fn run_in(
             }
         }
     }
+    #[cfg(test)]
+    run.mmu.check_invariants()?;
     let stats = run.mmu.stats();
     if stats.pages_in_use > run.mmu.config().max_pages {
         return Err(format!(

@@ -154,6 +154,28 @@ fn shadow_inputs_reach_every_path() {
     }
 }
 
+/// The fuzz target reuses its scratch (memory, history, and the MMU, reset) from input to input:
+/// every input must run exactly as it does on a fresh scratch, or a crash would not reproduce.
+#[test]
+fn a_reused_scratch_runs_inputs_as_a_fresh_one() {
+    let mut scratch = super::shadow::Scratch::default();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..600u32 {
+        let len = (round % 7) as usize * 24;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        let fresh = super::shadow::run(&bytes);
+        let reused = super::shadow::run_reusing(&bytes, &mut scratch);
+        assert_eq!(reused, fresh, "input {bytes:?}");
+    }
+}
+
 /// Inputs the fuzzer found (also seeds of `paging_shadow`): a store through a PTE that maps
 /// its own page, which unsyncs that table and leaves a stale entry between two writes of one
 /// step; and setting CR4.PCIDE, which flushes nothing.

@@ -30,6 +30,13 @@
 //! - **Bounded.** At most [`ShadowConfig::max_pages`] shadow pages exist; creating one beyond
 //!   that evicts the oldest page no shadow table links (an orphan kept for reuse), else the
 //!   oldest page that is not the current root.
+//! - **Bookkeeping as KVM's.** Each shadow page marks the entries that lead to unsync tables
+//!   (KVM's `unsync_child_bitmap`), so linking a shadow anew syncs what lies below it by
+//!   following the marks, not by searching every unsync table; the links to a page and the
+//!   leaves that map a frame are lists that hold their usual one entry inline (KVM's
+//!   `pte_list`); a page's present entries are a bit set, so freeing or syncing it visits only
+//!   those; and the entries live in chunks of pages that eviction and
+//!   [`reset`](ShadowMmu::reset) keep for the pages to come.
 //!
 //! Shadow tables here are the MMU's own memory (the hardware walks them in a real hypervisor);
 //! their entries carry the host-physical page, the rights the guest grants, and whether a write
@@ -228,31 +235,159 @@ const S_GUEST_LEVEL_SHIFT: u32 = 10;
 
 type PageId = usize;
 
-/// The smallest role, to start a range of the pages of one guest frame.
-const MIN_ROLE: Role = Role {
-    level: 0,
-    direct: false,
-    guest_level: 0,
-    access: 0,
-    wp: false,
-    smep: false,
-    smap: false,
-    nxe: false,
-    five_level: false,
-};
+/// A shadow page's key in the MMU's map: the guest frame above [`ROLE_BITS`] bits of role, so
+/// that one integer comparison orders keys as `(gfn, role)` pairs and the pages of one frame
+/// form one range. Frames come from entries' address bits (at most 40 bits), so they fit.
+type PageKey = u64;
 
-/// One shadow page: a 4 KiB table of shadow entries.
+/// The bits of a packed [`Role`].
+const ROLE_BITS: u32 = 16;
+
+/// The direct bit of a packed [`Role`].
+const KEY_DIRECT: u64 = 1 << 11;
+
+impl Role {
+    /// The role in 15 bits, most significant field first, so that packed roles compare as
+    /// roles do.
+    const fn packed(&self) -> u64 {
+        ((self.level as u64 & 7) << 12)
+            | ((self.direct as u64) << 11)
+            | ((self.guest_level as u64 & 3) << 9)
+            | ((self.access as u64 & 0xf) << 5)
+            | ((self.wp as u64) << 4)
+            | ((self.smep as u64) << 3)
+            | ((self.smap as u64) << 2)
+            | ((self.nxe as u64) << 1)
+            | (self.five_level as u64)
+    }
+}
+
+/// The key of the shadow of guest frame `gfn` under `role`.
+const fn page_key(gfn: u64, role: &Role) -> PageKey {
+    (gfn << ROLE_BITS) | role.packed()
+}
+
+/// The keys of the pages of the `count` guest frames from `gfn` on (none for frames no entry
+/// can name).
+fn frame_keys(gfn: u64, count: u64) -> core::ops::Range<PageKey> {
+    let key = |gfn: u64| gfn.checked_mul(1 << ROLE_BITS);
+    match key(gfn) {
+        Some(start) => start..key(gfn.saturating_add(count)).unwrap_or(PageKey::MAX),
+        None => 0..0,
+    }
+}
+
+/// The entries of a shadow page: 4 KiB of shadow entries, each with what it was made from.
+const ENTRIES: usize = 512;
+
+/// One entry of a shadow page and its origin.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// The shadow entry (0: not present).
+    entry: u64,
+    /// The guest entry it was derived from (indirect pages; for a direct page's leaves, the
+    /// guest's large-page entry).
+    guest: u64,
+    /// For a leaf: the guest-physical base of the page it maps.
+    gpa: u64,
+}
+
+/// A set of the entries of one shadow page, one bit each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SlotSet([u64; ENTRIES / 64]);
+
+impl SlotSet {
+    fn insert(&mut self, slot: usize) {
+        if let Some(word) = self.0.get_mut(slot / 64) {
+            *word |= 1 << (slot % 64);
+        }
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(word) = self.0.get_mut(slot / 64) {
+            *word &= !(1 << (slot % 64));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|&word| word == 0)
+    }
+
+    #[cfg(test)]
+    fn contains(&self, slot: usize) -> bool {
+        self.0
+            .get(slot / 64)
+            .is_some_and(|word| word & (1 << (slot % 64)) != 0)
+    }
+
+    /// The entries in the set, in ascending order.
+    fn iter(self) -> impl Iterator<Item = usize> {
+        self.0.into_iter().enumerate().flat_map(|(at, mut word)| {
+            core::iter::from_fn(move || {
+                if word == 0 {
+                    return None;
+                }
+                let bit = word.trailing_zeros() as usize;
+                word &= word - 1;
+                Some(at * 64 + bit)
+            })
+        })
+    }
+}
+
+/// Shadow entries, each a (page, index) pair, that point at one thing: the links to a shadow
+/// page, or the leaves that map a guest frame. Almost every such list holds one entry, kept
+/// inline without an allocation (KVM's `pte_list`).
+#[derive(Debug, Clone, Default)]
+struct EntryList {
+    first: Option<(PageId, usize)>,
+    /// The others; empty while `first` is `None`.
+    more: Vec<(PageId, usize)>,
+}
+
+impl EntryList {
+    fn push(&mut self, entry: (PageId, usize)) {
+        match self.first {
+            None => self.first = Some(entry),
+            Some(_) => self.more.push(entry),
+        }
+    }
+
+    fn remove(&mut self, entry: (PageId, usize)) {
+        self.more.retain(|&other| other != entry);
+        if self.first == Some(entry) {
+            self.first = self.more.pop();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (PageId, usize)> + '_ {
+        self.first.into_iter().chain(self.more.iter().copied())
+    }
+}
+
+/// Shadow pages whose entries share one allocation: a new page allocates nothing until a chunk
+/// is full, and no page's entries move when the MMU grows.
+const CHUNK_PAGES: usize = 8;
+
+/// One shadow page's bookkeeping; its entries are in the MMU's slot chunks (kept when the page
+/// is freed, for the next page that takes its id).
 struct ShadowPage {
     /// The guest table's frame, or for a direct page the first guest frame it maps.
     gfn: u64,
     role: Role,
-    entries: Box<[u64; 512]>,
-    /// For each entry: the guest entry it was derived from (indirect pages).
-    guest: Box<[u64; 512]>,
-    /// For each leaf entry: the guest-physical base of the page it maps.
-    gpa: Box<[u64; 512]>,
+    /// The entries that are present: freeing or syncing a page visits only these.
+    present: SlotSet,
+    /// The links to children that are unsync or have unsync tables below them (KVM's
+    /// `unsync_child_bitmap`). A page with one set, or whose table is unsync, has it set in
+    /// every parent's entry that links it; a set bit may be stale (its subtree synced since),
+    /// and is cleared by the next search that finds nothing below it.
+    unsync_children: SlotSet,
     /// The shadow entries that link this page.
-    parents: Vec<(PageId, usize)>,
+    parents: EntryList,
     /// Creation order, for eviction.
     seq: u64,
 }
@@ -278,15 +413,18 @@ pub struct ShadowMmu {
     pcide: bool,
     pcid: u16,
     pages: Vec<Option<ShadowPage>>,
+    /// The entries of every page, [`ENTRIES`] per page id, [`CHUNK_PAGES`] ids per chunk; a
+    /// free id's are all zero.
+    slots: Vec<Box<[Slot]>>,
     free: Vec<PageId>,
-    /// Every page by (gfn, role).
-    hash: BTreeMap<(u64, Role), PageId>,
+    /// Every page by (gfn, role), packed ([`PageKey`]).
+    hash: BTreeMap<PageKey, PageId>,
     /// Every page by creation order.
     order: BTreeMap<u64, PageId>,
     /// 4 KiB shadow leaves by the guest frame they map.
-    rmap: BTreeMap<u64, Vec<(PageId, usize)>>,
+    rmap: BTreeMap<u64, EntryList>,
     /// Large shadow leaves by the first guest frame they map.
-    large_rmap: BTreeMap<u64, Vec<(PageId, usize)>>,
+    large_rmap: BTreeMap<u64, EntryList>,
     /// Guest tables made unsync.
     unsync: BTreeSet<u64>,
     root: Option<PageId>,
@@ -348,6 +486,7 @@ impl ShadowMmu {
             pcide: false,
             pcid: 0,
             pages: Vec::new(),
+            slots: Vec::new(),
             free: Vec::new(),
             hash: BTreeMap::new(),
             order: BTreeMap::new(),
@@ -359,6 +498,30 @@ impl ShadowMmu {
             seq: 0,
             stats: ShadowStats::default(),
         }
+    }
+
+    /// Starts over as [`new`](Self::new) would with `paging` and `config` (no shadow page,
+    /// zeroed counts), for a vCPU reset, a reboot or another guest, but keeps the memory that
+    /// held the shadow pages for the pages to come: an MMU reset and refilled allocates
+    /// nothing until it needs more pages than it had.
+    pub fn reset(&mut self, paging: X86Paging, config: ShadowConfig) {
+        let mut slots = core::mem::take(&mut self.slots);
+        let mut pages = core::mem::take(&mut self.pages);
+        // The chunks' entries must read zero for the pages created next.
+        for (id, page) in pages.iter().enumerate() {
+            let (Some(page), Some(chunk)) = (page, slots.get_mut(id / CHUNK_PAGES)) else {
+                continue;
+            };
+            for slot in page.present.iter() {
+                if let Some(entry) = chunk.get_mut((id % CHUNK_PAGES) * ENTRIES + slot) {
+                    entry.entry = 0;
+                }
+            }
+        }
+        pages.clear();
+        *self = ShadowMmu::new(paging, config);
+        self.slots = slots;
+        self.pages = pages;
     }
 
     /// The guest's paging state as the MMU knows it.
@@ -398,7 +561,7 @@ impl ShadowMmu {
 
     /// The role of the current root.
     fn root_role(&self) -> Role {
-        self.role(if self.paging.five_level { 5 } else { 4 }, access::ALL)
+        self.role(self.levels(), access::ALL)
     }
 
     /// The role of the shadow of a guest table at `level` reached with `access`.
@@ -411,8 +574,8 @@ impl ShadowMmu {
             wp: self.paging.wp,
             smep: self.paging.smep,
             smap: self.paging.smap,
-            nxe: self.paging.nxe,
-            five_level: self.paging.five_level,
+            nxe: self.paging.format.nxe,
+            five_level: self.paging.format.five_level,
         }
     }
 
@@ -488,17 +651,14 @@ impl ShadowMmu {
         self.set_paging(X86Paging {
             smep: cr4 & CR4_SMEP != 0,
             smap: cr4 & CR4_SMAP != 0,
-            five_level: cr4 & CR4_LA57 != 0,
-            ..self.paging
+            ..self.paging.with_five_level(cr4 & CR4_LA57 != 0)
         });
     }
 
     /// WRMSR to EFER: NXE changes the role.
     pub fn write_efer(&mut self, efer: u64) {
-        self.set_paging(X86Paging {
-            nxe: efer & EFER_NXE != 0,
-            ..self.paging
-        });
+        let format = self.paging.format.with_nxe(efer & EFER_NXE != 0);
+        self.set_paging(self.paging.with_format(format));
     }
 
     /// RFLAGS.AC (STAC, CLAC, POPF): applied to each access, no invalidation.
@@ -597,9 +757,8 @@ impl ShadowMmu {
         let mut id = self.root?;
         let levels = self.levels();
         for level in (1..=levels).rev() {
-            let page = self.page(id)?;
-            let slot = index(gva, level);
-            let entry = page.entries[slot];
+            let slot = self.slot(id, index(gva, level))?;
+            let entry = slot.entry;
             let refs = u32::from(levels - level) + 1;
             if entry & S_PRESENT == 0 {
                 return None;
@@ -608,7 +767,7 @@ impl ShadowMmu {
                 return Some(Hit {
                     entry,
                     level,
-                    gpa_base: page.gpa[slot],
+                    gpa_base: slot.gpa,
                     refs,
                 });
             }
@@ -618,7 +777,7 @@ impl ShadowMmu {
     }
 
     fn levels(&self) -> u8 {
-        if self.paging.five_level { 5 } else { 4 }
+        if self.paging.format.five_level { 5 } else { 4 }
     }
 
     fn shadow_fault<M, G>(
@@ -703,8 +862,8 @@ impl ShadowMmu {
                     let child = match self.linked(id, slot, next >> 12, role) {
                         // Already linked: reused as it is (an unsync table stays unsync).
                         Some(child) => {
-                            if let Some(page) = self.page_mut(id) {
-                                page.guest[slot] = entry;
+                            if let Some(linked) = self.slot_mut(id, slot) {
+                                linked.guest = entry;
                             }
                             child
                         }
@@ -813,12 +972,27 @@ impl ShadowMmu {
         self.pages.get_mut(id).and_then(Option::as_mut)
     }
 
+    /// Entry `slot` of page `id` (present or not).
+    fn slot(&self, id: PageId, slot: usize) -> Option<&Slot> {
+        let at = (id % CHUNK_PAGES) * ENTRIES + slot;
+        self.slots.get(id / CHUNK_PAGES)?.get(at)
+    }
+
+    fn slot_mut(&mut self, id: PageId, slot: usize) -> Option<&mut Slot> {
+        let at = (id % CHUNK_PAGES) * ENTRIES + slot;
+        self.slots.get_mut(id / CHUNK_PAGES)?.get_mut(at)
+    }
+
+    /// Shadow entry `slot` of page `id`, 0 if there is none.
+    fn entry(&self, id: PageId, slot: usize) -> u64 {
+        self.slot(id, slot).map_or(0, |slot| slot.entry)
+    }
+
     /// The shadow pages of guest table `gfn` (not the direct pages of a large page there).
     fn pages_of(&self, gfn: u64) -> impl Iterator<Item = PageId> + '_ {
         self.hash
-            .range((gfn, MIN_ROLE)..)
-            .take_while(move |((page_gfn, _), _)| *page_gfn == gfn)
-            .filter(|((_, role), _)| !role.direct)
+            .range(frame_keys(gfn, 1))
+            .filter(|(key, _)| *key & KEY_DIRECT == 0)
             .map(|(_, &id)| id)
     }
 
@@ -831,14 +1005,13 @@ impl ShadowMmu {
     /// Whether any of the `count` frames from `gfn` on is tracked.
     fn any_tracked(&self, gfn: u64, count: u64) -> bool {
         self.hash
-            .range((gfn, MIN_ROLE)..)
-            .take_while(|((page_gfn, _), _)| *page_gfn < gfn.saturating_add(count))
-            .any(|((page_gfn, role), _)| !role.direct && !self.unsync.contains(page_gfn))
+            .range(frame_keys(gfn, count))
+            .any(|(key, _)| key & KEY_DIRECT == 0 && !self.unsync.contains(&(key >> ROLE_BITS)))
     }
 
     /// The child that entry `slot` of `id` links, if it is the shadow of `gfn` under `role`.
     fn linked(&self, id: PageId, slot: usize, gfn: u64, role: Role) -> Option<PageId> {
-        let entry = self.page(id)?.entries[slot];
+        let entry = self.entry(id, slot);
         if entry & S_PRESENT == 0 || entry & S_LARGE != 0 {
             return None;
         }
@@ -855,7 +1028,7 @@ impl ShadowMmu {
         if self.unsync.contains(&gfn) {
             self.sync_table(mem, gfn);
         }
-        if let Some(&id) = self.hash.get(&(gfn, role)) {
+        if let Some(&id) = self.hash.get(&page_key(gfn, &role)) {
             self.sync_below(mem, id);
             return id;
         }
@@ -864,50 +1037,57 @@ impl ShadowMmu {
         id
     }
 
-    /// Syncs the unsync tables shadowed below shadow page `id` (KVM's `unsync_children`): a new
-    /// link to `id` makes their entries reachable through linear addresses that never used
-    /// them, and no TLB can hold a stale translation of an address it never translated.
+    /// Syncs the unsync tables shadowed below shadow page `id`: a new link to `id` makes their
+    /// entries reachable through linear addresses that never used them, and no TLB can hold a
+    /// stale translation of an address it never translated.
+    ///
+    /// The search follows the marked links only (KVM's `mmu_unsync_walk`), so it costs the
+    /// paths to the unsync tables, not the number of unsync tables or of shadow pages, and
+    /// clears the marks of the subtrees it leaves in sync.
     fn sync_below<M: PhysMemory + ?Sized>(&mut self, mem: &M, id: PageId) {
-        if self.unsync.is_empty() {
+        let Some(page) = self.page(id) else {
             return;
-        }
-        let below: Vec<u64> = self
-            .unsync
-            .iter()
-            .copied()
-            .filter(|&gfn| self.pages_of(gfn).any(|page| self.descends_from(page, id)))
-            .collect();
-        for gfn in below {
-            self.sync_table(mem, gfn);
+        };
+        let (marked, level) = (page.unsync_children, page.role.level);
+        for slot in marked.iter() {
+            let entry = self.entry(id, slot);
+            if entry & S_PRESENT != 0 && entry & S_LARGE == 0 {
+                let child = (entry >> 12) as PageId;
+                // Links go one level down; the check keeps the recursion bounded by the levels
+                // whatever the entries hold.
+                if let Some(page) = self.page(child).filter(|page| page.role.level < level) {
+                    let (gfn, direct) = (page.gfn, page.role.direct);
+                    if !direct && self.unsync.contains(&gfn) {
+                        self.sync_table(mem, gfn);
+                    }
+                    self.sync_below(mem, child);
+                }
+            }
+            if let Some(page) = self.page_mut(id) {
+                page.unsync_children.remove(slot);
+            }
         }
     }
 
-    /// Whether shadow page `page` is reached through links from shadow page `ancestor` (each
-    /// link goes one level down, so the search up from `page` ends at `ancestor`'s level).
-    fn descends_from(&self, page: PageId, ancestor: PageId) -> bool {
-        let (Some(bottom), Some(top)) = (self.page(page), self.page(ancestor)) else {
-            return false;
-        };
-        let mut frontier = alloc::vec![page];
-        for _ in bottom.role.level..top.role.level {
-            let mut parents: Vec<PageId> = frontier
-                .iter()
-                .filter_map(|&id| self.page(id))
-                .flat_map(|page| page.parents.iter().map(|&(parent, _)| parent))
-                .collect();
-            parents.sort_unstable();
-            parents.dedup();
-            if parents.contains(&ancestor) {
-                return true;
+    /// Marks `links` (parent, entry) as leading to an unsync table, and the links to their
+    /// pages in turn (KVM's `kvm_mmu_mark_parents_unsync`). A page that already had a marked
+    /// entry has its own links marked, so the marking stops there.
+    fn mark_unsync(&mut self, mut links: Vec<(PageId, usize)>) {
+        while let Some((id, slot)) = links.pop() {
+            let Some(page) = self.page_mut(id) else {
+                continue;
+            };
+            let had_marks = !page.unsync_children.is_empty();
+            page.unsync_children.insert(slot);
+            if !had_marks {
+                links.extend(page.parents.iter());
             }
-            frontier = parents;
         }
-        false
     }
 
     /// The direct shadow page for the guest frames from `gfn` on under `role`.
     fn get_direct_page(&mut self, gfn: u64, role: Role) -> PageId {
-        match self.hash.get(&(gfn, role)) {
+        match self.hash.get(&page_key(gfn, &role)) {
             Some(&id) => id,
             None => self.create(gfn, role),
         }
@@ -918,13 +1098,13 @@ impl ShadowMmu {
         let page = ShadowPage {
             gfn,
             role,
-            entries: Box::new([0; 512]),
-            guest: Box::new([0; 512]),
-            gpa: Box::new([0; 512]),
-            parents: Vec::new(),
+            present: SlotSet::default(),
+            unsync_children: SlotSet::default(),
+            parents: EntryList::default(),
             seq: self.seq,
         };
         let id = match self.free.pop() {
+            // A freed page's entries are all zero: freeing it zapped the present ones.
             Some(id) => {
                 if let Some(slot) = self.pages.get_mut(id) {
                     *slot = Some(page);
@@ -932,11 +1112,15 @@ impl ShadowMmu {
                 id
             }
             None => {
+                if self.pages.len() >= self.slots.len() * CHUNK_PAGES {
+                    let chunk = alloc::vec![Slot::default(); CHUNK_PAGES * ENTRIES];
+                    self.slots.push(chunk.into_boxed_slice());
+                }
                 self.pages.push(Some(page));
                 self.pages.len() - 1
             }
         };
-        self.hash.insert((gfn, role), id);
+        self.hash.insert(page_key(gfn, &role), id);
         self.order.insert(self.seq, id);
         self.stats.pages_created += 1;
         self.stats.max_pages_in_use = self.stats.max_pages_in_use.max(self.hash.len());
@@ -967,19 +1151,26 @@ impl ShadowMmu {
     }
 
     fn free_page(&mut self, id: PageId) {
-        for slot in 0..512 {
+        let Some(present) = self.page(id).map(|page| page.present) else {
+            return;
+        };
+        for slot in present.iter() {
             self.zap_entry(id, slot);
         }
         let Some(page) = self.pages.get_mut(id).and_then(Option::take) else {
             return;
         };
-        for &(parent, slot) in &page.parents {
-            if let Some(parent) = self.pages.get_mut(parent).and_then(Option::as_mut) {
-                parent.entries[slot] = 0;
+        for (parent, slot) in page.parents.iter() {
+            if let Some(parent_page) = self.pages.get_mut(parent).and_then(Option::as_mut) {
+                parent_page.present.remove(slot);
+                parent_page.unsync_children.remove(slot);
+                if let Some(link) = self.slot_mut(parent, slot) {
+                    link.entry = 0;
+                }
                 self.stats.zaps += 1;
             }
         }
-        self.hash.remove(&(page.gfn, page.role));
+        self.hash.remove(&page_key(page.gfn, &page.role));
         self.order.remove(&page.seq);
         if !page.role.direct && self.pages_of(page.gfn).next().is_none() {
             self.unsync.remove(&page.gfn);
@@ -995,21 +1186,33 @@ impl ShadowMmu {
         let Some(page) = self.page(id) else {
             return;
         };
-        let current = page.entries[slot];
+        let current = self.entry(id, slot);
         let is_link = current & S_PRESENT != 0 && page.role.level > 1 && current & S_LARGE == 0;
         if is_link && (current >> 12) as PageId == child {
-            if let Some(page) = self.page_mut(id) {
-                page.guest[slot] = guest_entry;
+            if let Some(linked) = self.slot_mut(id, slot) {
+                linked.guest = guest_entry;
             }
             return;
         }
         self.zap_entry(id, slot);
+        let Some(linked) = self.slot_mut(id, slot) else {
+            return;
+        };
+        linked.entry = ((child as u64) << 12) | S_PRESENT | S_WRITABLE | S_USER;
+        linked.guest = guest_entry;
         if let Some(page) = self.page_mut(id) {
-            page.entries[slot] = ((child as u64) << 12) | S_PRESENT | S_WRITABLE | S_USER;
-            page.guest[slot] = guest_entry;
+            page.present.insert(slot);
         }
         if let Some(child) = self.page_mut(child) {
             child.parents.push((id, slot));
+        }
+        // A child with unsync tables below it (or unsync itself) marks its new link.
+        let carries_unsync = self.page(child).is_some_and(|child| {
+            !child.unsync_children.is_empty()
+                || (!child.role.direct && self.unsync.contains(&child.gfn))
+        });
+        if carries_unsync {
+            self.mark_unsync(alloc::vec![(id, slot)]);
         }
     }
 
@@ -1026,9 +1229,14 @@ impl ShadowMmu {
         let Some(page) = self.page_mut(id) else {
             return;
         };
-        page.entries[slot] = entry;
-        page.guest[slot] = guest_entry;
-        page.gpa[slot] = base;
+        page.present.insert(slot);
+        if let Some(leaf) = self.slot_mut(id, slot) {
+            *leaf = Slot {
+                entry,
+                guest: guest_entry,
+                gpa: base,
+            };
+        }
         let rmap = if level == 1 {
             &mut self.rmap
         } else {
@@ -1040,16 +1248,21 @@ impl ShadowMmu {
     /// Invalidates entry `slot` of `id`: a leaf leaves the reverse map, a link leaves its
     /// child's parents (the child stays, an orphan, for reuse).
     fn zap_entry(&mut self, id: PageId, slot: usize) {
-        let Some(page) = self.page_mut(id) else {
+        let Some(zapped) = self.slot_mut(id, slot) else {
             return;
         };
-        let entry = page.entries[slot];
+        let entry = zapped.entry;
         if entry & S_PRESENT == 0 {
             return;
         }
-        page.entries[slot] = 0;
+        zapped.entry = 0;
+        let gfn = zapped.gpa >> 12;
+        let Some(page) = self.page_mut(id) else {
+            return;
+        };
+        page.present.remove(slot);
+        page.unsync_children.remove(slot);
         let level = page.role.level;
-        let gfn = page.gpa[slot] >> 12;
         self.stats.zaps += 1;
         if level == 1 || entry & S_LARGE != 0 {
             let rmap = if level == 1 {
@@ -1058,13 +1271,13 @@ impl ShadowMmu {
                 &mut self.large_rmap
             };
             if let Some(users) = rmap.get_mut(&gfn) {
-                users.retain(|&user| user != (id, slot));
+                users.remove((id, slot));
                 if users.is_empty() {
                     rmap.remove(&gfn);
                 }
             }
         } else if let Some(child) = self.page_mut((entry >> 12) as PageId) {
-            child.parents.retain(|&parent| parent != (id, slot));
+            child.parents.remove((id, slot));
         }
     }
 
@@ -1072,9 +1285,9 @@ impl ShadowMmu {
     /// large shadow leaf may map it.
     fn write_protect(&mut self, gfn: u64) {
         if let Some(users) = self.rmap.get(&gfn) {
-            for &(id, slot) in users.clone().iter() {
-                if let Some(page) = self.page_mut(id) {
-                    page.entries[slot] &= !S_WRITABLE;
+            for (id, slot) in users.clone().iter() {
+                if let Some(leaf) = self.slot_mut(id, slot) {
+                    leaf.entry &= !S_WRITABLE;
                 }
             }
         }
@@ -1082,7 +1295,7 @@ impl ShadowMmu {
         for size in [PageSize::Size2M, PageSize::Size1G] {
             let base = gfn & !((size.bytes() >> 12) - 1);
             if let Some(users) = self.large_rmap.get(&base) {
-                for &(id, slot) in users {
+                for (id, slot) in users.iter() {
                     let level = self.page(id).map_or(0, |page| page.role.level);
                     if gfn < base + (size_of_level(level).bytes() >> 12) {
                         covering.push((id, slot));
@@ -1096,7 +1309,8 @@ impl ShadowMmu {
     }
 
     /// With [`SyncPolicy::Unsync`], makes guest table `gfn` unsync if it is shadowed only as a
-    /// last-level table; returns whether it is unsync now.
+    /// last-level table (and marks the links to its shadows); returns whether it is unsync
+    /// now.
     fn try_unsync(&mut self, gfn: u64) -> bool {
         if self.config.policy != SyncPolicy::Unsync {
             return false;
@@ -1106,6 +1320,12 @@ impl ShadowMmu {
             .all(|id| self.page(id).is_some_and(|page| page.role.level == 1));
         if last_level_only && self.unsync.insert(gfn) {
             self.stats.unsyncs += 1;
+            let links: Vec<(PageId, usize)> = self
+                .pages_of(gfn)
+                .filter_map(|id| self.page(id))
+                .flat_map(|page| page.parents.iter())
+                .collect();
+            self.mark_unsync(links);
         }
         last_level_only
     }
@@ -1115,7 +1335,10 @@ impl ShadowMmu {
     fn sync_table<M: PhysMemory + ?Sized>(&mut self, mem: &M, gfn: u64) {
         let shadows: Vec<PageId> = self.pages_of(gfn).collect();
         for id in shadows {
-            for slot in 0..512 {
+            let Some(present) = self.page(id).map(|page| page.present) else {
+                continue;
+            };
+            for slot in present.iter() {
                 self.sync_entry(mem, id, slot);
             }
         }
@@ -1126,14 +1349,14 @@ impl ShadowMmu {
 
     /// Invalidates entry `slot` of `id` if the guest entry it came from changed.
     fn sync_entry<M: PhysMemory + ?Sized>(&mut self, mem: &M, id: PageId, slot: usize) {
-        let Some(page) = self.page(id) else {
+        let (Some(page), Some(shadow)) = (self.page(id), self.slot(id, slot)) else {
             return;
         };
-        if page.entries[slot] & S_PRESENT == 0 {
+        if shadow.entry & S_PRESENT == 0 {
             return;
         }
         let addr = (page.gfn << 12) + slot as u64 * 8;
-        if mem.read_u64(addr).ok() != Some(page.guest[slot]) {
+        if mem.read_u64(addr).ok() != Some(shadow.guest) {
             self.zap_entry(id, slot);
         }
     }
@@ -1163,11 +1386,82 @@ impl ShadowMmu {
         }
     }
 
+    /// Checks the bookkeeping against the entries (for the crate's tests and its differential
+    /// property): each page's present set is its nonzero entries and a free id has none; each
+    /// link goes one level down to a page that lists it among its parents, and each parent
+    /// listed links the page; a page that is unsync or has marked children is marked in every
+    /// parent; the maps hold the live pages.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) -> Result<(), alloc::string::String> {
+        use alloc::format;
+        let chunk_ids = self.slots.len() * CHUNK_PAGES;
+        for id in 0..chunk_ids.max(self.pages.len()) {
+            let page = self.page(id);
+            for slot in 0..ENTRIES {
+                let entry = self.entry(id, slot);
+                let Some(page) = page else {
+                    if entry != 0 {
+                        return Err(format!("free page {id} has entry {slot}: {entry:#x}"));
+                    }
+                    continue;
+                };
+                if (entry != 0) != page.present.contains(slot)
+                    || (entry != 0 && entry & S_PRESENT == 0)
+                {
+                    return Err(format!("page {id} entry {slot} {entry:#x} vs present set"));
+                }
+                let is_link = entry & S_PRESENT != 0 && entry & S_LARGE == 0 && page.role.level > 1;
+                if is_link {
+                    let child = (entry >> 12) as PageId;
+                    let linked = self.page(child).is_some_and(|c| {
+                        c.role.level + 1 == page.role.level
+                            && c.parents.iter().any(|parent| parent == (id, slot))
+                    });
+                    if !linked {
+                        return Err(format!("page {id} entry {slot} links {child} unlisted"));
+                    }
+                }
+            }
+            let Some(page) = page else {
+                continue;
+            };
+            if self.hash.get(&page_key(page.gfn, &page.role)) != Some(&id) {
+                return Err(format!("page {id} is not in the map under its key"));
+            }
+            for (parent, slot) in page.parents.iter() {
+                if self.entry(parent, slot) & !0xfff & ADDRESS_BITS != (id as u64) << 12 {
+                    return Err(format!(
+                        "page {id} lists parent {parent}/{slot}, not linked"
+                    ));
+                }
+                let carries = !page.unsync_children.is_empty()
+                    || (!page.role.direct && self.unsync.contains(&page.gfn));
+                let marked = self
+                    .page(parent)
+                    .is_some_and(|p| p.unsync_children.contains(slot));
+                if carries && !marked {
+                    return Err(format!(
+                        "page {id} carries unsync, {parent}/{slot} unmarked"
+                    ));
+                }
+            }
+        }
+        let live = self.pages.iter().flatten().count();
+        if live != self.hash.len() || live != self.order.len() {
+            return Err(format!(
+                "{live} pages, {} hashed, {} ordered",
+                self.hash.len(),
+                self.order.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// The level-1 shadow page on `gva`'s path, if the path reaches one.
     fn last_level_page(&self, gva: u64) -> Option<PageId> {
         let mut id = self.root?;
         for level in (2..=self.levels()).rev() {
-            let entry = self.page(id)?.entries[index(gva, level)];
+            let entry = self.slot(id, index(gva, level))?.entry;
             if entry & S_PRESENT == 0 || entry & S_LARGE != 0 {
                 return None;
             }

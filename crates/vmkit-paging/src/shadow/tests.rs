@@ -382,7 +382,7 @@ fn five_level_tables_and_non_canonical_addresses() {
     assert!(g.mmu.roles_of(0x6).iter().all(|role| role.five_level));
     g.mmu.write_efer(0);
     g.mmu.set_ac(true);
-    assert!(!g.mmu.paging().nxe && g.mmu.paging().ac);
+    assert!(!g.mmu.paging().format.nxe && g.mmu.paging().ac);
     assert!(format!("{:?}", g.mmu).contains("ShadowMmu"));
     let fault = ShadowError::PageTableWrite { gva: 1, gpa: 2 };
     assert!(alloc::format!("{fault}").contains("write_guest"));
@@ -470,4 +470,66 @@ fn a_shadow_linked_anew_brings_the_unsync_tables_below_it_in_sync() {
         assert_eq!(g.go(gva, READ).unwrap().gpa, gpa, "{gva:#x}");
     }
     assert!(!g.go(ALIAS + 0x2008, READ).unwrap().filled);
+}
+
+#[test]
+fn a_reset_mmu_translates_and_counts_as_a_new_one() {
+    fn workload(g: &mut Guest) -> Vec<Result<ShadowTranslation, ShadowError>> {
+        let mut results = Vec::new();
+        for gva in [
+            SMALL,
+            SMALL + 0x1000,
+            LARGE + 0x5000,
+            SELF_MAP + 8,
+            SMALL + 0x1008,
+        ] {
+            results.push(g.go(gva, WRITE));
+        }
+        g.mem.write_u64(PT + 8, 0x30_1000 | RWU).unwrap();
+        g.mmu.invlpg(SMALL + 0x1000);
+        results.push(g.go(SMALL + 0x1000, READ));
+        g.mmu.write_cr3(PML4);
+        results.push(g.go(SMALL + 0x2000, READ));
+        results
+    }
+    let mut fresh = guest(SyncPolicy::Unsync);
+    let expected = workload(&mut fresh);
+    // Another MMU fills pages under another policy (leaving entries in its storage), then is
+    // reset onto a guest like the first.
+    let mut used = guest(SyncPolicy::Resync);
+    workload(&mut used);
+    assert!(used.mmu.stats().pages_in_use > 0);
+    let mut again = guest(SyncPolicy::Unsync);
+    let config = *again.mmu.config();
+    used.mmu.reset(X86Paging::new(PML4), config);
+    assert_eq!(used.mmu.stats(), ShadowStats::default());
+    again.mmu = used.mmu;
+    assert_eq!(workload(&mut again), expected);
+    assert_eq!(again.mmu.stats(), fresh.mmu.stats());
+    assert_eq!(again.mem.words(), fresh.mem.words());
+}
+
+#[test]
+fn packed_roles_order_as_roles() {
+    let mut roles = Vec::new();
+    for bits in 0..1u32 << 12 {
+        let flag = |bit: u32| bits & (1 << bit) != 0;
+        for level in 1..=5 {
+            roles.push(Role {
+                level,
+                direct: flag(0),
+                guest_level: (bits >> 1 & 3) as u8,
+                access: (bits >> 3 & 0xf) as u8,
+                wp: flag(7),
+                smep: flag(8),
+                smap: flag(9),
+                nxe: flag(10),
+                five_level: flag(11),
+            });
+        }
+    }
+    roles.sort();
+    assert!(roles.windows(2).all(|w| w[0].packed() < w[1].packed()));
+    assert!(roles.iter().all(|role| role.packed() < 1 << ROLE_BITS));
+    assert_eq!(frame_keys(1 << 60, 1), 0..0);
 }

@@ -170,10 +170,7 @@ fn execute_disable_needs_nxe_and_is_reserved_without_it() {
     mem.write_u64(PD + 24, PT | LINK | NO_EXECUTE).unwrap();
     assert!(paging().translate(&mem, VA, X_SUP).is_err());
     // Without NXE, bit 63 is reserved, and fetch faults have no I/D bit.
-    let no_nxe = X86Paging {
-        nxe: false,
-        ..paging()
-    };
+    let no_nxe = paging().with_format(X86Format::new().with_nxe(false));
     assert_eq!(
         fault(no_nxe.translate(&mem, VA, X_SUP)),
         PageFault::PRESENT | PageFault::RESERVED
@@ -522,27 +519,41 @@ fn registers_root_and_builders() {
         EFER_NXE,
         RFLAGS_AC,
     );
-    assert!(paging.wp && paging.five_level && paging.smep && paging.smap);
-    assert!(paging.nxe && paging.ac && paging.gbpages);
+    assert!(paging.wp && paging.format.five_level && paging.smep && paging.smap);
+    assert!(paging.format.nxe && paging.ac && paging.format.gbpages);
     assert_eq!(paging.root(), 0x1234_5000);
     let none = X86Paging::from_registers(0, 0, 0, 0, 0);
-    assert!(!none.wp && !none.five_level && !none.smep && !none.smap && !none.nxe && !none.ac);
+    assert!(!none.wp && !none.format.five_level && !none.smep && !none.smap);
+    assert!(!none.format.nxe && !none.ac);
+    // The CPU's part of the format, added to the registers' state.
     let narrow = X86Paging::new(0x1_0000_2000).with_max_phys_bits(32);
     assert_eq!(narrow.root(), 0x2000);
-    assert_eq!(narrow.max_phys_bits, 32);
-    assert_eq!(X86Paging::new(0).with_max_phys_bits(99).max_phys_bits, 52);
-    assert_eq!(X86Paging::default(), X86Paging::new(0));
-    assert_eq!(PagingFormat::levels(&X86Paging::default()), 4);
-    assert_eq!(PagingFormat::max_phys_bits(&narrow), 32);
+    assert_eq!(narrow.format.max_phys_bits, 32);
     assert_eq!(
-        X86Paging::new(0).with_gbpages(false).page_sizes(),
+        X86Paging::new(0)
+            .with_max_phys_bits(99)
+            .format
+            .max_phys_bits,
+        52
+    );
+    assert_eq!(X86Paging::default(), X86Paging::new(0));
+    assert_eq!(X86Paging::new(0).format, X86Format::default());
+    assert!(!X86Paging::new(0).with_gbpages(false).format.gbpages);
+    let five = X86Format::new().with_five_level(true);
+    assert_eq!(paging.with_format(five).format, five);
+    assert!(paging.is_canonical(0xff00_0000_0000_0000) && !five.is_canonical(1 << 56));
+    assert_eq!(PagingFormat::levels(&X86Format::default()), 4);
+    assert_eq!(PagingFormat::levels(&five), 5);
+    assert_eq!(PagingFormat::max_phys_bits(&narrow.format), 32);
+    assert_eq!(
+        X86Format::new().with_gbpages(false).page_sizes(),
         PageSizes::UP_TO_2M
     );
 }
 
 #[test]
 fn page_entries_for_the_builder() {
-    let paging = X86Paging::new(0);
+    let paging = X86Format::new();
     assert_eq!(
         paging.page_entry(
             0x20_0000,
@@ -573,10 +584,7 @@ fn page_entries_for_the_builder() {
             .page_entry(1 << 40, PageSize::Size4K, PteFlags::EMPTY),
         None
     );
-    let no_nxe = X86Paging {
-        nxe: false,
-        ..paging
-    };
+    let no_nxe = paging.with_nxe(false);
     assert_eq!(
         no_nxe.page_entry(0, PageSize::Size4K, PteFlags::NO_EXECUTE),
         None
