@@ -24,7 +24,7 @@ use vmkit_devices::virtio::block::{
     MAX_CHAINS_PER_NOTIFY, MAX_DISK_CALLS_PER_CHAIN, MAX_REQUEST_BYTES, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
-use vmkit_devices::virtio::driver::{self, QueueConfig};
+use vmkit_devices::virtio::driver::{self, QueueConfig, Ring};
 use vmkit_devices::virtio::{
     F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1,
     STATUS_DEVICE_NEEDS_RESET as STATUS_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
@@ -334,9 +334,8 @@ struct Harness {
     dev: VirtioPciDevice<VirtioBlock<FuzzDisk>>,
     memory: GuestMemoryMmap,
     disk_size: u64,
-    /// Driver view of the ring.
-    avail_idx: u16,
-    next_desc: u16,
+    /// The driver's side of the ring (vmkit-devices' driver helper).
+    ring: Ring,
     /// Chains published since the last initialisation, and the chains the device had taken
     /// (completed or dropped) then.
     published: u64,
@@ -372,13 +371,13 @@ impl Harness {
             VirtioPciInterrupts::default(),
         )
         .expect("virtio-blk fits the transport");
+        let ring = Ring::at(&memory, setup.queue_size(), DESC, AVAIL, USED);
         let mut h = Self {
             setup,
             dev,
             memory,
             disk_size,
-            avail_idx: 0,
-            next_desc: 0,
+            ring,
             published: 0,
             popped_base: 0,
             corrupted: false,
@@ -410,8 +409,7 @@ impl Harness {
         let status = driver::init(&mut self.dev, features, &[queue]);
         assert!(status.is_ok(), "features refused: {status:?}");
         assert!(self.dev.is_active(), "a valid initialisation activates");
-        self.avail_idx = 0;
-        self.next_desc = 0;
+        self.ring = Ring::at(&self.memory, self.setup.queue_size(), DESC, AVAIL, USED);
         self.published = 0;
         self.popped_base = self.popped();
         self.corrupted = false;
@@ -429,26 +427,12 @@ impl Harness {
     }
 
     fn set_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let index = index % self.setup.queue_size();
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..].copy_from_slice(&next.to_le_bytes());
-        let _ = self
-            .memory
-            .write_slice(&raw, GuestAddress(DESC + 16 * u64::from(index)));
+        self.ring
+            .set_desc(index % self.setup.queue_size(), addr, len, flags, next);
     }
 
     fn publish(&mut self, head: u16) {
-        let slot = u64::from(self.avail_idx % self.setup.queue_size());
-        let _ = self
-            .memory
-            .write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot));
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        let _ = self
-            .memory
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2));
+        self.ring.publish(head);
         self.published += 1;
     }
 
@@ -461,7 +445,7 @@ impl Harness {
 
     fn notify(&mut self) {
         let idx: u16 = self.memory.read_obj(GuestAddress(AVAIL + 2)).unwrap_or(0);
-        self.corrupted |= idx != self.avail_idx;
+        self.corrupted |= idx != self.ring.avail_idx();
         let writes = self.dev.device().stats().writes;
         let popped = self.popped();
         let calls = self.dev.device().disk().counts();
@@ -518,16 +502,9 @@ impl Harness {
         if chain.len() > usize::from(size) {
             return (0, None);
         }
-        let head = self.next_desc % size;
-        for (i, &(addr, len, write)) in chain.iter().enumerate() {
-            let index = (head + i as u16) % size;
-            let last = i + 1 == chain.len();
-            let flags = (u16::from(write) * 2) | u16::from(!last);
-            self.set_desc(index, addr, len, flags, (index + 1) % size);
-        }
-        self.next_desc = (head + chain.len() as u16) % size;
         let before = self.popped();
-        self.publish(head);
+        self.ring.add(&chain);
+        self.published += 1;
         self.notify();
         let taken = self.popped() - before;
         let status = (taken == 1)
@@ -597,7 +574,7 @@ fn apply(h: &mut Harness, op: Op) {
         }
         Op::SetAvailIdx(v) => {
             let _ = h.memory.write_obj(v, GuestAddress(AVAIL + 2));
-            h.corrupted |= v != h.avail_idx;
+            h.corrupted |= v != h.ring.avail_idx();
         }
         Op::SetUsedEvent(v) => {
             let addr = AVAIL + 4 + 2 * u64::from(h.setup.queue_size());
