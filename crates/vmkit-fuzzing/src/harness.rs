@@ -1,5 +1,6 @@
-//! The device harness: runs a decoded input against two identical instances of a fixture's
-//! devices in lockstep and checks, after every step, what every device owes the VMM.
+//! The device harness: runs a decoded input against a fixture's devices (one instance beside a
+//! reference model, or two identical instances in lockstep) and checks, after every step, what
+//! every device owes the VMM.
 
 use std::fmt;
 use std::sync::Arc;
@@ -195,9 +196,13 @@ pub trait Fixture {
     fn model(&self) -> Self::Model;
 
     /// Performs the fixture's operation `tag` with `data` on one instance (the VMM feeding
-    /// serial input, a clock step, a key press). Does nothing by default.
-    fn user_op(&self, devices: &Self::Devices, tag: u8, data: &[u8]) {
+    /// serial input, a clock step, a key press) and returns its answer (how many bytes a FIFO
+    /// took, an error code; 0 where there is none): the harness holds the answers of two
+    /// instances equal, and equal to [`Model::user_op`]'s when a model compares. Does nothing
+    /// and answers 0 by default.
+    fn user_op(&self, devices: &Self::Devices, tag: u8, data: &[u8]) -> u64 {
         let _ = (devices, tag, data);
+        0
     }
 
     /// Checks the fixture's own invariants on one instance after every step, against the model
@@ -205,6 +210,15 @@ pub trait Fixture {
     /// reports it). Checks nothing by default.
     fn check(&self, devices: &Self::Devices, model: &Self::Model) {
         let _ = (devices, model);
+    }
+
+    /// Checks one answer of a device: called for every access a region claimed, once the
+    /// instances agreed on it (and after the model saw it), with what the access was and what
+    /// the device answered. For invariants on answers that need no full model ("this port
+    /// never stops the VM", "a write stops it with the value written"). Panics on a violation.
+    /// Checks nothing by default.
+    fn check_access(&self, model: &Self::Model, access: &Claimed<'_>) {
+        let _ = (model, access);
     }
 
     /// The most interrupt-line calls one guest access may cause: the bound on the work of one
@@ -216,18 +230,60 @@ pub trait Fixture {
 
 /// A reference model of the devices: what each access should answer. The harness compares the
 /// devices' answers against it on every access a region claims.
+///
+/// A model that only keeps count (of accesses, say, for the fixture's [`check`](Fixture::check)
+/// to compare with the devices' counters) sets [`COMPARES`](Self::COMPARES) to `false`: it
+/// still sees every claimed access, and the harness runs two instances in lockstep as for
+/// [`NoModel`].
 pub trait Model {
-    /// Whether the harness compares answers with this model (`false` only for [`NoModel`]).
+    /// Whether the harness compares answers with this model: `false` for [`NoModel`] and for
+    /// models that only keep count.
     const COMPARES: bool = true;
     /// The answer to a read of `data.len()` bytes at `offset` of region `region` (an index into
     /// [`Setup::regions`]).
     fn read(&mut self, region: usize, offset: u64, data: &mut [u8]);
     /// The answer to a write of `data` at `offset` of region `region`.
     fn write(&mut self, region: usize, offset: u64, data: &[u8]) -> DeviceAction;
-    /// The fixture's operation `tag` with `data` (see [`Fixture::user_op`]). Nothing by default.
-    fn user_op(&mut self, tag: u8, data: &[u8]) {
+    /// The fixture's operation `tag` with `data`, and its answer (see [`Fixture::user_op`]).
+    /// Nothing, answering 0, by default.
+    fn user_op(&mut self, tag: u8, data: &[u8]) -> u64 {
         let _ = (tag, data);
+        0
     }
+    /// The interrupt lines start (`true`) or stop failing ([`Op::FailInterrupts`]), for a model
+    /// whose answers or counters depend on whether a line call went through. Nothing by
+    /// default.
+    fn fail_interrupts(&mut self, failing: bool) {
+        let _ = failing;
+    }
+}
+
+/// An access a region claimed and the device's answer: what [`Fixture::check_access`] sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claimed<'a> {
+    /// The region (an index into [`Setup::regions`]).
+    pub region: usize,
+    /// The offset into the region; for a direct access, the offset handed to the device.
+    pub offset: u64,
+    /// Whether the access was handed to the device directly ([`Op::Direct`]) rather than
+    /// routed by a bus.
+    pub direct: bool,
+    /// What the access was, and the answer.
+    pub answer: Answer<'a>,
+}
+
+/// A device's answer to one access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer<'a> {
+    /// A read, and the bytes it returned.
+    Read(&'a [u8]),
+    /// A write of `data`, and what the device asked of the VMM.
+    Write {
+        /// The bytes written.
+        data: &'a [u8],
+        /// The device's answer.
+        action: DeviceAction,
+    },
 }
 
 /// No model: only the invariants every device owes (and the fixture's checks) hold.
@@ -258,18 +314,21 @@ impl<D> Instance<D> {
 /// Runs inputs against a [`Fixture`]'s devices.
 ///
 /// Each input is decoded into [`Op`]s (see [`ops`](crate::ops)) and run on the fixture's
-/// devices: one instance when the fixture has a [`Model`], two in lockstep when it has none.
-/// After every step it checks:
+/// devices: one instance when the fixture's [`Model`] compares answers, two in lockstep when
+/// it does not. After every step it checks:
 ///
 /// - nothing panicked (a panic is the fuzzer's finding);
 /// - a read that a region claims fills every byte of the access: without a model, the same on
 ///   both instances (one reads into a buffer of 0x00, the other of 0xFF); with one, into a
 ///   buffer holding the complement of the model's answer;
-/// - both instances claim the same accesses and give the same write answers
-///   ([`DeviceAction`]);
+/// - both instances claim the same accesses, give the same write answers ([`DeviceAction`])
+///   and the same answers to the fixture's own operations, and make the same number of
+///   interrupt-line calls;
 /// - one access costs at most [`Fixture::max_line_calls_per_access`] interrupt-line calls;
-/// - with a [`Model`], every claimed access answers what the model says;
-/// - the fixture's own [`check`](Fixture::check).
+/// - with a [`Model`], every claimed access and every operation of the fixture's own answers
+///   what the model says;
+/// - the fixture's own [`check_access`](Fixture::check_access) of every claimed access, and
+///   its [`check`](Fixture::check) after every step.
 ///
 /// [`Op::Access`] goes through vmkit-exits' buses, with the sizes its dispatcher passes (1, 2, 4
 /// and 8 bytes): an access a bus does not route to a region whole is unclaimed, as in a VMM.
@@ -324,13 +383,16 @@ impl<F: Fixture> DeviceFuzzer<F> {
                     for instance in &instances {
                         instance.setup.set_failing(*failing);
                     }
+                    model.fail_interrupts(*failing);
                 }
-                Op::User { tag, data } => {
-                    for instance in &instances {
-                        self.fixture.user_op(&instance.devices, *tag, data);
-                    }
-                    model.user_op(*tag, data);
-                }
+                Op::User { tag, data } => self.user_op(&instances, &mut model, step, *tag, data),
+            }
+            if let [a, b] = &instances[..] {
+                assert_eq!(
+                    a.setup.line_calls(),
+                    b.setup.line_calls(),
+                    "step {step}: the instances made different interrupt-line calls"
+                );
             }
             for instance in &instances {
                 self.fixture.check(&instance.devices, &model);
@@ -351,6 +413,33 @@ impl<F: Fixture> DeviceFuzzer<F> {
             );
         }
         instances
+    }
+
+    fn user_op(
+        &self,
+        instances: &[Instance<F::Devices>],
+        model: &mut F::Model,
+        step: usize,
+        tag: u8,
+        data: &[u8],
+    ) {
+        let mut answers = [0u64; 2];
+        for (answer, instance) in answers.iter_mut().zip(instances) {
+            *answer = self.fixture.user_op(&instance.devices, tag, data);
+        }
+        let expected = model.user_op(tag, data);
+        if instances.len() == 2 {
+            assert_eq!(
+                answers[0], answers[1],
+                "step {step}: operation {tag} of the fixture: the instances disagree"
+            );
+        }
+        if F::Model::COMPARES {
+            assert_eq!(
+                answers[0], expected,
+                "step {step}: operation {tag} of the fixture: the model answers otherwise"
+            );
+        }
     }
 
     fn access(
@@ -420,7 +509,11 @@ impl<F: Fixture> DeviceFuzzer<F> {
             *before = instance.setup.line_calls();
         }
         if access.read.is_some() {
-            self.check_read(instances, model, target, size, &perform, &what);
+            let answer = self.check_read(instances, model, target, size, &perform, &what);
+            if let (Some(data), Some((region, offset))) = (answer, target) {
+                let answer = Answer::Read(&data[..size]);
+                self.check_claimed(model, region, offset, direct, answer);
+            }
         } else {
             let mut answers = [None; 2];
             for (answer, i) in answers.iter_mut().zip(instances) {
@@ -433,11 +526,13 @@ impl<F: Fixture> DeviceFuzzer<F> {
             if instances.len() == 2 {
                 assert_eq!(answers[0], answers[1], "{}: the instances disagree", what());
             }
-            if let (Some(answer), Some((index, offset))) = (answers[0], target) {
+            if let (Some(action), Some((index, offset))) = (answers[0], target) {
                 let expected = model.write(index, offset, &access.data);
                 if F::Model::COMPARES {
-                    assert_eq!(answer, expected, "{}: the model answers otherwise", what());
+                    assert_eq!(action, expected, "{}: the model answers otherwise", what());
                 }
+                let data = &access.data;
+                self.check_claimed(model, index, offset, direct, Answer::Write { data, action });
             }
         }
         let bound = self.fixture.max_line_calls_per_access();
@@ -451,6 +546,27 @@ impl<F: Fixture> DeviceFuzzer<F> {
         }
     }
 
+    fn check_claimed(
+        &self,
+        model: &F::Model,
+        region: usize,
+        offset: u64,
+        direct: bool,
+        answer: Answer<'_>,
+    ) {
+        self.fixture.check_access(
+            model,
+            &Claimed {
+                region,
+                offset,
+                direct,
+                answer,
+            },
+        );
+    }
+
+    /// Performs a read on every instance and checks it; returns the answer when a device
+    /// claimed it.
     fn check_read(
         &self,
         instances: &[Instance<F::Devices>],
@@ -459,7 +575,7 @@ impl<F: Fixture> DeviceFuzzer<F> {
         size: usize,
         perform: &dyn Fn(&Setup, &mut [u8]) -> bool,
         what: &dyn Fn() -> String,
-    ) {
+    ) -> Option<[u8; 8]> {
         if let [a, b] = instances {
             let mut zeroes = [0u8; 8];
             let mut ones = [0xFFu8; 8];
@@ -473,25 +589,25 @@ impl<F: Fixture> DeviceFuzzer<F> {
                 "{}: claimed by one instance only",
                 what()
             );
-            if claimed[0] {
-                assert_eq!(
-                    zeroes[..size],
-                    ones[..size],
-                    "{}: bytes left unfilled, or the answer is not deterministic",
-                    what()
-                );
+            if !claimed[0] {
+                return None;
             }
-            if let Some((index, offset)) = target.filter(|_| claimed[0]) {
+            assert_eq!(
+                zeroes[..size],
+                ones[..size],
+                "{}: bytes left unfilled, or the answer is not deterministic",
+                what()
+            );
+            if let Some((index, offset)) = target {
                 let mut expected = [0u8; 8];
                 model.read(index, offset, &mut expected[..size]);
             }
-            return;
+            return Some(zeroes);
         }
         let mut data = [0u8; 8];
         let Some((index, offset)) = target else {
             // No region holds the access (or a device moved its range): nothing to compare.
-            perform(&instances[0].setup, &mut data[..size]);
-            return;
+            return perform(&instances[0].setup, &mut data[..size]).then_some(data);
         };
         let mut expected = [0u8; 8];
         model.read(index, offset, &mut expected[..size]);
@@ -506,5 +622,6 @@ impl<F: Fixture> DeviceFuzzer<F> {
             "{}: the model answers otherwise (or bytes were left unfilled)",
             what()
         );
+        Some(data)
     }
 }

@@ -3,7 +3,7 @@
 pub mod harness;
 pub mod ops;
 
-pub use harness::{DeviceFuzzer, Fixture, Model, NoModel, Region, Setup, Space};
+pub use harness::{Answer, Claimed, DeviceFuzzer, Fixture, Model, NoModel, Region, Setup, Space};
 pub use ops::{Access, Offset, Op, decode, encode};
 // Re-exports: the foreign crates of this crate's public signatures, so that a fuzz target need
 // not pin the same versions.
