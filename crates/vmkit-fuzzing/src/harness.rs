@@ -2,15 +2,17 @@
 //! reference model, or two identical instances in lockstep) and checks, after every step, what
 //! every device owes the VMM.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
 use vmkit_exits::{
-    BusAddress, BusRange, CountingTrigger, DeviceAction, IoBus, MmioAddress, MmioBus, MmioDevice,
-    PioAddress, PioDevice, is_valid_access_size,
+    BusAddress, BusRange, DeviceAction, IoBus, MmioAddress, MmioBus, MmioDevice, PioAddress,
+    PioDevice, is_valid_access_size,
 };
 
-use crate::ops::{Access, Op, decode};
+use crate::lines::{Line, Lines};
+use crate::ops::{AccessRef, Op, Step, steps};
 
 /// The address space a region lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +53,7 @@ pub struct Setup {
     mmio: MmioBus,
     regions: Vec<Region>,
     handlers: Vec<Handler>,
-    lines: Vec<Arc<CountingTrigger>>,
+    lines: Lines,
 }
 
 impl fmt::Debug for Setup {
@@ -82,8 +84,13 @@ impl Setup {
         ) {
             panic!("fixture: cannot register {name}: {e}");
         }
-        self.handlers.push(Handler::Pio(device));
-        self.region(name, Space::Pio, u64::from(base), u64::from(len));
+        let region = Region {
+            name,
+            space: Space::Pio,
+            base: u64::from(base),
+            len: u64::from(len),
+        };
+        self.add(region, Handler::Pio(device));
     }
 
     /// Puts `device` on the MMIO bus at `base..base + len`, as the access target `name`.
@@ -98,16 +105,19 @@ impl Setup {
         {
             panic!("fixture: cannot register {name}: {e}");
         }
-        self.handlers.push(Handler::Mmio(device));
-        self.region(name, Space::Mmio, base, len);
+        let region = Region {
+            name,
+            space: Space::Mmio,
+            base,
+            len,
+        };
+        self.add(region, Handler::Mmio(device));
     }
 
     /// An interrupt line for a device: it counts every call (each counts towards the
     /// per-access bound) and fails while the input says lines fail.
-    pub fn interrupt(&mut self) -> Arc<CountingTrigger> {
-        let line = Arc::new(CountingTrigger::new());
-        self.lines.push(line.clone());
-        line
+    pub fn interrupt(&mut self) -> Line {
+        self.lines.add()
     }
 
     /// The port bus, for a fixture whose devices move their own ranges (a PCI root).
@@ -125,23 +135,22 @@ impl Setup {
         &self.regions
     }
 
-    fn region(&mut self, name: &'static str, space: Space, base: u64, len: u64) {
-        self.regions.push(Region {
-            name,
-            space,
-            base,
-            len,
-        });
+    fn add(&mut self, region: Region, handler: Handler) {
+        // Room for the regions of most fixtures at once (see `interrupt`).
+        if self.regions.is_empty() {
+            self.regions.reserve(8);
+            self.handlers.reserve(8);
+        }
+        self.regions.push(region);
+        self.handlers.push(handler);
     }
 
     fn line_calls(&self) -> u64 {
-        self.lines.iter().map(|line| line.calls()).sum()
+        self.lines.calls()
     }
 
     fn set_failing(&self, failing: bool) {
-        for line in &self.lines {
-            line.set_failing(failing);
-        }
+        self.lines.set_failing(failing);
     }
 
     /// A read handed to region `index`'s device at `offset`, without a bus.
@@ -205,9 +214,10 @@ pub trait Fixture {
         0
     }
 
-    /// Checks the fixture's own invariants on one instance after every step, against the model
-    /// if it keeps state to compare with (counters, say). Panics on a violation (the fuzzer
-    /// reports it). Checks nothing by default.
+    /// Checks the fixture's own invariants on one instance after every step that reached the
+    /// devices (all but accesses no region claimed), against the model if it keeps state to
+    /// compare with (counters, say). Panics on a violation (the fuzzer reports it). Checks
+    /// nothing by default.
     fn check(&self, devices: &Self::Devices, model: &Self::Model) {
         let _ = (devices, model);
     }
@@ -301,13 +311,21 @@ impl Model for NoModel {
 struct Instance<D> {
     setup: Setup,
     devices: D,
+    /// The interrupt-line calls counted after the last access or operation of the fixture's
+    /// own (what the next access's calls are counted from).
+    calls: Cell<u64>,
 }
 
 impl<D> Instance<D> {
     fn new<F: Fixture<Devices = D>>(fixture: &F) -> Self {
         let mut setup = Setup::default();
         let devices = fixture.build(&mut setup);
-        Instance { setup, devices }
+        let calls = Cell::new(setup.line_calls());
+        Instance {
+            setup,
+            devices,
+            calls,
+        }
     }
 }
 
@@ -315,7 +333,8 @@ impl<D> Instance<D> {
 ///
 /// Each input is decoded into [`Op`]s (see [`ops`](crate::ops)) and run on the fixture's
 /// devices: one instance when the fixture's [`Model`] compares answers, two in lockstep when
-/// it does not. After every step it checks:
+/// it does not. After every step (an access that no region claims calls no device and is only
+/// counted as a step) it checks:
 ///
 /// - nothing panicked (a panic is the fuzzer's finding);
 /// - a read that a region claims fills every byte of the access: without a model, the same on
@@ -351,46 +370,82 @@ impl<F: Fixture> DeviceFuzzer<F> {
     }
 
     /// Runs the input `data`, checking every invariant. Panics on a violation.
+    ///
+    /// The operations are decoded one at a time as they run, their bytes borrowed from `data`:
+    /// running an input allocates nothing per operation.
     pub fn run(&self, data: &[u8]) {
-        self.run_ops(&decode(data));
+        self.execute(steps(data));
     }
 
-    /// Runs decoded operations (seeds written as operations).
+    /// Runs decoded operations (seeds written as operations), as [`run`](Self::run) runs their
+    /// encoding: fields wider than the format holds are clamped.
     pub fn run_ops(&self, ops: &[Op]) {
+        self.execute(ops.iter().map(Op::step));
+    }
+
+    /// Runs decoded operations like [`run_ops`](Self::run_ops), then hands `inspect` the
+    /// devices and the model as the run left them (the first instance's devices, where two ran
+    /// in lockstep): for a test that a seed reaches what it was written to reach.
+    pub fn run_ops_then<R>(
+        &self,
+        ops: &[Op],
+        inspect: impl FnOnce(&F::Devices, &F::Model) -> R,
+    ) -> R {
+        let (instances, model) = self.execute(ops.iter().map(Op::step));
+        inspect(&instances[0].devices, &model)
+    }
+
+    fn execute<'a>(
+        &self,
+        ops: impl Iterator<Item = Step<'a>>,
+    ) -> (Vec<Instance<F::Devices>>, F::Model) {
         let mut model = self.fixture.model();
         let mut instances = self.build();
         // Whether anything happened to the instances since they were built: a reset of a fresh
         // machine changes nothing, and inputs are full of them (a reset is one byte).
         let mut fresh = true;
-        for (step, op) in ops.iter().enumerate() {
-            if matches!(op, Op::Reset) && fresh {
+        for (step, op) in ops.enumerate() {
+            if matches!(op, Step::Reset) && fresh {
                 continue;
             }
-            fresh = matches!(op, Op::Reset);
-            match op {
-                Op::Access(access) => self.access(&instances, &mut model, step, access, false),
-                Op::Direct(access) => self.access(&instances, &mut model, step, access, true),
-                Op::Burst { count, access } => {
-                    for _ in 0..*count {
-                        self.access(&instances, &mut model, step, access, false);
-                    }
+            // Whether the step reached the devices or their lines: an access that no region
+            // claims calls no device, changes nothing and leaves nothing to check.
+            let reached = match op {
+                Step::Access(access, direct) => {
+                    self.access(&instances, &mut model, step, access, direct)
                 }
-                Op::Reset => {
+                Step::Burst { count, access } => {
+                    let mut reached = false;
+                    for _ in 0..count {
+                        reached |= self.access(&instances, &mut model, step, access, false);
+                    }
+                    reached
+                }
+                Step::Reset => {
                     instances = self.build();
                     model = self.fixture.model();
+                    true
                 }
-                Op::FailInterrupts(failing) => {
+                Step::FailInterrupts(failing) => {
                     for instance in &instances {
-                        instance.setup.set_failing(*failing);
+                        instance.setup.set_failing(failing);
                     }
-                    model.fail_interrupts(*failing);
+                    model.fail_interrupts(failing);
+                    true
                 }
-                Op::User { tag, data } => self.user_op(&instances, &mut model, step, *tag, data),
+                Step::User { tag, data } => {
+                    self.user_op(&instances, &mut model, step, tag, data);
+                    true
+                }
+            };
+            if !reached {
+                continue;
             }
+            fresh = matches!(op, Step::Reset);
             if let [a, b] = &instances[..] {
                 assert_eq!(
-                    a.setup.line_calls(),
-                    b.setup.line_calls(),
+                    a.calls.get(),
+                    b.calls.get(),
                     "step {step}: the instances made different interrupt-line calls"
                 );
             }
@@ -398,6 +453,7 @@ impl<F: Fixture> DeviceFuzzer<F> {
                 self.fixture.check(&instance.devices, &model);
             }
         }
+        (instances, model)
     }
 
     /// The instances a run compares: one when a model states every answer (a read buffer
@@ -426,6 +482,7 @@ impl<F: Fixture> DeviceFuzzer<F> {
         let mut answers = [0u64; 2];
         for (answer, instance) in answers.iter_mut().zip(instances) {
             *answer = self.fixture.user_op(&instance.devices, tag, data);
+            instance.calls.set(instance.setup.line_calls());
         }
         let expected = model.user_op(tag, data);
         if instances.len() == 2 {
@@ -447,16 +504,16 @@ impl<F: Fixture> DeviceFuzzer<F> {
         instances: &[Instance<F::Devices>],
         model: &mut F::Model,
         step: usize,
-        access: &Access,
+        access: AccessRef<'_>,
         direct: bool,
-    ) {
+    ) -> bool {
         let regions = &instances[0].setup.regions;
         if regions.is_empty() {
-            return;
+            return false;
         }
         let index = usize::from(access.region) % regions.len();
         let region = &regions[index];
-        let size = access.read.map_or(access.data.len(), usize::from);
+        let size = access.size();
         // Where the access goes, and the (region, offset) the model answers for: a direct
         // access always reaches its region; a routed one only a region that holds it whole.
         let (addr, target) = if direct {
@@ -467,10 +524,10 @@ impl<F: Fixture> DeviceFuzzer<F> {
                 .offset
                 .address(region.base, region.len, region.space.last())
             else {
-                return;
+                return false;
             };
             if !is_valid_access_size(size) {
-                return;
+                return false;
             }
             let target = regions.iter().position(|r| {
                 let last = addr.checked_add(size as u64 - 1);
@@ -504,46 +561,50 @@ impl<F: Fixture> DeviceFuzzer<F> {
                 setup.read(region.space, addr, data)
             }
         };
-        let mut calls_before = [0u64; 2];
-        for (before, instance) in calls_before.iter_mut().zip(instances) {
-            *before = instance.setup.line_calls();
-        }
-        if access.read.is_some() {
+        let claimed = if access.read.is_some() {
             let answer = self.check_read(instances, model, target, size, &perform, &what);
             if let (Some(data), Some((region, offset))) = (answer, target) {
                 let answer = Answer::Read(&data[..size]);
                 self.check_claimed(model, region, offset, direct, answer);
             }
+            answer.is_some()
         } else {
             let mut answers = [None; 2];
             for (answer, i) in answers.iter_mut().zip(instances) {
                 *answer = if direct {
-                    Some(i.setup.write_direct(index, addr, &access.data))
+                    Some(i.setup.write_direct(index, addr, access.data))
                 } else {
-                    i.setup.write(region.space, addr, &access.data)
+                    i.setup.write(region.space, addr, access.data)
                 };
             }
             if instances.len() == 2 {
                 assert_eq!(answers[0], answers[1], "{}: the instances disagree", what());
             }
             if let (Some(action), Some((index, offset))) = (answers[0], target) {
-                let expected = model.write(index, offset, &access.data);
+                let expected = model.write(index, offset, access.data);
                 if F::Model::COMPARES {
                     assert_eq!(action, expected, "{}: the model answers otherwise", what());
                 }
-                let data = &access.data;
+                let data = access.data;
                 self.check_claimed(model, index, offset, direct, Answer::Write { data, action });
             }
+            answers[0].is_some()
+        };
+        if !claimed {
+            return false;
         }
         let bound = self.fixture.max_line_calls_per_access();
-        for (instance, before) in instances.iter().zip(calls_before) {
-            let calls = instance.setup.line_calls() - before;
+        for instance in instances {
+            // The calls before this access are the count the last access or operation left.
+            let total = instance.setup.line_calls();
+            let calls = total - instance.calls.replace(total);
             assert!(
                 calls <= bound,
                 "{}: {calls} interrupt-line calls, more than the bound of {bound}",
                 what()
             );
         }
+        true
     }
 
     fn check_claimed(

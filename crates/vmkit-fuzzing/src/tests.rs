@@ -5,11 +5,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vmkit_exits::{
-    CountingTrigger, DeviceAction, InterruptTrigger, MmioAddress, MmioDevice, PioAddress, PioDevice,
-};
+use vmkit_exits::{DeviceAction, InterruptTrigger, MmioAddress, MmioDevice, PioAddress, PioDevice};
 
-use crate::{Access, Answer, Claimed, DeviceFuzzer, Fixture, Model, NoModel, Offset, Op, Setup};
+use crate::{
+    Access, Answer, Claimed, DeviceFuzzer, Fixture, Line, Model, NoModel, Offset, Op, Setup,
+};
 
 /// What each device gets wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +43,7 @@ fn lane(offset: u64, i: usize) -> Option<usize> {
 
 struct Register {
     value: Mutex<u64>,
-    irq: Arc<CountingTrigger>,
+    irq: Line,
     flaw: Flaw,
 }
 
@@ -523,7 +523,7 @@ fn the_fixture_checks_each_claimed_access_once() {
 /// A latch: a write rings the line; a read answers whether the last ring went through.
 struct Latch {
     delivered: Mutex<u8>,
-    irq: Arc<CountingTrigger>,
+    irq: Line,
 }
 
 impl PioDevice for Latch {
@@ -595,11 +595,73 @@ fn a_model_hears_when_lines_fail() {
         ops.push(Op::FailInterrupts(failing));
         ops.extend(ring_and_look.iter().cloned());
     }
-    DeviceFuzzer::new(LatchFixture { deaf: false }).run_ops(&ops);
+    let latch = DeviceFuzzer::new(LatchFixture { deaf: false });
+    latch.run_ops(&ops);
+    // The run leaves the model as the last step did: the last ring went through.
+    assert_eq!(latch.run_ops_then(&ops, |(), model| model.delivered), 1);
+    assert_eq!(
+        latch.run_ops_then(&ops[..5], |(), model| (model.failing, model.delivered)),
+        (true, 0)
+    );
     let deaf = catch_unwind(AssertUnwindSafe(|| {
         DeviceFuzzer::new(LatchFixture { deaf: true }).run_ops(&ops);
     }))
     .unwrap_err();
     let deaf = deaf.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(deaf.contains("step 5: read of 1 bytes"), "{deaf}");
+}
+
+/// Counts the builds and checks the harness asks of it.
+#[derive(Default)]
+struct Counted {
+    builds: Arc<AtomicU32>,
+    checks: Arc<AtomicU32>,
+}
+
+impl Fixture for Counted {
+    type Devices = ();
+    type Model = NoModel;
+
+    fn build(&self, setup: &mut Setup) {
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        let irq = setup.interrupt();
+        let device = Arc::new(Register {
+            value: Mutex::new(0),
+            irq,
+            flaw: Flaw::None,
+        });
+        setup.pio("port", 0x80, 8, device);
+    }
+
+    fn model(&self) -> NoModel {
+        NoModel
+    }
+
+    fn check(&self, (): &(), _model: &NoModel) {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn steps_that_reach_no_device_are_not_checked_and_leave_the_machine_fresh() {
+    let fixture = Counted::default();
+    let (builds, checks) = (fixture.builds.clone(), fixture.checks.clone());
+    DeviceFuzzer::new(fixture).run_ops(&[
+        // No region holds these: no device is called, and the reset after them is skipped.
+        Op::Access(Access::read_at(0, Offset::Absolute(0x1234), 1)),
+        Op::Burst {
+            count: 3,
+            access: Access::write_at(0, Offset::BeforeStart(0), &[1, 2]),
+        },
+        Op::Reset,
+        Op::Access(Access::read_at(0, Offset::FromStart(0), 1)),
+        Op::Reset,
+        Op::FailInterrupts(true),
+        Op::Reset,
+        Op::Reset,
+    ]);
+    // Two instances (no model) at the start and at each of the two resets that counted.
+    assert_eq!(builds.load(Ordering::Relaxed), 6);
+    // The read, two resets (on both instances) and the failing lines.
+    assert_eq!(checks.load(Ordering::Relaxed), 8);
 }
