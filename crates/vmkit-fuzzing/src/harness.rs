@@ -12,7 +12,7 @@ use vmkit_exits::{
 };
 
 use crate::lines::{Line, Lines};
-use crate::ops::{AccessRef, Op, Step, steps};
+use crate::ops::{AccessRef, Offset, Op, Step, steps};
 
 /// The address space a region lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -537,58 +537,25 @@ impl<F: Fixture> DeviceFuzzer<F> {
             });
             (addr, target.map(|i| (i, addr - regions[i].base)))
         };
-        let what = || {
-            format!(
-                "step {step}: {}{} of {size} bytes at {} {addr:#x} ({:?} region {} at {:#x}, {:?})",
-                if direct { "direct " } else { "" },
-                if access.read.is_some() {
-                    "read"
-                } else {
-                    "write"
-                },
-                if direct { "offset" } else { "address" },
-                region.space,
-                region.name,
-                region.base,
-                access.offset
-            )
+        let at = At {
+            step,
+            direct,
+            read: access.read.is_some(),
+            size,
+            addr,
+            index,
+            region,
+            offset: access.offset,
         };
-        let perform = |setup: &Setup, data: &mut [u8]| -> bool {
-            if direct {
-                setup.read_direct(index, addr, data);
-                true
-            } else {
-                setup.read(region.space, addr, data)
-            }
-        };
-        let claimed = if access.read.is_some() {
-            let answer = self.check_read(instances, model, target, size, &perform, &what);
+        let claimed = if at.read {
+            let answer = self.read(instances, model, &at, target);
             if let (Some(data), Some((region, offset))) = (answer, target) {
                 let answer = Answer::Read(&data[..size]);
                 self.check_claimed(model, region, offset, direct, answer);
             }
             answer.is_some()
         } else {
-            let mut answers = [None; 2];
-            for (answer, i) in answers.iter_mut().zip(instances) {
-                *answer = if direct {
-                    Some(i.setup.write_direct(index, addr, access.data))
-                } else {
-                    i.setup.write(region.space, addr, access.data)
-                };
-            }
-            if instances.len() == 2 {
-                assert_eq!(answers[0], answers[1], "{}: the instances disagree", what());
-            }
-            if let (Some(action), Some((index, offset))) = (answers[0], target) {
-                let expected = model.write(index, offset, access.data);
-                if F::Model::COMPARES {
-                    assert_eq!(action, expected, "{}: the model answers otherwise", what());
-                }
-                let data = access.data;
-                self.check_claimed(model, index, offset, direct, Answer::Write { data, action });
-            }
-            answers[0].is_some()
+            self.write(instances, model, &at, target, access.data)
         };
         if !claimed {
             return false;
@@ -598,11 +565,9 @@ impl<F: Fixture> DeviceFuzzer<F> {
             // The calls before this access are the count the last access or operation left.
             let total = instance.setup.line_calls();
             let calls = total - instance.calls.replace(total);
-            assert!(
-                calls <= bound,
-                "{}: {calls} interrupt-line calls, more than the bound of {bound}",
-                what()
-            );
+            if calls > bound {
+                too_many_line_calls(&at, calls, bound);
+            }
         }
         true
     }
@@ -626,39 +591,65 @@ impl<F: Fixture> DeviceFuzzer<F> {
         );
     }
 
-    /// Performs a read on every instance and checks it; returns the answer when a device
+    /// Performs a write on every instance and checks the answers; returns whether a device
     /// claimed it.
-    fn check_read(
+    fn write(
         &self,
         instances: &[Instance<F::Devices>],
         model: &mut F::Model,
+        at: &At<'_>,
         target: Option<(usize, u64)>,
-        size: usize,
-        perform: &dyn Fn(&Setup, &mut [u8]) -> bool,
-        what: &dyn Fn() -> String,
+        data: &[u8],
+    ) -> bool {
+        let mut answers = [None; 2];
+        for (answer, i) in answers.iter_mut().zip(instances) {
+            *answer = if at.direct {
+                Some(i.setup.write_direct(at.index, at.addr, data))
+            } else {
+                i.setup.write(at.region.space, at.addr, data)
+            };
+        }
+        if instances.len() == 2 && answers[0] != answers[1] {
+            violation(at, "the instances disagree", &answers[0], &answers[1]);
+        }
+        if let (Some(action), Some((index, offset))) = (answers[0], target) {
+            let expected = model.write(index, offset, data);
+            if F::Model::COMPARES && action != expected {
+                violation(at, "the model answers otherwise", &action, &expected);
+            }
+            let answer = Answer::Write { data, action };
+            self.check_claimed(model, index, offset, at.direct, answer);
+        }
+        answers[0].is_some()
+    }
+
+    /// Performs a read on every instance and checks it; returns the answer when a device
+    /// claimed it.
+    fn read(
+        &self,
+        instances: &[Instance<F::Devices>],
+        model: &mut F::Model,
+        at: &At<'_>,
+        target: Option<(usize, u64)>,
     ) -> Option<[u8; 8]> {
+        let size = at.size;
         if let [a, b] = instances {
             let mut zeroes = [0u8; 8];
             let mut ones = [0xFFu8; 8];
             let claimed = [
-                perform(&a.setup, &mut zeroes[..size]),
-                perform(&b.setup, &mut ones[..size]),
+                at.perform(&a.setup, &mut zeroes[..size]),
+                at.perform(&b.setup, &mut ones[..size]),
             ];
-            assert_eq!(
-                claimed[0],
-                claimed[1],
-                "{}: claimed by one instance only",
-                what()
-            );
+            if claimed[0] != claimed[1] {
+                violation(at, "claimed by one instance only", &claimed[0], &claimed[1]);
+            }
             if !claimed[0] {
                 return None;
             }
-            assert_eq!(
-                zeroes[..size],
-                ones[..size],
-                "{}: bytes left unfilled, or the answer is not deterministic",
-                what()
-            );
+            if zeroes[..size] != ones[..size] {
+                let problem = "bytes left unfilled, or the answer is not deterministic";
+                violation(at, problem, &zeroes[..size], &ones[..size]);
+            }
             if let Some((index, offset)) = target {
                 let mut expected = [0u8; 8];
                 model.read(index, offset, &mut expected[..size]);
@@ -668,21 +659,85 @@ impl<F: Fixture> DeviceFuzzer<F> {
         let mut data = [0u8; 8];
         let Some((index, offset)) = target else {
             // No region holds the access (or a device moved its range): nothing to compare.
-            return perform(&instances[0].setup, &mut data[..size]).then_some(data);
+            return at
+                .perform(&instances[0].setup, &mut data[..size])
+                .then_some(data);
         };
         let mut expected = [0u8; 8];
         model.read(index, offset, &mut expected[..size]);
         for (byte, want) in data.iter_mut().zip(expected) {
             *byte = !want;
         }
-        let claimed = perform(&instances[0].setup, &mut data[..size]);
-        assert!(claimed, "{}: no device claimed it", what());
-        assert_eq!(
-            data[..size],
-            expected[..size],
-            "{}: the model answers otherwise (or bytes were left unfilled)",
-            what()
-        );
+        let claimed = at.perform(&instances[0].setup, &mut data[..size]);
+        if !claimed {
+            violation(at, "no device claimed it", &claimed, &true);
+        }
+        if data[..size] != expected[..size] {
+            let problem = "the model answers otherwise (or bytes were left unfilled)";
+            violation(at, problem, &data[..size], &expected[..size]);
+        }
         Some(data)
     }
+}
+
+/// One access, where it went: what a violation names.
+struct At<'r> {
+    step: usize,
+    direct: bool,
+    read: bool,
+    size: usize,
+    /// The address, or for a direct access the offset handed to the device.
+    addr: u64,
+    /// The region the access names, and its index.
+    index: usize,
+    region: &'r Region,
+    offset: Offset,
+}
+
+impl At<'_> {
+    /// Performs the read on one instance: handed to the region's device, or through the bus.
+    fn perform(&self, setup: &Setup, data: &mut [u8]) -> bool {
+        if self.direct {
+            setup.read_direct(self.index, self.addr, data);
+            true
+        } else {
+            setup.read(self.region.space, self.addr, data)
+        }
+    }
+}
+
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "step {}: {}{} of {} bytes at {} {:#x} ({:?} region {} at {:#x}, {:?})",
+            self.step,
+            if self.direct { "direct " } else { "" },
+            if self.read { "read" } else { "write" },
+            self.size,
+            if self.direct { "offset" } else { "address" },
+            self.addr,
+            self.region.space,
+            self.region.name,
+            self.region.base,
+            self.offset
+        )
+    }
+}
+
+// The failures are out of line, so that the code every access runs keeps a small frame (the
+// sanitizers the fuzzers build with pay for every byte of it on every call).
+
+/// Panics: `problem` on access `at`, with what differed.
+#[cold]
+#[inline(never)]
+fn violation<T: fmt::Debug + ?Sized>(at: &At<'_>, problem: &str, left: &T, right: &T) -> ! {
+    panic!("{at}: {problem}\n  left: {left:?}\n right: {right:?}")
+}
+
+/// Panics: access `at` made more line calls than the bound.
+#[cold]
+#[inline(never)]
+fn too_many_line_calls(at: &At<'_>, calls: u64, bound: u64) -> ! {
+    panic!("{at}: {calls} interrupt-line calls, more than the bound of {bound}")
 }
