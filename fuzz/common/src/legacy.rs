@@ -26,7 +26,7 @@
 //!   lost, and the time of the first output is known exactly when there was output;
 //! - the RTC's time registers always hold valid BCD or binary values for the current mode,
 //!   UIP is never set while SET holds the clock, and register D reports valid time (checked
-//!   after every step that could change them: an access to the CMOS, a clock movement);
+//!   after every step that could change them: a write to the CMOS, a clock movement);
 //! - every device counted each access its regions claimed: [`Fixture::check`] against the
 //!   model's counts.
 
@@ -73,7 +73,7 @@ const CMOS: usize = 4;
 const REGIONS: usize = 5;
 
 /// The fixture's model: the accesses each region claimed, (reads, writes), and how often the
-/// RTC's state may have changed (an access to it, a clock movement).
+/// RTC's time and mode may have changed (a write to it, a clock movement).
 #[derive(Debug, Default)]
 pub struct AccessCounts {
     accesses: [(u64, u64); REGIONS],
@@ -86,7 +86,6 @@ impl vmkit_fuzzing::Model for AccessCounts {
 
     fn read(&mut self, region: usize, _offset: u64, _data: &mut [u8]) {
         self.accesses[region].0 += 1;
-        self.rtc_changes += u64::from(region == CMOS);
     }
 
     fn write(&mut self, region: usize, _offset: u64, _data: &[u8]) -> DeviceAction {
@@ -106,8 +105,9 @@ pub struct LegacyFixture;
 
 /// One instance.
 pub struct LegacyDevices {
-    /// The model's count of RTC changes when the RTC was last checked: the RTC's registers
-    /// change only through its ports and the clock, and reading them all is the dearest check.
+    /// The model's count of RTC changes when the RTC was last checked: the RTC's time and mode
+    /// change only through writes to its ports and the clock, and reading them all is the
+    /// dearest check.
     rtc_checked: Cell<Option<u64>>,
     clock: Arc<ManualWallClock>,
     serial: Arc<SerialDevice<Line, Vec<u8>>>,
