@@ -136,7 +136,8 @@ impl Setup {
     }
 
     fn add(&mut self, region: Region, handler: Handler) {
-        // Room for the regions of most fixtures at once (see `interrupt`).
+        // Room for the regions of most fixtures at once: an instance is built for every input
+        // and at every reset, and each regrowth is an allocation.
         if self.regions.is_empty() {
             self.regions.reserve(8);
             self.handlers.reserve(8);
