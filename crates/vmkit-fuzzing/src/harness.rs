@@ -1,15 +1,18 @@
-//! The device harness: runs a decoded input against two identical instances of a fixture's
-//! devices in lockstep and checks, after every step, what every device owes the VMM.
+//! The device harness: runs a decoded input against a fixture's devices (one instance beside a
+//! reference model, or two identical instances in lockstep) and checks, after every step, what
+//! every device owes the VMM.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
 use vmkit_exits::{
-    BusAddress, BusRange, CountingTrigger, DeviceAction, IoBus, MmioAddress, MmioBus, MmioDevice,
-    PioAddress, PioDevice, is_valid_access_size,
+    BusAddress, BusRange, DeviceAction, IoBus, MmioAddress, MmioBus, MmioDevice, PioAddress,
+    PioDevice, is_valid_access_size,
 };
 
-use crate::ops::{Access, Op, decode};
+use crate::lines::{Line, Lines};
+use crate::ops::{AccessRef, Offset, Op, Step, steps};
 
 /// The address space a region lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +53,7 @@ pub struct Setup {
     mmio: MmioBus,
     regions: Vec<Region>,
     handlers: Vec<Handler>,
-    lines: Vec<Arc<CountingTrigger>>,
+    lines: Lines,
 }
 
 impl fmt::Debug for Setup {
@@ -81,8 +84,13 @@ impl Setup {
         ) {
             panic!("fixture: cannot register {name}: {e}");
         }
-        self.handlers.push(Handler::Pio(device));
-        self.region(name, Space::Pio, u64::from(base), u64::from(len));
+        let region = Region {
+            name,
+            space: Space::Pio,
+            base: u64::from(base),
+            len: u64::from(len),
+        };
+        self.add(region, Handler::Pio(device));
     }
 
     /// Puts `device` on the MMIO bus at `base..base + len`, as the access target `name`.
@@ -97,16 +105,19 @@ impl Setup {
         {
             panic!("fixture: cannot register {name}: {e}");
         }
-        self.handlers.push(Handler::Mmio(device));
-        self.region(name, Space::Mmio, base, len);
+        let region = Region {
+            name,
+            space: Space::Mmio,
+            base,
+            len,
+        };
+        self.add(region, Handler::Mmio(device));
     }
 
     /// An interrupt line for a device: it counts every call (each counts towards the
     /// per-access bound) and fails while the input says lines fail.
-    pub fn interrupt(&mut self) -> Arc<CountingTrigger> {
-        let line = Arc::new(CountingTrigger::new());
-        self.lines.push(line.clone());
-        line
+    pub fn interrupt(&mut self) -> Line {
+        self.lines.add()
     }
 
     /// The port bus, for a fixture whose devices move their own ranges (a PCI root).
@@ -124,23 +135,23 @@ impl Setup {
         &self.regions
     }
 
-    fn region(&mut self, name: &'static str, space: Space, base: u64, len: u64) {
-        self.regions.push(Region {
-            name,
-            space,
-            base,
-            len,
-        });
+    fn add(&mut self, region: Region, handler: Handler) {
+        // Room for the regions of most fixtures at once: an instance is built for every input
+        // and at every reset, and each regrowth is an allocation.
+        if self.regions.is_empty() {
+            self.regions.reserve(8);
+            self.handlers.reserve(8);
+        }
+        self.regions.push(region);
+        self.handlers.push(handler);
     }
 
     fn line_calls(&self) -> u64 {
-        self.lines.iter().map(|line| line.calls()).sum()
+        self.lines.calls()
     }
 
     fn set_failing(&self, failing: bool) {
-        for line in &self.lines {
-            line.set_failing(failing);
-        }
+        self.lines.set_failing(failing);
     }
 
     /// A read handed to region `index`'s device at `offset`, without a bus.
@@ -195,16 +206,30 @@ pub trait Fixture {
     fn model(&self) -> Self::Model;
 
     /// Performs the fixture's operation `tag` with `data` on one instance (the VMM feeding
-    /// serial input, a clock step, a key press). Does nothing by default.
-    fn user_op(&self, devices: &Self::Devices, tag: u8, data: &[u8]) {
+    /// serial input, a clock step, a key press) and returns its answer (how many bytes a FIFO
+    /// took, an error code; 0 where there is none): the harness holds the answers of two
+    /// instances equal, and equal to [`Model::user_op`]'s when a model compares. Does nothing
+    /// and answers 0 by default.
+    fn user_op(&self, devices: &Self::Devices, tag: u8, data: &[u8]) -> u64 {
         let _ = (devices, tag, data);
+        0
     }
 
-    /// Checks the fixture's own invariants on one instance after every step, against the model
-    /// if it keeps state to compare with (counters, say). Panics on a violation (the fuzzer
-    /// reports it). Checks nothing by default.
+    /// Checks the fixture's own invariants on one instance after every step that reached the
+    /// devices (all but accesses no region claimed), against the model if it keeps state to
+    /// compare with (counters, say). Panics on a violation (the fuzzer reports it). Checks
+    /// nothing by default.
     fn check(&self, devices: &Self::Devices, model: &Self::Model) {
         let _ = (devices, model);
+    }
+
+    /// Checks one answer of a device: called for every access a region claimed, once the
+    /// instances agreed on it (and after the model saw it), with what the access was and what
+    /// the device answered. For invariants on answers that need no full model ("this port
+    /// never stops the VM", "a write stops it with the value written"). Panics on a violation.
+    /// Checks nothing by default.
+    fn check_access(&self, model: &Self::Model, access: &Claimed<'_>) {
+        let _ = (model, access);
     }
 
     /// The most interrupt-line calls one guest access may cause: the bound on the work of one
@@ -216,18 +241,60 @@ pub trait Fixture {
 
 /// A reference model of the devices: what each access should answer. The harness compares the
 /// devices' answers against it on every access a region claims.
+///
+/// A model that only keeps count (of accesses, say, for the fixture's [`check`](Fixture::check)
+/// to compare with the devices' counters) sets [`COMPARES`](Self::COMPARES) to `false`: it
+/// still sees every claimed access, and the harness runs two instances in lockstep as for
+/// [`NoModel`].
 pub trait Model {
-    /// Whether the harness compares answers with this model (`false` only for [`NoModel`]).
+    /// Whether the harness compares answers with this model: `false` for [`NoModel`] and for
+    /// models that only keep count.
     const COMPARES: bool = true;
     /// The answer to a read of `data.len()` bytes at `offset` of region `region` (an index into
     /// [`Setup::regions`]).
     fn read(&mut self, region: usize, offset: u64, data: &mut [u8]);
     /// The answer to a write of `data` at `offset` of region `region`.
     fn write(&mut self, region: usize, offset: u64, data: &[u8]) -> DeviceAction;
-    /// The fixture's operation `tag` with `data` (see [`Fixture::user_op`]). Nothing by default.
-    fn user_op(&mut self, tag: u8, data: &[u8]) {
+    /// The fixture's operation `tag` with `data`, and its answer (see [`Fixture::user_op`]).
+    /// Nothing, answering 0, by default.
+    fn user_op(&mut self, tag: u8, data: &[u8]) -> u64 {
         let _ = (tag, data);
+        0
     }
+    /// The interrupt lines start (`true`) or stop failing ([`Op::FailInterrupts`]), for a model
+    /// whose answers or counters depend on whether a line call went through. Nothing by
+    /// default.
+    fn fail_interrupts(&mut self, failing: bool) {
+        let _ = failing;
+    }
+}
+
+/// An access a region claimed and the device's answer: what [`Fixture::check_access`] sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claimed<'a> {
+    /// The region (an index into [`Setup::regions`]).
+    pub region: usize,
+    /// The offset into the region; for a direct access, the offset handed to the device.
+    pub offset: u64,
+    /// Whether the access was handed to the device directly ([`Op::Direct`]) rather than
+    /// routed by a bus.
+    pub direct: bool,
+    /// What the access was, and the answer.
+    pub answer: Answer<'a>,
+}
+
+/// A device's answer to one access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer<'a> {
+    /// A read, and the bytes it returned.
+    Read(&'a [u8]),
+    /// A write of `data`, and what the device asked of the VMM.
+    Write {
+        /// The bytes written.
+        data: &'a [u8],
+        /// The device's answer.
+        action: DeviceAction,
+    },
 }
 
 /// No model: only the invariants every device owes (and the fixture's checks) hold.
@@ -245,31 +312,43 @@ impl Model for NoModel {
 struct Instance<D> {
     setup: Setup,
     devices: D,
+    /// The interrupt-line calls counted after the last access or operation of the fixture's
+    /// own (what the next access's calls are counted from).
+    calls: Cell<u64>,
 }
 
 impl<D> Instance<D> {
     fn new<F: Fixture<Devices = D>>(fixture: &F) -> Self {
         let mut setup = Setup::default();
         let devices = fixture.build(&mut setup);
-        Instance { setup, devices }
+        let calls = Cell::new(setup.line_calls());
+        Instance {
+            setup,
+            devices,
+            calls,
+        }
     }
 }
 
 /// Runs inputs against a [`Fixture`]'s devices.
 ///
 /// Each input is decoded into [`Op`]s (see [`ops`](crate::ops)) and run on the fixture's
-/// devices: one instance when the fixture has a [`Model`], two in lockstep when it has none.
-/// After every step it checks:
+/// devices: one instance when the fixture's [`Model`] compares answers, two in lockstep when
+/// it does not. After every step (an access that no region claims calls no device and is only
+/// counted as a step) it checks:
 ///
 /// - nothing panicked (a panic is the fuzzer's finding);
 /// - a read that a region claims fills every byte of the access: without a model, the same on
 ///   both instances (one reads into a buffer of 0x00, the other of 0xFF); with one, into a
 ///   buffer holding the complement of the model's answer;
-/// - both instances claim the same accesses and give the same write answers
-///   ([`DeviceAction`]);
+/// - both instances claim the same accesses, give the same write answers ([`DeviceAction`])
+///   and the same answers to the fixture's own operations, and make the same number of
+///   interrupt-line calls;
 /// - one access costs at most [`Fixture::max_line_calls_per_access`] interrupt-line calls;
-/// - with a [`Model`], every claimed access answers what the model says;
-/// - the fixture's own [`check`](Fixture::check).
+/// - with a [`Model`], every claimed access and every operation of the fixture's own answers
+///   what the model says;
+/// - the fixture's own [`check_access`](Fixture::check_access) of every claimed access, and
+///   its [`check`](Fixture::check) after every step.
 ///
 /// [`Op::Access`] goes through vmkit-exits' buses, with the sizes its dispatcher passes (1, 2, 4
 /// and 8 bytes): an access a bus does not route to a region whole is unclaimed, as in a VMM.
@@ -292,50 +371,90 @@ impl<F: Fixture> DeviceFuzzer<F> {
     }
 
     /// Runs the input `data`, checking every invariant. Panics on a violation.
+    ///
+    /// The operations are decoded one at a time as they run, their bytes borrowed from `data`:
+    /// running an input allocates nothing per operation.
     pub fn run(&self, data: &[u8]) {
-        self.run_ops(&decode(data));
+        self.execute(steps(data));
     }
 
-    /// Runs decoded operations (seeds written as operations).
+    /// Runs decoded operations (seeds written as operations), as [`run`](Self::run) runs their
+    /// encoding: fields wider than the format holds are clamped.
     pub fn run_ops(&self, ops: &[Op]) {
+        self.execute(ops.iter().map(Op::step));
+    }
+
+    /// Runs decoded operations like [`run_ops`](Self::run_ops), then hands `inspect` the
+    /// devices and the model as the run left them (the first instance's devices, where two ran
+    /// in lockstep): for a test that a seed reaches what it was written to reach.
+    pub fn run_ops_then<R>(
+        &self,
+        ops: &[Op],
+        inspect: impl FnOnce(&F::Devices, &F::Model) -> R,
+    ) -> R {
+        let (instances, model) = self.execute(ops.iter().map(Op::step));
+        inspect(&instances[0].devices, &model)
+    }
+
+    fn execute<'a>(
+        &self,
+        ops: impl Iterator<Item = Step<'a>>,
+    ) -> (Vec<Instance<F::Devices>>, F::Model) {
         let mut model = self.fixture.model();
         let mut instances = self.build();
         // Whether anything happened to the instances since they were built: a reset of a fresh
         // machine changes nothing, and inputs are full of them (a reset is one byte).
         let mut fresh = true;
-        for (step, op) in ops.iter().enumerate() {
-            if matches!(op, Op::Reset) && fresh {
+        for (step, op) in ops.enumerate() {
+            if matches!(op, Step::Reset) && fresh {
                 continue;
             }
-            fresh = matches!(op, Op::Reset);
-            match op {
-                Op::Access(access) => self.access(&instances, &mut model, step, access, false),
-                Op::Direct(access) => self.access(&instances, &mut model, step, access, true),
-                Op::Burst { count, access } => {
-                    for _ in 0..*count {
-                        self.access(&instances, &mut model, step, access, false);
-                    }
+            // Whether the step reached the devices or their lines: an access that no region
+            // claims calls no device, changes nothing and leaves nothing to check.
+            let reached = match op {
+                Step::Access(access, direct) => {
+                    self.access(&instances, &mut model, step, access, direct)
                 }
-                Op::Reset => {
+                Step::Burst { count, access } => {
+                    let mut reached = false;
+                    for _ in 0..count {
+                        reached |= self.access(&instances, &mut model, step, access, false);
+                    }
+                    reached
+                }
+                Step::Reset => {
                     instances = self.build();
                     model = self.fixture.model();
+                    true
                 }
-                Op::FailInterrupts(failing) => {
+                Step::FailInterrupts(failing) => {
                     for instance in &instances {
-                        instance.setup.set_failing(*failing);
+                        instance.setup.set_failing(failing);
                     }
+                    model.fail_interrupts(failing);
+                    true
                 }
-                Op::User { tag, data } => {
-                    for instance in &instances {
-                        self.fixture.user_op(&instance.devices, *tag, data);
-                    }
-                    model.user_op(*tag, data);
+                Step::User { tag, data } => {
+                    self.user_op(&instances, &mut model, step, tag, data);
+                    true
                 }
+            };
+            if !reached {
+                continue;
+            }
+            fresh = matches!(op, Step::Reset);
+            if let [a, b] = &instances[..] {
+                assert_eq!(
+                    a.calls.get(),
+                    b.calls.get(),
+                    "step {step}: the instances made different interrupt-line calls"
+                );
             }
             for instance in &instances {
                 self.fixture.check(&instance.devices, &model);
             }
         }
+        (instances, model)
     }
 
     /// The instances a run compares: one when a model states every answer (a read buffer
@@ -353,21 +472,49 @@ impl<F: Fixture> DeviceFuzzer<F> {
         instances
     }
 
+    fn user_op(
+        &self,
+        instances: &[Instance<F::Devices>],
+        model: &mut F::Model,
+        step: usize,
+        tag: u8,
+        data: &[u8],
+    ) {
+        let mut answers = [0u64; 2];
+        for (answer, instance) in answers.iter_mut().zip(instances) {
+            *answer = self.fixture.user_op(&instance.devices, tag, data);
+            instance.calls.set(instance.setup.line_calls());
+        }
+        let expected = model.user_op(tag, data);
+        if instances.len() == 2 {
+            assert_eq!(
+                answers[0], answers[1],
+                "step {step}: operation {tag} of the fixture: the instances disagree"
+            );
+        }
+        if F::Model::COMPARES {
+            assert_eq!(
+                answers[0], expected,
+                "step {step}: operation {tag} of the fixture: the model answers otherwise"
+            );
+        }
+    }
+
     fn access(
         &self,
         instances: &[Instance<F::Devices>],
         model: &mut F::Model,
         step: usize,
-        access: &Access,
+        access: AccessRef<'_>,
         direct: bool,
-    ) {
+    ) -> bool {
         let regions = &instances[0].setup.regions;
         if regions.is_empty() {
-            return;
+            return false;
         }
         let index = usize::from(access.region) % regions.len();
         let region = &regions[index];
-        let size = access.read.map_or(access.data.len(), usize::from);
+        let size = access.size();
         // Where the access goes, and the (region, offset) the model answers for: a direct
         // access always reaches its region; a routed one only a region that holds it whole.
         let (addr, target) = if direct {
@@ -378,10 +525,10 @@ impl<F: Fixture> DeviceFuzzer<F> {
                 .offset
                 .address(region.base, region.len, region.space.last())
             else {
-                return;
+                return false;
             };
             if !is_valid_access_size(size) {
-                return;
+                return false;
             }
             let target = regions.iter().position(|r| {
                 let last = addr.checked_add(size as u64 - 1);
@@ -391,120 +538,207 @@ impl<F: Fixture> DeviceFuzzer<F> {
             });
             (addr, target.map(|i| (i, addr - regions[i].base)))
         };
-        let what = || {
-            format!(
-                "step {step}: {}{} of {size} bytes at {} {addr:#x} ({:?} region {} at {:#x}, {:?})",
-                if direct { "direct " } else { "" },
-                if access.read.is_some() {
-                    "read"
-                } else {
-                    "write"
-                },
-                if direct { "offset" } else { "address" },
-                region.space,
-                region.name,
-                region.base,
-                access.offset
-            )
+        let at = At {
+            step,
+            direct,
+            read: access.read.is_some(),
+            size,
+            addr,
+            index,
+            region,
+            offset: access.offset,
         };
-        let perform = |setup: &Setup, data: &mut [u8]| -> bool {
-            if direct {
-                setup.read_direct(index, addr, data);
-                true
-            } else {
-                setup.read(region.space, addr, data)
+        let claimed = if at.read {
+            let answer = self.read(instances, model, &at, target);
+            if let (Some(data), Some((region, offset))) = (answer, target) {
+                let answer = Answer::Read(&data[..size]);
+                self.check_claimed(model, region, offset, direct, answer);
             }
-        };
-        let mut calls_before = [0u64; 2];
-        for (before, instance) in calls_before.iter_mut().zip(instances) {
-            *before = instance.setup.line_calls();
-        }
-        if access.read.is_some() {
-            self.check_read(instances, model, target, size, &perform, &what);
+            answer.is_some()
         } else {
-            let mut answers = [None; 2];
-            for (answer, i) in answers.iter_mut().zip(instances) {
-                *answer = if direct {
-                    Some(i.setup.write_direct(index, addr, &access.data))
-                } else {
-                    i.setup.write(region.space, addr, &access.data)
-                };
-            }
-            if instances.len() == 2 {
-                assert_eq!(answers[0], answers[1], "{}: the instances disagree", what());
-            }
-            if let (Some(answer), Some((index, offset))) = (answers[0], target) {
-                let expected = model.write(index, offset, &access.data);
-                if F::Model::COMPARES {
-                    assert_eq!(answer, expected, "{}: the model answers otherwise", what());
-                }
-            }
+            self.write(instances, model, &at, target, access.data)
+        };
+        if !claimed {
+            return false;
         }
         let bound = self.fixture.max_line_calls_per_access();
-        for (instance, before) in instances.iter().zip(calls_before) {
-            let calls = instance.setup.line_calls() - before;
-            assert!(
-                calls <= bound,
-                "{}: {calls} interrupt-line calls, more than the bound of {bound}",
-                what()
-            );
+        for instance in instances {
+            // The calls before this access are the count the last access or operation left.
+            let total = instance.setup.line_calls();
+            let calls = total - instance.calls.replace(total);
+            if calls > bound {
+                too_many_line_calls(&at, calls, bound);
+            }
         }
+        true
     }
 
-    fn check_read(
+    fn check_claimed(
+        &self,
+        model: &F::Model,
+        region: usize,
+        offset: u64,
+        direct: bool,
+        answer: Answer<'_>,
+    ) {
+        self.fixture.check_access(
+            model,
+            &Claimed {
+                region,
+                offset,
+                direct,
+                answer,
+            },
+        );
+    }
+
+    /// Performs a write on every instance and checks the answers; returns whether a device
+    /// claimed it.
+    fn write(
         &self,
         instances: &[Instance<F::Devices>],
         model: &mut F::Model,
+        at: &At<'_>,
         target: Option<(usize, u64)>,
-        size: usize,
-        perform: &dyn Fn(&Setup, &mut [u8]) -> bool,
-        what: &dyn Fn() -> String,
-    ) {
+        data: &[u8],
+    ) -> bool {
+        let mut answers = [None; 2];
+        for (answer, i) in answers.iter_mut().zip(instances) {
+            *answer = if at.direct {
+                Some(i.setup.write_direct(at.index, at.addr, data))
+            } else {
+                i.setup.write(at.region.space, at.addr, data)
+            };
+        }
+        if instances.len() == 2 && answers[0] != answers[1] {
+            violation(at, "the instances disagree", &answers[0], &answers[1]);
+        }
+        if let (Some(action), Some((index, offset))) = (answers[0], target) {
+            let expected = model.write(index, offset, data);
+            if F::Model::COMPARES && action != expected {
+                violation(at, "the model answers otherwise", &action, &expected);
+            }
+            let answer = Answer::Write { data, action };
+            self.check_claimed(model, index, offset, at.direct, answer);
+        }
+        answers[0].is_some()
+    }
+
+    /// Performs a read on every instance and checks it; returns the answer when a device
+    /// claimed it.
+    fn read(
+        &self,
+        instances: &[Instance<F::Devices>],
+        model: &mut F::Model,
+        at: &At<'_>,
+        target: Option<(usize, u64)>,
+    ) -> Option<[u8; 8]> {
+        let size = at.size;
         if let [a, b] = instances {
             let mut zeroes = [0u8; 8];
             let mut ones = [0xFFu8; 8];
             let claimed = [
-                perform(&a.setup, &mut zeroes[..size]),
-                perform(&b.setup, &mut ones[..size]),
+                at.perform(&a.setup, &mut zeroes[..size]),
+                at.perform(&b.setup, &mut ones[..size]),
             ];
-            assert_eq!(
-                claimed[0],
-                claimed[1],
-                "{}: claimed by one instance only",
-                what()
-            );
-            if claimed[0] {
-                assert_eq!(
-                    zeroes[..size],
-                    ones[..size],
-                    "{}: bytes left unfilled, or the answer is not deterministic",
-                    what()
-                );
+            if claimed[0] != claimed[1] {
+                violation(at, "claimed by one instance only", &claimed[0], &claimed[1]);
             }
-            if let Some((index, offset)) = target.filter(|_| claimed[0]) {
+            if !claimed[0] {
+                return None;
+            }
+            if zeroes[..size] != ones[..size] {
+                let problem = "bytes left unfilled, or the answer is not deterministic";
+                violation(at, problem, &zeroes[..size], &ones[..size]);
+            }
+            if let Some((index, offset)) = target {
                 let mut expected = [0u8; 8];
                 model.read(index, offset, &mut expected[..size]);
             }
-            return;
+            return Some(zeroes);
         }
         let mut data = [0u8; 8];
         let Some((index, offset)) = target else {
             // No region holds the access (or a device moved its range): nothing to compare.
-            perform(&instances[0].setup, &mut data[..size]);
-            return;
+            return at
+                .perform(&instances[0].setup, &mut data[..size])
+                .then_some(data);
         };
         let mut expected = [0u8; 8];
         model.read(index, offset, &mut expected[..size]);
         for (byte, want) in data.iter_mut().zip(expected) {
             *byte = !want;
         }
-        let claimed = perform(&instances[0].setup, &mut data[..size]);
-        assert!(claimed, "{}: no device claimed it", what());
-        assert_eq!(
-            data[..size],
-            expected[..size],
-            "{}: the model answers otherwise (or bytes were left unfilled)",
-            what()
-        );
+        let claimed = at.perform(&instances[0].setup, &mut data[..size]);
+        if !claimed {
+            violation(at, "no device claimed it", &claimed, &true);
+        }
+        if data[..size] != expected[..size] {
+            let problem = "the model answers otherwise (or bytes were left unfilled)";
+            violation(at, problem, &data[..size], &expected[..size]);
+        }
+        Some(data)
     }
+}
+
+/// One access, where it went: what a violation names.
+struct At<'r> {
+    step: usize,
+    direct: bool,
+    read: bool,
+    size: usize,
+    /// The address, or for a direct access the offset handed to the device.
+    addr: u64,
+    /// The region the access names, and its index.
+    index: usize,
+    region: &'r Region,
+    offset: Offset,
+}
+
+impl At<'_> {
+    /// Performs the read on one instance: handed to the region's device, or through the bus.
+    fn perform(&self, setup: &Setup, data: &mut [u8]) -> bool {
+        if self.direct {
+            setup.read_direct(self.index, self.addr, data);
+            true
+        } else {
+            setup.read(self.region.space, self.addr, data)
+        }
+    }
+}
+
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "step {}: {}{} of {} bytes at {} {:#x} ({:?} region {} at {:#x}, {:?})",
+            self.step,
+            if self.direct { "direct " } else { "" },
+            if self.read { "read" } else { "write" },
+            self.size,
+            if self.direct { "offset" } else { "address" },
+            self.addr,
+            self.region.space,
+            self.region.name,
+            self.region.base,
+            self.offset
+        )
+    }
+}
+
+// The failures are out of line, so that the code every access runs keeps a small frame (the
+// sanitizers the fuzzers build with pay for every byte of it on every call).
+
+/// Panics: `problem` on access `at`, with what differed.
+#[cold]
+#[inline(never)]
+fn violation<T: fmt::Debug + ?Sized>(at: &At<'_>, problem: &str, left: &T, right: &T) -> ! {
+    panic!("{at}: {problem}\n  left: {left:?}\n right: {right:?}")
+}
+
+/// Panics: access `at` made more line calls than the bound.
+#[cold]
+#[inline(never)]
+fn too_many_line_calls(at: &At<'_>, calls: u64, bound: u64) -> ! {
+    panic!("{at}: {calls} interrupt-line calls, more than the bound of {bound}")
 }

@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 pub mod harness;
+pub mod lines;
 pub mod ops;
 
-pub use harness::{DeviceFuzzer, Fixture, Model, NoModel, Region, Setup, Space};
+pub use harness::{Answer, Claimed, DeviceFuzzer, Fixture, Model, NoModel, Region, Setup, Space};
+pub use lines::Line;
 pub use ops::{Access, Offset, Op, decode, encode};
 // Re-exports: the foreign crates of this crate's public signatures, so that a fuzz target need
 // not pin the same versions.

@@ -1,9 +1,11 @@
 //! The operations a device fuzz input is made of, and their byte format.
 //!
 //! An input is a sequence of [`Op`]s, each a tag byte and then fields of one byte or
-//! little-endian integers, read from `arbitrary`'s `Unstructured` ([`byte`], [`le_bytes`]). Every byte string decodes (an
-//! operation cut short ends the sequence), and [`encode`] writes the bytes that decode to
-//! exactly the given operations, so seeds are written as operations, not bytes.
+//! little-endian integers, read from `arbitrary`'s `Unstructured` ([`byte`], [`le_bytes`]).
+//! Every byte string decodes (an operation cut short ends the sequence), and [`encode`] writes
+//! the bytes that decode to exactly the given operations, so seeds are written as operations,
+//! not bytes. `encode` writes one tag per kind of operation; the other tag bytes, the ones a
+//! fuzzer makes up, favour guest accesses over resets, bursts and line failures.
 
 use arbitrary::Unstructured;
 
@@ -146,28 +148,149 @@ pub enum Op {
     },
 }
 
+/// The tags [`Op::encode`] writes: one per kind of operation, in the order of [`Op`]'s
+/// decoding (routed read, routed write, burst, reset, failing lines, direct, the fixture's own).
 const OP_KINDS: u8 = 7;
 
-impl Access {
-    fn read(u: &mut Unstructured<'_>, write: bool) -> arbitrary::Result<Self> {
+/// The kind each other tag byte stands for, by `(tag - OP_KINDS) % 16`: the bytes a fuzzer
+/// makes up favour guest accesses. A reset (a whole new machine, the dearest operation there
+/// is), a change of the lines' failing, and a burst (up to 64 accesses) take one in sixteen
+/// each rather than one in seven; reads, writes, direct accesses and the fixture's own
+/// operations the rest.
+const KIND_OF_TAG: [u8; 16] = [0, 1, 5, 0, 1, 5, 6, 0, 1, 5, 6, 0, 1, 2, 3, 4];
+
+/// The kind of operation tag byte `tag` stands for (an index into [`OP_KINDS`]'s order).
+fn kind(tag: u8) -> u8 {
+    match tag.checked_sub(OP_KINDS) {
+        None => tag,
+        Some(other) => KIND_OF_TAG[usize::from(other % 16)],
+    }
+}
+
+/// An [`Access`] as the harness performs it: its bytes borrow from the input, so that running
+/// an input allocates nothing per operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AccessRef<'a> {
+    pub(crate) region: u8,
+    pub(crate) offset: Offset,
+    /// A read of this many bytes (0 to [`MAX_ACCESS`]), or a write of `data`.
+    pub(crate) read: Option<u8>,
+    /// The bytes of a write (at most [`MAX_ACCESS`]).
+    pub(crate) data: &'a [u8],
+}
+
+impl<'a> AccessRef<'a> {
+    fn read(u: &mut Unstructured<'a>, write: bool) -> arbitrary::Result<Self> {
         let region = byte(u)?;
         let offset = Offset::read(u)?;
         let size = usize::from(byte(u)?) % (MAX_ACCESS + 1);
         Ok(if write {
-            Access {
+            AccessRef {
                 region,
                 offset,
                 read: None,
-                data: u.bytes(size)?.to_vec(),
+                data: u.bytes(size)?,
             }
         } else {
-            Access {
+            AccessRef {
                 region,
                 offset,
                 read: Some(size as u8),
-                data: Vec::new(),
+                data: &[],
             }
         })
+    }
+
+    /// The size of the access.
+    pub(crate) fn size(&self) -> usize {
+        self.read.map_or(self.data.len(), usize::from)
+    }
+
+    fn to_owned(self) -> Access {
+        Access {
+            region: self.region,
+            offset: self.offset,
+            read: self.read,
+            data: self.data.to_vec(),
+        }
+    }
+}
+
+/// An [`Op`] as the harness runs it, borrowing its bytes: straight from the input when a fuzz
+/// input is decoded, from the operation when a seed is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step<'a> {
+    /// [`Op::Access`] (`false`) or [`Op::Direct`] (`true`).
+    Access(AccessRef<'a>, bool),
+    Burst {
+        count: u8,
+        access: AccessRef<'a>,
+    },
+    Reset,
+    FailInterrupts(bool),
+    User {
+        tag: u8,
+        data: &'a [u8],
+    },
+}
+
+impl<'a> Step<'a> {
+    /// Reads one operation.
+    pub(crate) fn read(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(match kind(byte(u)?) {
+            tag @ (0 | 1) => Step::Access(AccessRef::read(u, tag == 1)?, false),
+            2 => {
+                let count = byte(u)? % MAX_BURST + 1;
+                let write = byte(u)? & 1 == 1;
+                Step::Burst {
+                    count,
+                    access: AccessRef::read(u, write)?,
+                }
+            }
+            3 => Step::Reset,
+            4 => Step::FailInterrupts(byte(u)? & 1 == 1),
+            5 => {
+                let write = byte(u)? & 1 == 1;
+                Step::Access(AccessRef::read(u, write)?, true)
+            }
+            _ => {
+                let tag = byte(u)?;
+                let len = usize::from(byte(u)?) % (MAX_USER_BYTES + 1);
+                Step::User {
+                    tag,
+                    data: u.bytes(len)?,
+                }
+            }
+        })
+    }
+
+    fn to_owned(self) -> Op {
+        match self {
+            Step::Access(access, false) => Op::Access(access.to_owned()),
+            Step::Access(access, true) => Op::Direct(access.to_owned()),
+            Step::Burst { count, access } => Op::Burst {
+                count,
+                access: access.to_owned(),
+            },
+            Step::Reset => Op::Reset,
+            Step::FailInterrupts(failing) => Op::FailInterrupts(failing),
+            Step::User { tag, data } => Op::User {
+                tag,
+                data: data.to_vec(),
+            },
+        }
+    }
+}
+
+impl Access {
+    /// This access as the harness performs it, clamped as [`Op::encode`] clamps it.
+    fn step(&self) -> AccessRef<'_> {
+        AccessRef {
+            region: self.region,
+            offset: self.offset,
+            read: self.read.map(|size| size.min(MAX_ACCESS as u8)),
+            data: &self.data[..self.data.len().min(MAX_ACCESS)],
+        }
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
@@ -210,31 +333,26 @@ impl Access {
 impl Op {
     /// Reads one operation.
     pub fn read(u: &mut Unstructured<'_>) -> arbitrary::Result<Self> {
-        Ok(match byte(u)? % OP_KINDS {
-            tag @ (0 | 1) => Op::Access(Access::read(u, tag == 1)?),
-            2 => {
-                let count = byte(u)? % MAX_BURST + 1;
-                let write = byte(u)? & 1 == 1;
-                Op::Burst {
-                    count,
-                    access: Access::read(u, write)?,
-                }
-            }
-            3 => Op::Reset,
-            4 => Op::FailInterrupts(byte(u)? & 1 == 1),
-            5 => {
-                let write = byte(u)? & 1 == 1;
-                Op::Direct(Access::read(u, write)?)
-            }
-            _ => {
-                let tag = byte(u)?;
-                let len = usize::from(byte(u)?) % (MAX_USER_BYTES + 1);
-                Op::User {
-                    tag,
-                    data: u.bytes(len)?.to_vec(),
-                }
-            }
-        })
+        Step::read(u).map(Step::to_owned)
+    }
+
+    /// This operation as the harness runs it: what [`decode`] would make of its
+    /// [`encode`](Self::encode)ing (fields wider than the format holds are clamped).
+    pub(crate) fn step(&self) -> Step<'_> {
+        match self {
+            Op::Access(access) => Step::Access(access.step(), false),
+            Op::Direct(access) => Step::Access(access.step(), true),
+            Op::Burst { count, access } => Step::Burst {
+                count: *count.clamp(&1, &MAX_BURST),
+                access: access.step(),
+            },
+            Op::Reset => Step::Reset,
+            Op::FailInterrupts(failing) => Step::FailInterrupts(*failing),
+            Op::User { tag, data } => Step::User {
+                tag: *tag,
+                data: &data[..data.len().min(MAX_USER_BYTES)],
+            },
+        }
     }
 
     /// Appends the bytes that [`Op::read`] reads back as this operation. Fields wider than the
@@ -277,6 +395,19 @@ fn clamped(access: &Access) -> Access {
 /// The operations `data` decodes to: at most [`MAX_OPS`], up to the first one cut short.
 pub fn decode(data: &[u8]) -> Vec<Op> {
     decode_with(&mut Unstructured::new(data), MAX_OPS, Op::read)
+}
+
+/// The operations `data` decodes to, as [`decode`] finds them, one at a time and borrowing
+/// their bytes from `data`.
+pub(crate) fn steps(data: &[u8]) -> impl Iterator<Item = Step<'_>> {
+    let mut u = Unstructured::new(data);
+    std::iter::from_fn(move || {
+        if u.is_empty() {
+            return None;
+        }
+        Step::read(&mut u).ok()
+    })
+    .take(MAX_OPS)
 }
 
 /// Reads values from `u` with `read` until the input ends, a value is cut short, or `max` were
@@ -338,6 +469,35 @@ mod tests {
     }
 
     #[test]
+    fn steps_are_the_decoded_operations_borrowed() {
+        let bytes = encode(&every_kind());
+        for cut in [0, 1, 5, bytes.len() / 2, bytes.len()] {
+            let steps: Vec<_> = steps(&bytes[..cut]).collect();
+            let ops = decode(&bytes[..cut]);
+            assert_eq!(steps, ops.iter().map(Op::step).collect::<Vec<_>>());
+        }
+        assert_eq!(steps(&[3; 4096]).count(), MAX_OPS);
+        // An operation wider than the format runs as its encoding decodes.
+        let wide = [
+            Op::Access(Access::write_at(0, Offset::FromStart(0), &[1; 20])),
+            Op::Direct(Access::read_at(0, Offset::FromStart(0), 30)),
+            Op::Burst {
+                count: 0,
+                access: Access::read_at(0, Offset::FromStart(0), 1),
+            },
+            Op::User {
+                tag: 1,
+                data: vec![2; 100],
+            },
+        ];
+        let decoded = decode(&encode(&wide));
+        assert_eq!(
+            wide.iter().map(Op::step).collect::<Vec<_>>(),
+            decoded.iter().map(Op::step).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn encoding_clamps_what_the_format_cannot_hold() {
         let wide = Op::Access(Access::write_at(0, Offset::FromStart(0), &[1; 20]));
         let long_burst = Op::Burst {
@@ -365,9 +525,27 @@ mod tests {
             assert!(ops.len() <= every_kind().len());
             assert_eq!(ops[..], every_kind()[..ops.len()]);
         }
-        // 0xFC is a reset: one byte an operation, up to the limit.
+        // 3 is a reset: one byte an operation, up to the limit.
+        assert_eq!(decode(&[3; 4096]).len(), MAX_OPS);
         assert_eq!(decode(&[0xFC; 4096]).len(), MAX_OPS);
         assert!(decode(&[]).is_empty());
+    }
+
+    #[test]
+    fn made_up_tags_favour_accesses_over_resets() {
+        let mut kinds = [0u32; OP_KINDS as usize];
+        for tag in 0..=255u8 {
+            kinds[usize::from(kind(tag))] += 1;
+        }
+        // Routed reads and writes, bursts, resets, failing lines, direct, the fixture's own.
+        assert_eq!(kinds, [64, 64, 16, 16, 16, 48, 32]);
+        for tag in 0..OP_KINDS {
+            assert_eq!(
+                kind(tag),
+                tag,
+                "the tags encode writes stand for themselves"
+            );
+        }
     }
 
     #[test]

@@ -5,11 +5,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vmkit_exits::{
-    CountingTrigger, DeviceAction, InterruptTrigger, MmioAddress, MmioDevice, PioAddress, PioDevice,
-};
+use vmkit_exits::{DeviceAction, InterruptTrigger, MmioAddress, MmioDevice, PioAddress, PioDevice};
 
-use crate::{Access, DeviceFuzzer, Fixture, Model, NoModel, Offset, Op, Setup};
+use crate::{
+    Access, Answer, Claimed, DeviceFuzzer, Fixture, Line, Model, NoModel, Offset, Op, Setup,
+};
 
 /// What each device gets wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,9 +25,15 @@ enum Flaw {
     PanicsOnWide,
     /// Takes the fixture's own operation otherwise than the model does.
     Sneaky,
+    /// Rings its line on every other write, counted over both instances: they disagree.
+    FlakyLine,
+    /// Stops the VM on every write.
+    StopsAlways,
 }
 
 static GLOBAL: AtomicU32 = AtomicU32::new(0);
+/// Only [`Flaw::FlakyLine`] counts here, so that its instances alternate whatever else runs.
+static FLAKY: AtomicU32 = AtomicU32::new(0);
 
 /// The byte of the register that byte `i` of an access at `offset` lands on (any offset: the
 /// harness hands devices offsets far past their registers).
@@ -37,7 +43,7 @@ fn lane(offset: u64, i: usize) -> Option<usize> {
 
 struct Register {
     value: Mutex<u64>,
-    irq: Arc<CountingTrigger>,
+    irq: Line,
     flaw: Flaw,
 }
 
@@ -72,11 +78,15 @@ impl Register {
             }
         }
         *value = u64::from_le_bytes(bytes);
-        let _ = self.irq.trigger();
-        if self.flaw == Flaw::ChattyLine {
+        let rings = match self.flaw {
+            Flaw::ChattyLine => 2,
+            Flaw::FlakyLine => FLAKY.fetch_add(1, Ordering::Relaxed) % 2,
+            _ => 1,
+        };
+        for _ in 0..rings {
             let _ = self.irq.trigger();
         }
-        if offset == 7 {
+        if offset == 7 || self.flaw == Flaw::StopsAlways {
             DeviceAction::Stop(vmkit_exits::StopReason::PowerOff)
         } else {
             DeviceAction::Resume
@@ -102,7 +112,13 @@ impl MmioDevice for Register {
     }
 }
 
-struct Registers<M>(Flaw, PhantomData<M>);
+/// A port register and an MMIO register with the same flaw; with a log, every claimed access
+/// the harness hands to `check_access`.
+struct Registers<M>(Flaw, Option<Arc<Mutex<Vec<String>>>>, PhantomData<M>);
+
+fn registers<M>(flaw: Flaw) -> Registers<M> {
+    Registers(flaw, None, PhantomData)
+}
 
 impl<M: Model + Default> Fixture for Registers<M> {
     type Devices = (Arc<Register>, Arc<Register>);
@@ -127,14 +143,33 @@ impl<M: Model + Default> Fixture for Registers<M> {
         (port, mmio)
     }
 
-    fn user_op(&self, devices: &Self::Devices, _tag: u8, data: &[u8]) {
+    /// Puts the value into the port register and answers the value it held.
+    fn user_op(&self, devices: &Self::Devices, _tag: u8, data: &[u8]) -> u64 {
         let value = user_value(data);
         let value = if self.0 == Flaw::Sneaky {
             !value
         } else {
             value
         };
-        *devices.0.value.lock().unwrap_or_else(|e| e.into_inner()) = value;
+        let old = std::mem::replace(
+            &mut *devices.0.value.lock().unwrap_or_else(|e| e.into_inner()),
+            value,
+        );
+        match self.0 {
+            Flaw::Global => u64::from(GLOBAL.fetch_add(1, Ordering::Relaxed)),
+            _ => old,
+        }
+    }
+
+    fn check_access(&self, _model: &M, access: &Claimed<'_>) {
+        // The answers a correct register gives: a write at its last byte powers off.
+        if let Answer::Write { action, .. } = access.answer {
+            let stops = action != DeviceAction::Resume;
+            assert_eq!(stops, access.offset == 7, "{access:?}");
+        }
+        if let Some(log) = &self.1 {
+            log.lock().unwrap().push(format!("{access:?}"));
+        }
     }
 
     fn max_line_calls_per_access(&self) -> u64 {
@@ -180,8 +215,8 @@ impl Model for RegisterModel {
             DeviceAction::Resume
         }
     }
-    fn user_op(&mut self, _tag: u8, data: &[u8]) {
-        self.values[0] = user_value(data);
+    fn user_op(&mut self, _tag: u8, data: &[u8]) -> u64 {
+        std::mem::replace(&mut self.values[0], user_value(data))
     }
 }
 
@@ -219,9 +254,9 @@ fn scenario() -> Vec<Op> {
 fn outcome(flaw: Flaw, ops: &[Op], with_model: bool) -> Result<(), String> {
     catch_unwind(AssertUnwindSafe(|| {
         if with_model {
-            DeviceFuzzer::new(Registers::<RegisterModel>(flaw, PhantomData)).run_ops(ops);
+            DeviceFuzzer::new(registers::<RegisterModel>(flaw)).run_ops(ops);
         } else {
-            DeviceFuzzer::new(Registers::<NoModel>(flaw, PhantomData)).run_ops(ops);
+            DeviceFuzzer::new(registers::<NoModel>(flaw)).run_ops(ops);
         }
     }))
     .map_err(|panic| {
@@ -238,8 +273,8 @@ fn a_correct_device_passes_with_and_without_its_model() {
     outcome(Flaw::None, &scenario(), true).unwrap();
     outcome(Flaw::None, &scenario(), false).unwrap();
     // Random inputs too.
-    let plain = DeviceFuzzer::new(Registers::<NoModel>(Flaw::None, PhantomData));
-    let modelled = DeviceFuzzer::new(Registers::<RegisterModel>(Flaw::None, PhantomData));
+    let plain = DeviceFuzzer::new(registers::<NoModel>(Flaw::None));
+    let modelled = DeviceFuzzer::new(registers::<RegisterModel>(Flaw::None));
     for seed in 0..200u32 {
         let bytes: Vec<u8> = (0..512u32)
             .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed * 40_503) >> 13) as u8)
@@ -409,4 +444,224 @@ fn direct_accesses_reach_both_spaces_at_any_offset_and_size() {
         message.contains("step 4: direct read of 1 bytes at offset 0xfffe"),
         "{message}"
     );
+}
+
+#[test]
+fn the_fixtures_own_operations_answer_alike_and_as_the_model_says() {
+    let user = |value| Op::User {
+        tag: 1,
+        data: vec![value],
+    };
+    let ops = [user(0xAA), user(0x55)];
+    outcome(Flaw::None, &ops, true).unwrap();
+    outcome(Flaw::None, &ops, false).unwrap();
+    // The second operation answers the value the first one put: the complement, here.
+    let sneaky = outcome(Flaw::Sneaky, &ops, true).unwrap_err();
+    assert!(
+        sneaky.contains("step 1: operation 1 of the fixture: the model answers otherwise"),
+        "{sneaky}"
+    );
+    let global = outcome(Flaw::Global, &ops, false).unwrap_err();
+    assert!(
+        global.contains("step 0: operation 1 of the fixture: the instances disagree"),
+        "{global}"
+    );
+}
+
+#[test]
+fn instances_that_ring_their_lines_differently_are_caught() {
+    let flaky = outcome(Flaw::FlakyLine, &scenario(), false).unwrap_err();
+    assert!(
+        flaky.contains("step 0: the instances made different interrupt-line calls"),
+        "{flaky}"
+    );
+}
+
+#[test]
+fn the_fixture_checks_each_claimed_access_once() {
+    let ops = [
+        Op::Access(Access::write_at(0, Offset::FromStart(7), &[1])),
+        // Straddles the start: no region claims it, the fixture does not see it.
+        Op::Access(Access::read_at(0, Offset::BeforeStart(0), 2)),
+        Op::Direct(Access::read_at(0, Offset::BeforeStart(0), 2)),
+        Op::Direct(Access::write_at(1, Offset::FromStart(2), &[3, 4])),
+        Op::Burst {
+            count: 2,
+            access: Access::read_at(1, Offset::FromStart(2), 2),
+        },
+    ];
+    let expected = [
+        "Claimed { region: 0, offset: 7, direct: false, answer: Write { data: [1], \
+         action: Stop(PowerOff) } }",
+        "Claimed { region: 0, offset: 65535, direct: true, answer: Read([0, 0]) }",
+        "Claimed { region: 1, offset: 2, direct: true, answer: Write { data: [3, 4], \
+         action: Resume } }",
+        "Claimed { region: 1, offset: 2, direct: false, answer: Read([3, 4]) }",
+        "Claimed { region: 1, offset: 2, direct: false, answer: Read([3, 4]) }",
+    ];
+    let log = Arc::new(Mutex::new(Vec::new()));
+    DeviceFuzzer::new(Registers::<NoModel>(
+        Flaw::None,
+        Some(log.clone()),
+        PhantomData,
+    ))
+    .run_ops(&ops);
+    assert_eq!(std::mem::take(&mut *log.lock().unwrap()), expected);
+    DeviceFuzzer::new(Registers::<RegisterModel>(
+        Flaw::None,
+        Some(log.clone()),
+        PhantomData,
+    ))
+    .run_ops(&ops);
+    assert_eq!(*log.lock().unwrap(), expected);
+    // Without a model, only the fixture's check sees a write that stops the VM where it
+    // should not.
+    let stops = outcome(Flaw::StopsAlways, &scenario(), false).unwrap_err();
+    assert!(stops.contains("offset: 0, direct: false"), "{stops}");
+}
+
+/// A latch: a write rings the line; a read answers whether the last ring went through.
+struct Latch {
+    delivered: Mutex<u8>,
+    irq: Line,
+}
+
+impl PioDevice for Latch {
+    fn pio_read(&self, _base: PioAddress, _offset: u16, data: &mut [u8]) {
+        data.fill(*self.delivered.lock().unwrap());
+    }
+    fn pio_write(&self, _base: PioAddress, _offset: u16, _data: &[u8]) -> DeviceAction {
+        *self.delivered.lock().unwrap() = u8::from(self.irq.trigger().is_ok());
+        DeviceAction::Resume
+    }
+}
+
+/// The latch's model; `deaf` ignores the news of failing lines.
+#[derive(Default)]
+struct LatchModel {
+    deaf: bool,
+    failing: bool,
+    delivered: u8,
+}
+
+impl Model for LatchModel {
+    fn read(&mut self, _region: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(self.delivered);
+    }
+    fn write(&mut self, _region: usize, _offset: u64, _data: &[u8]) -> DeviceAction {
+        self.delivered = u8::from(!self.failing);
+        DeviceAction::Resume
+    }
+    fn fail_interrupts(&mut self, failing: bool) {
+        if !self.deaf {
+            self.failing = failing;
+        }
+    }
+}
+
+struct LatchFixture {
+    deaf: bool,
+}
+
+impl Fixture for LatchFixture {
+    type Devices = ();
+    type Model = LatchModel;
+
+    fn build(&self, setup: &mut Setup) {
+        let irq = setup.interrupt();
+        let latch = Arc::new(Latch {
+            delivered: Mutex::new(0),
+            irq,
+        });
+        setup.pio("latch", 0x10, 1, latch);
+    }
+
+    fn model(&self) -> LatchModel {
+        LatchModel {
+            deaf: self.deaf,
+            ..LatchModel::default()
+        }
+    }
+}
+
+#[test]
+fn a_model_hears_when_lines_fail() {
+    let ring_and_look = [
+        Op::Access(Access::write_at(0, Offset::FromStart(0), &[1])),
+        Op::Access(Access::read_at(0, Offset::FromStart(0), 1)),
+    ];
+    let mut ops = Vec::new();
+    for failing in [false, true, false] {
+        ops.push(Op::FailInterrupts(failing));
+        ops.extend(ring_and_look.iter().cloned());
+    }
+    let latch = DeviceFuzzer::new(LatchFixture { deaf: false });
+    latch.run_ops(&ops);
+    // The run leaves the model as the last step did: the last ring went through.
+    assert_eq!(latch.run_ops_then(&ops, |(), model| model.delivered), 1);
+    assert_eq!(
+        latch.run_ops_then(&ops[..5], |(), model| (model.failing, model.delivered)),
+        (true, 0)
+    );
+    let deaf = catch_unwind(AssertUnwindSafe(|| {
+        DeviceFuzzer::new(LatchFixture { deaf: true }).run_ops(&ops);
+    }))
+    .unwrap_err();
+    let deaf = deaf.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(deaf.contains("step 5: read of 1 bytes"), "{deaf}");
+}
+
+/// Counts the builds and checks the harness asks of it.
+#[derive(Default)]
+struct Counted {
+    builds: Arc<AtomicU32>,
+    checks: Arc<AtomicU32>,
+}
+
+impl Fixture for Counted {
+    type Devices = ();
+    type Model = NoModel;
+
+    fn build(&self, setup: &mut Setup) {
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        let irq = setup.interrupt();
+        let device = Arc::new(Register {
+            value: Mutex::new(0),
+            irq,
+            flaw: Flaw::None,
+        });
+        setup.pio("port", 0x80, 8, device);
+    }
+
+    fn model(&self) -> NoModel {
+        NoModel
+    }
+
+    fn check(&self, (): &(), _model: &NoModel) {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn steps_that_reach_no_device_are_not_checked_and_leave_the_machine_fresh() {
+    let fixture = Counted::default();
+    let (builds, checks) = (fixture.builds.clone(), fixture.checks.clone());
+    DeviceFuzzer::new(fixture).run_ops(&[
+        // No region holds these: no device is called, and the reset after them is skipped.
+        Op::Access(Access::read_at(0, Offset::Absolute(0x1234), 1)),
+        Op::Burst {
+            count: 3,
+            access: Access::write_at(0, Offset::BeforeStart(0), &[1, 2]),
+        },
+        Op::Reset,
+        Op::Access(Access::read_at(0, Offset::FromStart(0), 1)),
+        Op::Reset,
+        Op::FailInterrupts(true),
+        Op::Reset,
+        Op::Reset,
+    ]);
+    // Two instances (no model) at the start and at each of the two resets that counted.
+    assert_eq!(builds.load(Ordering::Relaxed), 6);
+    // The read, two resets (on both instances) and the failing lines.
+    assert_eq!(checks.load(Ordering::Relaxed), 8);
 }

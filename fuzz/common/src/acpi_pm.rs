@@ -178,7 +178,7 @@ impl Fixture for PmFixture {
         PmModel::default()
     }
 
-    fn user_op(&self, devices: &PmDevices, tag: u8, data: &[u8]) {
+    fn user_op(&self, devices: &PmDevices, tag: u8, data: &[u8]) -> u64 {
         if tag == ADVANCE_CLOCK {
             let millis = u16::from_le_bytes([
                 data.first().copied().unwrap_or(0),
@@ -188,6 +188,7 @@ impl Fixture for PmFixture {
                 .clock
                 .advance(Duration::from_millis(u64::from(millis)));
         }
+        0
     }
 
     fn check(&self, devices: &PmDevices, m: &PmModel) {

@@ -1,183 +1,84 @@
-//! Fuzz surface `testdev`: arbitrary sequences of port and scratch-memory reads and writes of any
-//! size and offset to QEMU's pc-testdev (scratch register, page-flush port, interrupt lines,
-//! 64 KiB of scratch memory), interleaved with interrupt lines that start or stop failing.
+//! Fuzz surface `testdev`: QEMU's pc-testdev (scratch register, page-flush port, interrupt lines,
+//! 64 KiB of scratch memory) on vmkit-fuzzing's device harness: guest reads and writes through
+//! the port and MMIO buses and handed to the device directly (any size and offset), with
+//! interrupt lines that fail one at a time as the fixture's own operation.
+//!
+//! The device is registered as a VMM registers it: the register ports and the interrupt-line
+//! ports on the port bus, the scratch memory on the MMIO bus. Lines 0 to 23 are wired to the
+//! harness's counting lines except every fourth one (3, 7, ...), which stays unwired.
 //!
 //! The device runs against a byte-wise reference model of `hw/misc/pc-testdev.c` as the device's
-//! documentation states it. Checked after every operation: nothing panics; every read fills the
-//! whole buffer with what the model says (the scratch register in its byte lanes, 0 for the
-//! flush and interrupt ports, scratch memory, 0xFF past everything); every write continues the
-//! VM and changes exactly what the model changes (a lane of the scratch register, a byte of
-//! scratch memory, the level of a wired line on a one-byte write); the work of each exit is
-//! bounded: at most one interrupt-line call, whatever the access; and the device's counters
-//! (accesses, ignored bytes, page flushes, interrupt writes) match the model's.
+//! documentation states it. Checked after every operation, besides what the harness checks of
+//! every device (no panic):
 //!
-//! Lines 0 to 23 are wired to counting triggers except every fourth one (3, 7, ...), which
-//! stays unwired. The input is a sequence of [`Op`]s in a small byte format (a tag byte, then
-//! fields of one byte or little-endian integers, read with `arbitrary`'s primitives), so
-//! [`encode`] writes seeds that decode to exactly the intended operations.
+//! - every read fills the whole buffer with what the model says (the scratch register in its
+//!   byte lanes, 0 for the flush and interrupt ports, scratch memory, 0xFF past everything):
+//!   the harness's comparison with the model;
+//! - every write continues the VM: the model answers `Resume` to every write;
+//! - every write changes exactly what the model changes: the scratch register, the level of
+//!   each wired line (a one-byte write to a wired line that does not fail) and, through reads
+//!   and the VMM's own view of it (`read_iomem` of the last bytes and past the end, after every
+//!   write to it), scratch memory: [`Fixture::check`];
+//! - the work of each exit is bounded: at most one interrupt-line call per access, whatever
+//!   the access ([`Fixture::max_line_calls_per_access`]);
+//! - the device's counters (accesses, ignored bytes, page flushes, interrupt writes) match the
+//!   model's: [`Fixture::check`].
+//!
+//! The fixture's own operation ([`FAIL_LINE`]) makes one line fail or succeed again; the
+//! harness's `FailInterrupts` does it to all of them at once, and the model hears of both.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
-use arbitrary::{Arbitrary, Unstructured};
+use vmkit_devices::PcTestDev;
 use vmkit_devices::testdev::{
     FLUSH_PAGE_PORT, IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_COUNT, IRQ_LINE_PORT, IRQ_LINE_PORTS,
-    SCRATCH_BYTE_PORT, SCRATCH_PORT,
+    REGISTER_PORTS, SCRATCH_BYTE_PORT, SCRATCH_PORT,
 };
-use vmkit_devices::{CountingTrigger, PcTestDev};
-use vmkit_exits::{DeviceAction, MmioAddress, MmioDevice, PioAddress, PioDevice};
+use vmkit_exits::DeviceAction;
+use vmkit_fuzzing::{Access, DeviceFuzzer, Fixture, Line, Offset, Op, Setup, encode};
 
-/// Most operations taken from one input.
-pub const MAX_OPS: usize = 512;
-/// Widest access an operation makes.
-const MAX_ACCESS: u8 = 8;
+/// The fixture's own operation (any tag: it is the only one): line `data[0]` (modulo 24)
+/// starts failing when bit 0 of `data[1]` is set, and stops otherwise (missing bytes read 0).
+pub const FAIL_LINE: u8 = 0;
 
-/// The port a port code stands for: codes below 0x40 give the register block and the ports up
-/// to 0xFF after it, 0x40..=0x7F the interrupt-line ports and the ones just past them,
-/// 0x80..=0xBF the ports just before both blocks, 0xC0..=0xFF far ports (0xC0C0..=0xFFFF, so
-/// accesses also run past port 0xFFFF).
-pub fn port_of(code: u8) -> u16 {
-    match code {
-        0x00..=0x3F => SCRATCH_PORT + u16::from(code & 0x1F),
-        0x40..=0x7F => IRQ_LINE_PORT + u16::from(code & 0x1F),
-        0x80..=0x9F => SCRATCH_PORT - 1 - u16::from(code & 0x07),
-        0xA0..=0xBF => IRQ_LINE_PORT - 1 - u16::from(code & 0x07),
-        _ => u16::from_le_bytes([code, code]),
-    }
-}
+/// The regions, in the order the fixture registers them.
+const REGISTERS: usize = 0;
+const LINES: usize = 1;
+const IOMEM: usize = 2;
 
-/// The scratch-memory offset an offset code stands for: the first and last 0x80 bytes, or far
-/// offsets up to `u64::MAX`.
-pub fn offset_of(code: u16) -> u64 {
-    match code >> 14 {
-        0 => u64::from(code & 0x7F),
-        1 => IOMEM_SIZE - 0x80 + u64::from(code & 0x7F),
-        2 => u64::from(code & 0x3FFF) * 4,
-        _ => u64::MAX - u64::from(code & 0xFF),
-    }
-}
+const LINE_COUNT: usize = IRQ_LINE_COUNT as usize;
 
-/// One step of a fuzz input.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// A port read of `size` (0..=8) bytes.
-    PioRead {
-        /// The port code (see [`port_of`]).
-        port: u8,
-        /// How many bytes.
-        size: u8,
-    },
-    /// A port write of `data` (0..=8 bytes).
-    PioWrite {
-        /// The port code (see [`port_of`]).
-        port: u8,
-        /// The bytes.
-        data: Vec<u8>,
-    },
-    /// A scratch-memory read of `size` (0..=8) bytes.
-    MmioRead {
-        /// The offset code (see [`offset_of`]).
-        offset: u16,
-        /// How many bytes.
-        size: u8,
-    },
-    /// A scratch-memory write of `data` (0..=8 bytes).
-    MmioWrite {
-        /// The offset code (see [`offset_of`]).
-        offset: u16,
-        /// The bytes.
-        data: Vec<u8>,
-    },
-    /// Interrupt line `line` (modulo 24) starts or stops failing.
-    FailLine {
-        /// The line.
-        line: u8,
-        /// Whether it fails from now on.
-        failing: bool,
-    },
-}
-
-const OP_KINDS: u8 = 5;
-
-fn data(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
-    let len = u8::arbitrary(u)? % (MAX_ACCESS + 1);
-    Ok(u.bytes(usize::from(len))?.to_vec())
-}
-
-impl Op {
-    fn read(u: &mut Unstructured<'_>) -> arbitrary::Result<Self> {
-        Ok(match u8::arbitrary(u)? % OP_KINDS {
-            0 => Op::PioRead {
-                port: u8::arbitrary(u)?,
-                size: u8::arbitrary(u)? % (MAX_ACCESS + 1),
-            },
-            1 => Op::PioWrite {
-                port: u8::arbitrary(u)?,
-                data: data(u)?,
-            },
-            2 => Op::MmioRead {
-                offset: u16::arbitrary(u)?,
-                size: u8::arbitrary(u)? % (MAX_ACCESS + 1),
-            },
-            3 => Op::MmioWrite {
-                offset: u16::arbitrary(u)?,
-                data: data(u)?,
-            },
-            _ => Op::FailLine {
-                line: u8::arbitrary(u)?,
-                failing: bool::arbitrary(u)?,
-            },
-        })
-    }
-
-    fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            Op::PioRead { port, size } => out.extend_from_slice(&[0, *port, *size]),
-            Op::PioWrite { port, data } => {
-                out.extend_from_slice(&[1, *port, data.len() as u8]);
-                out.extend_from_slice(data);
-            }
-            Op::MmioRead { offset, size } => {
-                out.push(2);
-                out.extend_from_slice(&offset.to_le_bytes());
-                out.push(*size);
-            }
-            Op::MmioWrite { offset, data } => {
-                out.push(3);
-                out.extend_from_slice(&offset.to_le_bytes());
-                out.push(data.len() as u8);
-                out.extend_from_slice(data);
-            }
-            Op::FailLine { line, failing } => {
-                out.extend_from_slice(&[4, *line, u8::from(*failing)])
-            }
-        }
-    }
-}
-
-/// The operations an input decodes to (at most [`MAX_OPS`]; a truncated last operation is
-/// dropped).
-pub fn parse(data: &[u8]) -> Vec<Op> {
-    crate::ops::decode(&mut Unstructured::new(data), MAX_OPS, Op::read)
-}
-
-/// The bytes that decode to `ops`.
-pub fn encode(ops: &[Op]) -> Vec<u8> {
-    crate::ops::encode(ops, Op::encode)
-}
+/// The model's scratch memory comes in pages of this many bytes.
+const PAGE: usize = 0x1000;
+const IOMEM_PAGES: usize = IOMEM_SIZE as usize / PAGE;
 
 /// Whether line `n` is wired.
-fn wired(line: u8) -> bool {
+fn wired(line: usize) -> bool {
     line % 4 != 3
+}
+
+/// The first port of port region `region`.
+fn port_base(region: usize) -> u16 {
+    if region == LINES {
+        IRQ_LINE_PORT
+    } else {
+        SCRATCH_PORT
+    }
 }
 
 /// The reference model: the device's state and the counters it must report.
 #[derive(Debug)]
-struct Model {
+pub struct TestDevModel {
     scratch: u32,
-    iomem: Vec<u8>,
-    levels: [bool; IRQ_LINE_COUNT as usize],
-    failing: [bool; IRQ_LINE_COUNT as usize],
+    /// Scratch memory in pages, each allocated at its first write (the device's memory starts
+    /// zeroed): an input pays for the pages it writes, not for 64 KiB.
+    pages: [Option<Box<[u8]>>; IOMEM_PAGES],
+    levels: [bool; LINE_COUNT],
+    failing: [bool; LINE_COUNT],
+    /// Port accesses: reads, writes, ignored bytes or writes.
     pio: (u64, u64, u64),
+    /// Scratch-memory accesses: reads, writes, ignored bytes.
     mmio: (u64, u64, u64),
     page_flushes: u64,
     irq_writes: u64,
@@ -201,20 +102,20 @@ fn reg(position: u32) -> Reg {
     }
 }
 
-fn irq_line(port: u32) -> Option<u8> {
+fn irq_line(port: u32) -> Option<usize> {
     let ports = u32::from(IRQ_LINE_PORTS.start)..u32::from(IRQ_LINE_PORTS.end);
     ports
         .contains(&port)
-        .then(|| (port - u32::from(IRQ_LINE_PORT)) as u8)
+        .then(|| (port - u32::from(IRQ_LINE_PORT)) as usize)
 }
 
-impl Model {
+impl TestDevModel {
     fn new() -> Self {
         Self {
             scratch: 0,
-            iomem: vec![0; IOMEM_SIZE as usize],
-            levels: [false; IRQ_LINE_COUNT as usize],
-            failing: [false; IRQ_LINE_COUNT as usize],
+            pages: Default::default(),
+            levels: [false; LINE_COUNT],
+            failing: [false; LINE_COUNT],
             pio: (0, 0, 0),
             mmio: (0, 0, 0),
             page_flushes: 0,
@@ -222,39 +123,44 @@ impl Model {
         }
     }
 
-    fn pio_read(&mut self, port: u16, size: usize) -> Vec<u8> {
+    /// The port byte `offset` of port region `region` stands for: the device adds the offset
+    /// to its range's base without wrapping.
+    fn port(region: usize, offset: u64) -> u32 {
+        // Port offsets fit 16 bits: the harness truncates them to the port space.
+        u32::from(port_base(region)) + u32::from(offset as u16)
+    }
+
+    fn pio_read(&mut self, start: u32, data: &mut [u8]) {
         self.pio.0 += 1;
-        let start = u32::from(port);
         if irq_line(start).is_some() {
-            return vec![0; size];
+            data.fill(0);
+            return;
         }
-        (0..size)
-            .map(|i| match reg(start.saturating_add(i as u32)) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = match reg(start.saturating_add(i as u32)) {
                 Reg::Lane(shift) => (self.scratch >> shift) as u8,
                 Reg::Flush => 0,
                 Reg::Nothing => {
                     self.pio.2 += 1;
                     0xFF
                 }
-            })
-            .collect()
+            };
+        }
     }
 
-    fn pio_write(&mut self, port: u16, data: &[u8]) {
+    fn pio_write(&mut self, start: u32, data: &[u8]) {
         self.pio.1 += 1;
-        let start = u32::from(port);
         if let Some(line) = irq_line(start) {
-            let n = usize::from(line);
             match data {
-                [level] if wired(line) && !self.failing[n] => {
-                    self.levels[n] = *level != 0;
+                [level] if wired(line) && !self.failing[line] => {
+                    self.levels[line] = *level != 0;
                     self.irq_writes += 1;
                 }
                 _ => self.pio.2 += 1,
             }
             return;
         }
-        if port == FLUSH_PAGE_PORT && data.len() == 4 {
+        if start == u32::from(FLUSH_PAGE_PORT) && data.len() == 4 {
             self.page_flushes += 1;
             return;
         }
@@ -275,116 +181,138 @@ impl Model {
             .map(|at| at as usize)
     }
 
-    fn mmio_read(&mut self, offset: u64, size: usize) -> Vec<u8> {
+    /// The byte of scratch memory at `at` (inside it).
+    fn iomem(&self, at: usize) -> u8 {
+        self.pages[at / PAGE]
+            .as_ref()
+            .map_or(0, |page| page[at % PAGE])
+    }
+
+    /// The last bytes of scratch memory.
+    fn mmio_tail(&self, tail: &mut [u8; 8]) {
+        for (i, byte) in tail.iter_mut().enumerate() {
+            *byte = self.iomem(IOMEM_SIZE as usize - 8 + i);
+        }
+    }
+
+    fn mmio_read(&mut self, offset: u64, data: &mut [u8]) {
         self.mmio.0 += 1;
-        (0..size)
-            .map(|i| match Self::index(offset, i) {
-                Some(at) => self.iomem[at],
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = match Self::index(offset, i) {
+                Some(at) => self.iomem(at),
                 None => {
                     self.mmio.2 += 1;
                     0xFF
                 }
-            })
-            .collect()
+            };
+        }
     }
 
     fn mmio_write(&mut self, offset: u64, data: &[u8]) {
         self.mmio.1 += 1;
         for (i, &byte) in data.iter().enumerate() {
             match Self::index(offset, i) {
-                Some(at) => self.iomem[at] = byte,
+                Some(at) => {
+                    let page = self.pages[at / PAGE].get_or_insert_with(|| vec![0; PAGE].into());
+                    page[at % PAGE] = byte;
+                }
                 None => self.mmio.2 += 1,
             }
         }
     }
 }
 
-struct Harness {
-    device: PcTestDev,
-    lines: Vec<Arc<CountingTrigger>>,
-    model: Model,
+impl vmkit_fuzzing::Model for TestDevModel {
+    fn read(&mut self, region: usize, offset: u64, data: &mut [u8]) {
+        match region {
+            IOMEM => self.mmio_read(offset, data),
+            _ => self.pio_read(Self::port(region, offset), data),
+        }
+    }
+
+    fn write(&mut self, region: usize, offset: u64, data: &[u8]) -> DeviceAction {
+        match region {
+            IOMEM => self.mmio_write(offset, data),
+            _ => self.pio_write(Self::port(region, offset), data),
+        }
+        DeviceAction::Resume
+    }
+
+    fn user_op(&mut self, _tag: u8, data: &[u8]) -> u64 {
+        let (line, failing) = fail_line(data);
+        self.failing[line] = failing;
+        0
+    }
+
+    fn fail_interrupts(&mut self, failing: bool) {
+        self.failing = [failing; LINE_COUNT];
+    }
 }
 
-impl Harness {
-    fn new() -> Self {
-        let lines: Vec<_> = (0..IRQ_LINE_COUNT)
-            .map(|_| Arc::new(CountingTrigger::new()))
-            .collect();
+/// The line and the failing state a [`FAIL_LINE`] operation names.
+fn fail_line(data: &[u8]) -> (usize, bool) {
+    let line = usize::from(data.first().copied().unwrap_or(0)) % LINE_COUNT;
+    let failing = data.get(1).is_some_and(|b| b & 1 == 1);
+    (line, failing)
+}
+
+/// The device on both buses, its wired lines on the harness's counting lines.
+pub struct TestDevFixture;
+
+/// One instance: the device and its lines (`None` where unwired).
+pub struct TestDevDevices {
+    /// The model's count of memory writes when the VMM's view of scratch memory was last
+    /// checked: only writes change it.
+    iomem_checked: Cell<Option<u64>>,
+    device: Arc<PcTestDev>,
+    lines: [Option<Line>; LINE_COUNT],
+}
+
+impl Fixture for TestDevFixture {
+    type Devices = TestDevDevices;
+    type Model = TestDevModel;
+
+    fn build(&self, setup: &mut Setup) -> TestDevDevices {
         let mut device = PcTestDev::new();
-        for (n, line) in (0..IRQ_LINE_COUNT).zip(&lines) {
-            if wired(n) {
-                device = device
-                    .with_irq_line(n, line.clone())
-                    .expect("lines 0 to 23 exist");
+        let mut lines: [Option<Line>; LINE_COUNT] = Default::default();
+        for (n, slot) in (0..IRQ_LINE_COUNT).zip(&mut lines) {
+            if wired(usize::from(n)) {
+                let line = setup.interrupt();
+                device = match device.with_irq_line(n, line.clone()) {
+                    Ok(device) => device,
+                    Err(e) => panic!("fixture: {e}"),
+                };
+                *slot = Some(line);
             }
         }
-        Self {
+        let device = Arc::new(device);
+        let register_ports = REGISTER_PORTS.end - REGISTER_PORTS.start;
+        let line_ports = IRQ_LINE_PORTS.end - IRQ_LINE_PORTS.start;
+        setup.pio("registers", SCRATCH_PORT, register_ports, device.clone());
+        setup.pio("irq_lines", IRQ_LINE_PORT, line_ports, device.clone());
+        setup.mmio("iomem", IOMEM_BASE, IOMEM_SIZE, device.clone());
+        TestDevDevices {
+            iomem_checked: Cell::new(None),
             device,
             lines,
-            model: Model::new(),
         }
     }
 
-    /// Interrupt-line calls so far, over all lines.
-    fn line_calls(&self) -> u64 {
-        self.lines
-            .iter()
-            .map(|l| l.edges() + l.asserts() + l.deasserts())
-            .sum()
+    fn model(&self) -> TestDevModel {
+        TestDevModel::new()
     }
 
-    /// Runs one exit and checks its work: at most one interrupt-line call.
-    fn exit(&mut self, op: &Op) {
-        let before = self.line_calls();
-        match op {
-            Op::PioRead { port, size } => {
-                let port = port_of(*port);
-                let expected = self.model.pio_read(port, usize::from(*size));
-                // Pre-filled with the complement of the answer: a byte left unwritten shows.
-                let mut data: Vec<u8> = expected.iter().map(|b| !b).collect();
-                self.device.pio_read(PioAddress(port), 0, &mut data);
-                assert_eq!(data, expected, "port read of {size} bytes at {port:#x}");
-            }
-            Op::PioWrite { port, data } => {
-                let port = port_of(*port);
-                self.model.pio_write(port, data);
-                // The bus hands the device its range's base and the offset into it.
-                let base = port & !3;
-                let action = self.device.pio_write(PioAddress(base), port - base, data);
-                assert_eq!(action, DeviceAction::Resume);
-            }
-            Op::MmioRead { offset, size } => {
-                let offset = offset_of(*offset);
-                let expected = self.model.mmio_read(offset, usize::from(*size));
-                let mut data: Vec<u8> = expected.iter().map(|b| !b).collect();
-                self.device
-                    .mmio_read(MmioAddress(IOMEM_BASE), offset, &mut data);
-                assert_eq!(data, expected, "memory read of {size} bytes at {offset:#x}");
-            }
-            Op::MmioWrite { offset, data } => {
-                let offset = offset_of(*offset);
-                self.model.mmio_write(offset, data);
-                let action = self
-                    .device
-                    .mmio_write(MmioAddress(IOMEM_BASE), offset, data);
-                assert_eq!(action, DeviceAction::Resume);
-            }
-            Op::FailLine { line, failing } => {
-                let n = usize::from(line % IRQ_LINE_COUNT);
-                self.lines[n].set_failing(*failing);
-                self.model.failing[n] = *failing;
-            }
+    fn user_op(&self, devices: &TestDevDevices, _tag: u8, data: &[u8]) -> u64 {
+        let (line, failing) = fail_line(data);
+        if let Some(line) = &devices.lines[line] {
+            line.set_failing(failing);
         }
-        assert!(
-            self.line_calls() - before <= 1,
-            "{op:?}: more than one line call"
-        );
+        0
     }
 
-    fn check(&self) {
-        let stats = self.device.stats();
-        let m = &self.model;
-        assert_eq!(self.device.scratch(), m.scratch);
+    fn check(&self, devices: &TestDevDevices, m: &TestDevModel) {
+        let stats = devices.device.stats();
+        assert_eq!(devices.device.scratch(), m.scratch);
         assert_eq!(
             (stats.pio.reads, stats.pio.writes, stats.pio.ignored),
             m.pio
@@ -395,103 +323,147 @@ impl Harness {
         );
         assert_eq!(stats.page_flushes, m.page_flushes);
         assert_eq!(stats.irq_writes, m.irq_writes);
-        for (n, line) in self.lines.iter().enumerate() {
-            assert_eq!(line.is_asserted(), m.levels[n], "line {n}");
+        for (n, line) in devices.lines.iter().enumerate() {
+            if let Some(line) = line {
+                assert_eq!(line.is_asserted(), m.levels[n], "line {n}");
+            }
         }
+        // The VMM's view of scratch memory, after every write to it: the last bytes, and open
+        // bus past the end.
+        if devices.iomem_checked.replace(Some(m.mmio.1)) != Some(m.mmio.1) {
+            let mut tail = [0u8; 16];
+            devices.device.read_iomem(IOMEM_SIZE - 8, &mut tail);
+            let mut expected = [0u8; 8];
+            m.mmio_tail(&mut expected);
+            assert_eq!(tail[..8], expected);
+            assert_eq!(tail[8..], [0xFF; 8]);
+        }
+    }
+
+    fn max_line_calls_per_access(&self) -> u64 {
+        1
     }
 }
 
 /// Target body.
 pub fn run(data: &[u8]) {
-    let mut h = Harness::new();
-    for op in parse(data) {
-        h.exit(&op);
-        h.check();
-    }
-    let mut copy = vec![0u8; 16];
-    h.device.read_iomem(IOMEM_SIZE - 8, &mut copy);
-    assert_eq!(&copy[..8], &h.model.iomem[IOMEM_SIZE as usize - 8..]);
-    assert!(copy[8..].iter().all(|&b| b == 0xFF));
+    DeviceFuzzer::new(TestDevFixture).run(data);
 }
 
 /// Named seed inputs: small, meaningful scenarios that reach every register and answer.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
-    let pr = |port: u8, size| Op::PioRead { port, size };
-    let pw = |port: u8, data: &[u8]| Op::PioWrite {
-        port,
-        data: data.to_vec(),
+    let regs = REGISTERS as u8;
+    let lines = LINES as u8;
+    let iomem = IOMEM as u8;
+    // Through the buses, as a guest's accesses reach the device in a VMM.
+    let r = |region, offset, size| Op::Access(Access::read_at(region, offset, size));
+    let w = |region, offset, data: &[u8]| Op::Access(Access::write_at(region, offset, data));
+    // Handed to the device directly: any size, any offset.
+    let dr = |region, offset, size| Op::Direct(Access::read_at(region, offset, size));
+    let dw = |region, offset, data: &[u8]| Op::Direct(Access::write_at(region, offset, data));
+    let at = Offset::FromStart;
+    let line_fails = |line: u8, failing: bool| Op::User {
+        tag: FAIL_LINE,
+        data: vec![line, u8::from(failing)],
     };
-    let mr = |offset, size| Op::MmioRead { offset, size };
-    let mw = |offset, data: &[u8]| Op::MmioWrite {
-        offset,
-        data: data.to_vec(),
-    };
-    // Port codes: 0 is the scratch register, 4 the flush port, 8 the byte-wise scratch
-    // register, 0x40 + n interrupt line n.
+    // Register offsets: 0 is the scratch register, 4 the flush port, 8 the byte-wise scratch
+    // register; line offset n drives line n.
     let scratch_every_size = vec![
-        pw(0, &[0x78, 0x56, 0x34, 0x12]),
-        pr(0, 4),
-        pr(2, 2),
-        pr(3, 1),
-        pw(1, &[0xCD, 0xAB]),
-        pr(0, 8),
-        pw(8, &[1, 2, 3, 4]),
-        pr(8, 4),
-        pw(11, &[0xFF]),
-        pr(0, 4),
+        w(regs, at(0), &[0x78, 0x56, 0x34, 0x12]),
+        r(regs, at(0), 4),
+        r(regs, at(2), 2),
+        r(regs, at(3), 1),
+        w(regs, at(1), &[0xCD, 0xAB]),
+        r(regs, at(0), 8),
+        w(regs, at(8), &[1, 2, 3, 4]),
+        r(regs, at(8), 4),
+        w(regs, at(11), &[0xFF]),
+        r(regs, at(0), 4),
+        dw(regs, at(9), &[0xA1, 0xA2, 0xA3]),
+        dr(regs, at(7), 6),
     ];
     let page_flush = vec![
-        pw(4, &0x1234_5000u32.to_le_bytes()),
-        pw(4, &[1, 2]),
-        pw(5, &[1, 2, 3]),
-        pr(4, 4),
-        pw(2, &[0x30, 0x40, 0x50, 0x60]),
-        pr(4, 8),
+        w(regs, at(4), &0x1234_5000u32.to_le_bytes()),
+        w(regs, at(4), &[1, 2]),
+        dw(regs, at(5), &[1, 2, 3]),
+        r(regs, at(4), 4),
+        w(regs, at(2), &[0x30, 0x40, 0x50, 0x60]),
+        r(regs, at(4), 8),
+        dw(regs, at(4), &0x1234_6000u64.to_le_bytes()),
     ];
     let irq_lines = vec![
-        pw(0x40, &[1]),
-        pw(0x40, &[0]),
-        pw(0x45, &[7]),
-        pr(0x45, 4),
-        pw(0x45, &[1, 0]),
-        pw(0x43, &[1]),
-        pw(0x57, &[1]),
-        pw(0x58, &[1]),
-        Op::FailLine {
-            line: 5,
-            failing: true,
+        w(lines, at(0), &[1]),
+        w(lines, at(0), &[0]),
+        w(lines, at(5), &[7]),
+        r(lines, at(5), 4),
+        w(lines, at(5), &[1, 0]),
+        w(lines, at(3), &[1]),
+        w(lines, at(23), &[1]),
+        // Just past the last line: no longer a line port.
+        dw(lines, at(24), &[1]),
+        line_fails(5, true),
+        w(lines, at(5), &[0]),
+        line_fails(5, false),
+        w(lines, at(5), &[0]),
+    ];
+    let lines_fail_together = vec![
+        w(lines, at(1), &[1]),
+        Op::FailInterrupts(true),
+        w(lines, at(1), &[0]),
+        w(lines, at(2), &[1]),
+        line_fails(2, false),
+        w(lines, at(2), &[1]),
+        Op::FailInterrupts(false),
+        w(lines, at(1), &[0]),
+        Op::Burst {
+            count: 8,
+            access: Access::write_at(lines, at(6), &[1]),
         },
-        pw(0x45, &[0]),
-        Op::FailLine {
-            line: 5,
-            failing: false,
-        },
-        pw(0x45, &[0]),
+        Op::Reset,
+        r(lines, at(6), 1),
+        w(lines, at(6), &[0]),
     ];
     let iomem_edges = vec![
-        mw(0x10, &0x1122_3344_5566_7788u64.to_le_bytes()),
-        mw(0x11, &[0xEE]),
-        mr(0x10, 4),
-        mr(0x10, 8),
-        mw(0x407F, &[1, 2, 3, 4]),
-        mr(0x407C, 8),
-        mr(0xC000, 4),
-        mw(0xC001, &[9; 8]),
-        mw(0x8000 | 0x3FFF, &[5; 8]),
-        mr(0x8000 | 0x3FFF, 8),
+        w(iomem, at(0x10), &0x1122_3344_5566_7788u64.to_le_bytes()),
+        w(iomem, at(0x11), &[0xEE]),
+        r(iomem, at(0x10), 4),
+        r(iomem, at(0x10), 8),
+        // Straddling the end: the bus routes none of these.
+        w(iomem, Offset::BeforeEnd(0), &[1, 2, 3, 4]),
+        r(iomem, Offset::BeforeEnd(3), 8),
+        r(iomem, Offset::BeforeEnd(3), 4),
+        // Handed to the device: the bytes inside count, the rest is open bus.
+        dw(iomem, Offset::BeforeEnd(0), &[1, 2, 3, 4]),
+        dr(iomem, Offset::BeforeEnd(3), 8),
+        dr(iomem, Offset::Absolute(u64::MAX), 4),
+        dw(iomem, Offset::Absolute(u64::MAX - 1), &[9; 8]),
+        dw(iomem, Offset::BeforeEnd(3), &[5; 8]),
+        dr(iomem, Offset::BeforeEnd(3), 8),
+        dr(iomem, Offset::BeforeStart(0), 2),
     ];
     let mut odd_ports = Vec::new();
-    for port in [0x1F, 0x3F, 0x7F, 0x80, 0x87, 0xA0, 0xC0, 0xFF] {
+    for (region, offset) in [
+        (regs, at(12)),
+        (regs, Offset::Absolute(0x1F)),
+        (regs, Offset::BeforeStart(0)),
+        (regs, Offset::Absolute(0xFFFF)),
+        (lines, Offset::Absolute(0x1F)),
+        (lines, Offset::BeforeStart(0)),
+        (lines, Offset::BeforeEnd(0)),
+    ] {
         for size in [0, 1, 3, 8] {
-            odd_ports.push(pr(port, size));
+            odd_ports.push(dr(region, offset, size));
         }
-        odd_ports.push(pw(port, &[]));
-        odd_ports.push(pw(port, &[1, 2, 3, 4, 5]));
+        odd_ports.push(dw(region, offset, &[]));
+        odd_ports.push(dw(region, offset, &[1, 2, 3, 4, 5]));
+        odd_ports.push(r(region, offset, 1));
+        odd_ports.push(w(region, offset, &[1, 2]));
     }
     vec![
         ("scratch_every_size", encode(&scratch_every_size)),
         ("page_flush", encode(&page_flush)),
         ("irq_lines", encode(&irq_lines)),
+        ("lines_fail_together", encode(&lines_fail_together)),
         ("iomem_edges", encode(&iomem_edges)),
         ("odd_ports", encode(&odd_ports)),
     ]
@@ -502,10 +474,15 @@ mod tests {
     use super::*;
     use crate::seed_files;
 
+    fn seed(name: &str) -> Vec<Op> {
+        let (_, bytes) = seeds().into_iter().find(|(n, _)| *n == name).unwrap();
+        vmkit_fuzzing::decode(&bytes)
+    }
+
     #[test]
     fn seeds_round_trip_and_pass() {
         for (name, bytes) in seeds() {
-            let ops = parse(&bytes);
+            let ops = vmkit_fuzzing::decode(&bytes);
             assert_eq!(encode(&ops), bytes, "{name}");
             run(&bytes);
         }
@@ -518,23 +495,43 @@ mod tests {
 
     #[test]
     fn seeds_reach_the_lines_and_memory() {
-        let (_, bytes) = seeds()
-            .into_iter()
-            .find(|(n, _)| *n == "irq_lines")
-            .unwrap();
-        let mut h = Harness::new();
-        for op in parse(&bytes) {
-            h.exit(&op);
-        }
-        h.check();
-        assert_eq!(h.lines[5].asserts(), 1);
-        assert_eq!(
-            h.lines[5].deasserts(),
-            1,
-            "one deassert failed, one went through"
-        );
-        assert!(!h.lines[0].is_asserted());
-        assert_eq!(h.device.stats().irq_writes, 4);
+        let fuzzer = DeviceFuzzer::new(TestDevFixture);
+        fuzzer.run_ops_then(&seed("irq_lines"), |devices, _| {
+            let line = |n: usize| devices.lines[n].as_ref().unwrap();
+            assert_eq!(line(5).asserts(), 1);
+            assert_eq!(
+                line(5).deasserts(),
+                1,
+                "one deassert failed, one went through"
+            );
+            assert!(!line(0).is_asserted());
+            assert!(devices.lines[3].is_none() && devices.lines[23].is_none());
+            assert_eq!(devices.device.stats().irq_writes, 4);
+        });
+        fuzzer.run_ops_then(&seed("lines_fail_together"), |devices, _| {
+            // After the reset: one read, one write that lowered line 6 again.
+            assert_eq!(devices.device.stats().irq_writes, 1);
+            assert!(!devices.lines[6].as_ref().unwrap().is_asserted());
+        });
+        fuzzer.run_ops_then(&seed("lines_fail_together")[..9], |devices, _| {
+            let line = |n: usize| devices.lines[n].as_ref().unwrap();
+            // Line 1 raised, then lowered only once the lines worked again; line 2 raised
+            // while the others failed, the per-line operation having made it work.
+            assert!(!line(1).is_asserted());
+            assert_eq!((line(1).asserts(), line(1).deasserts()), (1, 1));
+            assert!(line(2).is_asserted());
+            assert!(line(6).is_asserted());
+            assert_eq!(line(6).asserts(), 8);
+        });
+        fuzzer.run_ops_then(&seed("iomem_edges"), |devices, model| {
+            let mut bytes = [0u8; 8];
+            devices.device.read_iomem(0x10, &mut bytes);
+            assert_eq!(bytes, [0x88, 0xEE, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]);
+            devices.device.read_iomem(IOMEM_SIZE - 4, &mut bytes);
+            assert_eq!(bytes, [5, 5, 5, 5, 0xFF, 0xFF, 0xFF, 0xFF]);
+            // Routed accesses that straddle the end never reached the device.
+            assert_eq!(model.mmio.1, 5);
+        });
     }
 
     #[test]
@@ -546,17 +543,6 @@ mod tests {
             run(&[tag]);
             run(&[tag, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         }
-    }
-
-    #[test]
-    fn codes_cover_both_blocks_and_far_addresses() {
-        assert_eq!(port_of(0), SCRATCH_PORT);
-        assert_eq!(port_of(0x40), IRQ_LINE_PORT);
-        assert_eq!(port_of(0x80), SCRATCH_PORT - 1);
-        assert_eq!(port_of(0xA0), IRQ_LINE_PORT - 1);
-        assert_eq!(port_of(0xFF), 0xFFFF);
-        assert_eq!(offset_of(0x4000), IOMEM_SIZE - 0x80);
-        assert_eq!(offset_of(0xC000), u64::MAX);
     }
 
     /// Writes the seed files; run with `cargo test -- --ignored write_seeds`.
