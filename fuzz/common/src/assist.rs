@@ -18,7 +18,7 @@
 //! every byte string decodes, missing bytes read as zero), so seeds decode to exactly the
 //! intended state.
 
-use iced_x86::Register;
+use iced_x86::{Mnemonic, Register};
 use vmkit_exits::decode::{CpuMode, decode_at};
 use vmkit_exits::state::{
     Exception, MSR_IA32_XSS, PF_VECTOR, Registers, Segment, SpecialRegisters, XSAVE_AREA_SIZE,
@@ -28,6 +28,7 @@ use vmkit_exits::{
     StopReason, UD_VECTOR, VcpuState, XsaveLayout,
 };
 use vmkit_memory::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmkit_paging::x86::{CR0_MP, CR0_TS};
 use vmkit_paging::{Access, Privilege, X86Paging};
 use vmkit_vcpu::fake::FakeVcpu;
 
@@ -745,11 +746,21 @@ pub fn check(input: &Input) {
                 assert!(reflect);
                 assert_eq!(e, queued, "reflected as #UD");
             } else {
+                let cr0_ts = sregs.cr0 & CR0_TS != 0;
+                // `#MF` only at an fwait, when the x87 status word (bytes 2..4 of the XSAVE
+                // area) has its exception-summary bit and no `#NM` comes first.
+                let fsw_es = xsave_before.get(2).is_some_and(|b| b & 0x80 != 0);
+                let nm_first = cr0_ts && sregs.cr0 & CR0_MP != 0;
+                let is_fwait = decoded
+                    .as_ref()
+                    .is_some_and(|d| d.instruction.mnemonic() == Mnemonic::Wait);
                 assert!(
-                    matches!(
-                        (e.vector, e.error_code),
-                        (6, None) | (12, Some(0)) | (13, Some(0)) | (PF_VECTOR, Some(_))
-                    ),
+                    match (e.vector, e.error_code) {
+                        (6, None) | (12, Some(0)) | (13, Some(0)) | (PF_VECTOR, Some(_)) => true,
+                        (7, None) => cr0_ts,
+                        (16, None) => is_fwait && fsw_es && !nm_first,
+                        _ => false,
+                    },
                     "{e:?}"
                 );
             }
@@ -1012,6 +1023,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             i
         }),
         ("xsave", xsave_family(&[0x0f, 0xae, 0x27])),
+        ("fwait", long_mode(&[0x9b])),
+        // The x87 status word (XSAVE bytes 2..4) with its exception-summary bit: `#MF`.
+        ("fwait_x87_exception_pending", {
+            let mut i = long_mode(&[0x9b]);
+            i.xsave = (0x40, 1);
+            i
+        }),
         ("xsaveopt", xsave_family(&[0x0f, 0xae, 0x37])),
         ("xsavec", xsave_family(&[0x0f, 0xc7, 0x27])),
         ("xsaves", xsave_family(&[0x0f, 0xc7, 0x2f])),
@@ -1188,6 +1206,7 @@ mod tests {
             ("cmpxchg8b_not_equal", Assisted::Cmpxchg8b),
             ("cmpxchg8b_real_mode", Assisted::Cmpxchg8b),
             ("int3", Assisted::Int3),
+            ("fwait", Assisted::Fwait),
             ("xsave", Assisted::Xsave),
             ("xsaveopt", Assisted::Xsaveopt),
             ("xsavec", Assisted::Xsavec),
@@ -1206,6 +1225,7 @@ mod tests {
             ("cmpxchg16b_non_canonical", 13),
             ("xrstor_bad_header", 13),
             ("xsave_no_osxsave", 6),
+            ("fwait_x87_exception_pending", 16),
             ("xsaves_from_user", 13),
             ("cmpxchg8b_protected_limit", 13),
         ] {
