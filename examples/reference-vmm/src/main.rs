@@ -6,6 +6,7 @@
 
 mod boot;
 mod cli;
+mod devices;
 mod disks;
 mod exit_code;
 mod files;
