@@ -1,6 +1,6 @@
 //! `--record-exits`: the project's guests recorded by the reference VMM under KVM (with seccomp
 //! on, the default), the recordings read back with vmkit-exits' reader and checked; and the
-//! committed recordings of those guests (`guests/recordings/`), which a replay reads without
+//! committed recordings of those guests (`guests/recordings/`), which `--replay` replays without
 //! `/dev/kvm`.
 //!
 //! `VMKIT_UPDATE_RECORDINGS=1 cargo test -p reference-vmm --test record` rewrites the committed
@@ -438,4 +438,33 @@ fn the_committed_recordings_read_back() {
             }
         }
     }
+}
+
+/// `--replay` on a committed recording: no `/dev/kvm`, one line, status 0; and the flags that
+/// make no sense with it are refused.
+#[test]
+fn a_committed_recording_replays_through_the_command_line() {
+    let path = committed("exits");
+    let out = Command::new(VMM)
+        .arg("--replay")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "reference-vmm: replayed {}: 685 exits replayed, every answer as recorded;",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    let out = Command::new(VMM)
+        .args(["--builtin", "hello", "--replay"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
 }
