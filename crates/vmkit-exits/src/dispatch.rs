@@ -92,13 +92,23 @@ impl ExitDispatcher {
 
     /// Handles one exit. Never panics, whatever the guest put in it.
     pub fn dispatch(&self, exit: VmExit<'_>) -> ExitAction {
+        self.dispatch_routed(exit).0
+    }
+
+    /// Handles one exit as [`dispatch`](Self::dispatch) does, and says who answered it: the
+    /// [`Route`] a recording holds, which a replay compares.
+    pub fn dispatch_routed(&self, exit: VmExit<'_>) -> (ExitAction, Route) {
         match &self.recorder {
-            None => self.answer(exit).0,
+            None => self.answer(exit),
             Some(recorder) => self.dispatch_recorded(recorder, exit),
         }
     }
 
-    fn dispatch_recorded(&self, recorder: &RecordWriter, mut exit: VmExit<'_>) -> ExitAction {
+    fn dispatch_recorded(
+        &self,
+        recorder: &RecordWriter,
+        mut exit: VmExit<'_>,
+    ) -> (ExitAction, Route) {
         let seq = recorder.begin_exit();
         let scope = ExitScope::enter(seq);
         let (action, route) = self.answer(reborrow(&mut exit));
@@ -110,7 +120,7 @@ impl ExitDispatcher {
             route,
             action,
         }));
-        action
+        (action, route)
     }
 
     /// The answer to `exit` and who gave it.
@@ -697,12 +707,12 @@ mod tests {
             for port in [0x5f, 0x60, 0x62, 0x63] {
                 for size in [1, 2, 3, 4] {
                     let mut data = vec![0u8; size];
-                    let action = d.dispatch(VmExit::IoIn {
+                    let action = d.dispatch_routed(VmExit::IoIn {
                         port,
                         data: &mut data,
                     });
                     out.push((action, data));
-                    let action = d.dispatch(VmExit::IoOut {
+                    let action = d.dispatch_routed(VmExit::IoOut {
                         port,
                         data: &[0xde, 0xad][..size.min(2)],
                     });
@@ -721,13 +731,22 @@ mod tests {
                 },
                 VmExit::Other { reason: 9 },
             ] {
-                out.push((d.dispatch(exit), vec![]));
+                out.push((d.dispatch_routed(exit), vec![]));
             }
             out
         };
         let plain = run(&dispatcher().0);
         let recorded = run(&dispatcher().0.with_recorder(recorder.clone()));
         assert_eq!(plain, recorded);
+        // The routes a recording holds: every kind is among the answers.
+        for route in [
+            Route::Device,
+            Route::Unclaimed,
+            Route::BadSize,
+            Route::NotAnAccess,
+        ] {
+            assert!(plain.iter().any(|((_, r), _)| *r == route), "{route:?}");
+        }
         assert_eq!(recorder.exits(), 38);
         assert_eq!(recorder.finish().records, 38);
     }

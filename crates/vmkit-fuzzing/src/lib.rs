@@ -3,10 +3,14 @@
 pub mod harness;
 pub mod lines;
 pub mod ops;
+pub mod replay;
+pub mod seeds;
 
 pub use harness::{Answer, Claimed, DeviceFuzzer, Fixture, Model, NoModel, Region, Setup, Space};
 pub use lines::Line;
 pub use ops::{Access, Offset, Op, decode, encode};
+pub use replay::{Recording, Replay, ReplayError};
+pub use seeds::ops_for_region;
 // Re-exports: the foreign crates of this crate's public signatures, so that a fuzz target need
 // not pin the same versions.
 /// arbitrary, whose `Unstructured` the operation decoders read.

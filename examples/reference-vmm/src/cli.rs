@@ -117,6 +117,21 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "record_exits")]
     pub record_limit: Option<u64>,
 
+    /// Replay FILE, a recording made by --record-exits, instead of running a guest: the devices
+    /// the recording's facts describe are built anew, without a hypervisor, and each recorded
+    /// exit is handed to them; every answer (the bytes returned, who answered, the action) and
+    /// every side effect (interrupts, MSIs, clock readings, disk calls, guest memory written) is
+    /// compared with the recording's. Status 0 when all match; 103 and one line naming the
+    /// first exit that differs otherwise.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = [
+            "kernel", "initramfs", "firmware", "builtin", "disks", "testdev", "record_exits"
+        ]
+    )]
+    pub replay: Option<PathBuf>,
+
     /// Confine each VMM thread to the system calls it needs (seccomp): `true` (a call outside
     /// its list ends the VMM with status 159), `log` (allowed, and logged by the kernel) or
     /// `false`.

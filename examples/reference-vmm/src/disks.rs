@@ -1,5 +1,5 @@
-//! `--disk`: each image becomes a virtio-blk device on the PCI root, with MSI-X through the
-//! backend's VM and INTA# on a level-triggered GSI.
+//! `--disk`: each image becomes a virtio-blk device on the PCI root, with MSI-X and INTA# on a
+//! level-triggered GSI (the backend's, or a replay's).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -12,10 +12,9 @@ use vmkit_devices::virtio::{VirtioPciInterrupts, VirtioPciStats};
 use vmkit_devices::{DiskBackend, DiskImage, VirtioBlock, VirtioPciDevice};
 use vmkit_memory::Allocators;
 use vmkit_memory::vm_memory::GuestMemoryMmap;
-use vmkit_vcpu::{IrqLine, MsiLine, Vm};
 
 use crate::cli::{DiskConfig, MAX_DISKS};
-use crate::recording::{self, Recording};
+use crate::devices::{Disk, Wiring};
 
 type BlockDevice = VirtioPciDevice<VirtioBlock<Box<dyn DiskBackend>>>;
 
@@ -44,27 +43,23 @@ pub fn open_images(configs: &[DiskConfig]) -> Result<Vec<DiskImage>> {
         .collect()
 }
 
-/// Plugs one virtio-blk device per image into `root`, named `vda`, `vdb`, … in order, with its
+/// Plugs one virtio-blk device per disk into `root`, named `vda`, `vdb`, … in order, with its
 /// BAR assigned below 4 GiB. Each gets MSI-X and, while the allocator has GSIs, an INTA# line
-/// of its own (beyond that, MSI-X only). With a `recording`, the disks' calls, interrupts and
-/// guest-memory accesses are recorded.
-pub fn attach<V>(
+/// of its own (beyond that, MSI-X only), both from `wiring`, which also says where virtio-blk
+/// records its guest-memory accesses.
+pub fn attach(
     root: &PciRoot,
-    images: Vec<DiskImage>,
+    disks: Vec<Disk>,
     memory: &GuestMemoryMmap,
-    vm: &Arc<V>,
+    wiring: &dyn Wiring,
     allocators: &mut Allocators,
-    recording: Option<&Recording>,
-) -> Result<Disks>
-where
-    V: Vm + Send + Sync + 'static,
-{
-    let mut devices = Vec::with_capacity(images.len());
+) -> Result<Disks> {
+    let mut devices = Vec::with_capacity(disks.len());
     let mut intx_routes = Vec::new();
-    for (index, image) in images.into_iter().enumerate() {
+    for (index, disk) in disks.into_iter().enumerate() {
         let name = disk_name(index);
         let gsi = allocators.allocate_gsi().ok();
-        let intx = gsi.map(|gsi| recording::line(IrqLine::new(vm.clone(), gsi), gsi, recording));
+        let intx = gsi.map(|gsi| wiring.line(gsi));
         if gsi.is_none() {
             info!("{name}: no GSI left for INTA#; MSI-X only");
         }
@@ -72,12 +67,12 @@ where
             intx,
             // The GSIs handed out are IOAPIC pins (16..=23), so they fit the register.
             intx_line: gsi.map_or(0xFF, |gsi| gsi as u8),
-            msi: Some(recording::msi(MsiLine::new(vm.clone()), recording)),
+            msi: Some(wiring.msi()),
         };
-        let path = image.path().display().to_string();
-        let mut block = VirtioBlock::new(recording::disk(image, index, recording));
-        if let Some(recording) = recording {
-            block = block.with_recorder(recording.writer().clone());
+        let path = disk.path;
+        let mut block = VirtioBlock::new(disk.backend);
+        if let Some(recorder) = wiring.block_recorder() {
+            block = block.with_recorder(recorder);
         }
         let device = VirtioPciDevice::new(block, memory.clone(), interrupts)
             .with_context(|| format!("--disk {path}"))?;

@@ -6,6 +6,7 @@
 //! | 100 | the guest asked for a reset (the reference VMM does not reboot) |
 //! | 101 | a vCPU shut down: triple fault |
 //! | 102 | the guest crashed or stopped in a way the VMM cannot continue: crash event, failed entry, internal/emulation error, an unhandled exit |
+//! | 103 | `--replay`: an exit's answer or side effects differ from the recording's; one line names the exit |
 //! | 123 | a VMM thread panicked (a bug in the VMM); one line names the thread |
 //! | 124 | `--timeout` expired |
 //! | 125 | VMM error: bad command line or file, or a failure of the VMM itself |
@@ -23,6 +24,8 @@ pub const RESET: u8 = 100;
 pub const TRIPLE_FAULT: u8 = 101;
 /// The guest crashed or hit an exit the VMM cannot continue from.
 pub const GUEST_FAILURE: u8 = 102;
+/// A replay (`--replay`) diverged from its recording.
+pub const REPLAY_DIVERGED: u8 = 103;
 /// A thread of the VMM panicked.
 pub const VMM_PANIC: u8 = 123;
 /// The timeout expired.
@@ -69,6 +72,7 @@ mod tests {
             RESET,
             TRIPLE_FAULT,
             GUEST_FAILURE,
+            REPLAY_DIVERGED,
             VMM_PANIC,
             TIMEOUT,
             VMM_ERROR,

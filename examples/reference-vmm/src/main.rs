@@ -6,6 +6,7 @@
 
 mod boot;
 mod cli;
+mod devices;
 mod disks;
 mod exit_code;
 mod files;
@@ -13,6 +14,7 @@ mod guests;
 mod lifecycle;
 mod logger;
 mod recording;
+mod replay;
 mod serial_output;
 mod stats;
 mod stderr;
@@ -45,7 +47,14 @@ fn main() -> ExitCode {
     };
     // A panic on any thread is one line naming the thread and a status of its own.
     lifecycle::install_panic_hook();
-    match std::panic::catch_unwind(|| vm::run(&cli, process_start)) {
+    let run = || match &cli.replay {
+        Some(path) => {
+            logger::init(cli.verbose, cli.log_file.as_deref(), process_start)?;
+            replay::run(path)
+        }
+        None => vm::run(&cli, process_start),
+    };
+    match std::panic::catch_unwind(run) {
         Ok(Ok(code)) => ExitCode::from(code),
         Ok(Err(e)) => {
             stderr::line(format_args!("{e:#}"));

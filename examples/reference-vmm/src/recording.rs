@@ -44,6 +44,7 @@ pub struct Facts<'a> {
 }
 
 /// What a replay needs to build a disk as the guest saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskFacts {
     /// Size in bytes.
     pub size: u64,

@@ -14,25 +14,21 @@ use anyhow::{Context, Result};
 use reference_vmm_seccomp::{Filters, ThreadKind};
 use vmkit_boot::mark_acpi_memory;
 use vmkit_devices::DiskImage;
-use vmkit_devices::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN, AcpiPmDevice};
-use vmkit_devices::cmos::{CMOS_PORT, CMOS_PORT_LEN};
-use vmkit_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
-use vmkit_devices::i8042::{I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KEYBOARD_IRQ, I8042Device};
-use vmkit_devices::pci::PciRoot;
-use vmkit_devices::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN, SerialDevice};
-use vmkit_devices::testdev::{
-    IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_COUNT, IRQ_LINE_PORTS, PcTestDev, REGISTER_PORTS,
-};
+use vmkit_devices::serial::{COM1_IRQ, SerialDevice};
 use vmkit_exits::assist::{AssistReport, EmulationAssist};
 use vmkit_exits::dispatch::ExitDispatcher;
-use vmkit_exits::{ExitAction, IoBus, MmioBus, PioDevice, StopReason, VmExit};
+use vmkit_exits::record::RecordWriter;
+use vmkit_exits::{ExitAction, MsiTrigger, PioDevice, StopReason, VmExit};
 use vmkit_memory::Allocators;
 use vmkit_memory::GuestLayout;
 use vmkit_memory::vm_memory::GuestMemoryMmap;
-use vmkit_vcpu::{ExitHandler, Hypervisor, IrqLine, Kick, KvmHypervisor, LoopExit, Vcpu, Vm};
+use vmkit_vcpu::{
+    ExitHandler, Hypervisor, IrqLine, Kick, KvmHypervisor, LoopExit, MsiLine, Vcpu, Vm,
+};
 
 use crate::boot;
 use crate::cli::{BuiltinGuest, Cli, DEFAULT_RECORD_LIMIT, SerialConfig, StatsFormat};
+use crate::devices::{self, Devices, Serial, Wiring};
 use crate::disks::{self, Disks};
 use crate::exit_code;
 use crate::files;
@@ -49,9 +45,6 @@ use crate::terminal::{self, RawStdin};
 pub trait SharedVm: Vm<Vcpu: Send + 'static> + Send + Sync + 'static {}
 
 impl<V> SharedVm for V where V: Vm<Vcpu: Send + 'static> + Send + Sync + 'static {}
-
-/// COM1 on the backend's interrupt line.
-type Serial = SerialDevice<Line, Box<dyn Write + Send>>;
 
 /// The two ends of COM1's output buffer: the UART's, and the serial output thread's.
 type SerialBuffer = (SerialOutput, SerialDrain);
@@ -73,6 +66,31 @@ impl ExitHandler for Handler {
             let _ = self.first_exit.set(Instant::now());
         }
         self.dispatcher.dispatch(exit)
+    }
+}
+
+/// The devices' wiring on the backend: its interrupt lines and MSI sender, the host clock, each
+/// recorded when there is a recording.
+struct HostWiring<'a, V> {
+    vm: &'a Arc<V>,
+    recording: Option<&'a Recording>,
+}
+
+impl<V: SharedVm> Wiring for HostWiring<'_, V> {
+    fn line(&self, gsi: u32) -> Line {
+        recording::line(IrqLine::new(self.vm.clone(), gsi), gsi, self.recording)
+    }
+
+    fn msi(&self) -> Arc<dyn MsiTrigger> {
+        recording::msi(MsiLine::new(self.vm.clone()), self.recording)
+    }
+
+    fn cmos(&self, low_ram: u64, high_ram: u64) -> Arc<dyn PioDevice> {
+        recording::cmos(low_ram, high_ram, self.recording)
+    }
+
+    fn block_recorder(&self) -> Option<Arc<RecordWriter>> {
+        self.recording.map(|r| r.writer().clone())
     }
 }
 
@@ -289,49 +307,29 @@ impl<V: SharedVm> Vmm<V> {
                 .context("cannot create the VM")?,
         );
 
-        // Devices on the port-I/O bus.
-        let io_bus = Arc::new(IoBus::new());
-        let mmio_bus = Arc::new(MmioBus::new());
-        let (serial, serial_buffer) = serial_device(&cli.serial, &vm, rec)?;
-        if let Some(serial) = &serial {
-            register(&io_bus, COM1_PORT, SERIAL_PORT_LEN, "com1", serial.clone())?;
-        }
-        register(
-            &io_bus,
-            DEBUG_EXIT_PORT,
-            DEBUG_EXIT_PORT_LEN,
-            "debug-exit",
-            Arc::new(DebugExit::new()),
-        )?;
-        let i8042 = Arc::new(I8042Device::new(recording::line(
-            IrqLine::new(vm.clone(), I8042_KEYBOARD_IRQ),
-            I8042_KEYBOARD_IRQ,
-            rec,
-        )));
-        register(&io_bus, I8042_DATA_PORT, 1, "i8042-data", i8042.clone())?;
-        register(&io_bus, I8042_COMMAND_PORT, 1, "i8042-cmd", i8042)?;
-        let (low_ram, high_ram) = (layout.ram_below_4g(), layout.ram_above_4g());
-        register(
-            &io_bus,
-            CMOS_PORT,
-            CMOS_PORT_LEN,
-            "cmos",
-            recording::cmos(low_ram, high_ram, rec),
-        )?;
-        register(
-            &io_bus,
-            ACPI_PM_PORT,
-            ACPI_PM_PORT_LEN,
-            "acpi-pm",
-            Arc::new(AcpiPmDevice::new()),
-        )?;
-        if cli.testdev {
-            register_testdev(&io_bus, &mmio_bus, &vm, rec)?;
-        }
-
-        // PCI: the root complex (0xCF8..0xD00 and ECAM) with its host bridge, and the disks.
-        let pci_root = PciRoot::new(&io_bus, &mmio_bus).context("cannot set up the PCI root")?;
-        let disks = disks::attach(&pci_root, disk_images, &memory, &vm, &mut allocators, rec)?;
+        // The devices, wired to the backend (and recorded, with a recording).
+        let wiring = HostWiring {
+            vm: &vm,
+            recording: rec,
+        };
+        let (serial, serial_buffer) = serial_device(&cli.serial, &wiring)?;
+        let plan = devices::Plan {
+            com1: serial.clone(),
+            testdev: cli.testdev,
+            disks: disk_images
+                .into_iter()
+                .enumerate()
+                .map(|(index, image)| devices::Disk {
+                    path: image.path().display().to_string(),
+                    backend: recording::disk(image, index, rec),
+                })
+                .collect(),
+        };
+        let Devices {
+            io_bus,
+            mmio_bus,
+            disks,
+        } = devices::build(&wiring, plan, &layout, &memory, &mut allocators)?;
         let mut dispatcher = ExitDispatcher::new(io_bus, mmio_bus);
         if let Some(recording) = rec {
             dispatcher = dispatcher.with_recorder(recording.writer().clone());
@@ -654,58 +652,9 @@ impl<V: SharedVm> Running<V> {
     }
 }
 
-fn register(
-    bus: &IoBus,
-    base: u16,
-    len: u16,
-    name: &'static str,
-    device: Arc<dyn PioDevice>,
-) -> Result<()> {
-    bus.register_named(base..base + len, name, device)
-        .with_context(|| format!("cannot register {name} at port {base:#x}"))
-}
-
-/// QEMU's `pc-testdev`: its register and interrupt-line ports, its interrupt lines wired to the
-/// GSIs of the same number, and its scratch memory.
-fn register_testdev<V>(
-    io_bus: &IoBus,
-    mmio_bus: &MmioBus,
-    vm: &Arc<V>,
-    recording: Option<&Recording>,
-) -> Result<()>
-where
-    V: SharedVm,
-{
-    let mut testdev = PcTestDev::new();
-    for line in 0..IRQ_LINE_COUNT {
-        let gsi = u32::from(line);
-        let irq = recording::line(IrqLine::new(vm.clone(), gsi), gsi, recording);
-        testdev = testdev.with_irq_line(line, irq)?;
-    }
-    let testdev = Arc::new(testdev);
-    for (ports, name) in [(REGISTER_PORTS, "testdev"), (IRQ_LINE_PORTS, "testdev-irq")] {
-        let len = ports.end - ports.start;
-        register(io_bus, ports.start, len, name, testdev.clone())?;
-    }
-    mmio_bus
-        .register_named(
-            IOMEM_BASE..IOMEM_BASE + IOMEM_SIZE,
-            "testdev-iomem",
-            testdev,
-        )
-        .with_context(|| format!("cannot register testdev-iomem at {IOMEM_BASE:#x}"))
-}
-
 /// COM1, and the buffer its output goes through to stdout or a file (drained by the serial
 /// output thread, so a host that does not read never blocks the vCPU writing to the UART).
-fn serial_device<V>(
-    config: &SerialConfig,
-    vm: &Arc<V>,
-    recording: Option<&Recording>,
-) -> Result<Com1>
-where
-    V: SharedVm,
-{
+fn serial_device(config: &SerialConfig, wiring: &dyn Wiring) -> Result<Com1> {
     let (sink, limit): (Box<dyn Write + Send>, _) = match config {
         SerialConfig::Off => return Ok((None, None)),
         // An unbuffered handle: guest output appears as the guest writes it.
@@ -726,16 +675,18 @@ where
             *limit,
         ),
         SerialConfig::Null => {
-            let irq = recording::line(IrqLine::new(vm.clone(), COM1_IRQ), COM1_IRQ, recording);
             let output: Box<dyn Write + Send> = Box::new(io::sink());
-            return Ok((Some(Arc::new(SerialDevice::new(irq, output))), None));
+            let com1 = SerialDevice::new(wiring.line(COM1_IRQ), output);
+            return Ok((Some(Arc::new(com1)), None));
         }
     };
     let (output, drain) = serial_output::channel(sink, serial_output::BUFFER_SIZE, limit);
-    let irq = recording::line(IrqLine::new(vm.clone(), COM1_IRQ), COM1_IRQ, recording);
     let uart_output: Box<dyn Write + Send> = Box::new(output.clone());
     Ok((
-        Some(Arc::new(SerialDevice::new(irq, uart_output))),
+        Some(Arc::new(SerialDevice::new(
+            wiring.line(COM1_IRQ),
+            uart_output,
+        ))),
         Some((output, drain)),
     ))
 }

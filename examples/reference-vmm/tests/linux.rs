@@ -140,6 +140,28 @@ fn check_linux_recording(checks: &mut Checks, path: &std::path::Path, run: &VmmR
         run.stderr.contains("recorded ") && run.stderr.contains("linux.vmrec"),
         || "the VMM's summary line of the recording".into(),
     );
+
+    // The recording replays against the VMM's devices built anew, without /dev/kvm; the exits
+    // of the two vCPUs in sequence order.
+    let started = std::time::Instant::now();
+    let replayed = std::process::Command::new(env!("CARGO_BIN_EXE_reference-vmm"))
+        .arg("--replay")
+        .arg(path)
+        .output()
+        .map(|out| {
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        });
+    eprintln!(
+        "the Linux boot's replay took {:?}: {replayed:?}",
+        started.elapsed()
+    );
+    checks.check(
+        matches!(&replayed, Ok((Some(0), stderr)) if stderr.contains(" exits replayed, every answer as recorded")),
+        || format!("the recording replays as recorded ({replayed:?})"),
+    );
 }
 
 #[test]

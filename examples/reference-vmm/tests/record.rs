@@ -1,6 +1,6 @@
 //! `--record-exits`: the project's guests recorded by the reference VMM under KVM (with seccomp
 //! on, the default), the recordings read back with vmkit-exits' reader and checked; and the
-//! committed recordings of those guests (`guests/recordings/`), which a replay reads without
+//! committed recordings of those guests (`guests/recordings/`), which `--replay` replays without
 //! `/dev/kvm`.
 //!
 //! `VMKIT_UPDATE_RECORDINGS=1 cargo test -p reference-vmm --test record` rewrites the committed
@@ -27,8 +27,30 @@ const VMM: &str = env!("CARGO_BIN_EXE_reference-vmm");
 const OUT_DIR: &str = env!("OUT_DIR");
 /// The largest recording of a project guest that may be committed.
 const MAX_COMMITTED: u64 = 1 << 20;
-/// The project's guests, each recorded by [`guest_run`].
-const GUESTS: [&str; 6] = ["hello", "exits", "assist", "paging", "blk", "hostile"];
+/// The project's guests, each recorded by [`guest_run`]; `hello-poweroff` is the hello guest
+/// powering off through the ACPI registers (the seeds of the `acpi_pm` fuzz target come from it).
+const GUESTS: [&str; 7] = [
+    "hello",
+    "hello-poweroff",
+    "exits",
+    "assist",
+    "paging",
+    "blk",
+    "hostile",
+];
+
+/// The guest a recording's name names (`hello` for `hello-poweroff`).
+fn guest(name: &str) -> &str {
+    name.split('-').next().unwrap_or(name)
+}
+
+/// How the guest of `name` ends the VM when it exits with `status`.
+fn stop(name: &str, status: i32) -> ExitAction {
+    match name {
+        "hello-poweroff" => ExitAction::Stop(StopReason::PowerOff),
+        _ => ExitAction::Stop(StopReason::GuestExit(status as u32)),
+    }
+}
 
 /// COM1's data port and the debug-exit port.
 const COM1: u16 = 0x3f8;
@@ -74,6 +96,12 @@ fn guest_run(name: &str, scratch: &Scratch) -> Vec<String> {
     };
     let args: Vec<String> = match name {
         "hello" => vec!["--builtin".into(), "hello".into()],
+        "hello-poweroff" => vec![
+            "--builtin".into(),
+            "hello".into(),
+            "--cmdline".into(),
+            "hello.end=acpi-poweroff".into(),
+        ],
         "exits" => vec!["--builtin".into(), "exits".into(), "--testdev".into()],
         "assist" => vec!["--builtin".into(), "assist".into()],
         "paging" => vec!["--kernel".into(), elf],
@@ -238,11 +266,7 @@ fn every_project_guest_records_under_a_mebibyte() {
         assert!(status == 0 || name == "assist", "{name}: {}", out.stderr);
         let records = read(&path);
         let exits = check(&records);
-        assert_eq!(
-            exits.last().unwrap().2,
-            ExitAction::Stop(StopReason::GuestExit(status as u32)),
-            "{name}"
-        );
+        assert_eq!(exits.last().unwrap().2, stop(name, status), "{name}");
         // Interrupts and MSIs raised during an exit are attributed to it: the hostile guest's
         // serial attack raises COM1's line, its disks answer by MSI-X.
         let signals = records
@@ -267,7 +291,7 @@ fn every_project_guest_records_under_a_mebibyte() {
             "{name}: no interrupt recorded"
         );
         assert!(
-            com1_output(&exits).starts_with(format!("vmkit {name}: ").as_bytes()),
+            com1_output(&exits).starts_with(format!("vmkit {}: ", guest(name)).as_bytes()),
             "{name}"
         );
         let size = fs::metadata(&path).unwrap().len();
@@ -424,7 +448,7 @@ fn the_committed_recordings_read_back() {
         let records = read(&path);
         let exits = check(&records);
         assert!(
-            com1_output(&exits).starts_with(format!("vmkit {name}: ").as_bytes()),
+            com1_output(&exits).starts_with(format!("vmkit {}: ", guest(name)).as_bytes()),
             "{name}"
         );
         let text = String::from_utf8_lossy(&bytes);
@@ -438,4 +462,33 @@ fn the_committed_recordings_read_back() {
             }
         }
     }
+}
+
+/// `--replay` on a committed recording: no `/dev/kvm`, one line, status 0; and the flags that
+/// make no sense with it are refused.
+#[test]
+fn a_committed_recording_replays_through_the_command_line() {
+    let path = committed("exits");
+    let out = Command::new(VMM)
+        .arg("--replay")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "reference-vmm: replayed {}: 685 exits replayed, every answer as recorded;",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    let out = Command::new(VMM)
+        .args(["--builtin", "hello", "--replay"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
 }

@@ -339,6 +339,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
+    use vmkit_fuzzing::{Recording, Space, ops_for_region};
+
     use super::*;
     use crate::seed_files;
 
@@ -351,9 +353,57 @@ mod tests {
         }
     }
 
+    /// The seeds taken from a committed recording of a project guest: the hello guest powering
+    /// off through the ACPI tables (`guests/recordings/hello-poweroff.vmrec`), its accesses to
+    /// the registers as operations through the bus.
+    fn recorded_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../guests/recordings/hello-poweroff.vmrec");
+        let recording = Recording::read(std::fs::File::open(path).unwrap()).unwrap();
+        let ops = ops_for_region(
+            &recording,
+            Space::Pio,
+            ACPI_PM_PORT.into(),
+            ACPI_PM_PORT_LEN.into(),
+            0,
+        );
+        vec![("recorded_hello_poweroff", encode(&ops))]
+    }
+
+    /// Every seed: the written ones and the recorded ones.
+    fn all_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let mut seeds = seeds();
+        seeds.extend(recorded_seeds());
+        seeds
+    }
+
+    #[test]
+    fn the_recorded_seed_is_what_the_guest_wrote() {
+        let (_, bytes) = recorded_seeds().pop().unwrap();
+        let ops = vmkit_fuzzing::decode(&bytes);
+        // Clear WAK_STS, then sleep in S5: as Linux powers off.
+        let s5 = sleep_control_value(S5_SLEEP_TYPE);
+        assert_eq!(
+            ops,
+            [
+                Op::Access(Access::write_at(
+                    0,
+                    Offset::FromStart(SLEEP_STATUS_OFFSET),
+                    &[WAK_STS]
+                )),
+                Op::Access(Access::write_at(
+                    0,
+                    Offset::FromStart(SLEEP_CONTROL_OFFSET),
+                    &[s5]
+                )),
+            ]
+        );
+        run(&bytes);
+    }
+
     #[test]
     fn committed_seeds_replay() {
-        seed_files::replay("acpi_pm", &seeds(), true, run);
+        seed_files::replay("acpi_pm", &all_seeds(), true, run);
     }
 
     #[test]
@@ -397,6 +447,6 @@ mod tests {
     #[test]
     #[ignore]
     fn write_seeds() {
-        seed_files::write("acpi_pm", &seeds());
+        seed_files::write("acpi_pm", &all_seeds());
     }
 }
