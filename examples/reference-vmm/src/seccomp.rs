@@ -505,6 +505,11 @@ fn stdin_thread(list: &mut AllowList) {
         "the UART's receive interrupt (vmkit-vcpu's IrqLine)",
     );
     sleeps(list, "waiting while the UART's receive FIFO is full");
+    closes(
+        list,
+        "dropping the UART (its interrupt line's descriptor) when the VM ended first and this \
+         thread held the last reference",
+    );
 }
 
 /// The signal thread: waits on signal-hook's self-pipe and forwards the signals; a second one
