@@ -7,12 +7,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use vmkit_exits::{
-    BusAddress, BusRange, DeviceAction, IoBus, MmioAddress, MmioBus, MmioDevice, PioAddress,
-    PioDevice, is_valid_access_size,
+    BusAddress, BusRange, DeviceAction, IoBus, MmioAddress, MmioBus, MmioDevice, PciDevice,
+    PioAddress, PioDevice, is_valid_access_size,
 };
 
 use crate::lines::{Line, Lines};
 use crate::ops::{AccessRef, Offset, Op, Step, steps};
+use crate::pci::{self, Function};
 
 /// The address space a region lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,18 +22,33 @@ pub enum Space {
     Pio,
     /// Memory-mapped I/O (64-bit guest-physical addresses).
     Mmio,
+    /// The configuration space of a PCI function ([`Setup::pci`]): offsets 0 to 0xFF.
+    PciConfig,
+    /// The BAR with this register index (0 to 5) of a PCI function ([`Setup::pci`]): wherever
+    /// the function presents it now, if it presents one.
+    PciBar(u8),
 }
 
 impl Space {
     fn last(self) -> u64 {
         match self {
             Space::Pio => u64::from(u16::MAX),
-            Space::Mmio => u64::MAX,
+            Space::Mmio | Space::PciBar(_) => u64::MAX,
+            Space::PciConfig => pci::CONFIG_SIZE - 1,
         }
+    }
+
+    fn is_pci(self) -> bool {
+        matches!(self, Space::PciConfig | Space::PciBar(_))
     }
 }
 
 /// A range the fixture registered: the target of the accesses that name it.
+///
+/// The regions of a PCI function ([`Setup::pci`]) are its configuration space (base 0, 256
+/// bytes) and one per BAR register, whose base and length are where the BAR was and its size
+/// when the function was registered (0 and 0 for a register without a BAR): the harness aims
+/// accesses at where the BAR is when they happen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Region {
     /// The fixture's name for it (in failure messages).
@@ -41,7 +57,7 @@ pub struct Region {
     pub space: Space,
     /// Its first address.
     pub base: u64,
-    /// Its length in bytes (at least 1).
+    /// Its length in bytes (at least 1, but for a PCI BAR register without a BAR).
     pub len: u64,
 }
 
@@ -49,10 +65,11 @@ pub struct Region {
 /// interrupt lines whose every call the harness counts.
 #[derive(Default)]
 pub struct Setup {
-    pio: IoBus,
-    mmio: MmioBus,
+    pio: Arc<IoBus>,
+    mmio: Arc<MmioBus>,
     regions: Vec<Region>,
     handlers: Vec<Handler>,
+    functions: Vec<Function>,
     lines: Lines,
 }
 
@@ -60,6 +77,7 @@ impl fmt::Debug for Setup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Setup")
             .field("regions", &self.regions)
+            .field("functions", &self.functions.len())
             .field("lines", &self.lines.len())
             .finish_non_exhaustive()
     }
@@ -69,6 +87,10 @@ impl fmt::Debug for Setup {
 enum Handler {
     Pio(Arc<dyn PioDevice>),
     Mmio(Arc<dyn MmioDevice>),
+    /// The configuration space of function `n` (an index into `Setup::functions`).
+    PciConfig(usize),
+    /// BAR `index` of function `n`.
+    PciBar(usize, u8),
 }
 
 impl Setup {
@@ -114,19 +136,90 @@ impl Setup {
         self.add(region, Handler::Mmio(device));
     }
 
+    /// Names a range that a device registered on the buses itself (a PCI root registers its
+    /// configuration ports and ECAM window when it is made) as the access target `name`:
+    /// accesses reach it through the bus, and direct ones go to the device the bus routes
+    /// `base` to.
+    ///
+    /// # Panics
+    /// If no range of `space`'s bus starts at `base`, or `space` is not [`Space::Pio`] or
+    /// [`Space::Mmio`]: the fixture is wrong, not the device.
+    pub fn registered(&mut self, name: &'static str, space: Space, base: u64, len: u64) {
+        let handler = match space {
+            Space::Pio => PioAddress::from_u64(base)
+                .and_then(|port| self.pio.lookup(port, 1))
+                .filter(|route| route.base.to_u64() == base)
+                .map(|route| Handler::Pio(route.handler)),
+            Space::Mmio => self
+                .mmio
+                .lookup(MmioAddress(base), 1)
+                .filter(|route| route.base.0 == base)
+                .map(|route| Handler::Mmio(route.handler)),
+            Space::PciConfig | Space::PciBar(_) => None,
+        };
+        let Some(handler) = handler else {
+            panic!("fixture: no range of the {space:?} bus starts at {base:#x} for {name}");
+        };
+        let region = Region {
+            name,
+            space,
+            base,
+            len,
+        };
+        self.add(region, handler);
+    }
+
+    /// Registers the PCI function `device` as seven access targets named `name`: its
+    /// configuration space ([`Space::PciConfig`]), then its six BAR registers
+    /// ([`Space::PciBar`], in index order), as a root would reach them. Routed accesses
+    /// ([`Op::Access`]) are what a root passes on: configuration accesses of 1, 2 or 4 bytes
+    /// inside one dword, BAR accesses of 1, 2, 4 or 8 bytes inside a BAR that decodes, where
+    /// the function presents it now (the harness asks [`PciDevice::bars`] after every
+    /// configuration write); direct ones ([`Op::Direct`]) hand any size at any offset to
+    /// `config_read`/`config_write` (offsets wrap at 256) or to `bar_read`/`bar_write` of the
+    /// register index, BAR or not. After every step the harness checks what the PCI
+    /// specification asks of every function (see [`pci`](crate::pci)).
+    ///
+    /// # Panics
+    /// If the function breaks a rule of [`pci`](crate::pci) already when it is registered.
+    pub fn pci(&mut self, name: &'static str, device: Arc<dyn PciDevice>) {
+        let function = Function::new(name, device);
+        let bars = function.bars.get();
+        let n = self.functions.len();
+        self.functions.push(function);
+        let config = Region {
+            name,
+            space: Space::PciConfig,
+            base: 0,
+            len: pci::CONFIG_SIZE,
+        };
+        self.add(config, Handler::PciConfig(n));
+        for (index, bar) in (0u8..).zip(bars) {
+            let region = Region {
+                name,
+                space: Space::PciBar(index),
+                base: bar.map_or(0, |bar| bar.address),
+                len: bar.map_or(0, |bar| bar.size),
+            };
+            self.add(region, Handler::PciBar(n, index));
+        }
+    }
+
     /// An interrupt line for a device: it counts every call (each counts towards the
     /// per-access bound) and fails while the input says lines fail.
     pub fn interrupt(&mut self) -> Line {
         self.lines.add()
     }
 
-    /// The port bus, for a fixture whose devices move their own ranges (a PCI root).
-    pub fn io_bus(&self) -> &IoBus {
+    /// The port bus, for a fixture whose devices register or move their own ranges (a PCI
+    /// root; see [`registered`](Self::registered)).
+    pub fn io_bus(&self) -> &Arc<IoBus> {
         &self.pio
     }
 
-    /// The MMIO bus, for a fixture whose devices move their own ranges (a PCI root).
-    pub fn mmio_bus(&self) -> &MmioBus {
+    /// The MMIO bus, for a fixture whose devices register or move their own ranges (a PCI
+    /// root; see [`registered`](Self::registered)).
+    pub fn mmio_bus(&self) -> &Arc<MmioBus> {
         &self.mmio
     }
 
@@ -161,6 +254,9 @@ impl Setup {
             // Region bases and relative offsets of the port space fit 16 bits.
             Handler::Pio(device) => device.pio_read(PioAddress(base as u16), offset as u16, data),
             Handler::Mmio(device) => device.mmio_read(MmioAddress(base), offset, data),
+            // Configuration offsets were truncated to the space's width, a byte.
+            Handler::PciConfig(n) => self.functions[*n].device.config_read(offset as u8, data),
+            Handler::PciBar(n, bar) => self.functions[*n].device.bar_read(*bar, offset, data),
         }
     }
 
@@ -170,20 +266,93 @@ impl Setup {
         match &self.handlers[index] {
             Handler::Pio(device) => device.pio_write(PioAddress(base as u16), offset as u16, data),
             Handler::Mmio(device) => device.mmio_write(MmioAddress(base), offset, data),
+            Handler::PciConfig(n) => {
+                self.functions[*n].config_write(offset as u8, data);
+                DeviceAction::Resume
+            }
+            Handler::PciBar(n, bar) => self.functions[*n].device.bar_write(*bar, offset, data),
         }
     }
 
-    fn read(&self, space: Space, addr: u64, data: &mut [u8]) -> bool {
-        match space {
-            Space::Pio => PioAddress::from_u64(addr).is_some_and(|port| self.pio.read(port, data)),
-            Space::Mmio => self.mmio.read(MmioAddress(addr), data),
+    /// The length of region `index` now: a PCI BAR's size where the function presents it now
+    /// (0 without one).
+    fn len_now(&self, index: usize) -> u64 {
+        match self.handlers[index] {
+            Handler::PciBar(n, bar) => self.functions[n].bar(bar).map_or(0, |bar| bar.size),
+            _ => self.regions[index].len,
         }
     }
 
-    fn write(&self, space: Space, addr: u64, data: &[u8]) -> Option<DeviceAction> {
-        match space {
-            Space::Pio => self.pio.write(PioAddress::from_u64(addr)?, data),
-            Space::Mmio => self.mmio.write(MmioAddress(addr), data),
+    /// Where a routed access of `size` bytes at `offset` of PCI region `index` goes: the
+    /// configuration offset, or the guest address inside the BAR where it is now, and the
+    /// offset into the region; `None` where a root would not pass it on.
+    fn route_pci(&self, index: usize, offset: Offset, size: usize) -> Option<(u64, u64)> {
+        match self.handlers[index] {
+            Handler::PciConfig(_) => {
+                let at = offset.address(0, pci::CONFIG_SIZE, pci::CONFIG_SIZE - 1)?;
+                pci::config_routable(at, size).then_some((at, at))
+            }
+            Handler::PciBar(n, bar) => {
+                let present = self.functions[n].bar(bar)?;
+                let addr = offset.address(present.address, present.size, u64::MAX)?;
+                Some((addr, pci::bar_offset(Some(present), addr, size)?))
+            }
+            _ => None,
+        }
+    }
+
+    /// A routed read at `addr` (for a PCI region, as [`route_pci`](Self::route_pci) found it)
+    /// of region `index`'s space: whether a device claimed it.
+    fn read(&self, index: usize, addr: u64, data: &mut [u8]) -> bool {
+        match self.handlers[index] {
+            Handler::PciConfig(n) => {
+                let routed = pci::config_routable(addr, data.len());
+                if routed {
+                    self.functions[n].device.config_read(addr as u8, data);
+                }
+                routed
+            }
+            Handler::PciBar(n, bar) => {
+                let function = &self.functions[n];
+                let offset = pci::bar_offset(function.bar(bar), addr, data.len());
+                offset.inspect(|&offset| function.device.bar_read(bar, offset, data));
+                offset.is_some()
+            }
+            _ => match self.regions[index].space {
+                Space::Pio => {
+                    PioAddress::from_u64(addr).is_some_and(|port| self.pio.read(port, data))
+                }
+                _ => self.mmio.read(MmioAddress(addr), data),
+            },
+        }
+    }
+
+    /// A routed write, as [`read`](Self::read): the device's answer, if one claimed it.
+    fn write(&self, index: usize, addr: u64, data: &[u8]) -> Option<DeviceAction> {
+        match self.handlers[index] {
+            Handler::PciConfig(n) => {
+                let routed = pci::config_routable(addr, data.len());
+                routed.then(|| {
+                    self.functions[n].config_write(addr as u8, data);
+                    DeviceAction::Resume
+                })
+            }
+            Handler::PciBar(n, bar) => {
+                let function = &self.functions[n];
+                let offset = pci::bar_offset(function.bar(bar), addr, data.len())?;
+                Some(function.device.bar_write(bar, offset, data))
+            }
+            _ => match self.regions[index].space {
+                Space::Pio => self.pio.write(PioAddress::from_u64(addr)?, data),
+                _ => self.mmio.write(MmioAddress(addr), data),
+            },
+        }
+    }
+
+    /// Checks every PCI function after step `step`.
+    fn check_functions(&self, step: usize) {
+        for function in &self.functions {
+            function.check(Some(step));
         }
     }
 }
@@ -347,6 +516,10 @@ impl<D> Instance<D> {
 /// - one access costs at most [`Fixture::max_line_calls_per_access`] interrupt-line calls;
 /// - with a [`Model`], every claimed access and every operation of the fixture's own answers
 ///   what the model says;
+/// - for every PCI function ([`Setup::pci`]): both instances present the same BARs, and the
+///   function keeps what the PCI specification asks of every function (identity registers,
+///   well-formed BARs that the BAR registers and the sizing protocol agree with; see
+///   [`pci`](crate::pci));
 /// - the fixture's own [`check_access`](Fixture::check_access) of every claimed access, and
 ///   its [`check`](Fixture::check) after every step.
 ///
@@ -443,12 +616,25 @@ impl<F: Fixture> DeviceFuzzer<F> {
                 continue;
             }
             fresh = matches!(op, Step::Reset);
+            for instance in &instances {
+                instance.setup.check_functions(step);
+                // Line calls of the checks' own accesses count towards no guest access.
+                instance.calls.set(instance.setup.line_calls());
+            }
             if let [a, b] = &instances[..] {
                 assert_eq!(
                     a.calls.get(),
                     b.calls.get(),
                     "step {step}: the instances made different interrupt-line calls"
                 );
+                for (fa, fb) in a.setup.functions.iter().zip(&b.setup.functions) {
+                    assert_eq!(
+                        fa.bars.get(),
+                        fb.bars.get(),
+                        "step {step}: PCI function {}: the instances present different BARs",
+                        fa.name
+                    );
+                }
             }
             for instance in &instances {
                 self.fixture.check(&instance.devices, &model);
@@ -517,9 +703,17 @@ impl<F: Fixture> DeviceFuzzer<F> {
         let size = access.size();
         // Where the access goes, and the (region, offset) the model answers for: a direct
         // access always reaches its region; a routed one only a region that holds it whole.
+        let setup = &instances[0].setup;
         let (addr, target) = if direct {
-            let offset = access.offset.relative(region.len, region.space.last());
+            let offset = access
+                .offset
+                .relative(setup.len_now(index), region.space.last());
             (offset, Some((index, offset)))
+        } else if region.space.is_pci() {
+            let Some((addr, offset)) = setup.route_pci(index, access.offset, size) else {
+                return false;
+            };
+            (addr, Some((index, offset)))
         } else {
             let Some(addr) = access
                 .offset
@@ -607,7 +801,7 @@ impl<F: Fixture> DeviceFuzzer<F> {
             *answer = if at.direct {
                 Some(i.setup.write_direct(at.index, at.addr, data))
             } else {
-                i.setup.write(at.region.space, at.addr, data)
+                i.setup.write(at.index, at.addr, data)
             };
         }
         if instances.len() == 2 && answers[0] != answers[1] {
@@ -702,7 +896,7 @@ impl At<'_> {
             setup.read_direct(self.index, self.addr, data);
             true
         } else {
-            setup.read(self.region.space, self.addr, data)
+            setup.read(self.index, self.addr, data)
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod harness;
 pub mod lines;
 pub mod ops;
+pub mod pci;
 pub mod replay;
 pub mod seeds;
 
@@ -18,5 +19,7 @@ pub use arbitrary;
 /// vmkit-exits, whose device traits, buses and triggers the harness drives.
 pub use vmkit_exits;
 
+#[cfg(test)]
+mod pci_tests;
 #[cfg(test)]
 mod tests;
