@@ -91,6 +91,8 @@ enum Handler {
     PciConfig(usize),
     /// BAR `index` of function `n`.
     PciBar(usize, u8),
+    /// A range a device moves on the bus of the region's space: where it is now.
+    Moving(Box<dyn Fn() -> Option<u64>>),
 }
 
 impl Setup {
@@ -167,6 +169,33 @@ impl Setup {
             len,
         };
         self.add(region, handler);
+    }
+
+    /// Names a range that a device places and moves on the buses itself (a BAR that a PCI root
+    /// places where the guest programs it) as the access target `name`, `len` bytes long:
+    /// `locate` says where it is now (`None` while it is nowhere), and accesses aim at that
+    /// place when they happen; direct ones go to the device the bus routes it to there.
+    ///
+    /// # Panics
+    /// If `space` is not [`Space::Pio`] or [`Space::Mmio`]: the fixture is wrong.
+    pub fn moving(
+        &mut self,
+        name: &'static str,
+        space: Space,
+        len: u64,
+        locate: impl Fn() -> Option<u64> + 'static,
+    ) {
+        assert!(
+            matches!(space, Space::Pio | Space::Mmio),
+            "fixture: {name} moves in {space:?}"
+        );
+        let region = Region {
+            name,
+            space,
+            base: locate().unwrap_or(0),
+            len,
+        };
+        self.add(region, Handler::Moving(Box::new(locate)));
     }
 
     /// Registers the PCI function `device` as seven access targets named `name`: its
@@ -247,6 +276,15 @@ impl Setup {
         self.lines.set_failing(failing);
     }
 
+    /// Where region `index` starts now: a moving region where it is (`None` while it is
+    /// nowhere), any other where it was registered.
+    fn base_now(&self, index: usize) -> Option<u64> {
+        match &self.handlers[index] {
+            Handler::Moving(locate) => locate(),
+            _ => Some(self.regions[index].base),
+        }
+    }
+
     /// A read handed to region `index`'s device at `offset`, without a bus.
     fn read_direct(&self, index: usize, offset: u64, data: &mut [u8]) {
         let base = self.regions[index].base;
@@ -257,6 +295,24 @@ impl Setup {
             // Configuration offsets were truncated to the space's width, a byte.
             Handler::PciConfig(n) => self.functions[*n].device.config_read(offset as u8, data),
             Handler::PciBar(n, bar) => self.functions[*n].device.bar_read(*bar, offset, data),
+            Handler::Moving(locate) => {
+                // The harness hands a moving region direct accesses only while it is placed.
+                let base = locate().unwrap_or(0);
+                match self.regions[index].space {
+                    Space::Pio => {
+                        let port = PioAddress(base as u16);
+                        if let Some(route) = self.pio.lookup(port, 1) {
+                            route.handler.pio_read(port, offset as u16, data);
+                        }
+                    }
+                    _ => {
+                        let addr = MmioAddress(base);
+                        if let Some(route) = self.mmio.lookup(addr, 1) {
+                            route.handler.mmio_read(addr, offset, data);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -271,6 +327,22 @@ impl Setup {
                 DeviceAction::Resume
             }
             Handler::PciBar(n, bar) => self.functions[*n].device.bar_write(*bar, offset, data),
+            Handler::Moving(locate) => {
+                let base = locate().unwrap_or(0);
+                let action = match self.regions[index].space {
+                    Space::Pio => {
+                        let port = PioAddress(base as u16);
+                        let route = self.pio.lookup(port, 1);
+                        route.map(|route| route.handler.pio_write(port, offset as u16, data))
+                    }
+                    _ => {
+                        let addr = MmioAddress(base);
+                        let route = self.mmio.lookup(addr, 1);
+                        route.map(|route| route.handler.mmio_write(addr, offset, data))
+                    }
+                };
+                action.unwrap_or(DeviceAction::Resume)
+            }
         }
     }
 
@@ -705,6 +777,10 @@ impl<F: Fixture> DeviceFuzzer<F> {
         // access always reaches its region; a routed one only a region that holds it whole.
         let setup = &instances[0].setup;
         let (addr, target) = if direct {
+            if setup.base_now(index).is_none() {
+                // A moving region that is nowhere: no device to hand the access to.
+                return false;
+            }
             let offset = access
                 .offset
                 .relative(setup.len_now(index), region.space.last());
@@ -715,22 +791,26 @@ impl<F: Fixture> DeviceFuzzer<F> {
             };
             (addr, Some((index, offset)))
         } else {
-            let Some(addr) = access
-                .offset
-                .address(region.base, region.len, region.space.last())
+            let Some(addr) = setup
+                .base_now(index)
+                .and_then(|base| access.offset.address(base, region.len, region.space.last()))
             else {
                 return false;
             };
             if !is_valid_access_size(size) {
                 return false;
             }
-            let target = regions.iter().position(|r| {
-                let last = addr.checked_add(size as u64 - 1);
-                r.space == region.space
-                    && addr >= r.base
-                    && last.is_some_and(|last| last - r.base < r.len)
+            let last = addr.checked_add(size as u64 - 1);
+            let target = (0..regions.len()).find_map(|i| {
+                let r = &regions[i];
+                if r.space != region.space {
+                    return None;
+                }
+                let base = setup.base_now(i)?;
+                let holds = addr >= base && last.is_some_and(|last| last - base < r.len);
+                holds.then(|| (i, addr - base))
             });
-            (addr, target.map(|i| (i, addr - regions[i].base)))
+            (addr, target)
         };
         let at = At {
             step,

@@ -182,8 +182,11 @@ impl MutPciDevice for Tiny {
     }
 }
 
+/// The claimed accesses: region, offset, whether a read.
+type Log = Arc<Mutex<Vec<(usize, u64, bool)>>>;
+
 /// One `Tiny` with a flaw; with a log, every claimed access.
-struct TinyFixture(Flaw, Option<Arc<Mutex<Vec<(usize, u64, bool)>>>>);
+struct TinyFixture(Flaw, Option<Log>);
 
 impl Fixture for TinyFixture {
     type Devices = ();

@@ -665,3 +665,107 @@ fn steps_that_reach_no_device_are_not_checked_and_leave_the_machine_fresh() {
     // The read, two resets (on both instances) and the failing lines.
     assert_eq!(checks.load(Ordering::Relaxed), 8);
 }
+
+/// A port register that registered itself on the bus, and an MMIO register that the fixture's
+/// own operation moves (or takes off the bus): the regions a PCI root's ranges and BARs are.
+struct SelfPlaced(Arc<Mutex<Vec<String>>>);
+
+/// Where the moving register is (`None`: nowhere), shared with its `locate`.
+type Place = Arc<Mutex<Option<u64>>>;
+
+impl Fixture for SelfPlaced {
+    type Devices = (Arc<vmkit_exits::MmioBus>, Place);
+    type Model = NoModel;
+
+    fn build(&self, setup: &mut Setup) -> Self::Devices {
+        let register = |setup: &mut Setup| {
+            Arc::new(Register {
+                value: Mutex::new(0),
+                irq: setup.interrupt(),
+                flaw: Flaw::None,
+            })
+        };
+        let port = register(setup);
+        setup.io_bus().register(0x80..0x88, port).unwrap();
+        setup.registered("port", crate::Space::Pio, 0x80, 8);
+        let moving = register(setup);
+        setup.mmio_bus().register(0x1000..0x1008, moving).unwrap();
+        let place = Arc::new(Mutex::new(Some(0x1000)));
+        let locate = place.clone();
+        setup.moving("moving", crate::Space::Mmio, 8, move || {
+            *locate.lock().unwrap()
+        });
+        (setup.mmio_bus().clone(), place)
+    }
+
+    fn model(&self) -> NoModel {
+        NoModel
+    }
+
+    /// Moves the register to `data[0]` pages, or off the bus for 0.
+    fn user_op(&self, (bus, place): &Self::Devices, _tag: u8, data: &[u8]) -> u64 {
+        let mut place = place.lock().unwrap();
+        let to = data.first().map_or(0, |&page| u64::from(page) << 12);
+        let handler = place.and_then(|at| bus.unregister(MmioAddress(at)).ok());
+        *place = None;
+        if let (Some(handler), true) = (handler, to != 0) {
+            bus.register(to..to + 8, handler).unwrap();
+            *place = Some(to);
+        }
+        0
+    }
+
+    fn check_access(&self, _model: &NoModel, access: &Claimed<'_>) {
+        let kind = if access.direct { "direct" } else { "routed" };
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{kind} {} {:#x}", access.region, access.offset));
+    }
+}
+
+#[test]
+fn ranges_a_device_places_itself_are_reached_where_they_are_now() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let moved = |page: u8| Op::User {
+        tag: 0,
+        data: vec![page],
+    };
+    let ops = [
+        Op::Access(Access::read_at(0, Offset::FromStart(4), 4)),
+        Op::Direct(Access::read_at(0, Offset::FromStart(9), 1)),
+        Op::Access(Access::write_at(1, Offset::FromStart(2), &[1, 2])),
+        moved(5),
+        Op::Access(Access::read_at(1, Offset::FromStart(2), 2)),
+        Op::Access(Access::read_at(1, Offset::BeforeEnd(3), 4)),
+        Op::Direct(Access::read_at(1, Offset::BeforeEnd(0), 4)),
+        moved(0),
+        Op::Access(Access::read_at(1, Offset::FromStart(2), 2)),
+        Op::Direct(Access::read_at(1, Offset::FromStart(2), 2)),
+    ];
+    DeviceFuzzer::new(SelfPlaced(log.clone())).run_ops(&ops);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "routed 0 0x4",
+            "direct 0 0x9",
+            "routed 1 0x2",
+            "routed 1 0x2",
+            "routed 1 0x4",
+            "direct 1 0x7",
+        ]
+    );
+    let message = catch_unwind(AssertUnwindSafe(|| {
+        let mut setup = Setup::default();
+        setup.registered("nothing", crate::Space::Mmio, 0x2000, 8);
+    }))
+    .unwrap_err();
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("no range of the Mmio bus starts at 0x2000"),
+        "{message}"
+    );
+}
