@@ -8,7 +8,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vmkit_exits::{CountingTrigger, InterruptTrigger};
+use vmkit_exits::{CountingTrigger, InterruptTrigger, MsiTrigger};
 
 /// How many lines one allocation holds.
 const BANK_LINES: usize = 32;
@@ -58,6 +58,14 @@ impl InterruptTrigger for Line {
     fn deassert(&self) -> io::Result<()> {
         self.bank.calls.fetch_add(1, Ordering::Relaxed);
         self.bank.lines[self.index].deassert()
+    }
+}
+
+/// A line is also where a device's MSI/MSI-X messages can go: each message is one call and
+/// one edge on the line (fails while the line fails), whatever its address and data.
+impl MsiTrigger for Line {
+    fn send(&self, _address: u64, _data: u32) -> io::Result<()> {
+        self.trigger()
     }
 }
 
@@ -147,5 +155,7 @@ mod tests {
         handed[5].assert().unwrap();
         assert!(handed[5].is_asserted());
         assert!(format!("{:?}", handed[5]).starts_with("Line(CountingTrigger"));
+        handed[2].send(0xFEE0_0000, 0x41).unwrap();
+        assert_eq!((handed[2].edges(), lines.calls()), (1, 7));
     }
 }

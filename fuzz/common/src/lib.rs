@@ -16,6 +16,7 @@ pub mod paging;
 pub mod paging_shadow;
 pub mod patched_image;
 pub mod pci_config;
+pub mod pci_function;
 pub mod pvh;
 pub mod record;
 #[cfg(test)]
