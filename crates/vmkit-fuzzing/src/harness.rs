@@ -582,6 +582,7 @@ impl<D> Instance<D> {
 /// - a read that a region claims fills every byte of the access: without a model, the same on
 ///   both instances (one reads into a buffer of 0x00, the other of 0xFF); with one, into a
 ///   buffer holding the complement of the model's answer;
+/// - a routed access that a region holds whole is claimed (a device's range stays on its bus);
 /// - both instances claim the same accesses, give the same write answers ([`DeviceAction`])
 ///   and the same answers to the fixture's own operations, and make the same number of
 ///   interrupt-line calls;
@@ -887,6 +888,10 @@ impl<F: Fixture> DeviceFuzzer<F> {
         if instances.len() == 2 && answers[0] != answers[1] {
             violation(at, "the instances disagree", &answers[0], &answers[1]);
         }
+        if answers[0].is_none() && target.is_some() {
+            // A region holds the access whole: its device's range is gone.
+            violation(at, "no device claimed it", &false, &true);
+        }
         if let (Some(action), Some((index, offset))) = (answers[0], target) {
             let expected = model.write(index, offset, data);
             if F::Model::COMPARES && action != expected {
@@ -919,6 +924,10 @@ impl<F: Fixture> DeviceFuzzer<F> {
                 violation(at, "claimed by one instance only", &claimed[0], &claimed[1]);
             }
             if !claimed[0] {
+                if target.is_some() {
+                    // A region holds the access whole: its device's range is gone.
+                    violation(at, "no device claimed it", &claimed[0], &true);
+                }
                 return None;
             }
             if zeroes[..size] != ones[..size] {

@@ -674,7 +674,7 @@ struct SelfPlaced(Arc<Mutex<Vec<String>>>);
 type Place = Arc<Mutex<Option<u64>>>;
 
 impl Fixture for SelfPlaced {
-    type Devices = (Arc<vmkit_exits::MmioBus>, Place);
+    type Devices = (Arc<vmkit_exits::IoBus>, Arc<vmkit_exits::MmioBus>, Place);
     type Model = NoModel;
 
     fn build(&self, setup: &mut Setup) -> Self::Devices {
@@ -695,15 +695,20 @@ impl Fixture for SelfPlaced {
         setup.moving("moving", crate::Space::Mmio, 8, move || {
             *locate.lock().unwrap()
         });
-        (setup.mmio_bus().clone(), place)
+        (setup.io_bus().clone(), setup.mmio_bus().clone(), place)
     }
 
     fn model(&self) -> NoModel {
         NoModel
     }
 
-    /// Moves the register to `data[0]` pages, or off the bus for 0.
-    fn user_op(&self, (bus, place): &Self::Devices, _tag: u8, data: &[u8]) -> u64 {
+    /// Moves the register to `data[0]` pages, or off the bus for 0; tag 1 takes the port
+    /// register off its bus (a device losing its range: the harness's finding).
+    fn user_op(&self, (io, bus, place): &Self::Devices, tag: u8, data: &[u8]) -> u64 {
+        if tag == 1 {
+            let _ = io.unregister(PioAddress(0x80));
+            return 0;
+        }
         let mut place = place.lock().unwrap();
         let to = data.first().map_or(0, |&page| u64::from(page) << 12);
         let handler = place.and_then(|at| bus.unregister(MmioAddress(at)).ok());
@@ -755,6 +760,28 @@ fn ranges_a_device_places_itself_are_reached_where_they_are_now() {
             "direct 1 0x7",
         ]
     );
+    for lost in [
+        Op::Access(Access::read_at(0, Offset::FromStart(0), 1)),
+        Op::Access(Access::write_at(0, Offset::FromStart(0), &[1])),
+    ] {
+        let ops = [
+            Op::User {
+                tag: 1,
+                data: vec![],
+            },
+            lost,
+        ];
+        let message = catch_unwind(AssertUnwindSafe(|| {
+            DeviceFuzzer::new(SelfPlaced(log.clone())).run_ops(&ops);
+        }))
+        .unwrap_err();
+        let message = message
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(message.contains("step 1: "), "{message}");
+        assert!(message.contains("no device claimed it"), "{message}");
+    }
     let message = catch_unwind(AssertUnwindSafe(|| {
         let mut setup = Setup::default();
         setup.registered("nothing", crate::Space::Mmio, 0x2000, 8);

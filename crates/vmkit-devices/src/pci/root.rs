@@ -446,6 +446,14 @@ impl PciRoot {
             .unwrap_or_default()
     }
 
+    /// Where BAR `index` of device `number` is on a bus now (`None` when it is not placed):
+    /// [`placed_bars`](Self::placed_bars) for one BAR, without allocating.
+    pub fn placed_bar(&self, number: u8, index: u8) -> Option<BarMapping> {
+        let slots = lock(&self.slots);
+        let slot = slots.get(usize::from(number))?.as_ref()?;
+        slot.placed.get(usize::from(index)).copied().flatten()
+    }
+
     /// A configuration read of function `bus:device.function` at `offset` (0..=0xFFF). The
     /// access must stay inside one dword; a function that does not exist reads all ones, the
     /// extended space (0x100 and up) of one that does reads 0.

@@ -201,6 +201,12 @@ fn devices_get_slots_and_pre_assigned_bars() {
     assert_eq!(m.read32(1, 0x14), 0, "below 4 GiB");
     assert_eq!(m.root.placed_bars(1).len(), 2);
     assert!(m.root.placed_bars(9).is_empty());
+    let placed = m.root.placed_bars(1);
+    for mapping in &placed {
+        assert_eq!(m.root.placed_bar(1, mapping.index), Some(*mapping));
+    }
+    assert_eq!(m.root.placed_bar(9, 0), None);
+    assert_eq!(m.root.placed_bar(1, 200), None);
 
     // The BARs decode on the MMIO bus, with offsets from their bases.
     let mut data = [0u8; 4];
