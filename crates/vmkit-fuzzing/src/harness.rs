@@ -207,10 +207,10 @@ impl Setup {
     /// configuration write); direct ones ([`Op::Direct`]) hand any size at any offset to
     /// `config_read`/`config_write` (offsets wrap at 256) or to `bar_read`/`bar_write` of the
     /// register index, BAR or not. After every step the harness checks what the PCI
-    /// specification asks of every function (see [`pci`](crate::pci)).
+    /// specification asks of every function (see [`pci`]).
     ///
     /// # Panics
-    /// If the function breaks a rule of [`pci`](crate::pci) already when it is registered.
+    /// If the function breaks a rule of [`pci`] already when it is registered.
     pub fn pci(&mut self, name: &'static str, device: Arc<dyn PciDevice>) {
         let function = Function::new(name, device);
         let bars = function.bars.get();
@@ -592,7 +592,7 @@ impl<D> Instance<D> {
 /// - for every PCI function ([`Setup::pci`]): both instances present the same BARs, and the
 ///   function keeps what the PCI specification asks of every function (identity registers,
 ///   well-formed BARs that the BAR registers and the sizing protocol agree with; see
-///   [`pci`](crate::pci));
+///   [`pci`]);
 /// - the fixture's own [`check_access`](Fixture::check_access) of every claimed access, and
 ///   its [`check`](Fixture::check) after every step.
 ///
