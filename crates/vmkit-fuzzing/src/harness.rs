@@ -209,6 +209,11 @@ impl Setup {
     /// register index, BAR or not. After every step the harness checks what the PCI
     /// specification asks of every function (see [`pci`]).
     ///
+    /// The function is driven as it is, without a root: a function that a root also holds (a
+    /// PCI root that places its BARs on the buses) is fuzzed through the root's ranges instead
+    /// ([`registered`](Self::registered), [`moving`](Self::moving)), since writes handed to it
+    /// here would pass the root by.
+    ///
     /// # Panics
     /// If the function breaks a rule of [`pci`] already when it is registered.
     pub fn pci(&mut self, name: &'static str, device: Arc<dyn PciDevice>) {
