@@ -283,11 +283,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let wr = |v: u32| port_write(4, &v.to_le_bytes());
     let bar_read =
         |offset: u16, size: u8| Op::Access(Access::read_at(BAR0, Offset::FromStart(offset), size));
-    let mut scan = Vec::new();
-    for device in 0..32 {
-        scan.push(select(device, 0));
-        scan.push(rd.clone());
-    }
+    // Bus 0 scanned for vendor IDs, in four seeds of eight slots: every seed stays short (the
+    // longest seed sets libFuzzer's first length limit, and longer inputs run slower).
+    let scan = |devices: std::ops::Range<u8>| -> Vec<Op> {
+        devices.flat_map(|device| [select(device, 0), rd.clone()]).collect()
+    };
     let scenarios: Vec<(&'static str, Vec<Op>)> = vec![
         (
             "linux_type1_probe",
@@ -300,7 +300,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 address(0),
             ],
         ),
-        ("scan_bus0", scan),
+        ("scan_bus0_slots_0_7", scan(0..8)),
+        ("scan_bus0_slots_8_15", scan(8..16)),
+        ("scan_bus0_slots_16_23", scan(16..24)),
+        ("scan_bus0_slots_24_31", scan(24..32)),
         (
             "firmware_bar_sizing",
             vec![
@@ -403,9 +406,14 @@ mod tests {
         }
     }
 
+    /// The most bytes of one recorded seed: as long as the longest written seed, so that the
+    /// recording does not raise libFuzzer's first length limit (longer inputs run slower).
+    const RECORDED_SEED_BYTES: usize = 128;
+
     /// The blk guest's accesses to the configuration ports (no recording touches the ECAM
     /// window): its driver finding the function and setting it up through CONFIG_ADDRESS and
-    /// CONFIG_DATA.
+    /// CONFIG_DATA, in order, cut into seeds of at most [`RECORDED_SEED_BYTES`] that each start
+    /// at a CONFIG_ADDRESS write (each selects what its data accesses reach).
     fn recorded_seeds() -> Vec<(&'static str, Vec<u8>)> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../guests/recordings/blk.vmrec");
@@ -413,13 +421,42 @@ mod tests {
         let ports = CONFIG_IO_PORT.into();
         let ops = ops_for_region(&recording, Space::Pio, ports, PORTS_LEN, PORTS);
         assert!(!ops.is_empty() && ops.len() <= vmkit_fuzzing::ops::MAX_OPS);
-        vec![("recorded_blk", encode(&ops))]
+        let selects = |op: &Op| {
+            matches!(op, Op::Access(a) if a.region == PORTS
+                && a.offset == Offset::FromStart(0) && a.data.len() == 4)
+        };
+        // Runs of operations from one CONFIG_ADDRESS write to the next, packed into seeds.
+        let mut runs: Vec<Vec<Op>> = Vec::new();
+        for op in ops {
+            match runs.last_mut() {
+                Some(run) if !selects(&op) => run.push(op),
+                _ => runs.push(vec![op]),
+            }
+        }
+        let mut chunks: Vec<Vec<Op>> = Vec::new();
+        for run in runs {
+            match chunks.last_mut() {
+                Some(chunk) if encode(chunk).len() + encode(&run).len() <= RECORDED_SEED_BYTES => {
+                    chunk.extend(run)
+                }
+                _ => chunks.push(run),
+            }
+        }
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let bytes = encode(chunk);
+                assert!(bytes.len() <= RECORDED_SEED_BYTES, "a run of {chunk:?}");
+                let name: &'static str = format!("recorded_blk_{i:02}").leak();
+                (name, bytes)
+            })
+            .collect()
     }
 
     #[test]
-    fn the_recorded_seed_selects_the_function_and_reads_its_id() {
-        let (_, bytes) = recorded_seeds().pop().unwrap();
-        let ops = vmkit_fuzzing::decode(&bytes);
+    fn the_recorded_seeds_select_the_function_and_read_its_id() {
+        let ops = vmkit_fuzzing::decode(&recorded_seeds()[0].1);
         assert!(ops.contains(&select(SLOT, 0)), "{ops:?}");
         assert!(ops.contains(&port_read(4, 4)), "{ops:?}");
     }
@@ -448,7 +485,9 @@ mod tests {
 
     #[test]
     fn the_bar_seed_reaches_the_moved_bar() {
-        let ops = vmkit_fuzzing::decode(&seeds()[3].1);
+        let seeds = seeds();
+        let (_, bytes) = seeds.iter().find(|(name, _)| *name == "bar_move_and_decode").unwrap();
+        let ops = vmkit_fuzzing::decode(bytes);
         let placed = fuzzer().run_ops_then(&ops, |d, _| d.root.placed_bars(d.slot));
         // BAR 0 is 64-bit: the upper register took the 1.
         assert_eq!(placed[0].address, (1 << 32) | 0xC000_0000);
