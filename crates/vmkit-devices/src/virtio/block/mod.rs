@@ -134,6 +134,8 @@ pub struct VirtioBlock<B: DiskBackend> {
     serial: [u8; SERIAL_LEN],
     features: u64,
     queue_sizes: [u16; 1],
+    /// [`SIZE_MAX`] bytes from the first notification on: a device that never serves a request
+    /// (most of those a VMM or a fuzzer builds and drops) never allocates it.
     bounce: Vec<u8>,
     active: Option<Active>,
     stats: BlockStats,
@@ -174,7 +176,7 @@ impl<B: DiskBackend> VirtioBlock<B> {
             config,
             features,
             queue_sizes: [QUEUE_SIZE],
-            bounce: vec![0; SIZE_MAX as usize],
+            bounce: Vec::new(),
             active: None,
             stats: BlockStats::default(),
             recorder: None,
@@ -381,6 +383,9 @@ impl<B: DiskBackend> VirtioDevice for VirtioBlock<B> {
             memory,
             interrupt,
         } = active;
+        if self.bounce.is_empty() {
+            self.bounce = vec![0; SIZE_MAX as usize];
+        }
         let mut work = Notify {
             queue,
             disk: &mut self.disk,

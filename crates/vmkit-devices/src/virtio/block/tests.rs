@@ -856,3 +856,15 @@ fn firmware_then_linux_over_real_buses() {
     assert_eq!(msi.messages()[0].data, 0x45);
     assert_eq!(intx.asserts(), 1, "no INTx# with MSI-X on");
 }
+
+#[test]
+fn the_bounce_buffer_is_allocated_at_the_first_notification() {
+    let mut b = blk(mem_disk(8), 0);
+    assert!(
+        b.dev.device().bounce.is_empty(),
+        "a new device allocates none"
+    );
+    assert_eq!(b.read(0, HIGH, 512).0, VIRTIO_BLK_S_OK);
+    assert_eq!(b.dev.device().bounce.len(), SIZE_MAX as usize);
+    assert_eq!(b.bytes(HIGH, 512), mem_disk(1).data()[..512]);
+}
