@@ -206,6 +206,8 @@ pub struct PciRoot {
     io_bus: Weak<IoBus>,
     mmio_bus: Weak<MmioBus>,
     address: AtomicU32,
+    /// Slot `n` at index `n`; the vector grows as devices are plugged (to at most
+    /// [`MAX_SLOTS`]), so that a root with few devices does not hold 32 empty slots.
     slots: Mutex<Vec<Option<Slot>>>,
     counters: Counters,
 }
@@ -228,16 +230,15 @@ impl PciRoot {
     /// A root complex with the host bridge at 00:00.0, registered on `io_bus` at
     /// 0xCF8..0xD00 and on `mmio_bus` over the ECAM window of the layout.
     pub fn new(io_bus: &Arc<IoBus>, mmio_bus: &Arc<MmioBus>) -> Result<Arc<Self>, PciError> {
-        let mut slots: Vec<Option<Slot>> = (0..MAX_SLOTS).map(|_| None).collect();
         let bridge: Arc<dyn PciDevice> = Arc::new(Mutex::new(HostBridge::new()));
-        slots[0] = Some(Slot {
+        let slots = vec![Some(Slot {
             name: Arc::from("host-bridge"),
             device: bridge,
             regions: Default::default(),
             wanted: [None; NUM_BARS],
             placed: [None; NUM_BARS],
             allocations: Vec::new(),
-        });
+        })];
         let root = Arc::new(Self {
             io_bus: Arc::downgrade(io_bus),
             mmio_bus: Arc::downgrade(mmio_bus),
@@ -281,6 +282,7 @@ impl PciRoot {
         let number = slots
             .iter()
             .position(Option::is_none)
+            .or((slots.len() < MAX_SLOTS).then_some(slots.len()))
             .ok_or(PciError::NoFreeSlot)?;
         let bars = device.bars();
         let allocations = Self::assign_bars(device.as_ref(), &bars, allocators)?;
@@ -308,7 +310,10 @@ impl PciRoot {
             Self::free(&slot.allocations, allocators);
             return Err(PciError::BarConflict { index, source });
         }
-        slots[number] = Some(slot);
+        match slots.get_mut(number) {
+            Some(free) => *free = Some(slot),
+            None => slots.push(Some(slot)),
+        }
         // `number` < MAX_SLOTS = 32.
         Ok(number as u8)
     }
