@@ -415,6 +415,17 @@ mod tests {
         }
     }
 
+    /// The blk guest's accesses to the configuration ports, as operations.
+    fn recorded_ops() -> Vec<Op> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../guests/recordings/blk.vmrec");
+        let recording = Recording::read(std::fs::File::open(path).unwrap()).unwrap();
+        let ports = CONFIG_IO_PORT.into();
+        let ops = ops_for_region(&recording, Space::Pio, ports, PORTS_LEN, PORTS);
+        assert!(!ops.is_empty() && ops.len() <= vmkit_fuzzing::ops::MAX_OPS);
+        ops
+    }
+
     /// The most bytes of one recorded seed: as long as the longest written seed, so that the
     /// recording does not raise libFuzzer's first length limit (longer inputs run slower).
     const RECORDED_SEED_BYTES: usize = 128;
@@ -424,12 +435,7 @@ mod tests {
     /// CONFIG_DATA, in order, cut into seeds of at most [`RECORDED_SEED_BYTES`] that each start
     /// at a CONFIG_ADDRESS write (each selects what its data accesses reach).
     fn recorded_seeds() -> Vec<(&'static str, Vec<u8>)> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../guests/recordings/blk.vmrec");
-        let recording = Recording::read(std::fs::File::open(path).unwrap()).unwrap();
-        let ports = CONFIG_IO_PORT.into();
-        let ops = ops_for_region(&recording, Space::Pio, ports, PORTS_LEN, PORTS);
-        assert!(!ops.is_empty() && ops.len() <= vmkit_fuzzing::ops::MAX_OPS);
+        let ops = recorded_ops();
         let selects = |op: &Op| {
             matches!(op, Op::Access(a) if a.region == PORTS
                 && a.offset == Offset::FromStart(0) && a.data.len() == 4)
@@ -468,6 +474,17 @@ mod tests {
         let ops = vmkit_fuzzing::decode(&recorded_seeds()[0].1);
         assert!(ops.contains(&select(SLOT, 0)), "{ops:?}");
         assert!(ops.contains(&port_read(4, 4)), "{ops:?}");
+    }
+
+    #[test]
+    fn the_recorded_seeds_hold_the_whole_recording_in_order() {
+        let seeds = recorded_seeds();
+        assert!(seeds.len() > 1, "cut into several");
+        let joined: Vec<Op> = seeds
+            .iter()
+            .flat_map(|(_, bytes)| vmkit_fuzzing::decode(bytes))
+            .collect();
+        assert_eq!(joined, recorded_ops());
     }
 
     /// Every seed: the written ones and the recorded ones.
