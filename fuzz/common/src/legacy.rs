@@ -556,6 +556,27 @@ mod tests {
     use super::*;
     use crate::seed_files;
 
+    /// The seeds taken from the committed recordings: each guest's accesses to the devices'
+    /// regions, through the buses, as the fixture registers them.
+    fn recorded_seeds() -> Vec<(String, Vec<u8>)> {
+        let mut setup = vmkit_fuzzing::Setup::default();
+        LegacyFixture.build(&mut setup);
+        seed_files::recorded(|recording| {
+            let ops = vmkit_fuzzing::ops_for_regions(recording, setup.regions());
+            seed_files::harness_inputs(&ops)
+        })
+    }
+
+    /// Every seed: the written ones and the recorded ones.
+    fn all_seeds() -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<_> = seeds()
+            .into_iter()
+            .map(|(name, bytes)| (name.to_string(), bytes))
+            .collect();
+        all.extend(recorded_seeds());
+        all
+    }
+
     fn seed(name: &str) -> Vec<Op> {
         let (_, bytes) = seeds().into_iter().find(|(n, _)| *n == name).unwrap();
         vmkit_fuzzing::decode(&bytes)
@@ -572,7 +593,12 @@ mod tests {
 
     #[test]
     fn committed_seeds_replay() {
-        seed_files::replay("legacy_devices", &seeds(), true, run);
+        seed_files::replay(
+            "legacy_devices",
+            &seed_files::named(&all_seeds()),
+            true,
+            run,
+        );
     }
 
     #[test]
@@ -629,6 +655,40 @@ mod tests {
     }
 
     #[test]
+    fn recorded_seeds_are_what_the_guests_did() {
+        let recorded = recorded_seeds();
+        // Every guest prints through the UART: each gives at least its first seed, and each
+        // seed's first access is to the UART (the hello guest writes no other device).
+        for guest in [
+            "assist",
+            "blk",
+            "exits",
+            "hello",
+            "hello-poweroff",
+            "hostile",
+            "paging",
+        ] {
+            let name = format!("recorded-{guest}-0");
+            let (_, bytes) = recorded.iter().find(|(n, _)| *n == name).unwrap();
+            let ops = vmkit_fuzzing::decode(bytes);
+            assert!(
+                matches!(&ops[0], Op::Access(access) if usize::from(access.region) == SERIAL),
+                "{name}: {:?}",
+                ops[0]
+            );
+        }
+        let fuzzer = DeviceFuzzer::new(LegacyFixture);
+        let (_, hello) = recorded
+            .iter()
+            .find(|(n, _)| n == "recorded-hello-0")
+            .unwrap();
+        fuzzer.run_ops_then(&vmkit_fuzzing::decode(hello), |devices, _| {
+            let printed = devices.serial.with_output(|out| out.clone());
+            assert!(!printed.is_empty() && printed.is_ascii(), "{printed:?}");
+        });
+    }
+
+    #[test]
     fn odd_inputs_do_not_panic() {
         run(&[]);
         run(&[0xff; 64]);
@@ -643,6 +703,6 @@ mod tests {
     #[test]
     #[ignore]
     fn write_seeds() {
-        seed_files::write("legacy_devices", &seeds());
+        seed_files::write("legacy_devices", &seed_files::named(&all_seeds()));
     }
 }

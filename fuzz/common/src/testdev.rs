@@ -484,6 +484,27 @@ mod tests {
     use super::*;
     use crate::seed_files;
 
+    /// The seeds taken from the committed recordings: each guest's accesses to the devices'
+    /// regions, through the buses, as the fixture registers them.
+    fn recorded_seeds() -> Vec<(String, Vec<u8>)> {
+        let mut setup = vmkit_fuzzing::Setup::default();
+        TestDevFixture.build(&mut setup);
+        seed_files::recorded(|recording| {
+            let ops = vmkit_fuzzing::ops_for_regions(recording, setup.regions());
+            seed_files::harness_inputs(&ops)
+        })
+    }
+
+    /// Every seed: the written ones and the recorded ones.
+    fn all_seeds() -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<_> = seeds()
+            .into_iter()
+            .map(|(name, bytes)| (name.to_string(), bytes))
+            .collect();
+        all.extend(recorded_seeds());
+        all
+    }
+
     fn seed(name: &str) -> Vec<Op> {
         let (_, bytes) = seeds().into_iter().find(|(n, _)| *n == name).unwrap();
         vmkit_fuzzing::decode(&bytes)
@@ -500,7 +521,7 @@ mod tests {
 
     #[test]
     fn committed_seeds_replay() {
-        seed_files::replay("testdev", &seeds(), true, run);
+        seed_files::replay("testdev", &seed_files::named(&all_seeds()), true, run);
     }
 
     #[test]
@@ -545,6 +566,30 @@ mod tests {
     }
 
     #[test]
+    fn recorded_seeds_are_what_the_guests_did() {
+        let recorded = recorded_seeds();
+        let names: Vec<_> = recorded.iter().map(|(name, _)| name.as_str()).collect();
+        // The exits guest drives the scratch register and memory; the hostile guest reads a
+        // register and two line ports among its probes of every port.
+        assert_eq!(names[..2], ["recorded-exits-0", "recorded-exits-1"]);
+        assert_eq!(names.last(), Some(&"recorded-hostile-0"));
+        let fuzzer = DeviceFuzzer::new(TestDevFixture);
+        let (mut port_writes, mut memory_writes) = (0, 0);
+        for (name, bytes) in &recorded {
+            let ops = vmkit_fuzzing::decode(bytes);
+            fuzzer.run_ops_then(&ops, |devices, model| {
+                let stats = devices.device.stats();
+                if name.starts_with("recorded-exits") {
+                    port_writes += stats.pio.writes;
+                    memory_writes += stats.mmio.writes;
+                }
+                assert_eq!(stats.mmio.writes, model.mmio.1);
+            });
+        }
+        assert!(port_writes > 0 && memory_writes > 0);
+    }
+
+    #[test]
     fn odd_inputs_do_not_panic() {
         run(&[]);
         run(&[0xff; 64]);
@@ -559,6 +604,6 @@ mod tests {
     #[test]
     #[ignore]
     fn write_seeds() {
-        seed_files::write("testdev", &seeds());
+        seed_files::write("testdev", &seed_files::named(&all_seeds()));
     }
 }
