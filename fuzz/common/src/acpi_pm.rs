@@ -357,6 +357,7 @@ mod tests {
     /// as operations through the bus (the hello guest powering off through the ACPI tables,
     /// `guests/recordings/hello-poweroff.vmrec`, is the one that touches them).
     fn recorded_seeds() -> Vec<(String, Vec<u8>)> {
+        let max_len = seed_files::recorded_seed_len(&seeds());
         seed_files::recorded(|recording| {
             let ops = ops_for_region(
                 recording,
@@ -365,7 +366,7 @@ mod tests {
                 ACPI_PM_PORT_LEN.into(),
                 0,
             );
-            seed_files::harness_inputs(&ops)
+            seed_files::harness_inputs(&ops, max_len)
         })
     }
 

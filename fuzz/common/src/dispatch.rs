@@ -1179,9 +1179,9 @@ mod tests {
     /// A recording's accesses to the reference VMM's ranges, as seed inputs: each input
     /// registers the ranges its accesses reach (in the order it first reaches them), then makes
     /// the accesses at their recorded addresses, a burst as that many accesses. Inputs are cut
-    /// at [`MAX_OPS`] operations and [`seed_files::RECORDED_SEED_LEN`] bytes, and kept only
+    /// at [`MAX_OPS`] operations and `max_len` bytes, and kept only
     /// when they make an access no input kept before makes (the bytes written aside).
-    fn recorded_inputs(recording: &vmkit_fuzzing::Recording) -> Vec<Vec<u8>> {
+    fn recorded_inputs(recording: &vmkit_fuzzing::Recording, max_len: usize) -> Vec<Vec<u8>> {
         let ranges = vmm_ranges();
         let regions: Vec<Region> = ranges.iter().map(|(region, _)| region.clone()).collect();
         let mut accesses = Vec::new();
@@ -1255,8 +1255,7 @@ mod tests {
             op.encode(&mut more);
             let len = encode(&used.iter().map(|&i| register(i)).collect::<Vec<_>>()).len()
                 + encode(&ops).len();
-            if used.len() + ops.len() == MAX_OPS || len + more.len() > seed_files::RECORDED_SEED_LEN
-            {
+            if used.len() + ops.len() == MAX_OPS || len + more.len() > max_len {
                 finish(&mut used, &mut ops);
             }
             if !used.contains(&index) {
@@ -1270,7 +1269,8 @@ mod tests {
 
     /// The seeds taken from the committed recordings.
     fn recorded_seeds() -> Vec<(String, Vec<u8>)> {
-        seed_files::recorded(recorded_inputs)
+        let max_len = seed_files::recorded_seed_len(&seeds());
+        seed_files::recorded(|recording| recorded_inputs(recording, max_len))
     }
 
     /// Every seed: the written ones and the recorded ones.

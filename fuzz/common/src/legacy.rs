@@ -522,20 +522,23 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         r(CMOS, 1, 1),
     ];
 
-    let mut odd_accesses = Vec::new();
-    for region in [SERIAL, DEBUG_EXIT, I8042_DATA, I8042_COMMAND, CMOS] {
+    // Odd sizes at odd offsets, one seed per region: libFuzzer's first length limit is the
+    // longest seed's length, and longer inputs make fewer runs.
+    let odd_accesses = |region: usize| {
+        let mut ops = Vec::new();
         for offset in [7, 8, 15, 0xC0C0, 0xFFFF] {
             for size in [0, 1, 3, 8] {
-                odd_accesses.push(r(region, offset, size));
+                ops.push(r(region, offset, size));
             }
-            odd_accesses.push(w(region, offset, &[]));
-            odd_accesses.push(w(region, offset, &[0x01, 0x02, 0x03]));
+            ops.push(w(region, offset, &[]));
+            ops.push(w(region, offset, &[0x01, 0x02, 0x03]));
         }
         let before = Offset::BeforeStart(0);
-        odd_accesses.push(Op::Direct(Access::read_at(region as u8, before, 2)));
-        odd_accesses.push(Op::Direct(Access::write_at(region as u8, before, &[1, 2])));
-        odd_accesses.push(Op::Access(Access::read_at(region as u8, before, 2)));
-    }
+        ops.push(Op::Direct(Access::read_at(region as u8, before, 2)));
+        ops.push(Op::Direct(Access::write_at(region as u8, before, &[1, 2])));
+        ops.push(Op::Access(Access::read_at(region as u8, before, 2)));
+        encode(&ops)
+    };
 
     vec![
         ("serial_hello", encode(&serial_hello)),
@@ -547,7 +550,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("cmos_alarm_periodic", encode(&cmos_alarm_periodic)),
         ("cmos_nvram", encode(&cmos_nvram)),
         ("clock_extremes", encode(&clock_extremes)),
-        ("odd_accesses", encode(&odd_accesses)),
+        ("odd_serial_accesses", odd_accesses(SERIAL)),
+        ("odd_debug_exit_accesses", odd_accesses(DEBUG_EXIT)),
+        ("odd_i8042_data_accesses", odd_accesses(I8042_DATA)),
+        ("odd_i8042_command_accesses", odd_accesses(I8042_COMMAND)),
+        ("odd_cmos_accesses", odd_accesses(CMOS)),
     ]
 }
 
@@ -561,9 +568,10 @@ mod tests {
     fn recorded_seeds() -> Vec<(String, Vec<u8>)> {
         let mut setup = vmkit_fuzzing::Setup::default();
         LegacyFixture.build(&mut setup);
+        let max_len = seed_files::recorded_seed_len(&seeds());
         seed_files::recorded(|recording| {
             let ops = vmkit_fuzzing::ops_for_regions(recording, setup.regions());
-            seed_files::harness_inputs(&ops)
+            seed_files::harness_inputs(&ops, max_len)
         })
     }
 

@@ -41,10 +41,19 @@ pub(crate) fn write(target: &str, generated: &[(&str, Vec<u8>)]) {
     }
 }
 
-/// The longest seed made from a recording, in bytes. libFuzzer starts a run with its longest
-/// seed's length as the limit of the inputs it makes (and raises it as it goes): seeds far
-/// longer than the written ones would make every input of a run longer, and runs fewer.
-pub(crate) const RECORDED_SEED_LEN: usize = 256;
+/// The longest seed made from a recording, in bytes: as long as the target's longest written
+/// seed, within these bounds. libFuzzer starts a run with its longest seed's length as the
+/// limit of the inputs it makes (and raises it as it goes): recorded seeds longer than the
+/// written ones would make every input of a run longer, and runs fewer.
+pub(crate) const RECORDED_SEED_LEN: std::ops::RangeInclusive<usize> = 64..=256;
+
+/// The longest seed a target with the `written` seeds takes from a recording.
+pub(crate) fn recorded_seed_len(written: &[(&str, Vec<u8>)]) -> usize {
+    let longest = written.iter().map(|(_, bytes)| bytes.len()).max();
+    longest
+        .unwrap_or(0)
+        .clamp(*RECORDED_SEED_LEN.start(), *RECORDED_SEED_LEN.end())
+}
 
 /// The most seeds one recording gives one target: the first ones, which hold the drivers'
 /// set-up; what follows is mostly the same accesses again.
@@ -84,7 +93,10 @@ pub(crate) fn recorded(
             .take(RECORDED_SEEDS_PER_RECORDING)
             .enumerate()
         {
-            assert!(input.len() <= RECORDED_SEED_LEN, "recorded-{guest}-{n}");
+            assert!(
+                input.len() <= *RECORDED_SEED_LEN.end(),
+                "recorded-{guest}-{n}"
+            );
             seeds.push((format!("recorded-{guest}-{n}"), input));
         }
     }
@@ -92,12 +104,12 @@ pub(crate) fn recorded(
 }
 
 /// The seed inputs of a device-harness target from `ops` (a recording's accesses to its
-/// regions): cut into inputs of at most [`RECORDED_SEED_LEN`] bytes, keeping only those that
+/// regions): cut into inputs of at most `max_len` bytes, keeping only those that
 /// make an access no input kept before makes (a place, direction and size; the bytes written
 /// aside): a driver printing text through a UART makes the same two accesses for a long time.
-pub(crate) fn harness_inputs(ops: &[vmkit_fuzzing::Op]) -> Vec<Vec<u8>> {
+pub(crate) fn harness_inputs(ops: &[vmkit_fuzzing::Op], max_len: usize) -> Vec<Vec<u8>> {
     let mut seen = HashSet::new();
-    vmkit_fuzzing::seed_inputs(ops, RECORDED_SEED_LEN)
+    vmkit_fuzzing::seed_inputs(ops, max_len)
         .into_iter()
         .filter(|input| {
             let accesses = vmkit_fuzzing::decode(input).into_iter().map(|op| match op {

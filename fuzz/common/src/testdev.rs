@@ -489,9 +489,10 @@ mod tests {
     fn recorded_seeds() -> Vec<(String, Vec<u8>)> {
         let mut setup = vmkit_fuzzing::Setup::default();
         TestDevFixture.build(&mut setup);
+        let max_len = seed_files::recorded_seed_len(&seeds());
         seed_files::recorded(|recording| {
             let ops = vmkit_fuzzing::ops_for_regions(recording, setup.regions());
-            seed_files::harness_inputs(&ops)
+            seed_files::harness_inputs(&ops, max_len)
         })
     }
 
