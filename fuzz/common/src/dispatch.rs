@@ -1179,8 +1179,8 @@ mod tests {
     /// A recording's accesses to the reference VMM's ranges, as seed inputs: each input
     /// registers the ranges its accesses reach (in the order it first reaches them), then makes
     /// the accesses at their recorded addresses, a burst as that many accesses. Inputs are cut
-    /// at [`MAX_OPS`] operations and `max_len` bytes, and kept only
-    /// when they make an access no input kept before makes (the bytes written aside).
+    /// at [`MAX_OPS`] operations and `max_len` bytes, and kept only when they make an access no
+    /// input kept before makes (the bytes written aside).
     fn recorded_inputs(recording: &vmkit_fuzzing::Recording, max_len: usize) -> Vec<Vec<u8>> {
         let ranges = vmm_ranges();
         let regions: Vec<Region> = ranges.iter().map(|(region, _)| region.clone()).collect();
