@@ -3,8 +3,8 @@
 
 use vmkit_exits::record::RecordedExit;
 
-use crate::harness::Space;
-use crate::ops::{Access, MAX_ACCESS, MAX_BURST, Offset, Op};
+use crate::harness::{Region, Space};
+use crate::ops::{Access, MAX_ACCESS, MAX_BURST, MAX_OPS, Offset, Op};
 use crate::replay::Recording;
 
 /// The recording's accesses that touch `[base, base + len)` of `space`, in sequence order, as
@@ -14,9 +14,8 @@ use crate::replay::Recording;
 /// start). A run of identical accesses (a driver polling a status register) becomes one
 /// [`Op::Burst`] per [`MAX_BURST`] repetitions.
 ///
-/// Give the result to [`encode`](crate::encode) for a seed file; a decoder reads at most
-/// [`MAX_OPS`](crate::ops::MAX_OPS) operations of one input, so split longer sequences
-/// (`ops.chunks(MAX_OPS)`).
+/// Give the result to [`seed_inputs`] for seed files: a decoder reads at most
+/// [`MAX_OPS`] operations of one input.
 pub fn ops_for_region(
     recording: &Recording,
     space: Space,
@@ -24,20 +23,52 @@ pub fn ops_for_region(
     len: u64,
     region: u8,
 ) -> Vec<Op> {
-    let end = base.saturating_add(len);
+    ops_touching(recording, &[(region, space, base, len)])
+}
+
+/// The recording's accesses that touch any of `regions`, in sequence order, as operations on
+/// the region they touch, named by its index in `regions`: what [`ops_for_region`] makes of
+/// one region, for a fixture with several (pass [`Setup::regions`](crate::Setup::regions)
+/// after building the fixture's devices on a [`Setup`](crate::Setup), and the indices are the
+/// fixture's own). An access touching two regions goes to the one holding its first byte, or
+/// else to the first in `regions` it touches; regions past index 255 (which an [`Access`]
+/// cannot name) are left out.
+pub fn ops_for_regions(recording: &Recording, regions: &[Region]) -> Vec<Op> {
+    let regions: Vec<_> = regions
+        .iter()
+        .zip(0..=u8::MAX)
+        .map(|(r, index)| (index, r.space, r.base, r.len))
+        .collect();
+    ops_touching(recording, &regions)
+}
+
+/// The accesses touching `regions` (index, space, base, length), as operations on them.
+fn ops_touching(recording: &Recording, regions: &[(u8, Space, u64, u64)]) -> Vec<Op> {
     let mut ops: Vec<Op> = Vec::new();
     for record in recording.exits() {
-        let (addr, data, read) = match (&record.exit, space) {
-            (RecordedExit::IoIn { port, data }, Space::Pio) => (u64::from(*port), data, true),
-            (RecordedExit::IoOut { port, data }, Space::Pio) => (u64::from(*port), data, false),
-            (RecordedExit::MmioRead { addr, data }, Space::Mmio) => (*addr, data, true),
-            (RecordedExit::MmioWrite { addr, data }, Space::Mmio) => (*addr, data, false),
+        let (space, addr, data, read) = match &record.exit {
+            RecordedExit::IoIn { port, data } => (Space::Pio, u64::from(*port), data, true),
+            RecordedExit::IoOut { port, data } => (Space::Pio, u64::from(*port), data, false),
+            RecordedExit::MmioRead { addr, data } => (Space::Mmio, *addr, data, true),
+            RecordedExit::MmioWrite { addr, data } => (Space::Mmio, *addr, data, false),
             _ => continue,
         };
-        let touches = addr < end && addr.saturating_add(data.len() as u64) > base;
-        if !touches || data.len() > MAX_ACCESS {
+        if data.len() > MAX_ACCESS {
             continue;
         }
+        let touches = |&&(_, s, base, len): &&(u8, Space, u64, u64)| {
+            s == space
+                && addr < base.saturating_add(len)
+                && addr.saturating_add(data.len() as u64) > base
+        };
+        let holds_start = |r: &&(u8, Space, u64, u64)| touches(r) && addr >= r.2;
+        let Some(&(region, _, base, _)) = regions
+            .iter()
+            .find(holds_start)
+            .or_else(|| regions.iter().find(touches))
+        else {
+            continue;
+        };
         let offset = if addr >= base {
             u16::try_from(addr - base).map_or(Offset::Absolute(addr), Offset::FromStart)
         } else {
@@ -52,6 +83,35 @@ pub fn ops_for_region(
         push(&mut ops, access);
     }
     ops
+}
+
+/// `ops` as seed inputs: encoded ([`encode`](crate::encode)) in order and cut into inputs that a decoder
+/// reads whole, each at most [`MAX_OPS`] operations and at most `max_len` bytes (libFuzzer
+/// takes inputs of up to 4096 bytes unless told otherwise, and a longer seed raises that
+/// limit for every input of the run). An operation longer than `max_len` on its own, which no
+/// input can hold, is left out.
+pub fn seed_inputs(ops: &[Op], max_len: usize) -> Vec<Vec<u8>> {
+    let mut inputs = Vec::new();
+    let mut input = Vec::new();
+    let mut count = 0;
+    let mut op_bytes = Vec::new();
+    for op in ops {
+        op_bytes.clear();
+        op.encode(&mut op_bytes);
+        if op_bytes.len() > max_len {
+            continue;
+        }
+        if count == MAX_OPS || input.len() + op_bytes.len() > max_len {
+            inputs.push(std::mem::take(&mut input));
+            count = 0;
+        }
+        input.extend_from_slice(&op_bytes);
+        count += 1;
+    }
+    if !input.is_empty() {
+        inputs.push(input);
+    }
+    inputs
 }
 
 /// Appends `access`, folding it into the last operation when that is the same access.
@@ -185,5 +245,97 @@ mod tests {
         // An access straddling the start by more than 8 bytes cannot be: accesses are at most
         // 8 bytes. The one before the region by 16 touches nothing.
         assert!(ops_for_region(&recording, Space::Pio, 0, 0x1_0000, 0).is_empty());
+    }
+
+    #[test]
+    fn accesses_go_to_the_region_they_touch() {
+        let io = |seq, port, data: &[u8]| {
+            exit(
+                seq,
+                RecordedExit::IoOut {
+                    port,
+                    data: data.to_vec(),
+                },
+            )
+        };
+        let mmio = |seq, addr| {
+            exit(
+                seq,
+                RecordedExit::MmioRead {
+                    addr,
+                    data: vec![0; 4],
+                },
+            )
+        };
+        let recording = Recording::from_records([
+            io(0, 0x64, &[0xAA]),
+            io(1, 0x60, &[1]),
+            io(2, 0x80, &[0]),
+            // Straddling both regions: the one holding its first byte.
+            io(3, 0x62, &[1, 2, 3, 4]),
+            // Straddling the start of the second one only.
+            io(4, 0x5f, &[1, 2]),
+            io(5, 0x64, &[0xAA]),
+            io(6, 0x64, &[0xAA]),
+            mmio(7, 0xfed0_0000),
+            mmio(8, 0x64),
+        ])
+        .unwrap();
+        let region = |name, space, base, len| Region {
+            name,
+            space,
+            base,
+            len,
+        };
+        let regions = [
+            region("command", Space::Pio, 0x64, 1),
+            region("data", Space::Pio, 0x60, 4),
+            region("timer", Space::Mmio, 0xfed0_0000, 0x400),
+        ];
+        let w = |region, offset, data: &[u8]| Access::write_at(region, offset, data);
+        assert_eq!(
+            ops_for_regions(&recording, &regions),
+            [
+                Op::Access(w(0, Offset::FromStart(0), &[0xAA])),
+                Op::Access(w(1, Offset::FromStart(0), &[1])),
+                Op::Access(w(1, Offset::FromStart(2), &[1, 2, 3, 4])),
+                Op::Access(w(1, Offset::BeforeStart(0), &[1, 2])),
+                Op::Burst {
+                    count: 2,
+                    access: w(0, Offset::FromStart(0), &[0xAA])
+                },
+                Op::Access(Access::read_at(2, Offset::FromStart(0), 4)),
+            ]
+        );
+        // One region is what ops_for_region makes of it, under its index.
+        assert_eq!(
+            ops_for_regions(&recording, &regions[2..]),
+            ops_for_region(&recording, Space::Mmio, 0xfed0_0000, 0x400, 0)
+        );
+        assert!(ops_for_regions(&recording, &[]).is_empty());
+    }
+
+    #[test]
+    fn seed_inputs_are_read_whole() {
+        let op = |n: u16| Op::Access(Access::write_at(0, Offset::FromStart(n), &[1, 2, 3, 4]));
+        // Each operation is 10 bytes: tag, region, offset kind and two bytes, size, 4 data bytes.
+        let ops: Vec<Op> = (0..1000).map(op).collect();
+        let inputs = seed_inputs(&ops, 4096);
+        assert_eq!(
+            inputs.iter().map(Vec::len).collect::<Vec<_>>(),
+            [4090, 4090, 1820],
+            "409 operations fit 4096 bytes"
+        );
+        let few = seed_inputs(&ops, 1 << 20);
+        assert_eq!(
+            few.iter().map(Vec::len).collect::<Vec<_>>(),
+            [MAX_OPS * 10, (1000 - MAX_OPS) * 10]
+        );
+        for inputs in [inputs, few] {
+            let decoded: Vec<Op> = inputs.iter().flat_map(|i| crate::decode(i)).collect();
+            assert_eq!(decoded, ops);
+        }
+        assert!(seed_inputs(&ops, 8).is_empty(), "no operation fits");
+        assert!(seed_inputs(&[], 4096).is_empty());
     }
 }

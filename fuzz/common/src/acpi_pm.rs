@@ -339,7 +339,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
-    use vmkit_fuzzing::{Recording, Space, ops_for_region};
+    use vmkit_fuzzing::{Space, ops_for_region};
 
     use super::*;
     use crate::seed_files;
@@ -353,34 +353,40 @@ mod tests {
         }
     }
 
-    /// The seeds taken from a committed recording of a project guest: the hello guest powering
-    /// off through the ACPI tables (`guests/recordings/hello-poweroff.vmrec`), its accesses to
-    /// the registers as operations through the bus.
-    fn recorded_seeds() -> Vec<(&'static str, Vec<u8>)> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../guests/recordings/hello-poweroff.vmrec");
-        let recording = Recording::read(std::fs::File::open(path).unwrap()).unwrap();
-        let ops = ops_for_region(
-            &recording,
-            Space::Pio,
-            ACPI_PM_PORT.into(),
-            ACPI_PM_PORT_LEN.into(),
-            0,
-        );
-        vec![("recorded_hello_poweroff", encode(&ops))]
+    /// The seeds taken from the committed recordings: each guest's accesses to the registers,
+    /// as operations through the bus (the hello guest powering off through the ACPI tables,
+    /// `guests/recordings/hello-poweroff.vmrec`, is the one that touches them).
+    fn recorded_seeds() -> Vec<(String, Vec<u8>)> {
+        let max_len = seed_files::recorded_seed_len(&seeds());
+        seed_files::recorded(|recording| {
+            let ops = ops_for_region(
+                recording,
+                Space::Pio,
+                ACPI_PM_PORT.into(),
+                ACPI_PM_PORT_LEN.into(),
+                0,
+            );
+            seed_files::harness_inputs(&ops, max_len)
+        })
     }
 
     /// Every seed: the written ones and the recorded ones.
-    fn all_seeds() -> Vec<(&'static str, Vec<u8>)> {
-        let mut seeds = seeds();
-        seeds.extend(recorded_seeds());
-        seeds
+    fn all_seeds() -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<_> = seeds()
+            .into_iter()
+            .map(|(name, bytes)| (name.to_string(), bytes))
+            .collect();
+        all.extend(recorded_seeds());
+        all
     }
 
     #[test]
     fn the_recorded_seed_is_what_the_guest_wrote() {
-        let (_, bytes) = recorded_seeds().pop().unwrap();
-        let ops = vmkit_fuzzing::decode(&bytes);
+        let recorded = recorded_seeds();
+        let names: Vec<_> = recorded.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["recorded-hello-poweroff-0"]);
+        let (_, bytes) = &recorded[0];
+        let ops = vmkit_fuzzing::decode(bytes);
         // Clear WAK_STS, then sleep in S5: as Linux powers off.
         let s5 = sleep_control_value(S5_SLEEP_TYPE);
         assert_eq!(
@@ -398,12 +404,12 @@ mod tests {
                 )),
             ]
         );
-        run(&bytes);
+        run(bytes);
     }
 
     #[test]
     fn committed_seeds_replay() {
-        seed_files::replay("acpi_pm", &all_seeds(), true, run);
+        seed_files::replay("acpi_pm", &seed_files::named(&all_seeds()), true, run);
     }
 
     #[test]
@@ -447,6 +453,6 @@ mod tests {
     #[test]
     #[ignore]
     fn write_seeds() {
-        seed_files::write("acpi_pm", &all_seeds());
+        seed_files::write("acpi_pm", &seed_files::named(&all_seeds()));
     }
 }

@@ -1112,8 +1112,176 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
+    use vmkit_fuzzing::{Region, Space as HarnessSpace};
+
     use super::*;
     use crate::seed_files;
+
+    /// The reference VMM's device ranges (a virtio-pci BAR for each of two disks, where the
+    /// first 32-bit BARs are allocated), as regions of the harness whose operations
+    /// [`vmkit_fuzzing::ops_for_regions`] makes of a recording; the debug-exit port stops the
+    /// VM on every write, as there.
+    fn vmm_ranges() -> Vec<(Region, bool)> {
+        use vmkit_devices::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN};
+        use vmkit_devices::cmos::{CMOS_PORT, CMOS_PORT_LEN};
+        use vmkit_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
+        use vmkit_devices::i8042::{I8042_COMMAND_PORT, I8042_DATA_PORT};
+        use vmkit_devices::pci::{CONFIG_IO_LEN, CONFIG_IO_PORT};
+        use vmkit_devices::serial::{COM1_PORT, SERIAL_PORT_LEN};
+        use vmkit_devices::testdev::{IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_PORTS, REGISTER_PORTS};
+        use vmkit_devices::virtio::BAR_SIZE;
+        use vmkit_memory::layout::{MMIO32_START, PCI_ECAM_SIZE, PCI_ECAM_START};
+        let region = |name, space, base: u64, len: u64| Region {
+            name,
+            space,
+            base,
+            len,
+        };
+        let port =
+            |name, base: u16, len: u16| region(name, HarnessSpace::Pio, base.into(), len.into());
+        let mmio = |name, base, len| region(name, HarnessSpace::Mmio, base, len);
+        vec![
+            (port("com1", COM1_PORT, SERIAL_PORT_LEN), false),
+            (
+                port("debug-exit", DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN),
+                true,
+            ),
+            (port("i8042-data", I8042_DATA_PORT, 1), false),
+            (port("i8042-cmd", I8042_COMMAND_PORT, 1), false),
+            (port("cmos", CMOS_PORT, CMOS_PORT_LEN), false),
+            (port("acpi-pm", ACPI_PM_PORT, ACPI_PM_PORT_LEN), false),
+            (
+                port("testdev", REGISTER_PORTS.start, REGISTER_PORTS.len() as u16),
+                false,
+            ),
+            (
+                port(
+                    "testdev-irq",
+                    IRQ_LINE_PORTS.start,
+                    IRQ_LINE_PORTS.len() as u16,
+                ),
+                false,
+            ),
+            (
+                port("pci-config", CONFIG_IO_PORT, CONFIG_IO_LEN as u16),
+                false,
+            ),
+            (mmio("ecam", PCI_ECAM_START, PCI_ECAM_SIZE), false),
+            (mmio("testdev-iomem", IOMEM_BASE, IOMEM_SIZE), false),
+            (mmio("virtio-bar-0", MMIO32_START, BAR_SIZE), false),
+            (
+                mmio("virtio-bar-1", MMIO32_START + BAR_SIZE, BAR_SIZE),
+                false,
+            ),
+        ]
+    }
+
+    /// A recording's accesses to the reference VMM's ranges, as seed inputs: each input
+    /// registers the ranges its accesses reach (in the order it first reaches them), then makes
+    /// the accesses at their recorded addresses, a burst as that many accesses. Inputs are cut
+    /// at [`MAX_OPS`] operations and `max_len` bytes, and kept only when they make an access no
+    /// input kept before makes (the bytes written aside).
+    fn recorded_inputs(recording: &vmkit_fuzzing::Recording, max_len: usize) -> Vec<Vec<u8>> {
+        let ranges = vmm_ranges();
+        let regions: Vec<Region> = ranges.iter().map(|(region, _)| region.clone()).collect();
+        let mut accesses = Vec::new();
+        for op in vmkit_fuzzing::ops_for_regions(recording, &regions) {
+            let (count, access) = match op {
+                vmkit_fuzzing::Op::Access(access) => (1, access),
+                vmkit_fuzzing::Op::Burst { count, access } => (count, access),
+                other => unreachable!("a recording makes accesses only: {other:?}"),
+            };
+            let index = usize::from(access.region);
+            let region = &regions[index];
+            let (space, last) = match region.space {
+                HarnessSpace::Pio => (Space::Pio, u64::from(u16::MAX)),
+                HarnessSpace::Mmio => (Space::Mmio, u64::MAX),
+            };
+            let Some(addr) = access.offset.address(region.base, region.len, last) else {
+                continue;
+            };
+            let op = match access.read {
+                Some(size) => Op::Read {
+                    space,
+                    addr: Addr::Raw(addr),
+                    size,
+                },
+                None => Op::Write {
+                    space,
+                    addr: Addr::Raw(addr),
+                    data: access.data,
+                },
+            };
+            for _ in 0..count {
+                accesses.push((index, op.clone()));
+            }
+        }
+        let register = |index: usize| {
+            let (region, stop_on_write) = &ranges[index];
+            let space = match region.space {
+                HarnessSpace::Pio => Space::Pio,
+                HarnessSpace::Mmio => Space::Mmio,
+            };
+            Op::Register {
+                space,
+                base: Addr::Raw(region.base),
+                len: region.len as u32,
+                named: true,
+                stop_on_write: *stop_on_write,
+            }
+        };
+        let mut inputs = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let (mut used, mut ops): (Vec<usize>, Vec<Op>) = (Vec::new(), Vec::new());
+        let mut finish = |used: &mut Vec<usize>, ops: &mut Vec<Op>| {
+            let accesses = ops.iter().map(|op| match op {
+                Op::Write { space, addr, data } => {
+                    format!("{space:?} {addr:?} write {}", data.len())
+                }
+                other => format!("{other:?}"),
+            });
+            let novel = seed_files::novel(&mut seen, accesses);
+            let mut input: Vec<Op> = used.drain(..).map(register).collect();
+            input.append(ops);
+            if novel {
+                inputs.push(encode(&input));
+            }
+        };
+        for (index, op) in accesses {
+            let mut more = Vec::new();
+            if !used.contains(&index) {
+                register(index).encode(&mut more);
+            }
+            op.encode(&mut more);
+            let len = encode(&used.iter().map(|&i| register(i)).collect::<Vec<_>>()).len()
+                + encode(&ops).len();
+            if used.len() + ops.len() == MAX_OPS || len + more.len() > max_len {
+                finish(&mut used, &mut ops);
+            }
+            if !used.contains(&index) {
+                used.push(index);
+            }
+            ops.push(op);
+        }
+        finish(&mut used, &mut ops);
+        inputs
+    }
+
+    /// The seeds taken from the committed recordings.
+    fn recorded_seeds() -> Vec<(String, Vec<u8>)> {
+        let max_len = seed_files::recorded_seed_len(&seeds());
+        seed_files::recorded(|recording| recorded_inputs(recording, max_len))
+    }
+
+    /// Every seed: the written ones and the recorded ones.
+    fn all_seeds() -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<_> = seeds()
+            .into_iter()
+            .map(|(name, bytes)| (name.to_string(), bytes))
+            .collect();
+        all.extend(recorded_seeds());
+        all
+    }
 
     #[test]
     fn seeds_round_trip_and_pass() {
@@ -1126,7 +1294,28 @@ mod tests {
 
     #[test]
     fn committed_seeds_replay() {
-        seed_files::replay("exit_dispatch", &seeds(), true, run);
+        seed_files::replay("exit_dispatch", &seed_files::named(&all_seeds()), true, run);
+    }
+
+    #[test]
+    fn recorded_seeds_register_the_ranges_they_reach() {
+        let recorded = recorded_seeds();
+        assert!(recorded.iter().any(|(name, _)| name == "recorded-blk-0"));
+        for (name, bytes) in &recorded {
+            let ops = parse(bytes);
+            // The ranges first, then the accesses.
+            let registered = ops
+                .iter()
+                .take_while(|op| matches!(op, Op::Register { .. }))
+                .count();
+            assert!(registered > 0, "{name}");
+            assert!(
+                ops[registered..]
+                    .iter()
+                    .all(|op| matches!(op, Op::Read { .. } | Op::Write { .. }))
+            );
+            run(bytes);
+        }
     }
 
     #[test]
@@ -1144,6 +1333,6 @@ mod tests {
     #[test]
     #[ignore]
     fn write_seeds() {
-        seed_files::write("exit_dispatch", &seeds());
+        seed_files::write("exit_dispatch", &seed_files::named(&all_seeds()));
     }
 }

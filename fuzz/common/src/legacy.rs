@@ -522,20 +522,23 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         r(CMOS, 1, 1),
     ];
 
-    let mut odd_accesses = Vec::new();
-    for region in [SERIAL, DEBUG_EXIT, I8042_DATA, I8042_COMMAND, CMOS] {
+    // Odd sizes at odd offsets, one seed per region: libFuzzer's first length limit is the
+    // longest seed's length, and longer inputs make fewer runs.
+    let odd_accesses = |region: usize| {
+        let mut ops = Vec::new();
         for offset in [7, 8, 15, 0xC0C0, 0xFFFF] {
             for size in [0, 1, 3, 8] {
-                odd_accesses.push(r(region, offset, size));
+                ops.push(r(region, offset, size));
             }
-            odd_accesses.push(w(region, offset, &[]));
-            odd_accesses.push(w(region, offset, &[0x01, 0x02, 0x03]));
+            ops.push(w(region, offset, &[]));
+            ops.push(w(region, offset, &[0x01, 0x02, 0x03]));
         }
         let before = Offset::BeforeStart(0);
-        odd_accesses.push(Op::Direct(Access::read_at(region as u8, before, 2)));
-        odd_accesses.push(Op::Direct(Access::write_at(region as u8, before, &[1, 2])));
-        odd_accesses.push(Op::Access(Access::read_at(region as u8, before, 2)));
-    }
+        ops.push(Op::Direct(Access::read_at(region as u8, before, 2)));
+        ops.push(Op::Direct(Access::write_at(region as u8, before, &[1, 2])));
+        ops.push(Op::Access(Access::read_at(region as u8, before, 2)));
+        encode(&ops)
+    };
 
     vec![
         ("serial_hello", encode(&serial_hello)),
@@ -547,7 +550,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("cmos_alarm_periodic", encode(&cmos_alarm_periodic)),
         ("cmos_nvram", encode(&cmos_nvram)),
         ("clock_extremes", encode(&clock_extremes)),
-        ("odd_accesses", encode(&odd_accesses)),
+        ("odd_serial_accesses", odd_accesses(SERIAL)),
+        ("odd_debug_exit_accesses", odd_accesses(DEBUG_EXIT)),
+        ("odd_i8042_data_accesses", odd_accesses(I8042_DATA)),
+        ("odd_i8042_command_accesses", odd_accesses(I8042_COMMAND)),
+        ("odd_cmos_accesses", odd_accesses(CMOS)),
     ]
 }
 
@@ -555,6 +562,28 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 mod tests {
     use super::*;
     use crate::seed_files;
+
+    /// The seeds taken from the committed recordings: each guest's accesses to the devices'
+    /// regions, through the buses, as the fixture registers them.
+    fn recorded_seeds() -> Vec<(String, Vec<u8>)> {
+        let mut setup = vmkit_fuzzing::Setup::default();
+        LegacyFixture.build(&mut setup);
+        let max_len = seed_files::recorded_seed_len(&seeds());
+        seed_files::recorded(|recording| {
+            let ops = vmkit_fuzzing::ops_for_regions(recording, setup.regions());
+            seed_files::harness_inputs(&ops, max_len)
+        })
+    }
+
+    /// Every seed: the written ones and the recorded ones.
+    fn all_seeds() -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<_> = seeds()
+            .into_iter()
+            .map(|(name, bytes)| (name.to_string(), bytes))
+            .collect();
+        all.extend(recorded_seeds());
+        all
+    }
 
     fn seed(name: &str) -> Vec<Op> {
         let (_, bytes) = seeds().into_iter().find(|(n, _)| *n == name).unwrap();
@@ -572,7 +601,12 @@ mod tests {
 
     #[test]
     fn committed_seeds_replay() {
-        seed_files::replay("legacy_devices", &seeds(), true, run);
+        seed_files::replay(
+            "legacy_devices",
+            &seed_files::named(&all_seeds()),
+            true,
+            run,
+        );
     }
 
     #[test]
@@ -629,6 +663,40 @@ mod tests {
     }
 
     #[test]
+    fn recorded_seeds_are_what_the_guests_did() {
+        let recorded = recorded_seeds();
+        // Every guest prints through the UART: each gives at least its first seed, and each
+        // seed's first access is to the UART (the hello guest writes no other device).
+        for guest in [
+            "assist",
+            "blk",
+            "exits",
+            "hello",
+            "hello-poweroff",
+            "hostile",
+            "paging",
+        ] {
+            let name = format!("recorded-{guest}-0");
+            let (_, bytes) = recorded.iter().find(|(n, _)| *n == name).unwrap();
+            let ops = vmkit_fuzzing::decode(bytes);
+            assert!(
+                matches!(&ops[0], Op::Access(access) if usize::from(access.region) == SERIAL),
+                "{name}: {:?}",
+                ops[0]
+            );
+        }
+        let fuzzer = DeviceFuzzer::new(LegacyFixture);
+        let (_, hello) = recorded
+            .iter()
+            .find(|(n, _)| n == "recorded-hello-0")
+            .unwrap();
+        fuzzer.run_ops_then(&vmkit_fuzzing::decode(hello), |devices, _| {
+            let printed = devices.serial.with_output(|out| out.clone());
+            assert!(!printed.is_empty() && printed.is_ascii(), "{printed:?}");
+        });
+    }
+
+    #[test]
     fn odd_inputs_do_not_panic() {
         run(&[]);
         run(&[0xff; 64]);
@@ -643,6 +711,6 @@ mod tests {
     #[test]
     #[ignore]
     fn write_seeds() {
-        seed_files::write("legacy_devices", &seeds());
+        seed_files::write("legacy_devices", &seed_files::named(&all_seeds()));
     }
 }
