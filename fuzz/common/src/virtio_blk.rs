@@ -18,6 +18,7 @@
 //! primitives, so [`encode`] writes seeds that decode to exactly the intended operations.
 
 mod disk;
+pub mod request;
 
 use arbitrary::{Arbitrary, Unstructured};
 use vmkit_devices::virtio::block::{

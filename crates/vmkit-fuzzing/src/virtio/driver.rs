@@ -84,6 +84,8 @@ struct Outstanding {
     /// Its indirect tables (address, bytes).
     tables: Vec<(u64, u64)>,
     well_formed: bool,
+    /// Published since the queue's last notification.
+    fresh: bool,
     payload: Vec<u8>,
 }
 
@@ -155,6 +157,10 @@ pub(crate) struct Sim<'f, F: VirtioFixture> {
     data_end: u64,
     data_next: u64,
     segments: Vec<Segment>,
+    /// The fixture's bring-up steps.
+    prologue: Vec<VirtioOp>,
+    published: u64,
+    resets: u64,
 }
 
 impl<'f, F: VirtioFixture> Sim<'f, F> {
@@ -197,6 +203,9 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             data_end: first + first_len as u64,
             data_next: first,
             segments: Vec::new(),
+            prologue: Vec::new(),
+            published: 0,
+            resets: 0,
             regions,
         };
         sim.caps = sim.walk_caps();
@@ -214,6 +223,22 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         sim
     }
 
+    /// Runs the fixture's bring-up.
+    pub(crate) fn prologue(&mut self, config: &F::Config) {
+        self.fixture.prologue(config, &mut self.prologue);
+        self.restart();
+    }
+
+    fn restart(&mut self) {
+        let prologue = std::mem::take(&mut self.prologue);
+        for op in &prologue {
+            if *op != VirtioOp::Restart {
+                self.step(usize::MAX, op);
+            }
+        }
+        self.prologue = prologue;
+    }
+
     pub(crate) fn inspect<R>(self, inspect: impl FnOnce(&F::Devices, &DriverView) -> R) -> R {
         let view = self.view();
         inspect(&self.devices, &view)
@@ -227,6 +252,8 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             tainted: self.tainted,
             interrupts_failed: self.interrupts_failed,
             outstanding: self.outstanding(),
+            published: self.published,
+            resets: self.resets,
         }
     }
 
@@ -454,6 +481,8 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         self.status_written = 0;
         self.features = Some(0);
         self.tainted = false;
+        self.published = 0;
+        self.resets += 1;
     }
 
     /// The driver saw `DRIVER_OK`: reads back what each queue was set to.
@@ -719,7 +748,14 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                     _ => self.regions.first().map_or(0, |r| r.0),
                 };
                 let data = &data[..data.len().min(super::ops::MAX_DATA)];
-                self.write_mem(base.wrapping_add(u64::from(*offset)), data, false);
+                let addr = base.wrapping_add(u64::from(*offset));
+                // `used_event`, at the end of the available ring, is the driver's to write.
+                let used_event = match (area, self.live_queue(*queue)) {
+                    (1, Some(q)) => q.avail + 4 + 2 * u64::from(q.size),
+                    _ => u64::MAX,
+                };
+                let own = addr == used_event && data.len() <= 2;
+                self.write_mem(addr, data, own);
                 return;
             }
             VirtioOp::FailInterrupts(failing) => {
@@ -729,6 +765,11 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             }
             VirtioOp::User { tag, data } => {
                 self.fixture.user_op(&self.devices, *tag, data);
+                true
+            }
+            VirtioOp::Restart => {
+                self.write_status(step, 0);
+                self.restart();
                 true
             }
         };
@@ -868,15 +909,30 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         let Some((window, mult)) = self.caps.notify else {
             return;
         };
-        let (notify_off, before, well_formed) =
-            match self.live.get(usize::from(queue)).and_then(Option::as_ref) {
-                Some(q) => (
+        let (notify_off, before, well_formed, fresh) = match self
+            .live
+            .get_mut(usize::from(queue))
+            .and_then(Option::as_mut)
+        {
+            Some(q) => {
+                let good = |o: &&Outstanding| o.well_formed;
+                let counts = (
                     q.notify_off,
                     q.outstanding.len(),
-                    q.outstanding.iter().filter(|o| o.well_formed).count(),
-                ),
-                None => (queue, 0, 0),
-            };
+                    q.outstanding.iter().filter(good).count(),
+                    q.outstanding
+                        .iter()
+                        .filter(good)
+                        .filter(|o| o.fresh)
+                        .count(),
+                );
+                for o in &mut q.outstanding {
+                    o.fresh = false;
+                }
+                counts
+            }
+            None => (queue, 0, 0, 0),
+        };
         let healthy = self.healthy();
         self.fixture.before_notify(&self.devices);
         let calls = self.wiring.calls();
@@ -904,6 +960,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             used,
             outstanding_before: before,
             well_formed_before: well_formed,
+            fresh,
             healthy: healthy && self.healthy(),
         };
         self.fixture.after_notify(&self.devices, &notified);
@@ -1206,6 +1263,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             writable_len,
             tables: table_ranges,
             well_formed: matches!(chain.flaw, Flaw::None) && chain.form != Form::Nested,
+            fresh: true,
             payload: chain.payload.clone(),
         };
         let Some(q) = self.live[index].as_mut() else {
@@ -1216,6 +1274,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         q.avail_idx = q.avail_idx.wrapping_add(1);
         let idx = q.avail_idx;
         q.outstanding.push(outstanding);
+        self.published += 1;
         self.write_mem(avail + 4 + 2 * slot, &head.to_le_bytes(), true);
         self.write_mem(avail + 2, &idx.to_le_bytes(), true);
     }

@@ -104,6 +104,8 @@ pub struct Notified {
     pub outstanding_before: usize,
     /// Of those, the well-formed ones.
     pub well_formed_before: usize,
+    /// Of those, the well-formed ones published since the queue's last notification.
+    pub fresh: usize,
     /// Whether the device was live and healthy (status with `DRIVER_OK` and without
     /// `DEVICE_NEEDS_RESET`) and the driver's structures intact, before and after.
     pub healthy: bool,
@@ -126,6 +128,10 @@ pub struct DriverView {
     pub interrupts_failed: bool,
     /// Chains outstanding, on every queue.
     pub outstanding: usize,
+    /// Chains published since the last reset.
+    pub published: u64,
+    /// Resets the driver saw (a fixture keeps per-reset baselines of cumulative counters).
+    pub resets: u64,
 }
 
 /// An MSI sender for the device: counts the messages (each counts towards the bound on a
@@ -235,6 +241,13 @@ pub trait VirtioFixture {
         config: &Self::Config,
         wiring: &mut Wiring,
     ) -> (Arc<dyn PciDevice>, Self::Devices);
+
+    /// The driver steps that bring the device up, run before every input and again at each
+    /// [`VirtioOp::Restart`] (a fixture whose target is the device's request handling rather
+    /// than its bring-up starts it live). None by default.
+    fn prologue(&self, config: &Self::Config, ops: &mut Vec<VirtioOp>) {
+        let _ = (config, ops);
+    }
 
     /// The buffers of a request for queue `queue` made from `payload` (the device-specific
     /// part: a block request's header, data and status): appends them to `segments`. By
@@ -352,6 +365,7 @@ impl<F: VirtioFixture> VirtioFuzzer<F> {
         inspect: impl FnOnce(&F::Devices, &DriverView) -> R,
     ) -> R {
         let mut sim = driver::Sim::new(&self.fixture, config);
+        sim.prologue(config);
         for (step, op) in ops.iter().enumerate() {
             sim.step(step, op);
         }

@@ -361,6 +361,9 @@ pub enum VirtioOp {
         /// Its bytes (0 to [`MAX_DATA`]).
         data: Vec<u8>,
     },
+    /// The driver resets the device and brings it up again with the fixture's prologue
+    /// ([`VirtioFixture::prologue`](super::VirtioFixture::prologue)).
+    Restart,
 }
 
 /// The natural-width fields of the common configuration (virtio 1.x, 4.1.4.3): offset, width.
@@ -385,7 +388,7 @@ pub const COMMON_FIELDS: [(u64, u8); 17] = [
 ];
 
 /// The kinds of operation, in [`VirtioOp`]'s order.
-const OP_KINDS: u8 = 18;
+const OP_KINDS: u8 = 19;
 
 /// The kind each other tag byte stands for, by `(tag - OP_KINDS) % 32`: chains and
 /// notifications most, then negotiation and queue set-up, register accesses, the rest.
@@ -482,6 +485,7 @@ impl VirtioOp {
                 data: bytes(u, MAX_DATA)?,
             },
             16 => VirtioOp::FailInterrupts(byte(u)? & 1 != 0),
+            18 => VirtioOp::Restart,
             _ => VirtioOp::User {
                 tag: byte(u)?,
                 data: bytes(u, MAX_DATA)?,
@@ -567,6 +571,7 @@ impl VirtioOp {
                 out.extend_from_slice(&[17, *tag]);
                 put_bytes(out, data, MAX_DATA);
             }
+            VirtioOp::Restart => out.push(18),
         }
     }
 }
@@ -656,6 +661,7 @@ mod tests {
                 tag: 3,
                 data: vec![9],
             },
+            VirtioOp::Restart,
         ]
     }
 
