@@ -156,9 +156,14 @@ pub fn fuzzer() -> VirtioFuzzer<Fixture> {
     VirtioFuzzer::new(Fixture)
 }
 
+thread_local! {
+    /// The target's simulator: it keeps guest memory from one input to the next.
+    static FUZZER: VirtioFuzzer<Fixture> = fuzzer();
+}
+
 /// Target body.
 pub fn run(data: &[u8]) {
-    fuzzer().run(data);
+    FUZZER.with(|fuzzer| fuzzer.run(data));
 }
 
 /// An honest bring-up accepting `features` (of those offered), queue 0 of `size` entries at the

@@ -8,7 +8,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmkit_exits::PciDevice;
 
 use super::ops::{COMMON_FIELDS, Chain, Flaw, Form, Place, QueueSetup, Structure, VirtioOp};
@@ -134,13 +134,59 @@ struct Buf {
 /// One descriptor: address, length, flags, next.
 type Desc = (u64, u32, u16, u16);
 
+/// Guest memory and the driver's copy of it, kept from one input to the next (mapping and
+/// allocating them anew for every input would cost more than the input).
+pub(crate) struct Guest {
+    regions: Vec<(u64, usize)>,
+    memory: GuestMemoryMmap,
+    /// Guest memory as the driver knows it, per region.
+    shadow: Vec<Vec<u8>>,
+    /// Per region, the offsets written since the memory was last zeroed.
+    dirty: Vec<(usize, usize)>,
+}
+
+impl Guest {
+    fn new(regions: Vec<(u64, usize)>) -> Self {
+        let ranges: Vec<_> = regions
+            .iter()
+            .map(|&(start, len)| (GuestAddress(start), len))
+            .collect();
+        let memory = match GuestMemoryMmap::from_ranges(&ranges) {
+            Ok(memory) => memory,
+            Err(e) => panic!("fixture: guest memory {regions:x?}: {e}"),
+        };
+        Guest {
+            shadow: regions.iter().map(|&(_, len)| vec![0u8; len]).collect(),
+            dirty: vec![(usize::MAX, 0); regions.len()],
+            regions,
+            memory,
+        }
+    }
+
+    /// Notes that region `i` changed at `from..to`.
+    fn mark(&mut self, i: usize, from: usize, to: usize) {
+        let dirty = &mut self.dirty[i];
+        *dirty = (dirty.0.min(from), dirty.1.max(to));
+    }
+
+    /// Zeroes what changed: memory and copy as a fresh mapping has them.
+    fn clean(&mut self) {
+        for (i, dirty) in self.dirty.iter_mut().enumerate() {
+            let (from, to) = std::mem::replace(dirty, (usize::MAX, 0));
+            if from < to {
+                self.shadow[i][from..to].fill(0);
+                let at = GuestAddress(self.regions[i].0 + from as u64);
+                let _ = self.memory.write_slice(&self.shadow[i][from..to], at);
+            }
+        }
+    }
+}
+
 pub(crate) struct Sim<'f, F: VirtioFixture> {
     fixture: &'f F,
     memory: GuestMemoryMmap,
+    guest: Guest,
     regions: Vec<(u64, usize)>,
-    /// Guest memory as the driver knows it, per region.
-    shadow: Vec<Vec<u8>>,
-    scratch: Vec<u8>,
     device: Arc<dyn PciDevice>,
     devices: F::Devices,
     wiring: Wiring,
@@ -157,6 +203,10 @@ pub(crate) struct Sim<'f, F: VirtioFixture> {
     data_end: u64,
     data_next: u64,
     segments: Vec<Segment>,
+    /// Whether the device was called since the last synchronisation.
+    pending: bool,
+    /// Changed runs of guest memory (reused).
+    runs: Vec<(usize, usize)>,
     /// The fixture's bring-up steps.
     prologue: Vec<VirtioOp>,
     published: u64,
@@ -164,30 +214,29 @@ pub(crate) struct Sim<'f, F: VirtioFixture> {
 }
 
 impl<'f, F: VirtioFixture> Sim<'f, F> {
-    pub(crate) fn new(fixture: &'f F, config: &F::Config) -> Self {
+    /// A simulation on `fixture`'s device built for `config`, in `guest` memory when the
+    /// layout is the same (cleaned first).
+    pub(crate) fn new(fixture: &'f F, config: &F::Config, guest: Option<Guest>) -> Self {
         let regions = fixture.memory(config);
-        let ranges: Vec<_> = regions
-            .iter()
-            .map(|&(start, len)| (GuestAddress(start), len))
-            .collect();
-        let memory = match GuestMemoryMmap::from_ranges(&ranges) {
-            Ok(memory) => memory,
-            Err(e) => panic!("fixture: guest memory {regions:x?}: {e}"),
+        let guest = match guest {
+            Some(mut guest) if guest.regions == regions => {
+                guest.clean();
+                guest
+            }
+            _ => Guest::new(regions.clone()),
         };
+        let memory = guest.memory.clone();
         let mut wiring = Wiring {
             memory: memory.clone(),
             lines: Lines::default(),
             msi: Arc::new(Msi::default()),
         };
         let (device, devices) = fixture.build(config, &mut wiring);
-        let shadow = regions.iter().map(|&(_, len)| vec![0u8; len]).collect();
-        let largest = regions.iter().map(|r| r.1).max().unwrap_or(0);
         let (first, first_len) = regions.first().copied().unwrap_or((0, 0));
         let mut sim = Sim {
             fixture,
             memory,
-            shadow,
-            scratch: vec![0u8; largest],
+            guest,
             device,
             devices,
             wiring,
@@ -203,6 +252,9 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             data_end: first + first_len as u64,
             data_next: first,
             segments: Vec::new(),
+            // The capability walk called the device.
+            pending: true,
+            runs: Vec::new(),
             prologue: Vec::new(),
             published: 0,
             resets: 0,
@@ -239,9 +291,23 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         self.prologue = prologue;
     }
 
-    pub(crate) fn inspect<R>(self, inspect: impl FnOnce(&F::Devices, &DriverView) -> R) -> R {
+    /// Hands `inspect` the devices and the driver's view; returns its answer and the guest
+    /// memory for the next input (the device is dropped first).
+    pub(crate) fn inspect<R>(
+        self,
+        inspect: impl FnOnce(&F::Devices, &DriverView) -> R,
+    ) -> (R, Guest) {
         let view = self.view();
-        inspect(&self.devices, &view)
+        let answer = inspect(&self.devices, &view);
+        let Sim {
+            guest,
+            device,
+            devices,
+            ..
+        } = self;
+        drop(device);
+        drop(devices);
+        (answer, guest)
     }
 
     fn view(&self) -> DriverView {
@@ -391,7 +457,8 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             let part = &data[(from - addr) as usize..(to - addr) as usize];
             let _ = self.memory.write_slice(part, GuestAddress(from));
             let at = (from - start) as usize;
-            self.shadow[i][at..at + part.len()].copy_from_slice(part);
+            self.guest.shadow[i][at..at + part.len()].copy_from_slice(part);
+            self.guest.mark(i, at, at + part.len());
         }
     }
 
@@ -415,6 +482,20 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         })
     }
 
+    /// Whether one buffer the device may write now holds all of `run` (the common case, checked
+    /// before byte by byte).
+    fn may_write_all(&self, (addr, len): (u64, u64)) -> bool {
+        let holds = |(start, n): (u64, u64)| addr >= start && addr - start + len <= n;
+        self.live.iter().flatten().any(|q| {
+            holds(q.rings()[2])
+                || q.outstanding.iter().any(|o| {
+                    o.writable
+                        .iter()
+                        .any(|&(start, n)| holds((start, u64::from(n))))
+                })
+        })
+    }
+
     /// Whether the device may write `addr` now.
     fn may_write(&self, addr: u64) -> bool {
         self.live.iter().flatten().any(|q| {
@@ -432,44 +513,63 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
     fn check_memory(&mut self, step: usize) {
         for i in 0..self.regions.len() {
             let (start, len) = self.regions[i];
-            let scratch = &mut self.scratch[..len];
-            if self
-                .memory
-                .read_slice(scratch, GuestAddress(start))
-                .is_err()
-            {
-                continue;
+            // The changed runs (offset, length), found without copying memory: halves compared
+            // whole until the 64-byte blocks that differ.
+            let mut runs = std::mem::take(&mut self.runs);
+            runs.clear();
+            if let Some(memory) = guest_bytes(&self.memory, start, len) {
+                diff(memory, &self.guest.shadow[i], 0, &mut runs);
             }
-            if *scratch == self.shadow[i][..] {
-                continue;
-            }
-            let mut offset = 0;
-            while offset < len {
-                let chunk = (offset + 64).min(len);
-                if offset % 64 == 0 && self.scratch[offset..chunk] == self.shadow[i][offset..chunk]
-                {
-                    offset = chunk;
+            for &(offset, n) in &runs {
+                let run = (start + offset as u64, n as u64);
+                if self.tainted || self.may_write_all(run) {
+                    if self.touches_structures(run.0, run.1, true) {
+                        self.tainted = true;
+                    }
                     continue;
                 }
-                if self.scratch[offset] == self.shadow[i][offset] {
-                    offset += 1;
-                    continue;
+                for at in offset..offset + n {
+                    let addr = start + at as u64;
+                    if !self.tainted && !self.may_write(addr) {
+                        panic!(
+                            "step {step}: the device wrote guest memory at {addr:#x} (by this \
+                             step at the latest), outside every device-writable buffer in flight \
+                             and the used rings"
+                        );
+                    }
                 }
-                let addr = start + offset as u64;
-                if !self.tainted && !self.may_write(addr) {
-                    panic!(
-                        "step {step}: the device wrote guest memory at {addr:#x} ({:#04x} over \
-                         {:#04x}), outside every device-writable buffer in flight and the used rings",
-                        self.scratch[offset], self.shadow[i][offset]
-                    );
-                }
-                if self.touches_structures(addr, 1, true) {
+                if self.touches_structures(start + offset as u64, n as u64, true) {
                     self.tainted = true;
                 }
-                self.shadow[i][offset] = self.scratch[offset];
-                offset += 1;
             }
+            if let Some(memory) = guest_bytes(&self.memory, start, len) {
+                for &(offset, n) in &runs {
+                    self.guest.shadow[i][offset..offset + n]
+                        .copy_from_slice(&memory[offset..offset + n]);
+                }
+            }
+            for &(offset, n) in &runs {
+                self.guest.mark(i, offset, offset + n);
+            }
+            self.runs = runs;
         }
+    }
+
+    /// Checks what the device did since the last synchronisation (guest memory, then the used
+    /// rings), if it was called since; returns the used entries found.
+    fn sync(&mut self, step: usize) -> u64 {
+        if !std::mem::take(&mut self.pending) {
+            return 0;
+        }
+        self.check_memory(step);
+        self.collect_used(step)
+    }
+
+    /// The last synchronisation, at the end of an input.
+    pub(crate) fn finish(&mut self, step: usize) {
+        self.pending = true;
+        self.sync(step);
+        self.fixture.check(&self.devices, &self.view());
     }
 
     // ---- the driver's bookkeeping ----
@@ -600,12 +700,12 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         total
     }
 
-    /// The checks after a step that called the device.
-    fn check(&mut self, step: usize, wrote: bool) {
-        if wrote {
-            self.check_memory(step);
-        }
-        self.collect_used(step);
+    /// The checks after a step that called the device. What the device did to guest memory
+    /// and the used rings is checked at the next synchronisation: before the driver writes
+    /// guest memory or changes what the device may write (a reset, `DRIVER_OK`), around each
+    /// notification, and at the end of the input.
+    fn check(&mut self, step: usize, called: bool) {
+        self.pending |= called;
         let status = self.read_status();
         let allowed = self.status_written | NEEDS_RESET;
         if status & !allowed != 0 {
@@ -617,8 +717,10 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         }
         let live = self.live.iter().any(Option::is_some);
         if status == 0 && (live || self.status_written != 0) {
+            self.sync(step);
             self.on_reset();
         } else if status & DRIVER_OK != 0 && !live {
+            self.sync(step);
             self.go_live();
         }
         self.fixture.check(&self.devices, &self.view());
@@ -631,7 +733,8 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
     // ---- the operations ----
 
     pub(crate) fn step(&mut self, step: usize, op: &VirtioOp) {
-        let wrote = match op {
+        // Each arm says whether it called the device (all but the driver's own steps).
+        let called = match op {
             VirtioOp::Status(value) => {
                 self.write_status(step, *value);
                 true
@@ -652,7 +755,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                 true
             }
             VirtioOp::Queue(setup) => {
-                self.setup_queue(setup);
+                self.setup_queue(step, setup);
                 true
             }
             VirtioOp::DriverOk => {
@@ -661,16 +764,17 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                 true
             }
             VirtioOp::Chain(chain) => {
-                self.chain(chain);
+                self.chain(step, chain);
                 return;
             }
             VirtioOp::Notify(queue) => {
+                // Checked inside, before and after the notification.
                 self.notify(step, *queue);
-                true
+                false
             }
             VirtioOp::Reset => {
                 self.reset(step);
-                true
+                false
             }
             VirtioOp::Common { field, value } => {
                 let (offset, width) = COMMON_FIELDS[usize::from(*field) % COMMON_FIELDS.len()];
@@ -680,7 +784,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             }
             VirtioOp::Read { at, offset, size } => {
                 self.read(step, *at, *offset, usize::from(*size).min(8));
-                false
+                true
             }
             VirtioOp::Write { at, offset, data } => {
                 self.write(*at, *offset, &data[..data.len().min(8)]);
@@ -688,7 +792,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             }
             VirtioOp::ConfigRead { offset, size } => {
                 self.config_read_checked(step, *offset, *size);
-                false
+                true
             }
             VirtioOp::ConfigWrite { offset, data } => {
                 let size = data.len().min(4 - usize::from(*offset) % 4);
@@ -755,6 +859,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                     _ => u64::MAX,
                 };
                 let own = addr == used_event && data.len() <= 2;
+                self.sync(step);
                 self.write_mem(addr, data, own);
                 return;
             }
@@ -773,7 +878,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                 true
             }
         };
-        self.check(step, wrote);
+        self.check(step, called);
     }
 
     fn live_queue(&self, queue: u8) -> Option<&Live> {
@@ -799,8 +904,8 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         if value == 0 {
             // What the device did on its way to the reset is checked against what was in
             // flight.
-            self.check_memory(step);
-            self.collect_used(step);
+            self.pending = true;
+            self.sync(step);
             self.on_reset();
             return;
         }
@@ -855,7 +960,8 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         }
     }
 
-    fn setup_queue(&mut self, setup: &QueueSetup) {
+    fn setup_queue(&mut self, step: usize, setup: &QueueSetup) {
+        self.sync(step);
         self.common_write(QUEUE_SELECT, u64::from(setup.queue), 2);
         if setup.size != 0 {
             self.common_write(QUEUE_SIZE, u64::from(setup.size), 2);
@@ -933,13 +1039,14 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             }
             None => (queue, 0, 0, 0),
         };
+        self.sync(step);
         let healthy = self.healthy();
         self.fixture.before_notify(&self.devices);
         let calls = self.wiring.calls();
         let offset = u64::from(notify_off).wrapping_mul(u64::from(mult));
         self.bar_write(Some(window), offset, &queue.to_le_bytes());
-        self.check_memory(step);
-        let used = self.collect_used(step);
+        self.pending = true;
+        let used = self.sync(step);
         let bound = self.fixture.max_chains_per_notify();
         if used > bound {
             panic!(
@@ -1067,7 +1174,8 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         addr
     }
 
-    fn chain(&mut self, chain: &Chain) {
+    fn chain(&mut self, step: usize, chain: &Chain) {
+        self.sync(step);
         let Some(index) = self
             .live
             .get(usize::from(chain.queue))
@@ -1298,6 +1406,39 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         q.next_slot = at;
         Some((slots[0], slots))
     }
+}
+
+/// Appends the runs (offset from `base`, length) where `memory` and `copy` differ.
+fn diff(memory: &[u8], copy: &[u8], base: usize, runs: &mut Vec<(usize, usize)>) {
+    if memory == copy {
+        return;
+    }
+    if memory.len() > 64 {
+        let half = memory.len() / 2;
+        diff(&memory[..half], &copy[..half], base, runs);
+        diff(&memory[half..], &copy[half..], base + half, runs);
+        return;
+    }
+    for (at, (a, b)) in memory.iter().zip(copy).enumerate() {
+        if a != b {
+            match runs.last_mut() {
+                Some((from, n)) if *from + *n == base + at => *n += 1,
+                _ => runs.push((base + at, 1)),
+            }
+        }
+    }
+}
+
+/// The bytes of guest memory at `start..start + len` (one region), borrowed.
+fn guest_bytes(memory: &GuestMemoryMmap, start: u64, len: usize) -> Option<&[u8]> {
+    let slice = memory.get_slice(GuestAddress(start), len).ok()?;
+    let guard = slice.ptr_guard();
+    // SAFETY: `get_slice` checked that `len` bytes at `start` lie in one region of `memory`,
+    // which stays mapped while `memory` (borrowed for the result's lifetime) lives. Nothing
+    // writes them meanwhile: the simulator is single-threaded, calls no device while it holds
+    // the bytes, and a fixture's device writes guest memory only inside the simulator's calls
+    // (the `VirtioFixture` contract).
+    Some(unsafe { std::slice::from_raw_parts(guard.as_ptr(), guard.len()) })
 }
 
 fn raw_desc(&(addr, len, flags, next): &Desc) -> [u8; 16] {

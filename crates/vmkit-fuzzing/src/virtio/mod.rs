@@ -51,6 +51,7 @@ pub mod ops;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -309,6 +310,8 @@ pub trait VirtioFixture {
 /// the [module documentation](self) after every step.
 pub struct VirtioFuzzer<F: VirtioFixture> {
     fixture: F,
+    /// Guest memory kept for the next input.
+    guest: RefCell<Option<driver::Guest>>,
 }
 
 impl<F: VirtioFixture> fmt::Debug for VirtioFuzzer<F> {
@@ -320,7 +323,10 @@ impl<F: VirtioFixture> fmt::Debug for VirtioFuzzer<F> {
 impl<F: VirtioFixture> VirtioFuzzer<F> {
     /// A simulator for `fixture`'s device.
     pub fn new(fixture: F) -> Self {
-        VirtioFuzzer { fixture }
+        VirtioFuzzer {
+            fixture,
+            guest: RefCell::new(None),
+        }
     }
 
     /// The fixture.
@@ -364,11 +370,15 @@ impl<F: VirtioFixture> VirtioFuzzer<F> {
         ops: &[VirtioOp],
         inspect: impl FnOnce(&F::Devices, &DriverView) -> R,
     ) -> R {
-        let mut sim = driver::Sim::new(&self.fixture, config);
+        let guest = self.guest.borrow_mut().take();
+        let mut sim = driver::Sim::new(&self.fixture, config, guest);
         sim.prologue(config);
         for (step, op) in ops.iter().enumerate() {
             sim.step(step, op);
         }
-        sim.inspect(inspect)
+        sim.finish(ops.len());
+        let (answer, guest) = sim.inspect(inspect);
+        *self.guest.borrow_mut() = Some(guest);
+        answer
     }
 }

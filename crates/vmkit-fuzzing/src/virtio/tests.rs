@@ -569,3 +569,26 @@ fn a_device_serving_chains_after_a_reset_is_caught() {
     ops.push(VirtioOp::Notify(0));
     run(Bug::ServesAfterReset, &ops);
 }
+
+#[test]
+fn every_input_starts_on_zeroed_guest_memory() {
+    let fuzzer = VirtioFuzzer::new(TinyFixture(Bug::None));
+    let mut dirty = requests(3);
+    dirty.push(VirtioOp::Memory {
+        queue: 9,
+        area: 3,
+        offset: 0xFFC0,
+        data: vec![0xFF; 64],
+    });
+    dirty.push(VirtioOp::Chain(Chain::direct(0, &[0xEE; 64])));
+    let view = fuzzer.run_ops_then(&(), &dirty, |_, view| *view);
+    assert_eq!(view.outstanding, 1, "a chain left in flight");
+    let zeroed = fuzzer.run_ops_then(&(), &[], |tiny, _| {
+        let mut bytes = vec![0xAAu8; DEFAULT_MEMORY];
+        tiny.memory.read_slice(&mut bytes, GuestAddress(0)).unwrap();
+        bytes.iter().all(|&b| b == 0)
+    });
+    assert!(zeroed);
+    // And the same input runs the same on reused memory.
+    assert_eq!(fuzzer.run_ops_then(&(), &dirty, |_, view| *view), view);
+}
