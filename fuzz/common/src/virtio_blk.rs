@@ -39,8 +39,8 @@ use vmkit_devices::virtio::{
 };
 use vmkit_devices::{DiskBackend, VirtioBlock, VirtioPciDevice};
 use vmkit_fuzzing::virtio::{
-    Chain, Completion, DriverView, Flaw, Form, Notified, QueueSetup, Segment, VirtioFixture,
-    VirtioFuzzer, VirtioOp, Wiring,
+    Chain, Completion, DriverView, Flaw, Form, Notified, QueueSetup, Segment, Structure,
+    VirtioFixture, VirtioFuzzer, VirtioOp, Wiring,
 };
 use vmkit_fuzzing::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmkit_fuzzing::vmkit_exits::PciDevice;
@@ -300,8 +300,9 @@ impl VirtioFixture for Fixture {
         if !completion.well_formed || !status_writable {
             return;
         }
-        if let Some(&(addr, len)) = completion.writable.last() {
-            let at = addr + u64::from(len) - 1;
+        let last = completion.writable.last();
+        let at = last.and_then(|&(addr, len)| addr.checked_add(u64::from(len))?.checked_sub(1));
+        if let Some(at) = at {
             if let Ok(status) = devices.memory.read_obj::<u8>(GuestAddress(at)) {
                 assert!(status <= 2, "status {status}");
             }
@@ -462,7 +463,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             ..Chain::direct(0, &payload)
         })
     };
-    let scenarios: Vec<(&'static str, Setup, Vec<VirtioOp>)> = vec![
+    let mut scenarios: Vec<(&'static str, Setup, Vec<VirtioOp>)> = vec![
         (
             "read_write_flush_id",
             setup,
@@ -597,6 +598,25 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             .concat(),
         ),
     ];
+    // Found by the fuzzer, both wrong checks of the harness: a request taken by a notification
+    // written as a raw register access counted as waiting at the next notification, and a
+    // driver that sets FAILED with DRIVER_OK expected to activate the device.
+    scenarios.extend([
+        (
+            "raw_notification",
+            setup,
+            vec![
+                req(0, 0, 1, 0)[0].clone(),
+                VirtioOp::Write {
+                    at: Structure::Notify,
+                    offset: 0,
+                    data: vec![],
+                },
+                VirtioOp::Notify(0),
+            ],
+        ),
+        ("driver_gives_up", setup, vec![VirtioOp::Status(0xFF)]),
+    ]);
     let fuzzer = fuzzer();
     scenarios
         .into_iter()

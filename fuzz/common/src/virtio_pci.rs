@@ -35,6 +35,10 @@ use vmkit_fuzzing::vmkit_exits::PciDevice;
 
 use crate::virtio_blk::request;
 
+/// Bytes of guest memory: the rings of the one queue and room for requests (the simulator
+/// compares all of it after the device's steps, so no more than that).
+pub const MEMORY_SIZE: u64 = 0x8000;
+
 /// The transport under test.
 pub type Transport = VirtioPciDevice<VirtioBlock<MemDisk>>;
 
@@ -69,6 +73,10 @@ impl VirtioFixture for Fixture {
     }
 
     fn encode_config(&self, _config: &(), _out: &mut Vec<u8>) {}
+
+    fn memory(&self, _config: &()) -> Vec<(u64, usize)> {
+        vec![(0, MEMORY_SIZE as usize)]
+    }
 
     fn build(&self, _config: &(), wiring: &mut Wiring) -> (Arc<dyn PciDevice>, Devices) {
         let intx = wiring.interrupt();
@@ -346,9 +354,9 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                     VirtioOp::Negotiate { mask: u64::MAX },
                     VirtioOp::Queue(QueueSetup {
                         size: 4,
-                        desc: Place::Ram(0x8000),
-                        avail: Place::Ram(0x9000),
-                        used: Place::Ram(0xA000),
+                        desc: Place::Ram(0x7000),
+                        avail: Place::Ram(0x7400),
+                        used: Place::Ram(0x7800),
                         ..QueueSetup::honest(0)
                     }),
                     VirtioOp::DriverOk,

@@ -72,6 +72,14 @@ struct Caps {
     msix: Option<(u8, Window, u16)>,
 }
 
+/// What the capability walk found, kept for the next input on a device built for the same
+/// configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Walk {
+    caps: Caps,
+    num_queues: u16,
+}
+
 /// A chain in flight.
 struct Outstanding {
     head: u16,
@@ -216,7 +224,12 @@ pub(crate) struct Sim<'f, F: VirtioFixture> {
 impl<'f, F: VirtioFixture> Sim<'f, F> {
     /// A simulation on `fixture`'s device built for `config`, in `guest` memory when the
     /// layout is the same (cleaned first).
-    pub(crate) fn new(fixture: &'f F, config: &F::Config, guest: Option<Guest>) -> Self {
+    pub(crate) fn new(
+        fixture: &'f F,
+        config: &F::Config,
+        guest: Option<Guest>,
+        walk: Option<Walk>,
+    ) -> Self {
         let regions = fixture.memory(config);
         let guest = match guest {
             Some(mut guest) if guest.regions == regions => {
@@ -260,12 +273,21 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             resets: 0,
             regions,
         };
-        sim.caps = sim.walk_caps();
+        // The same device for the same configuration: the walk of the last input holds.
+        let walk = walk.unwrap_or_else(|| {
+            let caps = sim.walk_caps();
+            sim.caps = caps;
+            Walk {
+                caps,
+                num_queues: (sim.common_read(NUM_QUEUES, 2) as u16).min(MAX_QUEUES),
+            }
+        });
+        sim.caps = walk.caps;
+        sim.num_queues = walk.num_queues;
         // Firmware enables memory decoding and bus mastering.
         let command = sim.config_read16(0x04);
         sim.device
             .config_write(0x04, &(command | 0x6).to_le_bytes());
-        sim.num_queues = (sim.common_read(NUM_QUEUES, 2) as u16).min(MAX_QUEUES);
         sim.live = (0..sim.num_queues).map(|_| None).collect();
         let ring_end = first + RING_AREA + RING_SLOT * u64::from(sim.num_queues).min(RING_SLOTS);
         if ring_end < sim.data_end {
@@ -296,9 +318,13 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
     pub(crate) fn inspect<R>(
         self,
         inspect: impl FnOnce(&F::Devices, &DriverView) -> R,
-    ) -> (R, Guest) {
+    ) -> (R, Guest, Walk) {
         let view = self.view();
         let answer = inspect(&self.devices, &view);
+        let walk = Walk {
+            caps: self.caps,
+            num_queues: self.num_queues,
+        };
         let Sim {
             guest,
             device,
@@ -307,7 +333,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         } = self;
         drop(device);
         drop(devices);
-        (answer, guest)
+        (answer, guest, walk)
     }
 
     fn view(&self) -> DriverView {
@@ -485,7 +511,9 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
     /// Whether one buffer the device may write now holds all of `run` (the common case, checked
     /// before byte by byte).
     fn may_write_all(&self, (addr, len): (u64, u64)) -> bool {
-        let holds = |(start, n): (u64, u64)| addr >= start && addr - start + len <= n;
+        let holds = |(start, n): (u64, u64)| {
+            addr >= start && (addr - start).checked_add(len).is_some_and(|end| end <= n)
+        };
         self.live.iter().flatten().any(|q| {
             holds(q.rings()[2])
                 || q.outstanding.iter().any(|o| {
@@ -635,7 +663,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             let Some(q) = &self.live[index] else {
                 continue;
             };
-            let Some(idx) = self.read_u16(q.used + 2) else {
+            let Some(idx) = self.read_u16(q.used.wrapping_add(2)) else {
                 continue;
             };
             let new = idx.wrapping_sub(q.used_seen);
@@ -654,10 +682,11 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                     break;
                 };
                 let slot = u64::from(q.used_seen.wrapping_add(i) % q.size);
-                let elem = q.used + 4 + 8 * slot;
+                let elem = q.used.wrapping_add(4 + 8 * slot);
                 let (id, len) = match (
                     self.memory.read_obj::<u32>(GuestAddress(elem)),
-                    self.memory.read_obj::<u32>(GuestAddress(elem + 4)),
+                    self.memory
+                        .read_obj::<u32>(GuestAddress(elem.wrapping_add(4))),
                 ) {
                     (Ok(id), Ok(len)) => (id, len),
                     _ => break,
@@ -855,7 +884,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                 let addr = base.wrapping_add(u64::from(*offset));
                 // `used_event`, at the end of the available ring, is the driver's to write.
                 let used_event = match (area, self.live_queue(*queue)) {
-                    (1, Some(q)) => q.avail + 4 + 2 * u64::from(q.size),
+                    (1, Some(q)) => q.avail.wrapping_add(4 + 2 * u64::from(q.size)),
                     _ => u64::MAX,
                 };
                 let own = addr == used_event && data.len() <= 2;
@@ -1015,6 +1044,9 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         let Some((window, mult)) = self.caps.notify else {
             return;
         };
+        // What the device did before (a notification written as a raw register access, say)
+        // is checked and retired first.
+        self.sync(step);
         let (notify_off, before, well_formed, fresh) = match self
             .live
             .get_mut(usize::from(queue))
@@ -1039,7 +1071,6 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             }
             None => (queue, 0, 0, 0),
         };
-        self.sync(step);
         let healthy = self.healthy();
         self.fixture.before_notify(&self.devices);
         let calls = self.wiring.calls();
@@ -1361,7 +1392,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             let desc_table = rings[0].0;
             for (&slot, d) in slots.iter().zip(&ring) {
                 let raw = raw_desc(d);
-                self.write_mem(desc_table + 16 * u64::from(slot), &raw, true);
+                self.write_mem(desc_table.wrapping_add(16 * u64::from(slot)), &raw, true);
             }
         }
         let outstanding = Outstanding {
@@ -1383,8 +1414,8 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         let idx = q.avail_idx;
         q.outstanding.push(outstanding);
         self.published += 1;
-        self.write_mem(avail + 4 + 2 * slot, &head.to_le_bytes(), true);
-        self.write_mem(avail + 2, &idx.to_le_bytes(), true);
+        self.write_mem(avail.wrapping_add(4 + 2 * slot), &head.to_le_bytes(), true);
+        self.write_mem(avail.wrapping_add(2), &idx.to_le_bytes(), true);
     }
 
     /// `count` free descriptor slots of queue `index` (the first is the head), marked taken.

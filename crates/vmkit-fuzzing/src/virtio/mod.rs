@@ -213,13 +213,14 @@ impl Wiring {
 /// A virtio-pci device under test, as a fuzz target describes it.
 ///
 /// `build` must make the same device every time for the same configuration, deterministic in
-/// what it does; the device does its work inside the calls the simulator makes (no threads of
+/// what it does (the simulator walks the capabilities of the first device built for a
+/// configuration only); the device does its work inside the calls the simulator makes (no threads of
 /// its own writing guest memory meanwhile).
 pub trait VirtioFixture {
     /// What the fixture keeps of one device, for its hooks.
     type Devices;
     /// The per-input configuration the input starts with (`()` for none).
-    type Config: Clone + fmt::Debug;
+    type Config: Clone + fmt::Debug + PartialEq;
 
     /// Reads the configuration from the start of an input.
     fn config(&self, u: &mut Unstructured<'_>) -> arbitrary::Result<Self::Config>;
@@ -312,6 +313,8 @@ pub struct VirtioFuzzer<F: VirtioFixture> {
     fixture: F,
     /// Guest memory kept for the next input.
     guest: RefCell<Option<driver::Guest>>,
+    /// The last input's configuration and capability walk.
+    walk: RefCell<Option<(F::Config, driver::Walk)>>,
 }
 
 impl<F: VirtioFixture> fmt::Debug for VirtioFuzzer<F> {
@@ -326,6 +329,7 @@ impl<F: VirtioFixture> VirtioFuzzer<F> {
         VirtioFuzzer {
             fixture,
             guest: RefCell::new(None),
+            walk: RefCell::new(None),
         }
     }
 
@@ -371,14 +375,19 @@ impl<F: VirtioFixture> VirtioFuzzer<F> {
         inspect: impl FnOnce(&F::Devices, &DriverView) -> R,
     ) -> R {
         let guest = self.guest.borrow_mut().take();
-        let mut sim = driver::Sim::new(&self.fixture, config, guest);
+        let walk = match self.walk.borrow_mut().take() {
+            Some((last, walk)) if last == *config => Some(walk),
+            _ => None,
+        };
+        let mut sim = driver::Sim::new(&self.fixture, config, guest, walk);
         sim.prologue(config);
         for (step, op) in ops.iter().enumerate() {
             sim.step(step, op);
         }
         sim.finish(ops.len());
-        let (answer, guest) = sim.inspect(inspect);
+        let (answer, guest, walk) = sim.inspect(inspect);
         *self.guest.borrow_mut() = Some(guest);
+        *self.walk.borrow_mut() = Some((config.clone(), walk));
         answer
     }
 }

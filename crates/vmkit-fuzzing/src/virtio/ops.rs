@@ -591,7 +591,7 @@ pub fn encode(ops: &[VirtioOp]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn every_kind() -> Vec<VirtioOp> {

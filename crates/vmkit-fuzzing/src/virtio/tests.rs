@@ -88,7 +88,11 @@ impl Tiny {
         vendor_cap(&mut config, 0x40, 0x50, 1, 0x000, 0x38);
         vendor_cap(&mut config, 0x50, 0x68, 2, 0x100, 4);
         vendor_cap(&mut config, 0x68, 0x78, 3, 0x200, 1);
-        vendor_cap(&mut config, 0x78, 0x00, 4, 0x300, 4);
+        vendor_cap(&mut config, 0x78, 0x88, 4, 0x300, 4);
+        // MSI-X: two entries at BAR 0 offset 0x400; then the PCI configuration access window.
+        config[0x88..0x90].copy_from_slice(&[0x11, 0x98, 1, 0, 0x00, 0x04, 0, 0]);
+        vendor_cap(&mut config, 0x98, 0x00, 5, 0, 0);
+        config[0x98 + 2] = 20;
         let state = State {
             config,
             device_feature_select: 0,
@@ -214,7 +218,7 @@ impl Tiny {
             None => return,
         };
         let m = &self.memory;
-        let Ok(idx) = m.read_obj::<u16>(GuestAddress(avail + 2)) else {
+        let Ok(idx) = m.read_obj::<u16>(GuestAddress(avail.wrapping_add(2))) else {
             return;
         };
         let mut last_head = None;
@@ -224,7 +228,7 @@ impl Tiny {
             }
             let slot = u64::from(s.last_avail % size);
             s.last_avail = s.last_avail.wrapping_add(1);
-            let Ok(head) = m.read_obj::<u16>(GuestAddress(avail + 4 + 2 * slot)) else {
+            let Ok(head) = m.read_obj::<u16>(GuestAddress(avail.wrapping_add(4 + 2 * slot))) else {
                 return;
             };
             if head >= size {
@@ -233,12 +237,12 @@ impl Tiny {
             let mut written = 0u32;
             let mut at = head;
             for _ in 0..size {
-                let base = desc + 16 * u64::from(at);
+                let base = desc.wrapping_add(16 * u64::from(at));
                 let (Ok(addr), Ok(len), Ok(flags), Ok(next)) = (
                     m.read_obj::<u64>(GuestAddress(base)),
-                    m.read_obj::<u32>(GuestAddress(base + 8)),
-                    m.read_obj::<u16>(GuestAddress(base + 12)),
-                    m.read_obj::<u16>(GuestAddress(base + 14)),
+                    m.read_obj::<u32>(GuestAddress(base.wrapping_add(8))),
+                    m.read_obj::<u16>(GuestAddress(base.wrapping_add(12))),
+                    m.read_obj::<u16>(GuestAddress(base.wrapping_add(14))),
                 ) else {
                     break;
                 };
@@ -250,7 +254,8 @@ impl Tiny {
                         written += n;
                     }
                     if self.bug == Bug::WritesPastBuffer {
-                        let _ = m.write_obj(0x5Au8, GuestAddress(addr + u64::from(len)));
+                        let _ =
+                            m.write_obj(0x5Au8, GuestAddress(addr.wrapping_add(u64::from(len))));
                     }
                 }
                 if flags & 1 == 0 || next >= size {
@@ -284,11 +289,15 @@ impl Tiny {
     }
 
     fn put_used(&self, s: &mut State, used: u64, size: u16, id: u32, len: u32) {
-        let elem = used + 4 + 8 * u64::from(s.used_idx % size);
+        let elem = used.wrapping_add(4 + 8 * u64::from(s.used_idx % size));
         let _ = self.memory.write_obj(id, GuestAddress(elem));
-        let _ = self.memory.write_obj(len, GuestAddress(elem + 4));
+        let _ = self
+            .memory
+            .write_obj(len, GuestAddress(elem.wrapping_add(4)));
         s.used_idx = s.used_idx.wrapping_add(1);
-        let _ = self.memory.write_obj(s.used_idx, GuestAddress(used + 2));
+        let _ = self
+            .memory
+            .write_obj(s.used_idx, GuestAddress(used.wrapping_add(2)));
     }
 }
 
@@ -591,4 +600,54 @@ fn every_input_starts_on_zeroed_guest_memory() {
     assert!(zeroed);
     // And the same input runs the same on reused memory.
     assert_eq!(fuzzer.run_ops_then(&(), &dirty, |_, view| *view), view);
+}
+
+#[test]
+fn every_operation_runs_on_a_device_with_msix_and_the_access_window() {
+    let mut ops = requests(1);
+    ops.extend(super::ops::tests::every_kind());
+    ops.extend([
+        VirtioOp::ConfigWrite {
+            offset: 0x98 + 16,
+            data: vec![1, 2, 3, 4],
+        },
+        VirtioOp::ConfigRead {
+            offset: 0x98 + 16,
+            size: 3,
+        },
+        VirtioOp::Write {
+            at: Structure::Common,
+            offset: 0x14,
+            data: vec![0],
+        },
+        VirtioOp::Write {
+            at: Structure::Bar(0),
+            offset: 0x10,
+            data: vec![0xF, 0, 0, 0, 0, 0],
+        },
+        VirtioOp::Common { field: 0, value: 1 },
+        VirtioOp::Read {
+            at: Structure::Isr,
+            offset: 0,
+            size: 1,
+        },
+        VirtioOp::Read {
+            at: Structure::Notify,
+            offset: 2,
+            size: 2,
+        },
+        VirtioOp::Read {
+            at: Structure::Bar(1),
+            offset: 0x300,
+            size: 4,
+        },
+    ]);
+    ops.extend(requests(2));
+    ops.push(VirtioOp::Restart);
+    let view = run(Bug::None, &ops);
+    assert!(view.interrupts_failed);
+    assert_eq!(
+        view.status_written, 0,
+        "the last step was a restart without a prologue"
+    );
 }
