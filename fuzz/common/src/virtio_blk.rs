@@ -302,10 +302,10 @@ impl VirtioFixture for Fixture {
         }
         let last = completion.writable.last();
         let at = last.and_then(|&(addr, len)| addr.checked_add(u64::from(len))?.checked_sub(1));
-        if let Some(at) = at {
-            if let Ok(status) = devices.memory.read_obj::<u8>(GuestAddress(at)) {
-                assert!(status <= 2, "status {status}");
-            }
+        if let Some(at) = at
+            && let Ok(status) = devices.memory.read_obj::<u8>(GuestAddress(at))
+        {
+            assert!(status <= 2, "status {status}");
         }
     }
 
