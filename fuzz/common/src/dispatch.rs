@@ -1196,6 +1196,9 @@ mod tests {
             let (space, last) = match region.space {
                 HarnessSpace::Pio => (Space::Pio, u64::from(u16::MAX)),
                 HarnessSpace::Mmio => (Space::Mmio, u64::MAX),
+                HarnessSpace::PciConfig | HarnessSpace::PciBar(_) => {
+                    unreachable!("the VMM's ranges are port and MMIO ranges")
+                }
             };
             let Some(addr) = access.offset.address(region.base, region.len, last) else {
                 continue;
@@ -1221,6 +1224,9 @@ mod tests {
             let space = match region.space {
                 HarnessSpace::Pio => Space::Pio,
                 HarnessSpace::Mmio => Space::Mmio,
+                HarnessSpace::PciConfig | HarnessSpace::PciBar(_) => {
+                    unreachable!("the VMM's ranges are port and MMIO ranges")
+                }
             };
             Op::Register {
                 space,
