@@ -463,7 +463,7 @@ mod tests {
             .map(|(i, chunk)| {
                 let bytes = encode(chunk);
                 assert!(bytes.len() <= RECORDED_SEED_BYTES, "a run of {chunk:?}");
-                let name: &'static str = format!("recorded_blk_{i:02}").leak();
+                let name: &'static str = format!("recorded-blk-{i}").leak();
                 (name, bytes)
             })
             .collect()
