@@ -8,7 +8,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmkit_exits::PciDevice;
 
 use super::ops::{COMMON_FIELDS, Chain, Flaw, Form, Place, QueueSetup, Structure, VirtioOp};
@@ -215,6 +215,8 @@ pub(crate) struct Sim<'f, F: VirtioFixture> {
     pending: bool,
     /// Changed runs of guest memory (reused).
     runs: Vec<(usize, usize)>,
+    /// Guest memory of one region as read at the last comparison (reused between them).
+    snapshot: Vec<u8>,
     /// The fixture's bring-up steps.
     prologue: Vec<VirtioOp>,
     published: u64,
@@ -268,6 +270,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             // The capability walk called the device.
             pending: true,
             runs: Vec::new(),
+            snapshot: Vec::new(),
             prologue: Vec::new(),
             published: 0,
             resets: 0,
@@ -541,13 +544,16 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
     fn check_memory(&mut self, step: usize) {
         for i in 0..self.regions.len() {
             let (start, len) = self.regions[i];
-            // The changed runs (offset, length), found without copying memory: each block
-            // compared once, and halves of the blocks that differ compared whole until the
-            // 64-byte pieces that differ.
+            // The changed runs (offset, length): guest memory copied out through vm-memory (a
+            // device may share it: no reference to it is made), then each block compared once,
+            // and halves of the blocks that differ compared whole until the 64-byte pieces that
+            // differ.
             let mut runs = std::mem::take(&mut self.runs);
             runs.clear();
-            if let Some(memory) = guest_bytes(&self.memory, start, len) {
-                diff_blocks(memory, &self.guest.shadow[i], &mut runs);
+            let mut memory = std::mem::take(&mut self.snapshot);
+            memory.resize(len, 0);
+            if self.memory.read_slice(&mut memory, GuestAddress(start)).is_ok() {
+                diff_blocks(&memory, &self.guest.shadow[i], &mut runs);
             }
             for &(offset, n) in &runs {
                 let run = (start + offset as u64, n as u64);
@@ -571,12 +577,11 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                     self.tainted = true;
                 }
             }
-            if let Some(memory) = guest_bytes(&self.memory, start, len) {
-                for &(offset, n) in &runs {
-                    self.guest.shadow[i][offset..offset + n]
-                        .copy_from_slice(&memory[offset..offset + n]);
-                }
+            for &(offset, n) in &runs {
+                self.guest.shadow[i][offset..offset + n]
+                    .copy_from_slice(&memory[offset..offset + n]);
             }
+            self.snapshot = memory;
             for &(offset, n) in &runs {
                 self.guest.mark(i, offset, offset + n);
             }
@@ -1475,18 +1480,6 @@ fn diff(memory: &[u8], copy: &[u8], base: usize, runs: &mut Vec<(usize, usize)>)
             }
         }
     }
-}
-
-/// The bytes of guest memory at `start..start + len` (one region), borrowed.
-fn guest_bytes(memory: &GuestMemoryMmap, start: u64, len: usize) -> Option<&[u8]> {
-    let slice = memory.get_slice(GuestAddress(start), len).ok()?;
-    let guard = slice.ptr_guard();
-    // SAFETY: `get_slice` checked that `len` bytes at `start` lie in one region of `memory`,
-    // which stays mapped while `memory` (borrowed for the result's lifetime) lives. Nothing
-    // writes them meanwhile: the simulator is single-threaded, calls no device while it holds
-    // the bytes, and a fixture's device writes guest memory only inside the simulator's calls
-    // (the `VirtioFixture` contract).
-    Some(unsafe { std::slice::from_raw_parts(guard.as_ptr(), guard.len()) })
 }
 
 fn raw_desc(&(addr, len, flags, next): &Desc) -> [u8; 16] {
