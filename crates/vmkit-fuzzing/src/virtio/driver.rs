@@ -215,8 +215,10 @@ pub(crate) struct Sim<'f, F: VirtioFixture> {
     pending: bool,
     /// Changed runs of guest memory (reused).
     runs: Vec<(usize, usize)>,
-    /// Guest memory of one region as read at the last comparison (reused between them).
+    /// Guest memory of one range as read at the last look (reused between looks).
     snapshot: Vec<u8>,
+    /// Ranges to look at (reused).
+    ranges: Vec<(u64, u64)>,
     /// The fixture's bring-up steps.
     prologue: Vec<VirtioOp>,
     published: u64,
@@ -271,6 +273,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             pending: true,
             runs: Vec::new(),
             snapshot: Vec::new(),
+            ranges: Vec::new(),
             prologue: Vec::new(),
             published: 0,
             resets: 0,
@@ -469,10 +472,12 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
     /// Writes `data` at `addr` as the driver: to memory and to the driver's copy, where regions
     /// hold it. Unless the structure is the driver's own new one (`own`), a write over a
     /// structure in flight taints the run.
-    fn write_mem(&mut self, addr: u64, data: &[u8], own: bool) {
+    fn write_mem(&mut self, step: usize, addr: u64, data: &[u8], own: bool) {
         if data.is_empty() {
             return;
         }
+        // What the device wrote there first is judged before the driver overwrites it.
+        self.look(step, addr, data.len() as u64);
         if !own && self.touches_structures(addr, data.len() as u64, false) {
             self.tainted = true;
         }
@@ -539,54 +544,101 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         })
     }
 
-    /// Compares guest memory with the driver's copy: every byte the device changed must lie in
-    /// a buffer it may write; a change over the driver's structures taints the run.
-    fn check_memory(&mut self, step: usize) {
+    /// Looks at guest memory at `addr..addr + len` (where regions hold it): every byte the
+    /// device changed since the driver last looked must lie in a buffer it may write now, and
+    /// a change over the driver's structures taints the run.
+    ///
+    /// The driver looks at a range whenever what the device may write there is about to
+    /// change (a chain published or retired, a queue going live, a reset) and before it writes
+    /// the range itself, so between two looks at a byte the device's right to write it stayed
+    /// the same: a change found is judged by the rights it was made under. Bytes the device may
+    /// write are looked at after every call that may have written them; the rest of memory at
+    /// the end of the input ([`Self::check_all`]), where a stray write is found at the latest.
+    fn look(&mut self, step: usize, addr: u64, len: u64) {
+        let end = addr.saturating_add(len);
         for i in 0..self.regions.len() {
-            let (start, len) = self.regions[i];
-            // The changed runs (offset, length): guest memory copied out through vm-memory (a
-            // device may share it: no reference to it is made), then each block compared once,
-            // and halves of the blocks that differ compared whole until the 64-byte pieces that
-            // differ.
-            let mut runs = std::mem::take(&mut self.runs);
-            runs.clear();
-            let mut memory = std::mem::take(&mut self.snapshot);
-            memory.resize(len, 0);
-            if self.memory.read_slice(&mut memory, GuestAddress(start)).is_ok() {
-                diff_blocks(&memory, &self.guest.shadow[i], &mut runs);
+            let (start, size) = self.regions[i];
+            let (from, to) = (addr.max(start), end.min(start + size as u64));
+            if from < to {
+                self.check_range(step, i, (from - start) as usize, (to - start) as usize);
             }
-            for &(offset, n) in &runs {
-                let run = (start + offset as u64, n as u64);
-                if self.tainted || self.may_write_all(run) {
-                    if self.touches_structures(run.0, run.1, true) {
-                        self.tainted = true;
-                    }
-                    continue;
-                }
-                for at in offset..offset + n {
-                    let addr = start + at as u64;
-                    if !self.tainted && !self.may_write(addr) {
-                        panic!(
-                            "step {step}: the device wrote guest memory at {addr:#x} (by this \
-                             step at the latest), outside every device-writable buffer in flight \
-                             and the used rings"
-                        );
-                    }
-                }
-                if self.touches_structures(start + offset as u64, n as u64, true) {
+        }
+    }
+
+    /// Looks at every byte of guest memory.
+    fn check_all(&mut self, step: usize) {
+        for i in 0..self.regions.len() {
+            self.check_range(step, i, 0, self.regions[i].1);
+        }
+    }
+
+    /// Looks at bytes `from..to` of region `i` (see [`Self::look`]).
+    fn check_range(&mut self, step: usize, i: usize, from: usize, to: usize) {
+        let start = self.regions[i].0;
+        // The changed runs (offset, length): guest memory copied out through vm-memory (a
+        // device may share it: no reference to it is made), then each block compared once,
+        // and halves of the blocks that differ compared whole until the 64-byte pieces that
+        // differ.
+        let mut runs = std::mem::take(&mut self.runs);
+        runs.clear();
+        let mut snapshot = std::mem::take(&mut self.snapshot);
+        // Grown to the largest range looked at, never shrunk (growing zeroes the new bytes).
+        if snapshot.len() < to - from {
+            snapshot.resize(to - from, 0);
+        }
+        let memory = &mut snapshot[..to - from];
+        if self
+            .memory
+            .read_slice(memory, GuestAddress(start + from as u64))
+            .is_ok()
+        {
+            diff_blocks(memory, &self.guest.shadow[i][from..to], &mut runs);
+        }
+        for &(offset, n) in &runs {
+            let at = start + (from + offset) as u64;
+            if self.tainted || self.may_write_all((at, n as u64)) {
+                if self.touches_structures(at, n as u64, true) {
                     self.tainted = true;
                 }
+                continue;
             }
-            for &(offset, n) in &runs {
-                self.guest.shadow[i][offset..offset + n]
-                    .copy_from_slice(&memory[offset..offset + n]);
+            for addr in at..at + n as u64 {
+                if !self.tainted && !self.may_write(addr) {
+                    panic!(
+                        "step {step}: the device wrote guest memory at {addr:#x} (by this \
+                         step at the latest), outside every device-writable buffer in flight \
+                         and the used rings"
+                    );
+                }
             }
-            self.snapshot = memory;
-            for &(offset, n) in &runs {
-                self.guest.mark(i, offset, offset + n);
+            if self.touches_structures(at, n as u64, true) {
+                self.tainted = true;
             }
-            self.runs = runs;
         }
+        for &(offset, n) in &runs {
+            self.guest.shadow[i][from + offset..from + offset + n]
+                .copy_from_slice(&memory[offset..offset + n]);
+            self.guest.mark(i, from + offset, from + offset + n);
+        }
+        self.snapshot = snapshot;
+        self.runs = runs;
+    }
+
+    /// Looks at what the device may write now: the used rings of live queues and the writable
+    /// buffers of the chains in flight.
+    fn look_writable(&mut self, step: usize) {
+        let mut ranges = std::mem::take(&mut self.ranges);
+        ranges.clear();
+        for q in self.live.iter().flatten() {
+            ranges.push(q.rings()[2]);
+            for o in &q.outstanding {
+                ranges.extend(o.writable.iter().map(|&(a, n)| (a, u64::from(n))));
+            }
+        }
+        for &(addr, len) in &ranges {
+            self.look(step, addr, len);
+        }
+        self.ranges = ranges;
     }
 
     /// Checks what the device did since the last synchronisation (guest memory, then the used
@@ -595,7 +647,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         if !std::mem::take(&mut self.pending) {
             return 0;
         }
-        self.check_memory(step);
+        self.look_writable(step);
         self.collect_used(step)
     }
 
@@ -603,12 +655,18 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
     pub(crate) fn finish(&mut self, step: usize) {
         self.pending = true;
         self.sync(step);
+        self.check_all(step);
         self.fixture.check(&self.devices, &self.view());
     }
 
     // ---- the driver's bookkeeping ----
 
-    fn on_reset(&mut self) {
+    fn on_reset(&mut self, step: usize) {
+        if self.tainted {
+            // What the device wrote while the driver's structures were its own is taken as it
+            // is before the checks come back.
+            self.check_all(step);
+        }
         for q in &mut self.live {
             *q = None;
         }
@@ -620,7 +678,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
     }
 
     /// The driver saw `DRIVER_OK`: reads back what each queue was set to.
-    fn go_live(&mut self) {
+    fn go_live(&mut self, step: usize) {
         let mut rings = Vec::new();
         for index in 0..self.num_queues {
             self.common_write(QUEUE_SELECT, u64::from(index), 2);
@@ -649,6 +707,10 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                 self.tainted = true;
             }
             rings.extend(live.rings());
+            // The used ring becomes the device's to write: what it wrote there before is
+            // judged first.
+            let (used, used_len) = live.rings()[2];
+            self.look(step, used, used_len);
             self.live[usize::from(index)] = Some(live);
         }
         for (i, &a) in rings.iter().enumerate() {
@@ -753,10 +815,10 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         let live = self.live.iter().any(Option::is_some);
         if status == 0 && (live || self.status_written != 0) {
             self.sync(step);
-            self.on_reset();
+            self.on_reset(step);
         } else if status & DRIVER_OK != 0 && !live {
             self.sync(step);
-            self.go_live();
+            self.go_live(step);
         }
         self.fixture.check(&self.devices, &self.view());
     }
@@ -895,7 +957,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                 };
                 let own = addr == used_event && data.len() <= 2;
                 self.sync(step);
-                self.write_mem(addr, data, own);
+                self.write_mem(step, addr, data, own);
                 return;
             }
             VirtioOp::FailInterrupts(failing) => {
@@ -941,7 +1003,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             // flight.
             self.pending = true;
             self.sync(step);
-            self.on_reset();
+            self.on_reset(step);
             return;
         }
         let before = self.status_written;
@@ -1017,7 +1079,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             // The driver zeroes its rings (a size the device refused may be large: at most a
             // page).
             let len = lens[area as usize].min(0x1000) as usize;
-            self.write_mem(addr, &vec![0u8; len], false);
+            self.write_mem(step, addr, &vec![0u8; len], false);
         }
         if let Some(vector) = setup.vector {
             self.common_write(QUEUE_MSIX_VECTOR, u64::from(vector), 2);
@@ -1245,7 +1307,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             let addr = self.alloc(u64::from(len));
             if let Some(bytes) = bytes {
                 let bytes = &bytes[..bytes.len().min((self.data_end - addr) as usize)];
-                self.write_mem(addr, bytes, false);
+                self.write_mem(step, addr, bytes, false);
             }
             if chain.split && i == 0 && len >= 2 {
                 let first = len / 2;
@@ -1376,7 +1438,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         // Write the tables (their addresses were given out innermost first).
         for (table, &(addr, _)) in tables.iter().rev().zip(&table_ranges) {
             let raw: Vec<u8> = table.iter().flat_map(raw_desc).collect();
-            self.write_mem(addr, &raw, true);
+            self.write_mem(step, addr, &raw, true);
         }
         // Ring slots.
         let head = if let Flaw::HeadOutOfRange(k) = chain.flaw {
@@ -1398,7 +1460,12 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             let desc_table = rings[0].0;
             for (&slot, d) in slots.iter().zip(&ring) {
                 let raw = raw_desc(d);
-                self.write_mem(desc_table.wrapping_add(16 * u64::from(slot)), &raw, true);
+                self.write_mem(
+                    step,
+                    desc_table.wrapping_add(16 * u64::from(slot)),
+                    &raw,
+                    true,
+                );
             }
         }
         let outstanding = Outstanding {
@@ -1411,6 +1478,10 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             fresh: true,
             payload: chain.payload.clone(),
         };
+        // The buffers become the device's to write: what it wrote there before is judged first.
+        for &(addr, len) in &outstanding.writable {
+            self.look(step, addr, u64::from(len));
+        }
         let Some(q) = self.live[index].as_mut() else {
             return;
         };
@@ -1420,8 +1491,13 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         let idx = q.avail_idx;
         q.outstanding.push(outstanding);
         self.published += 1;
-        self.write_mem(avail.wrapping_add(4 + 2 * slot), &head.to_le_bytes(), true);
-        self.write_mem(avail.wrapping_add(2), &idx.to_le_bytes(), true);
+        self.write_mem(
+            step,
+            avail.wrapping_add(4 + 2 * slot),
+            &head.to_le_bytes(),
+            true,
+        );
+        self.write_mem(step, avail.wrapping_add(2), &idx.to_le_bytes(), true);
     }
 
     /// `count` free descriptor slots of queue `index` (the first is the head), marked taken.

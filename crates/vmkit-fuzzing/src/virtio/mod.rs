@@ -25,8 +25,12 @@
 //! - a used entry's length is at most the device-writable length of its chain;
 //! - the device wrote guest memory only inside the device-writable buffers of chains
 //!   outstanding (published, not yet used) and the used rings of live queues: the simulator
-//!   keeps a copy of guest memory as the driver left it and compares after each step that wrote
-//!   to the device, which sees every byte a device changed whatever path it wrote through;
+//!   keeps a copy of guest memory as the driver left it and compares, which sees every byte a
+//!   device changed whatever path it wrote through. It compares a range whenever what the
+//!   device may write there is about to change (a chain published or used, a queue going live,
+//!   a reset) and before the driver writes it, so a change is judged by the rights it was made
+//!   under; what the device may write after each step that called it; and all of memory at the
+//!   end of the input, where a write far from every buffer is found at the latest;
 //! - the status register only holds bits the driver wrote since the last reset (and
 //!   `DEVICE_NEEDS_RESET`): the device never sets `DRIVER_OK` itself, and never accepts
 //!   `FEATURES_OK` for features it did not offer;

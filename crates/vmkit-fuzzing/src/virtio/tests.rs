@@ -34,6 +34,11 @@ enum Bug {
     IrqStorm,
     /// Keeps serving the old ring after a reset.
     ServesAfterReset,
+    /// Writes the last byte of guest memory at every notification, far from any buffer.
+    WritesFar,
+    /// Writes the first buffer it filled again at the next notification, after its chain was
+    /// used.
+    WritesAfterUse,
 }
 
 const QUEUE_MAX: u16 = 8;
@@ -60,6 +65,8 @@ struct State {
     used_idx: u16,
     /// The ring kept across a reset by [`Bug::ServesAfterReset`].
     stale: Option<(u64, u64, u64, u16)>,
+    /// The buffer [`Bug::WritesAfterUse`] writes again.
+    used_buffer: Option<u64>,
 }
 
 /// A virtio device of one queue of 8 that fills each writable buffer with 0xA5 (at most 64
@@ -107,6 +114,7 @@ impl Tiny {
             last_avail: 0,
             used_idx: 0,
             stale: None,
+            used_buffer: None,
         };
         Tiny {
             bug,
@@ -218,6 +226,12 @@ impl Tiny {
             None => return,
         };
         let m = &self.memory;
+        if self.bug == Bug::WritesFar {
+            let _ = m.write_obj(0x5Au8, GuestAddress(DEFAULT_MEMORY as u64 - 1));
+        }
+        if let (Bug::WritesAfterUse, Some(addr)) = (self.bug, s.used_buffer) {
+            let _ = m.write_obj(0x5Au8, GuestAddress(addr));
+        }
         let Ok(idx) = m.read_obj::<u16>(GuestAddress(avail.wrapping_add(2))) else {
             return;
         };
@@ -252,6 +266,7 @@ impl Tiny {
                         .is_ok()
                     {
                         written += n;
+                        s.used_buffer.get_or_insert(addr);
                     }
                     if self.bug == Bug::WritesPastBuffer {
                         let _ =
@@ -490,6 +505,32 @@ fn the_capability_walk_finds_the_structures() {
 #[should_panic(expected = "outside every device-writable buffer")]
 fn a_write_past_a_buffer_is_caught() {
     run(Bug::WritesPastBuffer, &requests(1));
+}
+
+#[test]
+#[should_panic(expected = "the device wrote guest memory at 0xffff (by this step at the latest)")]
+fn a_write_far_from_every_buffer_is_caught() {
+    // Nothing the driver does later looks there: the end of the input does.
+    run(Bug::WritesFar, &requests(1));
+}
+
+#[test]
+#[should_panic(expected = "outside every device-writable buffer")]
+fn a_write_to_a_buffer_after_its_chain_was_used_is_caught() {
+    let mut ops = requests(1);
+    ops.push(VirtioOp::Chain(Chain::direct(0, b"second")));
+    ops.push(VirtioOp::Notify(0));
+    run(Bug::WritesAfterUse, &ops);
+}
+
+#[test]
+fn the_writes_the_buggy_devices_make_are_caught_only_with_the_bugs() {
+    // The same operations on the honest device pass.
+    let mut ops = requests(1);
+    ops.push(VirtioOp::Chain(Chain::direct(0, b"second")));
+    ops.push(VirtioOp::Notify(0));
+    let view = run(Bug::None, &ops);
+    assert_eq!(view.outstanding, 0);
 }
 
 #[test]
