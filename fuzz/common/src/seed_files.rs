@@ -33,6 +33,18 @@ pub(crate) fn replay(
     }
 }
 
+/// Runs `run` over inputs no generator makes: empty, all ones, every byte value in order, and
+/// each tag alone and followed by a few bytes (each must run without a panic).
+pub(crate) fn odd_inputs(run: impl Fn(&[u8])) {
+    run(&[]);
+    run(&[0xff; 64]);
+    run(&(0..=255).collect::<Vec<u8>>());
+    for tag in 0..=255u8 {
+        run(&[tag]);
+        run(&[tag, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    }
+}
+
 /// Writes the `generated` seeds of `target`.
 pub(crate) fn write(target: &str, generated: &[(&str, Vec<u8>)]) {
     std::fs::create_dir_all(dir(target)).unwrap();
