@@ -151,6 +151,21 @@ pub(crate) struct Guest {
     shadow: Vec<Vec<u8>>,
     /// Per region, the offsets written since the memory was last zeroed.
     dirty: Vec<(usize, usize)>,
+    /// Scratch buffers of the simulator, kept with the memory.
+    scratch: Scratch,
+}
+
+/// Buffers the simulator fills and empties within one call, kept from one input to the next.
+#[derive(Default)]
+struct Scratch {
+    /// Changed runs of guest memory.
+    runs: Vec<(usize, usize)>,
+    /// Guest memory of one range as read at the last look (grown, never shrunk).
+    snapshot: Vec<u8>,
+    /// Ranges to look at.
+    ranges: Vec<(u64, u64)>,
+    /// Segments of a request.
+    segments: Vec<Segment>,
 }
 
 impl Guest {
@@ -168,6 +183,7 @@ impl Guest {
             dirty: vec![(usize::MAX, 0); regions.len()],
             regions,
             memory,
+            scratch: Scratch::default(),
         }
     }
 
@@ -210,15 +226,8 @@ pub(crate) struct Sim<'f, F: VirtioFixture> {
     data_start: u64,
     data_end: u64,
     data_next: u64,
-    segments: Vec<Segment>,
     /// Whether the device was called since the last synchronisation.
     pending: bool,
-    /// Changed runs of guest memory (reused).
-    runs: Vec<(usize, usize)>,
-    /// Guest memory of one range as read at the last look (reused between looks).
-    snapshot: Vec<u8>,
-    /// Ranges to look at (reused).
-    ranges: Vec<(u64, u64)>,
     /// The fixture's bring-up steps.
     prologue: Vec<VirtioOp>,
     published: u64,
@@ -268,12 +277,8 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             data_start: first,
             data_end: first + first_len as u64,
             data_next: first,
-            segments: Vec::new(),
             // The capability walk called the device.
             pending: true,
-            runs: Vec::new(),
-            snapshot: Vec::new(),
-            ranges: Vec::new(),
             prologue: Vec::new(),
             published: 0,
             resets: 0,
@@ -579,9 +584,9 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         // device may share it: no reference to it is made), then each block compared once,
         // and halves of the blocks that differ compared whole until the 64-byte pieces that
         // differ.
-        let mut runs = std::mem::take(&mut self.runs);
+        let mut runs = std::mem::take(&mut self.guest.scratch.runs);
         runs.clear();
-        let mut snapshot = std::mem::take(&mut self.snapshot);
+        let mut snapshot = std::mem::take(&mut self.guest.scratch.snapshot);
         // Grown to the largest range looked at, never shrunk (growing zeroes the new bytes).
         if snapshot.len() < to - from {
             snapshot.resize(to - from, 0);
@@ -620,14 +625,14 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                 .copy_from_slice(&memory[offset..offset + n]);
             self.guest.mark(i, from + offset, from + offset + n);
         }
-        self.snapshot = snapshot;
-        self.runs = runs;
+        self.guest.scratch.snapshot = snapshot;
+        self.guest.scratch.runs = runs;
     }
 
     /// Looks at what the device may write now: the used rings of live queues and the writable
     /// buffers of the chains in flight.
     fn look_writable(&mut self, step: usize) {
-        let mut ranges = std::mem::take(&mut self.ranges);
+        let mut ranges = std::mem::take(&mut self.guest.scratch.ranges);
         ranges.clear();
         for q in self.live.iter().flatten() {
             ranges.push(q.rings()[2]);
@@ -638,7 +643,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         for &(addr, len) in &ranges {
             self.look(step, addr, len);
         }
-        self.ranges = ranges;
+        self.guest.scratch.ranges = ranges;
     }
 
     /// Checks what the device did since the last synchronisation (guest memory, then the used
@@ -1283,7 +1288,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         else {
             return;
         };
-        let mut segments = std::mem::take(&mut self.segments);
+        let mut segments = std::mem::take(&mut self.guest.scratch.segments);
         segments.clear();
         self.fixture.request(
             &self.devices,
@@ -1325,7 +1330,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                 bufs.push(Buf { addr, len, write });
             }
         }
-        self.segments = segments;
+        self.guest.scratch.segments = segments;
         if bufs.is_empty() {
             let addr = self.alloc(0);
             bufs.push(Buf {
