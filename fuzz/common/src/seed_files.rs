@@ -4,6 +4,9 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use vmkit_fuzzing::VirtioFuzzer;
+use vmkit_fuzzing::virtio::{VirtioFixture, VirtioOp};
+
 /// `fuzz/seeds/<target>/`.
 pub(crate) fn dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -139,6 +142,57 @@ pub(crate) fn harness_inputs(ops: &[vmkit_fuzzing::Op], max_len: usize) -> Vec<V
             novel(&mut seen, accesses)
         })
         .collect()
+}
+
+/// The seed inputs of a virtio target from a recorded driver ([`VirtioFuzzer::ops_from_recording`]):
+/// the operations up to the first chain or notification (the driver's set-up) start every
+/// input if `set_up`, else none; the requests after them (each up to and with its
+/// notification) fill inputs in order while an input stays within `max_len` bytes. A request
+/// too long for an input alone is left out.
+///
+/// [`VirtioFuzzer::ops_from_recording`]: vmkit_fuzzing::VirtioFuzzer::ops_from_recording
+pub(crate) fn virtio_inputs<F: VirtioFixture>(
+    fuzzer: &VirtioFuzzer<F>,
+    config: &F::Config,
+    ops: &[VirtioOp],
+    set_up: bool,
+    max_len: usize,
+) -> Vec<Vec<u8>> {
+    let first = ops
+        .iter()
+        .position(|op| matches!(op, VirtioOp::Chain(_) | VirtioOp::Notify(_)))
+        .unwrap_or(ops.len());
+    let prefix = if set_up { &ops[..first] } else { &[][..] };
+    let mut inputs = Vec::new();
+    let mut input = prefix.to_vec();
+    let mut requests = 0;
+    for request in ops[first..].split_inclusive(|op| matches!(op, VirtioOp::Notify(_))) {
+        let mut longer = input.clone();
+        longer.extend_from_slice(request);
+        if fuzzer.encode(config, &longer).len() <= max_len {
+            (input, requests) = (longer, requests + 1);
+            continue;
+        }
+        if requests > 0 {
+            inputs.push(fuzzer.encode(config, &input));
+        }
+        input = prefix.to_vec();
+        input.extend_from_slice(request);
+        requests = 1;
+        if fuzzer.encode(config, &input).len() > max_len {
+            (input, requests) = (prefix.to_vec(), 0);
+        }
+    }
+    if requests > 0 {
+        inputs.push(fuzzer.encode(config, &input));
+    } else if inputs.is_empty() && !prefix.is_empty() {
+        // A driver that set the device up and asked for nothing.
+        let input = fuzzer.encode(config, prefix);
+        if input.len() <= max_len {
+            inputs.push(input);
+        }
+    }
+    inputs
 }
 
 /// Whether any of `accesses` is not in `seen`; adds them all.

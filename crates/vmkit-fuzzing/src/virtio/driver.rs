@@ -80,6 +80,22 @@ pub(crate) struct Walk {
     num_queues: u16,
 }
 
+impl Walk {
+    /// The structures found, each with its window: BAR index, offset in it, length.
+    pub(crate) fn structures(&self) -> Vec<(Structure, u8, u64, u64)> {
+        let caps = &self.caps;
+        [
+            (Structure::Common, caps.common),
+            (Structure::Notify, caps.notify.map(|(w, _)| w)),
+            (Structure::Isr, caps.isr),
+            (Structure::Device, caps.device),
+        ]
+        .into_iter()
+        .filter_map(|(s, w)| w.map(|w| (s, w.bar, w.offset, w.len)))
+        .collect()
+    }
+}
+
 /// A chain in flight.
 struct Outstanding {
     head: u16,

@@ -52,6 +52,7 @@
 
 mod driver;
 pub mod ops;
+mod recorded;
 #[cfg(test)]
 mod tests;
 
@@ -66,7 +67,7 @@ use vm_memory::GuestMemoryMmap;
 use vmkit_exits::{MsiTrigger, PciDevice};
 
 use crate::lines::{Line, Lines};
-pub use ops::{Chain, Flaw, Form, Place, QueueSetup, Structure, VirtioOp};
+pub use ops::{Chain, Flaw, Form, MAX_PAYLOAD, Place, QueueSetup, Structure, VirtioOp};
 
 /// Bytes of guest memory a fixture gets by default ([`VirtioFixture::memory`]): one region at 0.
 pub const DEFAULT_MEMORY: usize = 0x1_0000;
@@ -268,6 +269,19 @@ pub trait VirtioFixture {
         let _ = (devices, queue);
         segments.push(Segment::Readable(payload.to_vec()));
         segments.push(Segment::Writable(payload.len() as u32));
+    }
+
+    /// The payload whose [`request`](Self::request) makes buffers like `segments` (a recorded
+    /// guest's chain, as the device read it), as near as the fixture's payloads come: how
+    /// [`VirtioFuzzer::ops_from_recording`] makes a recorded chain a [`VirtioOp::Chain`].
+    /// `None` leaves the chain out. By default the first buffer's bytes when it is readable
+    /// (the default [`request`](Self::request) makes them that buffer).
+    fn payload(&self, queue: u16, segments: &[Segment]) -> Option<Vec<u8>> {
+        let _ = queue;
+        match segments.first() {
+            Some(Segment::Readable(bytes)) => Some(bytes[..bytes.len().min(MAX_PAYLOAD)].to_vec()),
+            _ => None,
+        }
     }
 
     /// Performs the fixture's operation `tag` with `data` ([`VirtioOp::User`]). Nothing by

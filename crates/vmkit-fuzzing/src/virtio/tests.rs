@@ -692,3 +692,152 @@ fn every_operation_runs_on_a_device_with_msix_and_the_access_window() {
         "the last step was a restart without a prologue"
     );
 }
+
+/// A guest's driver of the tiny device (its BAR 0 at 0xE000_0000), as a recording holds it:
+/// the accesses, and at the notification the rings, descriptors and buffers the device read.
+fn recorded_driver() -> crate::Recording {
+    use vmkit_exits::ExitAction;
+    use vmkit_exits::record::{
+        Attribution, Data, Direction, ExitRecord, Record, RecordedExit, Route,
+    };
+    const BAR: u64 = 0xE000_0000;
+    let mut records = Vec::new();
+    let mut access = |offset: u64, data: &[u8], write: bool, reads: &[(u64, &[u8])]| {
+        let seq = records.len() as u64;
+        let addr = BAR + offset;
+        let data = data.to_vec();
+        records.push(Record::Exit(ExitRecord {
+            seq,
+            vcpu: 0,
+            exit: match write {
+                true => RecordedExit::MmioWrite { addr, data },
+                false => RecordedExit::MmioRead { addr, data },
+            },
+            route: Route::Device,
+            action: ExitAction::Resume,
+        }));
+        for &(gpa, bytes) in reads {
+            records.push(Record::Memory {
+                at: Attribution::Exit(seq),
+                gpa,
+                direction: Direction::Read,
+                data: Data::Inline(bytes.to_vec()),
+            });
+        }
+    };
+    let mut write = |offset: u64, data: &[u8]| access(offset, data, true, &[]);
+    for (offset, data) in [
+        (0x14, &[0][..]),
+        (0x14, &[1]),
+        (0x14, &[3]),
+        (0x08, &[0, 0, 0, 0]),
+        (0x0C, &[0x20, 0, 0, 0]),
+        (0x08, &[1, 0, 0, 0]),
+        (0x0C, &[1, 0, 0, 0]),
+        (0x14, &[0xB]),
+        (0x16, &[0, 0]),
+        (0x18, &[4, 0]),
+        (0x20, &[0, 0x10, 0, 0]),
+        (0x24, &[0, 0, 0, 0]),
+        (0x28, &[0, 0x20, 0, 0]),
+        (0x2C, &[0, 0, 0, 0]),
+        (0x30, &[0, 0x30, 0, 0]),
+        (0x34, &[0, 0, 0, 0]),
+        (0x1C, &[1, 0]),
+        (0x14, &[0xF]),
+        // The MSI-X table: no structure.
+        (0x400, &[0, 0, 0, 0]),
+    ] {
+        write(offset, data);
+    }
+    // The device configuration, the ISR, the status (left out).
+    access(0x300, &[0; 4], false, &[]);
+    access(0x200, &[1], false, &[]);
+    access(0x14, &[0xF], false, &[]);
+    // Two chains: head 1 of direct descriptors (a readable buffer, a writable one) and head 3
+    // an indirect table (readable, writable).
+    let desc = |addr: u64, len: u32, flags: u16, next: u16| {
+        let mut d = addr.to_le_bytes().to_vec();
+        d.extend_from_slice(&len.to_le_bytes());
+        d.extend_from_slice(&flags.to_le_bytes());
+        d.extend_from_slice(&next.to_le_bytes());
+        d
+    };
+    let (d1, d2) = (desc(0x5000, 10, 1, 2), desc(0x6000, 10, 2, 0));
+    let (d3, t0, t1) = (
+        desc(0x7000, 32, 4, 0),
+        desc(0x8000, 4, 1, 1),
+        desc(0x9000, 8, 2, 0),
+    );
+    access(
+        0x100,
+        &[0, 0],
+        true,
+        &[
+            (0x2002, &[2, 0]),
+            (0x2004, &[1, 0]),
+            (0x1010, &d1),
+            (0x1020, &d2),
+            (0x5000, &[7; 10]),
+            (0x2006, &[3, 0]),
+            (0x1030, &d3),
+            (0x7000, &t0),
+            (0x7010, &t1),
+            (0x8000, &[1, 2, 3, 4]),
+        ],
+    );
+    crate::Recording::from_records(records).unwrap()
+}
+
+#[test]
+fn a_recorded_driver_becomes_the_operations_it_made() {
+    let fuzzer = VirtioFuzzer::new(TinyFixture(Bug::None));
+    let ops = fuzzer.ops_from_recording(&(), &recorded_driver(), &[(0, 0xE000_0000)]);
+    assert_eq!(
+        ops,
+        [
+            VirtioOp::Reset,
+            VirtioOp::Status(1),
+            VirtioOp::Status(3),
+            VirtioOp::Features {
+                select: 0,
+                value: 0x20
+            },
+            VirtioOp::Features {
+                select: 1,
+                value: 1
+            },
+            VirtioOp::Status(0xB),
+            VirtioOp::Queue(QueueSetup {
+                size: 4,
+                ..QueueSetup::honest(0)
+            }),
+            VirtioOp::Status(0xF),
+            VirtioOp::Read {
+                at: Structure::Device,
+                offset: 0,
+                size: 4
+            },
+            VirtioOp::Read {
+                at: Structure::Isr,
+                offset: 0,
+                size: 1
+            },
+            VirtioOp::Chain(Chain::direct(0, &[7; 10])),
+            VirtioOp::Chain(Chain {
+                form: Form::Indirect,
+                ..Chain::direct(0, &[1, 2, 3, 4])
+            }),
+            VirtioOp::Notify(0),
+        ]
+    );
+    // The operations drive the device as the guest did: live, both chains used.
+    let view = fuzzer.run_ops_then(&(), &ops, |_, view| *view);
+    assert!(view.live && !view.tainted, "{view:?}");
+    assert_eq!((view.published, view.outstanding), (2, 0));
+    // A BAR elsewhere: nothing of the recording is the device's.
+    assert_eq!(
+        fuzzer.ops_from_recording(&(), &recorded_driver(), &[(0, 0xF000_0000)]),
+        []
+    );
+}

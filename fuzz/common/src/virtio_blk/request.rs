@@ -38,6 +38,45 @@ pub fn payload(kind: u8, sector: u64, data: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The bytes of a write's content a payload keeps from a recorded chain (repeated over its
+/// data by [`segments`]).
+const RECORDED_CONTENT: usize = 16;
+
+/// The payload whose request has buffers like `segments` (a recorded guest's chain): the
+/// header's type (an unknown one as the first unsupported kind) and sector, as many sectors of
+/// data as the buffer between header and status holds (at most 7) or an ID for `GET_ID`, a
+/// device-readable status, a write's first bytes. `None` without a 16-byte readable header.
+pub fn payload_of(segments: &[Segment]) -> Option<Vec<u8>> {
+    let Some(Segment::Readable(header)) = segments.first() else {
+        return None;
+    };
+    let header: &[u8; 16] = header.get(..16)?.try_into().ok()?;
+    let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let sector = u64::from_le_bytes(header[8..].try_into().ok()?);
+    let index = KINDS.iter().position(|&k| k == kind).unwrap_or(4) as u8;
+    let (data, status) = match &segments[1..] {
+        [] => (None, None),
+        [status] => (None, Some(status)),
+        [data, .., status] => (Some(data), Some(status)),
+    };
+    let (len, content) = match data {
+        Some(Segment::Readable(bytes)) => {
+            (bytes.len(), &bytes[..bytes.len().min(RECORDED_CONTENT)])
+        }
+        Some(Segment::Writable(len)) => (*len as usize, &[][..]),
+        None => (0, &[][..]),
+    };
+    let mut flags = if kind == VIRTIO_BLK_T_GET_ID && len > 0 {
+        ID_DATA
+    } else {
+        (len / 512).min(7) as u8
+    };
+    if matches!(status, Some(Segment::Readable(_))) {
+        flags |= READABLE_STATUS;
+    }
+    Some(payload(index, sector, flags, content))
+}
+
 /// The buffers of the request `payload` describes.
 pub fn segments(payload: &[u8], segments: &mut Vec<Segment>) {
     let at = |i: usize| payload.get(i).copied().unwrap_or(0);
@@ -106,10 +145,43 @@ mod tests {
         );
         out.clear();
         segments(&[], &mut out);
+        assert_eq!(payload_of(&out), Some(payload(0, 0, 0, &[])));
         assert_eq!(
             out.len(),
             2,
             "an empty payload reads nothing: header and status"
         );
+    }
+
+    #[test]
+    fn recorded_chains_become_the_payloads_that_make_them() {
+        for (kind, sector, data, content) in [
+            (0, 9, 3, &[][..]),
+            (1, 2047, 7 | READABLE_STATUS, &[1, 2, 3][..]),
+            (2, 0, 0, &[][..]),
+            (3, 5, ID_DATA, &[][..]),
+            (5, 1 << 40, 1, &[][..]),
+        ] {
+            let made = payload(kind, sector, data, content);
+            let mut out = Vec::new();
+            segments(&made, &mut out);
+            let mut back = payload_of(&out).unwrap();
+            // A write's content comes back repeated over the data, cut to RECORDED_CONTENT.
+            back.truncate(made.len());
+            assert_eq!(back, made, "kind {kind}");
+        }
+        // Eight sectors of data, as a guest's page-sized request: seven.
+        let header = [1, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0];
+        let chain = [
+            Segment::Readable(header.to_vec()),
+            Segment::Readable(vec![0xAB; 4096]),
+            Segment::Writable(1),
+        ];
+        assert_eq!(
+            payload_of(&chain),
+            Some(payload(1, 4, 7, &[0xAB; RECORDED_CONTENT]))
+        );
+        assert_eq!(payload_of(&[Segment::Writable(16)]), None);
+        assert_eq!(payload_of(&[Segment::Readable(vec![0; 15])]), None);
     }
 }
