@@ -637,6 +637,31 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             ],
         ),
         ("driver_gives_up", setup, vec![VirtioOp::Status(0xFF)]),
+        (
+            // DRIVER_OK and FAILED set by one write (the device stays off), then a request
+            // (a fuzzer's finding from the recorded seeds: the harness took the device for
+            // live and healthy and blamed it for not serving the request).
+            "failed_with_driver_ok",
+            Setup {
+                size_log: 2,
+                ..setup
+            },
+            [
+                VirtioOp::Reset,
+                VirtioOp::Status(1),
+                VirtioOp::Status(3),
+                VirtioOp::Features {
+                    select: 1,
+                    value: 1,
+                },
+                VirtioOp::Status(0xB),
+                VirtioOp::Queue(QueueSetup::honest(0)),
+                VirtioOp::Status(0x8F),
+            ]
+            .into_iter()
+            .chain(req(0, 0, 1, 0))
+            .collect(),
+        ),
     ]);
     let fuzzer = fuzzer();
     scenarios
@@ -777,6 +802,18 @@ mod tests {
         }
         // The blk guest's reads, writes and flush: at most 8 seeds of a few requests each.
         assert!(served >= 8 && written > 0, "{served} {written}");
+    }
+
+    #[test]
+    fn a_driver_that_failed_is_not_served_and_the_device_not_blamed() {
+        let (setup, ops) = decode("failed_with_driver_ok");
+        let (active, stats, driver) = fuzzer().run_ops_then(&setup, &ops, |devices, driver| {
+            let dev = devices.lock();
+            (dev.is_active(), dev.device().stats(), *driver)
+        });
+        assert!(!active);
+        assert_eq!((stats.requests, driver.outstanding), (0, 1));
+        assert_eq!(driver.status & 0x84, 0x84, "DRIVER_OK and FAILED read back");
     }
 
     #[test]

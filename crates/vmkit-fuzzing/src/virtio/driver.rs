@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -20,6 +20,7 @@ const DRIVER: u8 = VIRTIO_CONFIG_S_DRIVER as u8;
 const FEATURES_OK: u8 = VIRTIO_CONFIG_S_FEATURES_OK as u8;
 const DRIVER_OK: u8 = VIRTIO_CONFIG_S_DRIVER_OK as u8;
 const NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+const FAILED: u8 = VIRTIO_CONFIG_S_FAILED as u8;
 const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
@@ -845,7 +846,9 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
     }
 
     fn healthy(&self) -> bool {
-        self.status & DRIVER_OK != 0 && self.status & NEEDS_RESET == 0 && !self.tainted
+        // A driver that set FAILED gave up on the device: whether the device still serves its
+        // queues is the device's choice.
+        self.status & DRIVER_OK != 0 && self.status & (NEEDS_RESET | FAILED) == 0 && !self.tainted
     }
 
     // ---- the operations ----

@@ -113,7 +113,7 @@ pub struct Notified {
     /// Of those, the well-formed ones published since the queue's last notification.
     pub fresh: usize,
     /// Whether the device was live and healthy (status with `DRIVER_OK` and without
-    /// `DEVICE_NEEDS_RESET`) and the driver's structures intact, before and after.
+    /// `DEVICE_NEEDS_RESET` or `FAILED`) and the driver's structures intact, before and after.
     pub healthy: bool,
 }
 
