@@ -12,7 +12,9 @@ pub use harness::{Answer, Claimed, DeviceFuzzer, Fixture, Model, NoModel, Region
 pub use lines::Line;
 pub use ops::{Access, Offset, Op, decode, encode};
 pub use replay::{Recording, Replay, ReplayError};
-pub use seeds::{ops_for_region, ops_for_regions, seed_inputs};
+pub use seeds::{
+    RecordedFunction, ops_for_pci_function, ops_for_region, ops_for_regions, seed_inputs,
+};
 pub use virtio::{VirtioFixture, VirtioFuzzer};
 // Re-exports: the foreign crates of this crate's public signatures, so that a fuzz target need
 // not pin the same versions.

@@ -85,6 +85,97 @@ fn ops_touching(recording: &Recording, regions: &[(u8, Space, u64, u64)]) -> Vec
     ops
 }
 
+/// The legacy configuration mechanism's address port (the data port follows at 0xCFC).
+const CONFIG_ADDRESS: u16 = 0xCF8;
+/// Its data port.
+const CONFIG_DATA: u16 = 0xCFC;
+
+/// Where a recorded guest found one PCI function: its bus/device/function number, the ECAM
+/// window if the guest had one, and where its BARs were.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordedFunction {
+    /// `bus << 8 | device << 3 | function`.
+    pub bdf: u16,
+    /// The base of the ECAM window (bus 0 at its start), if configuration accesses went there
+    /// too.
+    pub ecam: Option<u64>,
+    /// The BARs that decoded guest-physical MMIO: register index, address, size.
+    pub bars: Vec<(u8, u64, u64)>,
+}
+
+/// The recording's accesses to one PCI function, in sequence order, as operations on the
+/// regions [`Setup::pci`](crate::Setup::pci) registers for it, the first of which (its
+/// configuration space) is `region`: configuration accesses through the legacy mechanism
+/// (a dword written to port 0xCF8 selecting `function.bdf`, then 1, 2 or 4 bytes at 0xCFC to
+/// 0xCFF) or through the ECAM window, as accesses to region `region` at their offset in the
+/// function's configuration space (past 0xFF: left out, [`Setup::pci`](crate::Setup::pci)
+/// registers 256 bytes); accesses to a BAR, as accesses to region `region + 1 + index` at
+/// their offset in the BAR, wherever the function presents that BAR when they run. Runs of
+/// identical accesses fold into bursts as in [`ops_for_region`].
+pub fn ops_for_pci_function(
+    recording: &Recording,
+    function: &RecordedFunction,
+    region: u8,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut address = 0u32;
+    for record in recording.exits() {
+        let (config, addr, data, read) = match &record.exit {
+            RecordedExit::IoOut { port, data } if *port == CONFIG_ADDRESS && data.len() == 4 => {
+                address = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+                continue;
+            }
+            RecordedExit::IoIn { port, data } => (true, u64::from(*port), data, true),
+            RecordedExit::IoOut { port, data } => (true, u64::from(*port), data, false),
+            RecordedExit::MmioRead { addr, data } => (false, *addr, data, true),
+            RecordedExit::MmioWrite { addr, data } => (false, *addr, data, false),
+            _ => continue,
+        };
+        let len = data.len() as u64;
+        let target = if config {
+            // The data port, while the address port selects this function.
+            let selected = address & 0x8000_0000 != 0
+                && (address >> 8) as u16 == function.bdf
+                && (u64::from(CONFIG_DATA)..u64::from(CONFIG_DATA) + 4).contains(&addr)
+                && addr + len <= u64::from(CONFIG_DATA) + 4;
+            selected.then(|| {
+                (
+                    region,
+                    u64::from(address & 0xFC) + addr - u64::from(CONFIG_DATA),
+                )
+            })
+        } else {
+            let ecam = function.ecam.and_then(|base| {
+                let start = base.checked_add(u64::from(function.bdf) << 12)?;
+                let offset = addr.checked_sub(start)?;
+                (offset + len <= 0x100).then_some((region, offset))
+            });
+            ecam.or_else(|| {
+                function.bars.iter().find_map(|&(index, base, size)| {
+                    let offset = addr.checked_sub(base)?;
+                    let bar = region.checked_add(1)?.checked_add(index)?;
+                    (offset.checked_add(len)? <= size).then_some((bar, offset))
+                })
+            })
+        };
+        let Some((region, offset)) = target else {
+            continue;
+        };
+        if data.len() > MAX_ACCESS {
+            continue;
+        }
+        let offset = u16::try_from(offset).map_or(Offset::Absolute(offset), Offset::FromStart);
+        push(
+            &mut ops,
+            match read {
+                true => Access::read_at(region, offset, data.len() as u8),
+                false => Access::write_at(region, offset, data),
+            },
+        );
+    }
+    ops
+}
+
 /// `ops` as seed inputs: encoded ([`encode`](crate::encode)) in order and cut into inputs that a decoder
 /// reads whole, each at most [`MAX_OPS`] operations and at most `max_len` bytes (libFuzzer
 /// takes inputs of up to 4096 bytes unless told otherwise, and a longer seed raises that
@@ -150,6 +241,73 @@ mod tests {
             route: Route::Device,
             action: ExitAction::Resume,
         })
+    }
+
+    #[test]
+    fn a_pci_functions_configuration_and_bar_accesses_become_operations_on_its_regions() {
+        let out = |seq, port, data: &[u8]| {
+            exit(
+                seq,
+                RecordedExit::IoOut {
+                    port,
+                    data: data.to_vec(),
+                },
+            )
+        };
+        let io_in = |seq, port, data: &[u8]| {
+            exit(
+                seq,
+                RecordedExit::IoIn {
+                    port,
+                    data: data.to_vec(),
+                },
+            )
+        };
+        let mmio = |seq, addr, data: &[u8], write: bool| {
+            let data = data.to_vec();
+            exit(
+                seq,
+                match write {
+                    true => RecordedExit::MmioWrite { addr, data },
+                    false => RecordedExit::MmioRead { addr, data },
+                },
+            )
+        };
+        let records = vec![
+            // Another function (00:02.0), then 00:01.0's BAR 0 register and its upper half.
+            out(0, 0xCF8, &0x8000_1010u32.to_le_bytes()),
+            io_in(1, 0xCFC, &[0xFF; 4]),
+            out(2, 0xCF8, &0x8000_0810u32.to_le_bytes()),
+            io_in(3, 0xCFC, &[4, 0, 0, 0xD0]),
+            io_in(4, 0xCFE, &[0, 0xD0]),
+            // Enable bit clear: no configuration access.
+            out(5, 0xCF8, &0x0000_0804u32.to_le_bytes()),
+            out(6, 0xCFC, &[6, 0]),
+            // The same function through ECAM (its command register), and past 0xFF.
+            mmio(7, 0xE000_8004, &[6, 0], true),
+            mmio(8, 0xE000_8100, &[0; 4], false),
+            // BAR 0 and BAR 2; past BAR 0's end; another device's BAR.
+            mmio(9, 0xD000_0014, &[0xF], true),
+            mmio(10, 0xD000_4000, &[0; 2], false),
+            mmio(11, 0xD000_0FFF, &[0; 2], false),
+            mmio(12, 0xD000_8000, &[0; 4], false),
+        ];
+        let recording = Recording::from_records(records).unwrap();
+        let function = RecordedFunction {
+            bdf: 0x08,
+            ecam: Some(0xE000_0000),
+            bars: vec![(0, 0xD000_0000, 0x1000), (2, 0xD000_4000, 0x100)],
+        };
+        assert_eq!(
+            ops_for_pci_function(&recording, &function, 3),
+            [
+                Op::Access(Access::read_at(3, Offset::FromStart(0x10), 4)),
+                Op::Access(Access::read_at(3, Offset::FromStart(0x12), 2)),
+                Op::Access(Access::write_at(3, Offset::FromStart(4), &[6, 0])),
+                Op::Access(Access::write_at(4, Offset::FromStart(0x14), &[0xF])),
+                Op::Access(Access::read_at(6, Offset::FromStart(0), 2)),
+            ]
+        );
     }
 
     #[test]
