@@ -641,13 +641,15 @@ impl PciRoot {
         ))
     }
 
-    fn ecam_function(offset: u64) -> (u8, u8, u8, usize) {
-        (
+    /// The function an ECAM offset names: (bus, device, function, register), or `None` past
+    /// the window's 256 buses (an offset the bus never passes, but a caller may).
+    fn ecam_function(offset: u64) -> Option<(u8, u8, u8, usize)> {
+        (offset < PCI_ECAM_SIZE).then_some((
             (offset >> 20) as u8,
             ((offset >> 15) & 0x1F) as u8,
             ((offset >> 12) & 0x7) as u8,
             (offset & 0xFFF) as usize,
-        )
+        ))
     }
 }
 
@@ -687,13 +689,24 @@ impl PioDevice for PciRoot {
 
 impl MmioDevice for PciRoot {
     fn mmio_read(&self, _base: MmioAddress, offset: u64, data: &mut [u8]) {
-        let (bus, device, function, reg) = Self::ecam_function(offset);
-        self.config_read(bus, device, function, reg, data);
+        match Self::ecam_function(offset) {
+            Some((bus, device, function, reg)) => {
+                self.config_read(bus, device, function, reg, data)
+            }
+            None => {
+                bump(&self.counters.bad_accesses);
+                data.fill(0xFF);
+            }
+        }
     }
 
     fn mmio_write(&self, _base: MmioAddress, offset: u64, data: &[u8]) -> DeviceAction {
-        let (bus, device, function, reg) = Self::ecam_function(offset);
-        self.config_write(bus, device, function, reg, data);
+        match Self::ecam_function(offset) {
+            Some((bus, device, function, reg)) => {
+                self.config_write(bus, device, function, reg, data)
+            }
+            None => bump(&self.counters.bad_accesses),
+        }
         DeviceAction::Resume
     }
 }

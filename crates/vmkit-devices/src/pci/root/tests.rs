@@ -488,6 +488,26 @@ fn ecam_reaches_the_same_functions() {
 }
 
 #[test]
+fn ecam_offsets_past_the_window_reach_no_function() {
+    // A caller that hands the root an offset past its 256 buses (a range registered larger
+    // than the window, a harness calling it directly) must not reach bus `offset >> 20`
+    // modulo 256.
+    let mut m = machine();
+    let dev = TestDevice::new(&[(0, PciBarKind::Memory32, 0x1000)]);
+    m.root.add_device("d", dev, &mut m.allocators).unwrap();
+    let base = MmioAddress(PCI_ECAM_START);
+    let past = PCI_ECAM_SIZE + (1 << 15);
+    let mut data = [0u8; 4];
+    m.root.mmio_read(base, past, &mut data);
+    assert_eq!(data, [0xFF; 4]);
+    m.root.mmio_write(base, past + INTERRUPT_LINE as u64, &[9]);
+    assert_ne!(m.read32(1, INTERRUPT_LINE as u8) & 0xFF, 9);
+    m.root.mmio_read(base, u64::MAX - 3, &mut data);
+    assert_eq!(data, [0xFF; 4]);
+    assert_eq!(m.root.stats().bad_accesses, 3);
+}
+
+#[test]
 fn capability_chain_through_config_cycles() {
     let mut m = machine();
     let dev = TestDevice::new(&[(0, PciBarKind::Memory32, 0x1000)]);
