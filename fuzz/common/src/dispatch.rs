@@ -1281,12 +1281,7 @@ mod tests {
 
     /// Every seed: the written ones and the recorded ones.
     fn all_seeds() -> Vec<(String, Vec<u8>)> {
-        let mut all: Vec<_> = seeds()
-            .into_iter()
-            .map(|(name, bytes)| (name.to_string(), bytes))
-            .collect();
-        all.extend(recorded_seeds());
-        all
+        seed_files::all(seeds(), recorded_seeds())
     }
 
     #[test]

@@ -200,6 +200,17 @@ pub(crate) fn novel(seen: &mut HashSet<String>, accesses: impl Iterator<Item = S
     accesses.fold(false, |new, access| seen.insert(access) | new)
 }
 
+/// A target's written seeds, then its recorded ones.
+pub(crate) fn all(
+    written: Vec<(&str, Vec<u8>)>,
+    recorded: Vec<(String, Vec<u8>)>,
+) -> Vec<(String, Vec<u8>)> {
+    let written = written
+        .into_iter()
+        .map(|(name, bytes)| (name.to_string(), bytes));
+    written.chain(recorded).collect()
+}
+
 /// `seeds` as [`replay`] and [`write`] take them.
 pub(crate) fn named(seeds: &[(String, Vec<u8>)]) -> Vec<(&str, Vec<u8>)> {
     seeds
