@@ -35,6 +35,8 @@ rev=$(git -C "$root" rev-parse --verify --quiet "$base^{commit}") ||
     { echo "fuzz-rate: $base is not a revision of this repository" >&2; exit 2; }
 tree="$root/target/fuzz-rate/$rev"
 if [ ! -d "$tree" ]; then
+    # A checkout removed with target/ leaves its registration behind.
+    git -C "$root" worktree prune
     echo "fuzz-rate: checking out $base ($rev) in $tree" >&2
     git -C "$root" worktree add --detach --force "$tree" "$rev" >/dev/null 2>&1 ||
         { echo "fuzz-rate: cannot check out $base" >&2; exit 1; }
