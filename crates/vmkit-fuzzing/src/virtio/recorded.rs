@@ -216,12 +216,13 @@ impl<F: VirtioFixture> VirtioFuzzer<F> {
         recording: &Recording,
         bars: &[(u8, u64)],
     ) -> Vec<VirtioOp> {
-        // The capability walk of a device built for `config` says where the structures are.
-        self.run_ops(config, &[]);
-        let structures = match self.walk.borrow().as_ref() {
-            Some((_, walk)) => walk.structures(),
-            None => Vec::new(),
-        };
+        // The capability walk of a device built for `config` says where the structures are
+        // (a device is built and walked, nothing run on it).
+        let guest = self.guest.borrow_mut().take();
+        let sim = super::driver::Sim::new(&self.fixture, config, guest, None);
+        let ((), guest, walk) = sim.inspect(|_, _| ());
+        *self.guest.borrow_mut() = Some(guest);
+        let structures = walk.structures();
         let windows: Vec<(Structure, u64, u64)> = structures
             .into_iter()
             .filter_map(|(structure, bar, offset, len)| {
