@@ -392,18 +392,48 @@ impl<F: VirtioFixture> VirtioFuzzer<F> {
         ops: &[VirtioOp],
         inspect: impl FnOnce(&F::Devices, &DriverView) -> R,
     ) -> R {
-        let guest = self.guest.borrow_mut().take();
+        self.simulate(
+            config,
+            |sim| {
+                sim.restart();
+                for (step, op) in ops.iter().enumerate() {
+                    sim.step(step, op);
+                }
+                sim.finish(ops.len());
+            },
+            |devices, view, _| inspect(devices, view),
+        )
+    }
+
+    /// Builds the device for `config` in the guest memory kept from the last input, hands `run`
+    /// the simulation on it, then `inspect` the fixture's devices, the driver's view and the
+    /// capability walk.
+    fn simulate<R>(
+        &self,
+        config: &F::Config,
+        run: impl FnOnce(&mut driver::Sim<'_>),
+        inspect: impl FnOnce(&F::Devices, &DriverView, &driver::Walk) -> R,
+    ) -> R {
+        let kept = self.guest.borrow_mut().take();
+        let guest = driver::Guest::reuse(kept, self.fixture.memory(config));
         let walk = match self.walk.borrow_mut().take() {
             Some((last, walk)) if last == *config => Some(walk),
             _ => None,
         };
-        let mut sim = driver::Sim::new(&self.fixture, config, guest, walk);
-        sim.prologue(config);
-        for (step, op) in ops.iter().enumerate() {
-            sim.step(step, op);
-        }
-        sim.finish(ops.len());
-        let (answer, guest, walk) = sim.inspect(inspect);
+        let mut wiring = driver::wiring(&guest);
+        let (device, devices) = self.fixture.build(config, &mut wiring);
+        let bound = driver::Bound {
+            fixture: &self.fixture,
+            devices,
+        };
+        let mut prologue = Vec::new();
+        self.fixture.prologue(config, &mut prologue);
+        let mut sim = driver::Sim::new(&bound, guest, wiring, device, walk, prologue);
+        run(&mut sim);
+        // The device goes first, then what the fixture kept of it.
+        let (view, guest, walk) = sim.into_parts();
+        let answer = inspect(&bound.devices, &view, &walk);
+        drop(bound);
         *self.guest.borrow_mut() = Some(guest);
         *self.walk.borrow_mut() = Some((config.clone(), walk));
         answer

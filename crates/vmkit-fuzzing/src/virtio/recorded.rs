@@ -218,11 +218,7 @@ impl<F: VirtioFixture> VirtioFuzzer<F> {
     ) -> Vec<VirtioOp> {
         // The capability walk of a device built for `config` says where the structures are
         // (a device is built and walked, nothing run on it).
-        let guest = self.guest.borrow_mut().take();
-        let sim = super::driver::Sim::new(&self.fixture, config, guest, None);
-        let ((), guest, walk) = sim.inspect(|_, _| ());
-        *self.guest.borrow_mut() = Some(guest);
-        let structures = walk.structures();
+        let structures = self.simulate(config, |_| (), |_, _, walk| walk.structures());
         let windows: Vec<(Structure, u64, u64)> = structures
             .into_iter()
             .filter_map(|(structure, bar, offset, len)| {

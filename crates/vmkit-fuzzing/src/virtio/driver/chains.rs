@@ -13,7 +13,7 @@ struct Buf {
 /// One descriptor: address, length, flags, next.
 pub(super) type Desc = (u64, u32, u16, u16);
 
-impl<F: VirtioFixture> Sim<'_, F> {
+impl Sim<'_> {
     // ---- chains ----
 
     /// Room for `len` bytes among the buffers (16-byte aligned, wrapping to the start).
@@ -41,12 +41,8 @@ impl<F: VirtioFixture> Sim<'_, F> {
         };
         let mut segments = std::mem::take(&mut self.guest.scratch.segments);
         segments.clear();
-        self.fixture.request(
-            &self.devices,
-            u16::from(chain.queue),
-            &chain.payload,
-            &mut segments,
-        );
+        self.hooks
+            .request(u16::from(chain.queue), &chain.payload, &mut segments);
         // The buffers, as laid out in memory.
         let mut bufs: Vec<Buf> = Vec::with_capacity(segments.len() + 1);
         for (i, segment) in segments.iter().enumerate() {

@@ -153,13 +153,71 @@ fn contains(range: (u64, u64), addr: u64) -> bool {
     addr >= range.0 && addr - range.0 < range.1
 }
 
-pub(crate) struct Sim<'f, F: VirtioFixture> {
-    fixture: &'f F,
+/// The fixture's hooks on the devices it built, as the simulator calls them. The simulator
+/// sees every fixture through this one type, so that it is compiled once, in this crate, rather
+/// than instantiated in each fuzz target: built without coverage instrumentation (see the
+/// crate documentation), it then adds no edges of its own to a target's, and libFuzzer's
+/// bookkeeping per input follows the device's code alone.
+pub(crate) trait Hooks {
+    fn request(&self, queue: u16, payload: &[u8], segments: &mut Vec<Segment>);
+    fn user_op(&self, tag: u8, data: &[u8]);
+    fn before_notify(&self);
+    fn after_notify(&self, notified: &Notified);
+    fn completed(&self, completion: &Completion<'_>);
+    fn check(&self, driver: &DriverView);
+    fn max_chains_per_notify(&self) -> u64;
+    fn max_line_calls_per_notify(&self) -> u64;
+}
+
+/// A fixture with the devices it built for one input.
+pub(crate) struct Bound<'f, F: VirtioFixture> {
+    pub(crate) fixture: &'f F,
+    pub(crate) devices: F::Devices,
+}
+
+impl<F: VirtioFixture> Hooks for Bound<'_, F> {
+    fn request(&self, queue: u16, payload: &[u8], segments: &mut Vec<Segment>) {
+        self.fixture
+            .request(&self.devices, queue, payload, segments);
+    }
+    fn user_op(&self, tag: u8, data: &[u8]) {
+        self.fixture.user_op(&self.devices, tag, data);
+    }
+    fn before_notify(&self) {
+        self.fixture.before_notify(&self.devices);
+    }
+    fn after_notify(&self, notified: &Notified) {
+        self.fixture.after_notify(&self.devices, notified);
+    }
+    fn completed(&self, completion: &Completion<'_>) {
+        self.fixture.completed(&self.devices, completion);
+    }
+    fn check(&self, driver: &DriverView) {
+        self.fixture.check(&self.devices, driver);
+    }
+    fn max_chains_per_notify(&self) -> u64 {
+        self.fixture.max_chains_per_notify()
+    }
+    fn max_line_calls_per_notify(&self) -> u64 {
+        self.fixture.max_line_calls_per_notify()
+    }
+}
+
+/// The wiring of a device to be built on `guest`'s memory.
+pub(crate) fn wiring(guest: &Guest) -> Wiring {
+    Wiring {
+        memory: guest.memory.clone(),
+        lines: Lines::default(),
+        msi: Arc::new(Msi::default()),
+    }
+}
+
+pub(crate) struct Sim<'h> {
+    hooks: &'h dyn Hooks,
     memory: GuestMemoryMmap,
     guest: Guest,
     regions: Vec<(u64, usize)>,
     device: Arc<dyn PciDevice>,
-    devices: F::Devices,
     wiring: Wiring,
     caps: Caps,
     num_queues: u16,
@@ -181,37 +239,26 @@ pub(crate) struct Sim<'f, F: VirtioFixture> {
     resets: u64,
 }
 
-impl<'f, F: VirtioFixture> Sim<'f, F> {
-    /// A simulation on `fixture`'s device built for `config`, in `guest` memory when the
-    /// layout is the same (cleaned first).
+impl<'h> Sim<'h> {
+    /// A simulation on `device`, built on `wiring` in `guest` memory, with the fixture's
+    /// `hooks` on it and its bring-up steps `prologue`. `walk` is the capability walk of the
+    /// last input when the device is the same (else the device is walked).
     pub(crate) fn new(
-        fixture: &'f F,
-        config: &F::Config,
-        guest: Option<Guest>,
+        hooks: &'h dyn Hooks,
+        guest: Guest,
+        wiring: Wiring,
+        device: Arc<dyn PciDevice>,
         walk: Option<Walk>,
+        prologue: Vec<VirtioOp>,
     ) -> Self {
-        let regions = fixture.memory(config);
-        let guest = match guest {
-            Some(mut guest) if guest.regions == regions => {
-                guest.clean();
-                guest
-            }
-            _ => Guest::new(regions.clone()),
-        };
+        let regions = guest.regions.clone();
         let memory = guest.memory.clone();
-        let mut wiring = Wiring {
-            memory: memory.clone(),
-            lines: Lines::default(),
-            msi: Arc::new(Msi::default()),
-        };
-        let (device, devices) = fixture.build(config, &mut wiring);
         let (first, first_len) = regions.first().copied().unwrap_or((0, 0));
         let mut sim = Sim {
-            fixture,
+            hooks,
             memory,
             guest,
             device,
-            devices,
             wiring,
             caps: Caps::default(),
             num_queues: 0,
@@ -226,7 +273,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             data_next: first,
             // The capability walk called the device.
             pending: true,
-            prologue: Vec::new(),
+            prologue,
             published: 0,
             resets: 0,
             regions,
@@ -255,13 +302,8 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         sim
     }
 
-    /// Runs the fixture's bring-up.
-    pub(crate) fn prologue(&mut self, config: &F::Config) {
-        self.fixture.prologue(config, &mut self.prologue);
-        self.restart();
-    }
-
-    fn restart(&mut self) {
+    /// Runs the fixture's bring-up (again, at a [`VirtioOp::Restart`]).
+    pub(crate) fn restart(&mut self) {
         let prologue = std::mem::take(&mut self.prologue);
         for op in &prologue {
             if *op != VirtioOp::Restart {
@@ -271,27 +313,15 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
         self.prologue = prologue;
     }
 
-    /// Hands `inspect` the devices and the driver's view; returns its answer and the guest
-    /// memory for the next input (the device is dropped first).
-    pub(crate) fn inspect<R>(
-        self,
-        inspect: impl FnOnce(&F::Devices, &DriverView) -> R,
-    ) -> (R, Guest, Walk) {
+    /// Ends the simulation: the driver's view, the guest memory for the next input and the
+    /// capability walk (the device is dropped).
+    pub(crate) fn into_parts(self) -> (DriverView, Guest, Walk) {
         let view = self.view();
-        let answer = inspect(&self.devices, &view);
         let walk = Walk {
             caps: self.caps,
             num_queues: self.num_queues,
         };
-        let Sim {
-            guest,
-            device,
-            devices,
-            ..
-        } = self;
-        drop(device);
-        drop(devices);
-        (answer, guest, walk)
+        (view, self.guest, walk)
     }
 
     fn view(&self) -> DriverView {
@@ -537,17 +567,14 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                 for &slot in &chain.slots {
                     q.taken[usize::from(slot)] = false;
                 }
-                self.fixture.completed(
-                    &self.devices,
-                    &Completion {
-                        queue: index as u16,
-                        head: chain.head,
-                        len,
-                        well_formed: chain.well_formed,
-                        payload: &chain.payload,
-                        writable: &chain.writable,
-                    },
-                );
+                self.hooks.completed(&Completion {
+                    queue: index as u16,
+                    head: chain.head,
+                    len,
+                    well_formed: chain.well_formed,
+                    payload: &chain.payload,
+                    writable: &chain.writable,
+                });
             }
             if let Some(q) = self.live[index].as_mut() {
                 q.used_seen = idx;
@@ -580,7 +607,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             self.sync(step);
             self.go_live(step);
         }
-        self.fixture.check(&self.devices, &self.view());
+        self.hooks.check(&self.view());
     }
 
     fn healthy(&self) -> bool {
@@ -728,7 +755,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
                 return;
             }
             VirtioOp::User { tag, data } => {
-                self.fixture.user_op(&self.devices, *tag, data);
+                self.hooks.user_op(*tag, data);
                 true
             }
             VirtioOp::Restart => {
@@ -902,20 +929,20 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             None => (queue, 0, 0, 0),
         };
         let healthy = self.healthy();
-        self.fixture.before_notify(&self.devices);
+        self.hooks.before_notify();
         let calls = self.wiring.calls();
         let offset = u64::from(notify_off).wrapping_mul(u64::from(mult));
         self.bar_write(Some(window), offset, &queue.to_le_bytes());
         self.pending = true;
         let used = self.sync(step);
-        let bound = self.fixture.max_chains_per_notify();
+        let bound = self.hooks.max_chains_per_notify();
         if used > bound {
             panic!(
                 "step {step}: one notification used {used} chains, more than the bound of {bound}"
             );
         }
         let calls = self.wiring.calls() - calls;
-        let bound = self.fixture.max_line_calls_per_notify();
+        let bound = self.hooks.max_line_calls_per_notify();
         if calls > bound {
             panic!(
                 "step {step}: one notification made {calls} interrupt calls, more than the bound \
@@ -931,7 +958,7 @@ impl<'f, F: VirtioFixture> Sim<'f, F> {
             fresh,
             healthy: healthy && self.healthy(),
         };
-        self.fixture.after_notify(&self.devices, &notified);
+        self.hooks.after_notify(&notified);
     }
 
     fn read(&mut self, step: usize, at: Structure, offset: u16, size: usize) {
