@@ -80,6 +80,14 @@ step "fuzz seed replays (stable)"
 
 step "fuzz targets, ${FUZZ_SECONDS}s each"
 (cd fuzz && cargo +nightly fuzz build -O)
+# The harness crate is built without coverage instrumentation (fuzz/rustc-wrapper.sh), the
+# devices with it.
+deps="fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release/deps"
+instrumented() { grep -qa __sanitizer_cov_8bit_counters_init "$(ls -t "$deps"/lib"$1"-*.rlib | head -1)"; }
+if instrumented vmkit_fuzzing || ! instrumented vmkit_devices; then
+    echo "fuzz build: vmkit_fuzzing must be built without coverage instrumentation, vmkit_devices with it"
+    exit 1
+fi
 : >"$LOG_DIR/fuzz-summary.txt"
 for t in $(cd fuzz && cargo +nightly fuzz list); do
     mkdir -p "fuzz/corpus/$t"
