@@ -555,24 +555,121 @@ impl Model for NoModel {
     }
 }
 
-struct Instance<D> {
+/// One instance's machine: its regions and buses.
+struct Instance {
     setup: Setup,
-    devices: D,
     /// The interrupt-line calls counted after the last access or operation of the fixture's
     /// own (what the next access's calls are counted from).
     calls: Cell<u64>,
 }
 
-impl<D> Instance<D> {
-    fn new<F: Fixture<Devices = D>>(fixture: &F) -> Self {
-        let mut setup = Setup::default();
-        let devices = fixture.build(&mut setup);
-        let calls = Cell::new(setup.line_calls());
-        Instance {
-            setup,
-            devices,
-            calls,
+/// A run's fixture, model and devices, as the harness's code calls them. The harness sees every
+/// fixture through this one type, so that its code is compiled once, in this crate, rather
+/// than instantiated in each fuzz target: built without coverage instrumentation (see the crate
+/// documentation), it then adds no edges of its own to a target's.
+trait Bench {
+    /// Whether the model states every answer ([`Model::COMPARES`]).
+    fn compares(&self) -> bool;
+    /// Builds the instances anew (one when the model compares, two otherwise); the devices
+    /// built before are dropped after the new ones are built.
+    fn build(&mut self) -> Vec<Instance>;
+    /// A fresh model ([`Fixture::model`]).
+    fn reset_model(&mut self);
+    /// [`Fixture::user_op`] on instance `instance`.
+    fn user_op(&self, instance: usize, tag: u8, data: &[u8]) -> u64;
+    /// [`Fixture::check`] on instance `instance`.
+    fn check(&self, instance: usize);
+    /// [`Fixture::check_access`].
+    fn check_access(&self, access: &Claimed<'_>);
+    /// [`Fixture::max_line_calls_per_access`].
+    fn max_line_calls_per_access(&self) -> u64;
+    /// [`Model::read`].
+    fn model_read(&mut self, region: usize, offset: u64, data: &mut [u8]);
+    /// [`Model::write`].
+    fn model_write(&mut self, region: usize, offset: u64, data: &[u8]) -> DeviceAction;
+    /// [`Model::user_op`].
+    fn model_user_op(&mut self, tag: u8, data: &[u8]) -> u64;
+    /// [`Model::fail_interrupts`].
+    fn model_fail_interrupts(&mut self, failing: bool);
+}
+
+/// The [`Bench`] of a fixture: the fixture, the model and each instance's devices.
+struct Run<'f, F: Fixture> {
+    fixture: &'f F,
+    model: F::Model,
+    devices: Vec<F::Devices>,
+}
+
+impl<'f, F: Fixture> Run<'f, F> {
+    fn new(fixture: &'f F) -> Self {
+        Run {
+            fixture,
+            model: fixture.model(),
+            devices: Vec::new(),
         }
+    }
+}
+
+impl<F: Fixture> Bench for Run<'_, F> {
+    fn compares(&self) -> bool {
+        F::Model::COMPARES
+    }
+
+    fn build(&mut self) -> Vec<Instance> {
+        let copies = if F::Model::COMPARES { 1 } else { 2 };
+        let mut devices = Vec::with_capacity(copies);
+        let instances: Vec<_> = (0..copies)
+            .map(|_| {
+                let mut setup = Setup::default();
+                devices.push(self.fixture.build(&mut setup));
+                let calls = Cell::new(setup.line_calls());
+                Instance { setup, calls }
+            })
+            .collect();
+        if let [a, b] = &instances[..] {
+            assert_eq!(
+                a.setup.regions, b.setup.regions,
+                "fixture: two builds registered different regions"
+            );
+        }
+        self.devices = devices;
+        instances
+    }
+
+    fn reset_model(&mut self) {
+        self.model = self.fixture.model();
+    }
+
+    fn user_op(&self, instance: usize, tag: u8, data: &[u8]) -> u64 {
+        self.fixture.user_op(&self.devices[instance], tag, data)
+    }
+
+    fn check(&self, instance: usize) {
+        self.fixture.check(&self.devices[instance], &self.model);
+    }
+
+    fn check_access(&self, access: &Claimed<'_>) {
+        self.fixture.check_access(&self.model, access);
+    }
+
+    fn max_line_calls_per_access(&self) -> u64 {
+        self.fixture.max_line_calls_per_access()
+    }
+
+    fn model_read(&mut self, region: usize, offset: u64, data: &mut [u8]) {
+        self.model.read(region, offset, data);
+    }
+
+    fn model_write(&mut self, region: usize, offset: u64, data: &[u8]) -> DeviceAction {
+        self.model.write(region, offset, data)
+    }
+
+    fn model_user_op(&mut self, tag: u8, data: &[u8]) -> u64 {
+        self.model.user_op(tag, data)
+    }
+
+    fn model_fail_interrupts(&mut self, failing: bool) {
+        self.model.fail_interrupts(failing);
     }
 }
 
@@ -626,13 +723,13 @@ impl<F: Fixture> DeviceFuzzer<F> {
     /// The operations are decoded one at a time as they run, their bytes borrowed from `data`:
     /// running an input allocates nothing per operation.
     pub fn run(&self, data: &[u8]) {
-        self.execute(steps(data));
+        execute(&mut Run::new(&self.fixture), &mut steps(data));
     }
 
     /// Runs decoded operations (seeds written as operations), as [`run`](Self::run) runs their
     /// encoding: fields wider than the format holds are clamped.
     pub fn run_ops(&self, ops: &[Op]) {
-        self.execute(ops.iter().map(Op::step));
+        execute(&mut Run::new(&self.fixture), &mut ops.iter().map(Op::step));
     }
 
     /// Runs decoded operations like [`run_ops`](Self::run_ops), then hands `inspect` the
@@ -643,330 +740,293 @@ impl<F: Fixture> DeviceFuzzer<F> {
         ops: &[Op],
         inspect: impl FnOnce(&F::Devices, &F::Model) -> R,
     ) -> R {
-        let (instances, model) = self.execute(ops.iter().map(Op::step));
-        inspect(&instances[0].devices, &model)
+        let mut run = Run::new(&self.fixture);
+        // The machines stay up while `inspect` looks.
+        let _instances = execute(&mut run, &mut ops.iter().map(Op::step));
+        inspect(&run.devices[0], &run.model)
     }
+}
 
-    fn execute<'a>(
-        &self,
-        ops: impl Iterator<Item = Step<'a>>,
-    ) -> (Vec<Instance<F::Devices>>, F::Model) {
-        let mut model = self.fixture.model();
-        let mut instances = self.build();
-        // Whether anything happened to the instances since they were built: a reset of a fresh
-        // machine changes nothing, and inputs are full of them (a reset is one byte).
-        let mut fresh = true;
-        for (step, op) in ops.enumerate() {
-            if matches!(op, Step::Reset) && fresh {
-                continue;
-            }
-            // Whether the step reached the devices or their lines: an access that no region
-            // claims calls no device, changes nothing and leaves nothing to check.
-            let reached = match op {
-                Step::Access(access, direct) => {
-                    self.access(&instances, &mut model, step, access, direct)
-                }
-                Step::Burst { count, access } => {
-                    let mut reached = false;
-                    for _ in 0..count {
-                        reached |= self.access(&instances, &mut model, step, access, false);
-                    }
-                    reached
-                }
-                Step::Reset => {
-                    instances = self.build();
-                    model = self.fixture.model();
-                    true
-                }
-                Step::FailInterrupts(failing) => {
-                    for instance in &instances {
-                        instance.setup.set_failing(failing);
-                    }
-                    model.fail_interrupts(failing);
-                    true
-                }
-                Step::User { tag, data } => {
-                    self.user_op(&instances, &mut model, step, tag, data);
-                    true
-                }
-            };
-            if !reached {
-                continue;
-            }
-            fresh = matches!(op, Step::Reset);
-            for instance in &instances {
-                instance.setup.check_functions(step);
-                // Line calls of the checks' own accesses count towards no guest access.
-                instance.calls.set(instance.setup.line_calls());
-            }
-            if let [a, b] = &instances[..] {
-                assert_eq!(
-                    a.calls.get(),
-                    b.calls.get(),
-                    "step {step}: the instances made different interrupt-line calls"
-                );
-                for (fa, fb) in a.setup.functions.iter().zip(&b.setup.functions) {
-                    assert_eq!(
-                        fa.bars.get(),
-                        fb.bars.get(),
-                        "step {step}: PCI function {}: the instances present different BARs",
-                        fa.name
-                    );
-                }
-            }
-            for instance in &instances {
-                self.fixture.check(&instance.devices, &model);
-            }
+// The harness's code: one copy for every fixture (see [`Bench`]).
+
+fn execute(bench: &mut dyn Bench, ops: &mut dyn Iterator<Item = Step<'_>>) -> Vec<Instance> {
+    let mut instances = bench.build();
+    // Whether anything happened to the instances since they were built: a reset of a fresh
+    // machine changes nothing, and inputs are full of them (a reset is one byte).
+    let mut fresh = true;
+    for (step, op) in ops.enumerate() {
+        if matches!(op, Step::Reset) && fresh {
+            continue;
         }
-        (instances, model)
-    }
-
-    /// The instances a run compares: one when a model states every answer (a read buffer
-    /// pre-filled with the complement of the model's answer shows an unfilled byte), two
-    /// otherwise (one reads into 0x00 bytes, the other into 0xFF bytes).
-    fn build(&self) -> Vec<Instance<F::Devices>> {
-        let copies = if F::Model::COMPARES { 1 } else { 2 };
-        let instances: Vec<_> = (0..copies).map(|_| Instance::new(&self.fixture)).collect();
-        if let [a, b] = &instances[..] {
-            assert_eq!(
-                a.setup.regions, b.setup.regions,
-                "fixture: two builds registered different regions"
-            );
+        // Whether the step reached the devices or their lines: an access that no region
+        // claims calls no device, changes nothing and leaves nothing to check.
+        let reached = match op {
+            Step::Access(access, direct) => perform_access(bench, &instances, step, access, direct),
+            Step::Burst { count, access } => {
+                let mut reached = false;
+                for _ in 0..count {
+                    reached |= perform_access(bench, &instances, step, access, false);
+                }
+                reached
+            }
+            Step::Reset => {
+                instances = bench.build();
+                bench.reset_model();
+                true
+            }
+            Step::FailInterrupts(failing) => {
+                for instance in &instances {
+                    instance.setup.set_failing(failing);
+                }
+                bench.model_fail_interrupts(failing);
+                true
+            }
+            Step::User { tag, data } => {
+                user_op(bench, &instances, step, tag, data);
+                true
+            }
+        };
+        if !reached {
+            continue;
         }
-        instances
-    }
-
-    fn user_op(
-        &self,
-        instances: &[Instance<F::Devices>],
-        model: &mut F::Model,
-        step: usize,
-        tag: u8,
-        data: &[u8],
-    ) {
-        let mut answers = [0u64; 2];
-        for (answer, instance) in answers.iter_mut().zip(instances) {
-            *answer = self.fixture.user_op(&instance.devices, tag, data);
+        fresh = matches!(op, Step::Reset);
+        for instance in &instances {
+            instance.setup.check_functions(step);
+            // Line calls of the checks' own accesses count towards no guest access.
             instance.calls.set(instance.setup.line_calls());
         }
-        let expected = model.user_op(tag, data);
-        if instances.len() == 2 {
+        if let [a, b] = &instances[..] {
             assert_eq!(
-                answers[0], answers[1],
-                "step {step}: operation {tag} of the fixture: the instances disagree"
+                a.calls.get(),
+                b.calls.get(),
+                "step {step}: the instances made different interrupt-line calls"
             );
+            for (fa, fb) in a.setup.functions.iter().zip(&b.setup.functions) {
+                assert_eq!(
+                    fa.bars.get(),
+                    fb.bars.get(),
+                    "step {step}: PCI function {}: the instances present different BARs",
+                    fa.name
+                );
+            }
         }
-        if F::Model::COMPARES {
-            assert_eq!(
-                answers[0], expected,
-                "step {step}: operation {tag} of the fixture: the model answers otherwise"
-            );
+        for i in 0..instances.len() {
+            bench.check(i);
         }
     }
+    instances
+}
 
-    fn access(
-        &self,
-        instances: &[Instance<F::Devices>],
-        model: &mut F::Model,
-        step: usize,
-        access: AccessRef<'_>,
-        direct: bool,
-    ) -> bool {
-        let regions = &instances[0].setup.regions;
-        if regions.is_empty() {
-            return false;
-        }
-        let index = usize::from(access.region) % regions.len();
-        let region = &regions[index];
-        let size = access.size();
-        // Where the access goes, and the (region, offset) the model answers for: a direct
-        // access always reaches its region; a routed one only a region that holds it whole.
-        let setup = &instances[0].setup;
-        let (addr, target) = if direct {
-            if setup.base_now(index).is_none() {
-                // A moving region that is nowhere: no device to hand the access to.
-                return false;
-            }
-            let offset = access
-                .offset
-                .relative(setup.len_now(index), region.space.last());
-            (offset, Some((index, offset)))
-        } else if region.space.is_pci() {
-            let Some((addr, offset)) = setup.route_pci(index, access.offset, size) else {
-                return false;
-            };
-            (addr, Some((index, offset)))
-        } else {
-            let Some(addr) = setup
-                .base_now(index)
-                .and_then(|base| access.offset.address(base, region.len, region.space.last()))
-            else {
-                return false;
-            };
-            if !is_valid_access_size(size) {
-                return false;
-            }
-            let last = addr.checked_add(size as u64 - 1);
-            let target = (0..regions.len()).find_map(|i| {
-                let r = &regions[i];
-                if r.space != region.space {
-                    return None;
-                }
-                let base = setup.base_now(i)?;
-                let holds = addr >= base && last.is_some_and(|last| last - base < r.len);
-                holds.then(|| (i, addr - base))
-            });
-            (addr, target)
-        };
-        let at = At {
-            step,
-            direct,
-            read: access.read.is_some(),
-            size,
-            addr,
-            index,
-            region,
-            offset: access.offset,
-        };
-        let claimed = if at.read {
-            let answer = self.read(instances, model, &at, target);
-            if let (Some(data), Some((region, offset))) = (answer, target) {
-                let answer = Answer::Read(&data[..size]);
-                self.check_claimed(model, region, offset, direct, answer);
-            }
-            answer.is_some()
-        } else {
-            self.write(instances, model, &at, target, access.data)
-        };
-        if !claimed {
-            return false;
-        }
-        let bound = self.fixture.max_line_calls_per_access();
-        for instance in instances {
-            // The calls before this access are the count the last access or operation left.
-            let total = instance.setup.line_calls();
-            let calls = total - instance.calls.replace(total);
-            if calls > bound {
-                too_many_line_calls(&at, calls, bound);
-            }
-        }
-        true
+fn user_op(bench: &mut dyn Bench, instances: &[Instance], step: usize, tag: u8, data: &[u8]) {
+    let mut answers = [0u64; 2];
+    for (i, (answer, instance)) in answers.iter_mut().zip(instances).enumerate() {
+        *answer = bench.user_op(i, tag, data);
+        instance.calls.set(instance.setup.line_calls());
     }
-
-    fn check_claimed(
-        &self,
-        model: &F::Model,
-        region: usize,
-        offset: u64,
-        direct: bool,
-        answer: Answer<'_>,
-    ) {
-        self.fixture.check_access(
-            model,
-            &Claimed {
-                region,
-                offset,
-                direct,
-                answer,
-            },
+    let expected = bench.model_user_op(tag, data);
+    if instances.len() == 2 {
+        assert_eq!(
+            answers[0], answers[1],
+            "step {step}: operation {tag} of the fixture: the instances disagree"
         );
     }
-
-    /// Performs a write on every instance and checks the answers; returns whether a device
-    /// claimed it.
-    fn write(
-        &self,
-        instances: &[Instance<F::Devices>],
-        model: &mut F::Model,
-        at: &At<'_>,
-        target: Option<(usize, u64)>,
-        data: &[u8],
-    ) -> bool {
-        let mut answers = [None; 2];
-        for (answer, i) in answers.iter_mut().zip(instances) {
-            *answer = if at.direct {
-                Some(i.setup.write_direct(at.index, at.addr, data))
-            } else {
-                i.setup.write(at.index, at.addr, data)
-            };
-        }
-        if instances.len() == 2 && answers[0] != answers[1] {
-            violation(at, "the instances disagree", &answers[0], &answers[1]);
-        }
-        if answers[0].is_none() && target.is_some() {
-            // A region holds the access whole: its device's range is gone.
-            violation(at, "no device claimed it", &false, &true);
-        }
-        if let (Some(action), Some((index, offset))) = (answers[0], target) {
-            let expected = model.write(index, offset, data);
-            if F::Model::COMPARES && action != expected {
-                violation(at, "the model answers otherwise", &action, &expected);
-            }
-            let answer = Answer::Write { data, action };
-            self.check_claimed(model, index, offset, at.direct, answer);
-        }
-        answers[0].is_some()
+    if bench.compares() {
+        assert_eq!(
+            answers[0], expected,
+            "step {step}: operation {tag} of the fixture: the model answers otherwise"
+        );
     }
+}
 
-    /// Performs a read on every instance and checks it; returns the answer when a device
-    /// claimed it.
-    fn read(
-        &self,
-        instances: &[Instance<F::Devices>],
-        model: &mut F::Model,
-        at: &At<'_>,
-        target: Option<(usize, u64)>,
-    ) -> Option<[u8; 8]> {
-        let size = at.size;
-        if let [a, b] = instances {
-            let mut zeroes = [0u8; 8];
-            let mut ones = [0xFFu8; 8];
-            let claimed = [
-                at.perform(&a.setup, &mut zeroes[..size]),
-                at.perform(&b.setup, &mut ones[..size]),
-            ];
-            if claimed[0] != claimed[1] {
-                violation(at, "claimed by one instance only", &claimed[0], &claimed[1]);
-            }
-            if !claimed[0] {
-                if target.is_some() {
-                    // A region holds the access whole: its device's range is gone.
-                    violation(at, "no device claimed it", &claimed[0], &true);
-                }
+fn perform_access(
+    bench: &mut dyn Bench,
+    instances: &[Instance],
+    step: usize,
+    access: AccessRef<'_>,
+    direct: bool,
+) -> bool {
+    let regions = &instances[0].setup.regions;
+    if regions.is_empty() {
+        return false;
+    }
+    let index = usize::from(access.region) % regions.len();
+    let region = &regions[index];
+    let size = access.size();
+    // Where the access goes, and the (region, offset) the model answers for: a direct
+    // access always reaches its region; a routed one only a region that holds it whole.
+    let setup = &instances[0].setup;
+    let (addr, target) = if direct {
+        if setup.base_now(index).is_none() {
+            // A moving region that is nowhere: no device to hand the access to.
+            return false;
+        }
+        let offset = access
+            .offset
+            .relative(setup.len_now(index), region.space.last());
+        (offset, Some((index, offset)))
+    } else if region.space.is_pci() {
+        let Some((addr, offset)) = setup.route_pci(index, access.offset, size) else {
+            return false;
+        };
+        (addr, Some((index, offset)))
+    } else {
+        let Some(addr) = setup
+            .base_now(index)
+            .and_then(|base| access.offset.address(base, region.len, region.space.last()))
+        else {
+            return false;
+        };
+        if !is_valid_access_size(size) {
+            return false;
+        }
+        let last = addr.checked_add(size as u64 - 1);
+        let target = (0..regions.len()).find_map(|i| {
+            let r = &regions[i];
+            if r.space != region.space {
                 return None;
             }
-            if zeroes[..size] != ones[..size] {
-                let problem = "bytes left unfilled, or the answer is not deterministic";
-                violation(at, problem, &zeroes[..size], &ones[..size]);
-            }
-            if let Some((index, offset)) = target {
-                let mut expected = [0u8; 8];
-                model.read(index, offset, &mut expected[..size]);
-            }
-            return Some(zeroes);
+            let base = setup.base_now(i)?;
+            let holds = addr >= base && last.is_some_and(|last| last - base < r.len);
+            holds.then(|| (i, addr - base))
+        });
+        (addr, target)
+    };
+    let at = At {
+        step,
+        direct,
+        read: access.read.is_some(),
+        size,
+        addr,
+        index,
+        region,
+        offset: access.offset,
+    };
+    let claimed = if at.read {
+        let answer = read(bench, instances, &at, target);
+        if let (Some(data), Some((region, offset))) = (answer, target) {
+            let answer = Answer::Read(&data[..size]);
+            check_claimed(bench, region, offset, direct, answer);
         }
-        let mut data = [0u8; 8];
-        let Some((index, offset)) = target else {
-            // No region holds the access (or a device moved its range): nothing to compare.
-            return at
-                .perform(&instances[0].setup, &mut data[..size])
-                .then_some(data);
-        };
-        let mut expected = [0u8; 8];
-        model.read(index, offset, &mut expected[..size]);
-        for (byte, want) in data.iter_mut().zip(expected) {
-            *byte = !want;
-        }
-        let claimed = at.perform(&instances[0].setup, &mut data[..size]);
-        if !claimed {
-            violation(at, "no device claimed it", &claimed, &true);
-        }
-        if data[..size] != expected[..size] {
-            let problem = "the model answers otherwise (or bytes were left unfilled)";
-            violation(at, problem, &data[..size], &expected[..size]);
-        }
-        Some(data)
+        answer.is_some()
+    } else {
+        write(bench, instances, &at, target, access.data)
+    };
+    if !claimed {
+        return false;
     }
+    let bound = bench.max_line_calls_per_access();
+    for instance in instances {
+        // The calls before this access are the count the last access or operation left.
+        let total = instance.setup.line_calls();
+        let calls = total - instance.calls.replace(total);
+        if calls > bound {
+            too_many_line_calls(&at, calls, bound);
+        }
+    }
+    true
+}
+
+fn check_claimed(bench: &dyn Bench, region: usize, offset: u64, direct: bool, answer: Answer<'_>) {
+    bench.check_access(&Claimed {
+        region,
+        offset,
+        direct,
+        answer,
+    });
+}
+
+/// Performs a write on every instance and checks the answers; returns whether a device
+/// claimed it.
+fn write(
+    bench: &mut dyn Bench,
+    instances: &[Instance],
+    at: &At<'_>,
+    target: Option<(usize, u64)>,
+    data: &[u8],
+) -> bool {
+    let mut answers = [None; 2];
+    for (answer, i) in answers.iter_mut().zip(instances) {
+        *answer = if at.direct {
+            Some(i.setup.write_direct(at.index, at.addr, data))
+        } else {
+            i.setup.write(at.index, at.addr, data)
+        };
+    }
+    if instances.len() == 2 && answers[0] != answers[1] {
+        violation(at, "the instances disagree", &answers[0], &answers[1]);
+    }
+    if answers[0].is_none() && target.is_some() {
+        // A region holds the access whole: its device's range is gone.
+        violation(at, "no device claimed it", &false, &true);
+    }
+    if let (Some(action), Some((index, offset))) = (answers[0], target) {
+        let expected = bench.model_write(index, offset, data);
+        if bench.compares() && action != expected {
+            violation(at, "the model answers otherwise", &action, &expected);
+        }
+        let answer = Answer::Write { data, action };
+        check_claimed(bench, index, offset, at.direct, answer);
+    }
+    answers[0].is_some()
+}
+
+/// Performs a read on every instance and checks it; returns the answer when a device
+/// claimed it.
+fn read(
+    bench: &mut dyn Bench,
+    instances: &[Instance],
+    at: &At<'_>,
+    target: Option<(usize, u64)>,
+) -> Option<[u8; 8]> {
+    let size = at.size;
+    if let [a, b] = instances {
+        let mut zeroes = [0u8; 8];
+        let mut ones = [0xFFu8; 8];
+        let claimed = [
+            at.perform(&a.setup, &mut zeroes[..size]),
+            at.perform(&b.setup, &mut ones[..size]),
+        ];
+        if claimed[0] != claimed[1] {
+            violation(at, "claimed by one instance only", &claimed[0], &claimed[1]);
+        }
+        if !claimed[0] {
+            if target.is_some() {
+                // A region holds the access whole: its device's range is gone.
+                violation(at, "no device claimed it", &claimed[0], &true);
+            }
+            return None;
+        }
+        if zeroes[..size] != ones[..size] {
+            let problem = "bytes left unfilled, or the answer is not deterministic";
+            violation(at, problem, &zeroes[..size], &ones[..size]);
+        }
+        if let Some((index, offset)) = target {
+            let mut expected = [0u8; 8];
+            bench.model_read(index, offset, &mut expected[..size]);
+        }
+        return Some(zeroes);
+    }
+    let mut data = [0u8; 8];
+    let Some((index, offset)) = target else {
+        // No region holds the access (or a device moved its range): nothing to compare.
+        return at
+            .perform(&instances[0].setup, &mut data[..size])
+            .then_some(data);
+    };
+    let mut expected = [0u8; 8];
+    bench.model_read(index, offset, &mut expected[..size]);
+    for (byte, want) in data.iter_mut().zip(expected) {
+        *byte = !want;
+    }
+    let claimed = at.perform(&instances[0].setup, &mut data[..size]);
+    if !claimed {
+        violation(at, "no device claimed it", &claimed, &true);
+    }
+    if data[..size] != expected[..size] {
+        let problem = "the model answers otherwise (or bytes were left unfilled)";
+        violation(at, problem, &data[..size], &expected[..size]);
+    }
+    Some(data)
 }
 
 /// One access, where it went: what a violation names.
