@@ -9,9 +9,11 @@
 #   ROUNDS=N         runs per revision and target (default 3)
 #
 # Prints, per target, the median executions per second of each revision, head / base, and the
-# edges (libFuzzer's `cov:`) each reached at the end of its median run. Edges count the harness's
-# own code too, so they compare a target with itself, not targets with each other. A target that
-# BASE lacks is run on the working tree alone. Installs what it needs (nightly, cargo-fuzz).
+# edges (libFuzzer's `cov:`) each reached at the end of its median run. Edges count the target's
+# own code besides the code under test (and the harness's, at revisions that built vmkit-fuzzing
+# with coverage instrumentation), so they compare a target with itself, not targets with each
+# other. A target that BASE lacks is run on the working tree alone. Installs what it needs
+# (nightly, cargo-fuzz).
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: benches/fuzz-rate.sh BASE [TARGET...]" >&2; exit 2; }
