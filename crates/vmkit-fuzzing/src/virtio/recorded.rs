@@ -5,9 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vmkit_exits::record::{Direction, RecordedExit};
 
+use super::driver::{
+    DEVICE_STATUS, DRIVER_FEATURE, DRIVER_FEATURE_SELECT, F_INDIRECT, F_NEXT, F_WRITE, QUEUE_DESC,
+    QUEUE_DEVICE, QUEUE_DRIVER, QUEUE_ENABLE, QUEUE_MSIX_VECTOR, QUEUE_SELECT, QUEUE_SIZE,
+};
 use super::ops::{COMMON_FIELDS, Chain, Form, MAX_PAYLOAD, QueueSetup, Structure, VirtioOp};
 use super::{Segment, VirtioFixture, VirtioFuzzer};
 use crate::Recording;
@@ -56,17 +59,19 @@ impl Converter {
         let value = le(data);
         let queue = self.queue_select;
         match (offset, data.len()) {
-            (0x14, 1) if value == 0 => self.ops.push(VirtioOp::Reset),
-            (0x14, 1) => self.ops.push(VirtioOp::Status(value as u8)),
-            (0x08, 4) => self.feature_select = value as u32,
-            (0x0C, 4) => self.ops.push(VirtioOp::Features {
+            (DEVICE_STATUS, 1) if value == 0 => self.ops.push(VirtioOp::Reset),
+            (DEVICE_STATUS, 1) => self.ops.push(VirtioOp::Status(value as u8)),
+            (DRIVER_FEATURE_SELECT, 4) => self.feature_select = value as u32,
+            (DRIVER_FEATURE, 4) => self.ops.push(VirtioOp::Features {
                 select: self.feature_select as u8,
                 value: value as u32,
             }),
-            (0x16, 2) => self.queue_select = value as u16,
-            (0x18, 2) => self.queues.entry(queue).or_default().size = Some(value as u16),
-            (0x1A, 2) => self.queues.entry(queue).or_default().vector = Some(value as u16),
-            (0x1C, 2) if value == 1 && queue <= u16::from(u8::MAX) => {
+            (QUEUE_SELECT, 2) => self.queue_select = value as u16,
+            (QUEUE_SIZE, 2) => self.queues.entry(queue).or_default().size = Some(value as u16),
+            (QUEUE_MSIX_VECTOR, 2) => {
+                self.queues.entry(queue).or_default().vector = Some(value as u16)
+            }
+            (QUEUE_ENABLE, 2) if value == 1 && queue <= u16::from(u8::MAX) => {
                 let q = self.queues.entry(queue).or_default();
                 // The simulator places the rings in its own memory; the recorded addresses
                 // only serve to read the recorded chains.
@@ -76,18 +81,18 @@ impl Converter {
                     ..QueueSetup::honest(queue as u8)
                 }));
             }
-            (0x20..=0x27, 4) => set_half(
+            (QUEUE_DESC..QUEUE_DRIVER, 4) => set_half(
                 &mut self.queues.entry(queue).or_default().desc,
-                offset - 0x20,
+                offset - QUEUE_DESC,
                 value,
             ),
-            (0x28..=0x2F, 4) => set_half(
+            (QUEUE_DRIVER..QUEUE_DEVICE, 4) => set_half(
                 &mut self.queues.entry(queue).or_default().avail,
-                offset - 0x28,
+                offset - QUEUE_DRIVER,
                 value,
             ),
             // The used ring: the simulator's own.
-            (0x30..=0x37, 4) => {}
+            (QUEUE_DEVICE..0x38, 4) => {}
             _ => match COMMON_FIELDS
                 .iter()
                 .position(|&(at, width)| at == offset && usize::from(width) == data.len())
@@ -166,16 +171,16 @@ impl Converter {
                 let Some((addr, len, flags, next)) = descriptor(table, index) else {
                     break;
                 };
-                if u32::from(flags) & VRING_DESC_F_INDIRECT != 0 && !indirect {
+                if flags & F_INDIRECT != 0 && !indirect {
                     (indirect, table, index) = (true, addr, 0);
                     continue;
                 }
-                segments.push(if u32::from(flags) & VRING_DESC_F_WRITE != 0 {
+                segments.push(if flags & F_WRITE != 0 {
                     Segment::Writable(len)
                 } else {
                     Segment::Readable(content(addr, len))
                 });
-                if u32::from(flags) & VRING_DESC_F_NEXT == 0 {
+                if flags & F_NEXT == 0 {
                     break;
                 }
                 index = next;

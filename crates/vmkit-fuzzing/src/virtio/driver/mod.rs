@@ -26,25 +26,25 @@ const FEATURES_OK: u8 = VIRTIO_CONFIG_S_FEATURES_OK as u8;
 const DRIVER_OK: u8 = VIRTIO_CONFIG_S_DRIVER_OK as u8;
 const NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
 const FAILED: u8 = VIRTIO_CONFIG_S_FAILED as u8;
-const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
-const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
-const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
+pub(super) const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+pub(super) const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+pub(super) const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 
 // Common-configuration offsets (virtio 1.x, 4.1.4.3).
 const DEVICE_FEATURE_SELECT: u64 = 0x00;
 const DEVICE_FEATURE: u64 = 0x04;
-const DRIVER_FEATURE_SELECT: u64 = 0x08;
-const DRIVER_FEATURE: u64 = 0x0C;
+pub(super) const DRIVER_FEATURE_SELECT: u64 = 0x08;
+pub(super) const DRIVER_FEATURE: u64 = 0x0C;
 const NUM_QUEUES: u64 = 0x12;
-const DEVICE_STATUS: u64 = 0x14;
-const QUEUE_SELECT: u64 = 0x16;
-const QUEUE_SIZE: u64 = 0x18;
-const QUEUE_MSIX_VECTOR: u64 = 0x1A;
-const QUEUE_ENABLE: u64 = 0x1C;
+pub(super) const DEVICE_STATUS: u64 = 0x14;
+pub(super) const QUEUE_SELECT: u64 = 0x16;
+pub(super) const QUEUE_SIZE: u64 = 0x18;
+pub(super) const QUEUE_MSIX_VECTOR: u64 = 0x1A;
+pub(super) const QUEUE_ENABLE: u64 = 0x1C;
 const QUEUE_NOTIFY_OFF: u64 = 0x1E;
-const QUEUE_DESC: u64 = 0x20;
-const QUEUE_DRIVER: u64 = 0x28;
-const QUEUE_DEVICE: u64 = 0x30;
+pub(super) const QUEUE_DESC: u64 = 0x20;
+pub(super) const QUEUE_DRIVER: u64 = 0x28;
+pub(super) const QUEUE_DEVICE: u64 = 0x30;
 
 /// The most queues the simulator follows.
 const MAX_QUEUES: u16 = 64;
